@@ -1,0 +1,15 @@
+"""deltapatch: patch frozen pretrained CNNs for new tasks with Δ-Networks (Δ-Patching)."""
+
+__version__ = "0.1.0"
+
+from .backbones import (BlockSplit, StageSpec, list_backbones, load_backbone, register_backbone,
+                        register_block, register_spec)
+from .errors import BackboneError, DataError, DeltaPatchError, PatchError
+from .model import BASE, PatchedModel
+from .patch import Patch, PatchConfig, read_config
+from .preprocess import Preprocess
+
+__all__ = ["BASE", "BackboneError", "BlockSplit", "DataError", "DeltaPatchError", "Patch",
+           "PatchConfig", "PatchError", "PatchedModel", "Preprocess", "StageSpec", "__version__",
+           "list_backbones", "load_backbone", "read_config", "register_backbone",
+           "register_block", "register_spec"]

@@ -1,0 +1,159 @@
+"""The Δ-module and the Δ-stage (paper §2, DESIGN.md "The method, precisely").
+
+A Δ-stage runs one frozen stage of k sub-blocks with all k(k+1)/2 skips between the stage input
+h_0 and the sub-block outputs h_1..h_k, each weighted per sample:
+
+    h_j = post_j( F_j(h_{j-1}) + Σ_{i<j} λ_{i,j}(h_0) · P_{i→j}(h_i) )
+
+P_{j-1→j} is the block's own shortcut S_j; where h_i already has h_j's shape P is the identity;
+otherwise (h_0 of a downsampling stage) the first block's frozen shortcut S_1(h_0), computed once.
+Where Λ comes from is a *gate*: the input-conditioned Δ-module, or one of the ablations of the
+paper's Table 8 (learnable / fixed / random weights, existing skips only). Only the gate, the
+task-owned norm and the patch's head hold parameters; the blocks are the backbone's, untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .backbones.spec import block_split
+
+
+def num_skips(k: int) -> int:
+    return k * (k + 1) // 2
+
+
+def skip_index(i: int, j: int) -> int:
+    """Position of skip h_i → h_j (0 ≤ i < j ≤ k) in Λ: skips into h_1 first, then into h_2, …"""
+    return (j - 1) * j // 2 + i
+
+
+def existing_skips(k: int) -> list[int]:
+    """Positions of the backbone's own shortcuts h_{j-1} → h_j in Λ."""
+    return [skip_index(j - 1, j) for j in range(1, k + 1)]
+
+
+class DeltaModule(nn.Module):
+    """Δ: conv3x3(C→C/2)+BN+ReLU, conv3x3(C/2→C/4)+BN+ReLU, global pool, Linear → sigmoid."""
+
+    def __init__(self, channels: int, k: int) -> None:
+        super().__init__()
+        c2, c4 = max(channels // 2, 1), max(channels // 4, 1)
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, c2, 3, padding=1, bias=False), nn.BatchNorm2d(c2), nn.ReLU(),
+            nn.Conv2d(c2, c4, 3, padding=1, bias=False), nn.BatchNorm2d(c4), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(1),
+        )
+        self.fc = nn.Linear(c4, num_skips(k))
+
+    def forward(self, h0: Tensor) -> Tensor:
+        return torch.sigmoid(self.fc(self.features(h0)))
+
+
+class LearnedGate(nn.Module):
+    """Ablation "all skips (learnable)": one learned weight per skip, the same for every input."""
+
+    def __init__(self, channels: int, k: int, init: float = 1.0) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((num_skips(k),), init))
+
+    def forward(self, h0: Tensor) -> Tensor:
+        return self.weight.expand(h0.shape[0], -1)
+
+
+class FixedGate(nn.Module):
+    """Ablation "all skips": every skip weighted 1, nothing learned."""
+
+    def __init__(self, channels: int, k: int) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, h0: Tensor) -> Tensor:
+        return h0.new_ones(h0.shape[0], num_skips(self.k))
+
+
+class RandomGate(nn.Module):
+    """Ablation "random Λ": fresh uniform weights in [0, 1] for every sample and call."""
+
+    def __init__(self, channels: int, k: int) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, h0: Tensor) -> Tensor:
+        return torch.rand(h0.shape[0], num_skips(self.k), dtype=h0.dtype)
+
+
+class ExistingSkipGate(nn.Module):
+    """Ablation "learnable skip connections": a learned scalar on each existing shortcut, no
+    new skips (their weights stay 0)."""
+
+    def __init__(self, channels: int, k: int) -> None:
+        super().__init__()
+        self.k = k
+        self.weight = nn.Parameter(torch.ones(k))
+        self.register_buffer("index", torch.tensor(existing_skips(k)), persistent=False)
+
+    def forward(self, h0: Tensor) -> Tensor:
+        lam = h0.new_zeros(h0.shape[0], num_skips(self.k))
+        return lam.index_copy(1, self.index, self.weight.expand(h0.shape[0], -1))
+
+
+GATES: dict[str, Callable[[int, int], nn.Module]] = {
+    "delta": DeltaModule,
+    "learned": LearnedGate,
+    "fixed": FixedGate,
+    "random": RandomGate,
+    "existing": ExistingSkipGate,
+}
+NORMS = ("output", "skip", "none")
+
+
+class DeltaStage(nn.Module):
+    """The task-owned part of one patched stage: a gate giving Λ and one BatchNorm.
+
+    ``norm`` says where the BatchNorm sits: on the stage output h_k (``"output"``), on the
+    weighted skip sum entering every sub-block (``"skip"``, one BN shared by the stage), or
+    nowhere (``"none"``). DESIGN.md leaves the place open; docs/RESULTS.md has the measurement.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, k: int, gate: str = "delta",
+                 norm: str = "output") -> None:
+        super().__init__()
+        if gate not in GATES:
+            raise ValueError(f"unknown gate '{gate}'; choose from {sorted(GATES)}")
+        if norm not in NORMS:
+            raise ValueError(f"unknown norm '{norm}'; choose from {NORMS}")
+        self.k, self.norm_at = k, norm
+        self.gate = GATES[gate](in_channels, k)
+        self.norm = nn.BatchNorm2d(out_channels) if norm != "none" else nn.Identity()
+
+    def forward(self, h0: Tensor, blocks: Sequence[nn.Module]) -> tuple[Tensor, Tensor]:
+        """Run the frozen ``blocks`` with all skips weighted; returns (h_k, Λ)."""
+        if len(blocks) != self.k:
+            raise ValueError(f"Δ-stage built for {self.k} sub-blocks, stage has {len(blocks)}")
+        lam = self.gate(h0)
+        hs: list[Tensor] = [h0]
+        s1_h0: Tensor | None = None  # S_1(h_0), shared by every skip h_0 → h_j
+        for j, block in enumerate(blocks, start=1):
+            split = block_split(block)
+            h_prev = hs[-1]
+            skip = None
+            for i, h_i in enumerate(hs):
+                if i == j - 1:
+                    p = split.shortcut(block, h_prev)
+                    if i == 0:
+                        s1_h0 = p
+                elif i == 0 and s1_h0 is not None and h_i.shape != s1_h0.shape:
+                    p = s1_h0
+                else:
+                    p = h_i
+                term = lam[:, skip_index(i, j)].view(-1, 1, 1, 1) * p
+                skip = term if skip is None else skip + term
+            if self.norm_at == "skip":
+                skip = self.norm(skip)
+            hs.append(split.post(block, split.residual(block, h_prev) + skip))
+        out = hs[-1]
+        return (self.norm(out) if self.norm_at == "output" else out), lam

@@ -1,0 +1,324 @@
+"""PatchedModel: one untouched backbone, any number of named patches, per-sample routing.
+
+The base task always runs ``backbone(x)`` itself, so its output is bit-identical to the plain
+model. A patched forward runs the same frozen modules stage by stage through the backbone's
+:class:`StageSpec`, replacing only the patched stages by their Δ-stages and the head by the
+patch's head. The backbone is wrapped, never copied; its BatchNorms stay in eval mode.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .backbones.registry import backbone_name, default_preprocess
+from .backbones.spec import StageSpec, block_split, run_steps, spec_for
+from .errors import PatchError
+from .patch import (Patch, PatchConfig, StageShape, check_tensors, fingerprint, read_config,
+                    read_tensors, save_patch_dir)
+from .preprocess import Preprocess
+
+BASE = "__base__"
+"""Name that routes a sample to the base task (the backbone's own head)."""
+
+
+class PatchedModel(nn.Module):
+    """A frozen backbone plus named patches.
+
+    Args:
+        backbone: the pretrained model; its parameters get ``requires_grad=False`` and it is put
+            in eval mode, nothing else about it changes.
+        spec: how to see it as stages (default: the registered spec of its type).
+        name: the backbone's name in patch configs (default: what ``load_backbone`` recorded).
+    """
+
+    def __init__(self, backbone: nn.Module, spec: StageSpec | None = None,
+                 name: str | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone.eval().requires_grad_(False)
+        self.spec = spec if spec is not None else spec_for(backbone)
+        self.backbone_name = name or backbone_name(backbone)
+        self.preprocess: Preprocess = default_preprocess(backbone)
+        self.patches = nn.ModuleDict()
+        self.active: str | None = None
+        self._stages = tuple(self._stage_module(p) for p in self.spec.stages)
+        self._head = self._head_module()
+        self._fingerprint: str | None = None
+        self._shapes: list[StageShape] | None = None
+
+    # ----------------------------------------------------------------- structure
+    def _stage_module(self, path: str) -> nn.Module:
+        stage = self.backbone.get_submodule(path)
+        blocks = list(stage)
+        if not blocks:
+            raise ValueError(f"stage '{path}' has no sub-blocks")
+        for b in blocks:
+            block_split(b)  # raises a clear TypeError for unknown block types
+        return stage
+
+    def _head_module(self) -> nn.Linear:
+        head = self.backbone.get_submodule(self.spec.head)
+        if not isinstance(head, nn.Linear):
+            raise ValueError(f"spec head '{self.spec.head}' is a {type(head).__name__}; it must "
+                             "be the final nn.Linear classifier")
+        return head
+
+    @property
+    def num_stages(self) -> int:
+        return len(self._stages)
+
+    @property
+    def stage_names(self) -> list[str]:
+        return self.spec.stage_names()
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of the backbone's weights and buffers (computed once; they never change)."""
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint(self.backbone)
+        return self._fingerprint
+
+    def stage_shapes(self) -> list[StageShape]:
+        """Channels in/out and sub-block count per stage, from one small probe forward."""
+        if self._shapes is None:
+            size = min(self.preprocess.size, 64)
+            shapes = []
+            with torch.no_grad():
+                h = run_steps(self.backbone, self.spec.stem, torch.zeros(1, 3, size, size))
+                for s, stage in enumerate(self._stages):
+                    h = run_steps(self.backbone, self.spec.transitions.get(s, ()), h)
+                    out = stage(h)
+                    shapes.append(StageShape(h.shape[1], out.shape[1], len(list(stage))))
+                    h = out
+            self._shapes = shapes
+        return self._shapes
+
+    def resolve_stages(self, stages: int | str | Sequence[int | str]) -> list[int]:
+        """Δ(n) as an int (the last n stages), or explicit 0-based indices / stage names."""
+        n = self.num_stages
+        if isinstance(stages, int):
+            if not 0 <= stages <= n:
+                raise ValueError(f"stages={stages}: this backbone has {n} stages (0..{n})")
+            return list(range(n - stages, n))
+        items = [stages] if isinstance(stages, str) else list(stages)
+        out = []
+        for s in items:
+            if isinstance(s, str):
+                if s not in self.stage_names:
+                    raise ValueError(f"unknown stage '{s}'; stages are {self.stage_names}")
+                s = self.stage_names.index(s)
+            if not 0 <= int(s) < n:
+                raise ValueError(f"stage index {s} out of range 0..{n - 1} "
+                                 f"({', '.join(self.stage_names)})")
+            out.append(int(s))
+        return sorted(set(out))
+
+    # ----------------------------------------------------------------- patches
+    def add_patch(self, name: str, num_classes: int, stages: int | Sequence[int | str] = 1, *,
+                  gate: str = "delta", norm: str = "output",
+                  class_names: Sequence[str] | None = None,
+                  preprocess: Preprocess | None = None, method: str = "delta") -> Patch:
+        """Add a new, randomly initialised patch for a ``num_classes``-way task.
+
+        ``stages`` is Δ(n): an int for the last n stages (0 gives a head-only patch, the
+        FC baseline), or a list of 0-based stage indices or names.
+        """
+        self._check_new_name(name)
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+        config = PatchConfig(
+            name=name, num_classes=int(num_classes), stages=self.resolve_stages(stages),
+            backbone=self.backbone_name, fingerprint=self.fingerprint,
+            preprocess=preprocess or self.preprocess, gate=gate, norm=norm, method=method,
+            class_names=list(class_names) if class_names is not None else None,
+        )
+        patch = Patch(config, self.stage_shapes(), self._head.in_features)
+        self.patches[name] = patch.train(self.training)
+        return patch
+
+    def _check_new_name(self, name: str) -> None:
+        if not name or name == BASE or "." in name:
+            raise ValueError(f"invalid patch name {name!r} (non-empty, no '.', not {BASE!r})")
+        if name in self.patches:
+            raise PatchError(f"a patch named '{name}' exists; remove_patch('{name}') first")
+
+    def get_patch(self, name: str) -> Patch:
+        if name not in self.patches:
+            known = ", ".join(self.patches) or "none"
+            raise PatchError(f"no patch named '{name}' (loaded: {known})")
+        return self.patches[name]
+
+    def remove_patch(self, name: str) -> None:
+        self.get_patch(name)
+        del self.patches[name]
+        if self.active == name:
+            self.active = None
+
+    def set_patch(self, name: str | None) -> None:
+        """Make ``name`` the patch that ``model(x)`` uses; ``None`` serves the base task."""
+        if name is not None and name != BASE:
+            self.get_patch(name)
+        self.active = None if name == BASE else name
+
+    @contextmanager
+    def disable_patch(self) -> Iterator[None]:
+        """Serve the base task inside the block, whatever patch is active."""
+        active, self.active = self.active, None
+        try:
+            yield
+        finally:
+            self.active = active
+
+    def save_patch(self, name: str, path: str | Path) -> Path:
+        """Write patch ``name`` as a small folder (config JSON + safetensors), atomically."""
+        return save_patch_dir(self.get_patch(name), path)
+
+    def load_patch(self, path: str | Path, name: str | None = None) -> str:
+        """Load a patch folder; returns its name. Refused, with the model unchanged, if it was
+        made for another backbone or its files are corrupt or do not match its config."""
+        config = read_config(path)
+        if config.backbone != self.backbone_name or config.fingerprint != self.fingerprint:
+            raise PatchError(
+                f"patch '{config.name}' was made for backbone '{config.backbone}' with weights "
+                f"fingerprint {config.fingerprint}; this model is '{self.backbone_name}' with "
+                f"{self.fingerprint}. Load it onto the backbone and weights it was trained on.")
+        config.name = name or config.name
+        self._check_new_name(config.name)
+        try:
+            config.stages = self.resolve_stages(config.stages)
+            patch = Patch(config, self.stage_shapes(), self._head.in_features)
+        except (ValueError, TypeError) as err:
+            raise PatchError(f"patch config does not fit this backbone: {err}") from None
+        tensors = read_tensors(path)
+        check_tensors(patch, tensors)
+        patch.load_state_dict(tensors)
+        self.patches[config.name] = patch.train(self.training)
+        return config.name
+
+    # ----------------------------------------------------------------- parameters
+    def trainable_parameters(self, name: str) -> int:
+        """Number of parameters patch ``name`` trains (its Δ-stages, norms and head)."""
+        return sum(p.numel() for p in self.get_patch(name).parameters() if p.requires_grad)
+
+    def patch_bytes(self, name: str) -> int:
+        """Bytes of the patch's tensors (what its safetensors file stores, less the header)."""
+        return sum(t.numel() * t.element_size() for t in self.get_patch(name).state_dict().values())
+
+    def print_trainable_parameters(self, name: str | None = None) -> None:
+        name = name or self.active
+        if name is None:
+            raise PatchError("no patch given and none active")
+        total = sum(p.numel() for p in self.backbone.parameters()) + sum(
+            p.numel() for p in self.get_patch(name).parameters())
+        n = self.trainable_parameters(name)
+        print(f"trainable params: {n:,} || all params: {total:,} || "
+              f"trainable%: {100 * n / total:.4f}")
+
+    def train(self, mode: bool = True) -> "PatchedModel":
+        """Patches follow ``mode``; the backbone stays in eval mode (its statistics are sacred)."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, x: Tensor, patch: str | None = None,
+                patches: Sequence[str] | None = None) -> Tensor:
+        """Logits for the base task, one patch, or one task per sample.
+
+        With ``patches`` (one name per row, ``"__base__"`` for the base task) rows are routed in
+        one pass: shared stages run once for all rows. Heads of different sizes give a tensor
+        padded to the widest head with ``-inf``, so ``argmax`` and ``softmax`` stay correct.
+        """
+        if patches is not None:
+            if len(patches) != x.shape[0]:
+                raise ValueError(f"{len(patches)} patch names for a batch of {x.shape[0]}")
+            return self._routed(x, list(patches))
+        name = patch if patch is not None else self.active
+        if name is None or name == BASE:
+            return self.backbone(x)
+        return self._routed(x, [name] * x.shape[0])
+
+    def features(self, x: Tensor, patch: str | None = None) -> Tensor:
+        """Pre-logit features (the head's input) of the base path or of one patch."""
+        return self._routed(x, [patch or BASE] * x.shape[0], head=False)
+
+    def lambdas(self, x: Tensor, patch: str | None = None) -> dict[int, Tensor]:
+        """Λ per patched stage: ``{stage index: (N, k(k+1)/2)}`` in [0, 1] for the Δ gate."""
+        name = patch or self.active
+        if name is None:
+            raise PatchError("lambdas() needs a patch: pass patch=NAME or set_patch(NAME)")
+        record: dict[str, dict[int, Tensor]] = {}
+        self._routed(x, [name] * x.shape[0], record=record)
+        return record.get(name, {})
+
+    def _routed(self, x: Tensor, names: list[str], head: bool = True,
+                record: dict[str, dict[int, Tensor]] | None = None) -> Tensor:
+        groups = _group_rows(names)
+        if set(groups) == {BASE} and head:
+            return self.backbone(x)
+        patches = {n: self.get_patch(n) for n in groups if n != BASE}
+        h = run_steps(self.backbone, self.spec.stem, x)
+        for s, stage in enumerate(self._stages):
+            h = run_steps(self.backbone, self.spec.transitions.get(s, ()), h)
+            deltas = {n: p.delta(s) for n, p in patches.items() if p.delta(s) is not None}
+            h = self._stage(h, s, stage, deltas, groups, record) if deltas else stage(h)
+        feats = run_steps(self.backbone, self.spec.pre_logits, h)
+        if not head:
+            return feats
+        heads = {n: (self._head if n == BASE else patches[n].head) for n in groups}
+        return _scatter_rows(feats, groups, {n: heads[n] for n in groups}, fill=float("-inf"))
+
+    def _stage(self, h: Tensor, s: int, stage: nn.Module, deltas: dict, groups: dict,
+               record: dict | None) -> Tensor:
+        blocks = list(stage)
+        fns = {}
+        for n in groups:
+            if n in deltas:
+                fns[n] = _delta_fn(deltas[n], blocks, s, record.setdefault(n, {})
+                                   if record is not None else None)
+        plain = [n for n in groups if n not in deltas]
+        if plain:  # every row that is not patched here shares one base pass through the stage
+            idx = torch.cat([groups[n] for n in plain])
+            merged = {**{n: groups[n] for n in deltas}, "": idx}
+            fns[""] = stage
+            return _scatter_rows(h, merged, fns)
+        return _scatter_rows(h, {n: groups[n] for n in deltas}, fns)
+
+
+def _delta_fn(delta: nn.Module, blocks: list, stage: int, record: dict | None):
+    def run(h: Tensor) -> Tensor:
+        out, lam = delta(h, blocks)
+        if record is not None:
+            record[stage] = lam
+        return out
+    return run
+
+
+def _group_rows(names: list[str]) -> dict[str, Tensor]:
+    rows: dict[str, list[int]] = {}
+    for r, n in enumerate(names):
+        rows.setdefault(n, []).append(r)
+    return {n: torch.tensor(r, dtype=torch.long) for n, r in rows.items()}
+
+
+def _scatter_rows(h: Tensor, groups: dict[str, Tensor], fns: dict, fill: float = 0.0) -> Tensor:
+    """Apply ``fns[g]`` to the rows of each group and put results back in row order; outputs of
+    different widths are padded with ``fill``. One group covering all rows skips the indexing."""
+    n_rows = h.shape[0]
+    if len(groups) == 1:
+        (g, idx), = groups.items()
+        if idx.numel() == n_rows:
+            return fns[g](h)
+    outs = {g: fns[g](h.index_select(0, idx)) for g, idx in groups.items()}
+    first = next(iter(outs.values()))
+    width = max(o.shape[1] for o in outs.values())
+    out = first.new_full((n_rows, width, *first.shape[2:]), fill)
+    for g, o in outs.items():
+        if o.shape[1] < width:
+            o = torch.cat([o, o.new_full((o.shape[0], width - o.shape[1], *o.shape[2:]), fill)], 1)
+        out = out.index_copy(0, groups[g], o)
+    return out

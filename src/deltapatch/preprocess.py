@@ -1,0 +1,38 @@
+"""The input a backbone expects: square size and per-channel normalization."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Images are resized to ``size`` x ``size`` RGB in [0, 1], then normalized."""
+
+    size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """uint8 or [0, 1] float images (N, 3, H, W) → normalized float32."""
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255)
+        mean = torch.tensor(self.mean, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def with_size(self, size: int | None) -> "Preprocess":
+        return self if size is None else Preprocess(size, self.mean, self.std)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocess":
+        return cls(int(d["size"]), tuple(d["mean"]), tuple(d["std"]))
