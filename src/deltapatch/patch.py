@@ -111,7 +111,8 @@ def fingerprint(model: nn.Module) -> str:
 
 
 def _atomic_replace_dir(tmp: Path, target: Path) -> None:
-    """Swap ``tmp`` in at ``target``; an old ``target`` survives until the new one is in place."""
+    """Swap ``tmp`` in at ``target``; an old ``target`` survives until the new one is in place,
+    and whatever else lived in it (a ``run/`` folder, metrics) moves into the new one."""
     old = None
     if target.exists():
         if not target.is_dir():
@@ -125,6 +126,9 @@ def _atomic_replace_dir(tmp: Path, target: Path) -> None:
             os.replace(old, target)
         raise
     if old is not None:
+        for entry in old.iterdir():
+            if entry.name not in (CONFIG_FILE, TENSORS_FILE):
+                os.replace(entry, target / entry.name)
         shutil.rmtree(old, ignore_errors=True)
 
 

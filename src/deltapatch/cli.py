@@ -1,0 +1,298 @@
+"""``deltapatch`` command line: a thin layer over the library. Each command is a pair of
+functions in ``COMMANDS`` (arguments, run); ``run`` returns the process exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import metrics
+from .backbones import list_backbones, load_backbone
+from .data import list_builtins, load_data, load_test
+from .errors import DeltaPatchError
+from .model import BASE, PatchedModel
+from .patch import TENSORS_FILE, read_config, read_tensors
+from .train import TrainConfig, evaluate
+
+Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, help: str):
+    """Register ``run(args) -> exit code``; its ``arguments(parser)`` comes as ``run.arguments``."""
+
+    def deco(run):
+        COMMANDS[name] = (help, run.arguments, run)
+        return run
+
+    return deco
+
+
+def _arguments(fn: Callable[[argparse.ArgumentParser], None]):
+    def attach(run):
+        run.arguments = fn
+        return run
+    return attach
+
+
+def _backbone_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", required=True,
+                   help=f"backbone name, e.g. cifar_resnet56, resnet18 (all: {', '.join(list_backbones())})")
+    p.add_argument("--weights", default=None,
+                   help="weights: a .safetensors / torch file, or a named set (imagenet, cifar10); "
+                        "default: random init")
+
+
+def _data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--data", required=required,
+                   help=f"patch task: image folder, .npz, or built-in ({', '.join(list_builtins())})")
+    p.add_argument("--base-data", default=None,
+                   help="base task data (its test split is scored with the backbone's own head)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="input size (default: the backbone's, or the patch's)")
+    p.add_argument("--max-train", type=int, default=None, help="seeded subset of the train split")
+    p.add_argument("--max-test", type=int, default=None, help="seeded subset of the test split")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of train held out for validation (default 0.1)")
+
+
+def _model(args: argparse.Namespace) -> PatchedModel:
+    return PatchedModel(load_backbone(args.backbone, args.weights))
+
+
+def _print_json(obj: dict) -> None:
+    print(json.dumps(obj, indent=None, sort_keys=False))
+
+
+# ---------------------------------------------------------------- train
+def _train_args(p: argparse.ArgumentParser) -> None:
+    from .methods import METHODS
+
+    _backbone_args(p)
+    _data_args(p)
+    p.add_argument("--out", required=True, type=Path, help="patch folder to write (run/ inside "
+                   "holds checkpoint and per-epoch metrics; an interrupted run resumes)")
+    p.add_argument("--method", default="delta", help=f"one of {', '.join(sorted(METHODS))}")
+    p.add_argument("--stages", default="1",
+                   help="Δ(n): last n stages (int), or comma-separated 0-based indices/names")
+    p.add_argument("--norm", default="output", choices=["output", "skip", "none"],
+                   help="where the patch's BatchNorm sits in each Δ-stage")
+    p.add_argument("--gate", default="delta",
+                   help="where Λ comes from: delta (input-conditioned), learned, fixed, random, "
+                        "existing (Table 8 ablations)")
+    p.add_argument("--name", default=None, help="patch name (default: the data set's name)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--no-augment", action="store_true", help="no random crop / flip")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _parse_stages(text: str) -> int | list:
+    text = text.strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    return [int(s) if s.strip().isdigit() else s.strip() for s in text.split(",") if s.strip()]
+
+
+@command("train", "train a patch (or a baseline method) on a new task; prints JSON metrics")
+@_arguments(_train_args)
+def train_cmd(args: argparse.Namespace) -> int:
+    from .methods import MethodContext, get_method
+
+    method = get_method(args.method)
+    model = _model(args)
+    size = args.image_size or model.preprocess.size
+    model.preprocess = model.preprocess.with_size(size)
+    data = load_data(args.data, size, val_fraction=args.val_fraction, seed=args.seed,
+                     max_train=args.max_train, max_test=args.max_test)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         optimizer=args.optimizer, weight_decay=args.weight_decay,
+                         warmup_epochs=args.warmup_epochs, augment=not args.no_augment,
+                         seed=args.seed, progress=not args.no_progress)
+    torch.manual_seed(args.seed)
+    ctx = MethodContext(model=model, name=args.name or data.name.replace(".", "_"), data=data,
+                        train=config, out=args.out, stages=_parse_stages(args.stages),
+                        norm=args.norm, gate=args.gate)
+    outcome = method(ctx)
+    patch_top1 = evaluate(outcome.patch_forward, data.test, model.preprocess)
+    base_top1 = None
+    if args.base_data:
+        base, _ = load_test(args.base_data, size, max_test=args.max_test, seed=args.seed)
+        base_top1 = evaluate(outcome.base_forward, base, model.preprocess)
+    result = metrics.report(method=args.method, data=args.data, patch_top1=patch_top1,
+                            base_top1=base_top1, trainable_params=outcome.trainable_params,
+                            patch_bytes=outcome.patch_bytes, n_test=len(data.test),
+                            seed=args.seed, **outcome.extra)
+    (args.out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    _print_json(result)
+    return 0
+
+
+# ---------------------------------------------------------------- eval
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    _backbone_args(p)
+    p.add_argument("--patch", required=True, type=Path, help="patch folder")
+    _data_args(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the validation split")
+
+
+@command("eval", "score a saved patch on a task's test split (and the base task); prints JSON")
+@_arguments(_eval_args)
+def eval_cmd(args: argparse.Namespace) -> int:
+    model = _model(args)
+    name = model.load_patch(args.patch)
+    pre = model.get_patch(name).config.preprocess.with_size(args.image_size)
+    test, _ = load_test(args.data, pre.size, max_test=args.max_test, seed=args.seed)
+    model.eval()
+    patch_top1 = evaluate(lambda x: model(x, patch=name), test, pre)
+    base_top1 = None
+    if args.base_data:
+        base, _ = load_test(args.base_data, pre.size, max_test=args.max_test, seed=args.seed)
+        base_top1 = evaluate(model, base, pre)
+    _print_json(metrics.report(method=model.get_patch(name).config.method, data=args.data,
+                               patch_top1=patch_top1, base_top1=base_top1,
+                               trainable_params=model.trainable_parameters(name),
+                               patch_bytes=metrics.folder_bytes(args.patch),
+                               n_test=len(test)))
+    return 0
+
+
+# ---------------------------------------------------------------- predict
+def _predict_args(p: argparse.ArgumentParser) -> None:
+    _backbone_args(p)
+    p.add_argument("--patch", type=Path, default=None,
+                   help="patch folder (default: the base task)")
+    p.add_argument("--top", type=int, default=5, help="how many classes per image")
+    p.add_argument("images", nargs="+", type=Path, help="image files")
+
+
+@command("predict", "classify image files with a patch (or the base task); one JSON line each")
+@_arguments(_predict_args)
+def predict_cmd(args: argparse.Namespace) -> int:
+    from .data.sets import to_image_tensor
+    from .data.sources import _decode
+
+    model = _model(args).eval()
+    name, names, pre = BASE, None, model.preprocess
+    if args.patch is not None:
+        name = model.load_patch(args.patch)
+        cfg = model.get_patch(name).config
+        names, pre = cfg.class_names, cfg.preprocess
+    with torch.inference_mode():
+        for path in args.images:
+            if not path.is_file():
+                raise DeltaPatchError(f"no image file {path}")
+            x = to_image_tensor(_decode(path.read_bytes(), str(path))[None], pre.size)
+            probs = model(pre.normalize(x), patch=name).softmax(1)[0]
+            top = probs.topk(min(args.top, probs.numel()))
+            _print_json({"image": str(path), "task": name, "top": [
+                {"class": int(i), "name": names[int(i)] if names else None, "prob": round(float(p), 5)}
+                for p, i in zip(top.values, top.indices)]})
+    return 0
+
+
+# ---------------------------------------------------------------- info
+def _info_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("patch", type=Path, help="patch folder")
+
+
+@command("info", "show what a patch folder holds (config, tensors, sizes) as JSON")
+@_arguments(_info_args)
+def info_cmd(args: argparse.Namespace) -> int:
+    cfg = read_config(args.patch)
+    tensors = read_tensors(args.patch)
+    out = cfg.to_json()
+    out.update({
+        "tensors": len(tensors),
+        "parameters": sum(t.numel() for k, t in tensors.items() if "running_" not in k
+                          and "num_batches" not in k),
+        "tensor_bytes": (args.patch / TENSORS_FILE).stat().st_size,
+        "patch_bytes": metrics.folder_bytes(args.patch),
+    })
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+# ---------------------------------------------------------------- verify
+def _verify_args(p: argparse.ArgumentParser) -> None:
+    _backbone_args(p)
+    p.add_argument("--patch", type=Path, nargs="+", required=True, help="patch folder(s)")
+    p.add_argument("--data", default=None, help="take inputs from this data's test split "
+                   "(default: random normal inputs)")
+    p.add_argument("-n", type=int, default=16, help="number of inputs (default 16)")
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+
+
+@command("verify", "prove base outputs are bit-identical with and without patches; exit 1 if not")
+@_arguments(_verify_args)
+def verify_cmd(args: argparse.Namespace) -> int:
+    from .patch import fingerprint
+
+    backbone = load_backbone(args.backbone, args.weights)
+    size = args.image_size or backbone.deltapatch_preprocess.size
+    if args.data:
+        x = load_test(args.data, size, max_test=args.n, seed=args.seed)[0].images
+        x = backbone.deltapatch_preprocess.normalize(x)
+    else:
+        x = torch.randn(args.n, 3, size, size, generator=torch.Generator().manual_seed(args.seed))
+    with torch.inference_mode():
+        before, fp_before = backbone(x), fingerprint(backbone)
+        model = PatchedModel(backbone).eval()
+        names = [model.load_patch(p) for p in args.patch]
+        checks = {"base_with_patches_loaded": torch.equal(model(x), before)}
+        for n in names:
+            model(x, patch=n)  # exercise every patch
+            model.set_patch(n)
+            with model.disable_patch():
+                checks[f"base_with_{n}_disabled"] = torch.equal(model(x), before)
+        model.set_patch(None)
+        for n in names:
+            model.remove_patch(n)
+        checks["base_after_removal"] = torch.equal(model(x), before)
+        checks["backbone_weights_unchanged"] = fingerprint(backbone) == fp_before
+    ok = all(checks.values())
+    _print_json({"ok": ok, "n_inputs": int(x.shape[0]), "patches": names, "checks": checks})
+    return 0 if ok else 1
+
+
+# ---------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deltapatch", description="Patch frozen pretrained CNNs with Δ-Networks.")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"deltapatch {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help_text, arguments, _run) in COMMANDS.items():
+        arguments(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command][2](args)
+    except (DeltaPatchError, ValueError, FileNotFoundError) as err:
+        print(f"deltapatch {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""The numbers every run reports, in one shape (DESIGN.md: accuracies are fractions)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def harmonic_mean(a: float, b: float) -> float:
+    """Harmonic mean of two accuracies: the paper's single-task patching metric."""
+    return 0.0 if a + b == 0 else 2 * a * b / (a + b)
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes on disk of the files directly in a patch folder (config + tensors)."""
+    return sum(f.stat().st_size for f in Path(folder).iterdir() if f.is_file()
+               and f.name != "metrics.json")
+
+
+def report(*, patch_top1: float, base_top1: float | None, trainable_params: int,
+           patch_bytes: int, **extra) -> dict:
+    """One JSON-able metrics object: patch_top1, base_top1, harmonic_mean, sizes, extras."""
+    out = {"patch_top1": round(patch_top1, 6),
+           "base_top1": None if base_top1 is None else round(base_top1, 6),
+           "harmonic_mean": None if base_top1 is None else round(harmonic_mean(patch_top1,
+                                                                               base_top1), 6),
+           "trainable_params": int(trainable_params), "patch_bytes": int(patch_bytes)}
+    out.update(extra)
+    return out

@@ -1,0 +1,199 @@
+"""The training loop: trains exactly the parameters of one owned module (a patch, or whatever a
+method trains), with AdamW/SGD, linear warm-up + cosine decay, seeded augmentation, a validation
+split, best-checkpoint keeping, per-epoch CSV/JSONL metrics and resume after interruption.
+
+Every random draw of epoch e comes from a generator seeded with (seed, e), so a run resumed from
+its checkpoint at an epoch boundary ends bit-identical to one never interrupted.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .data.augment import random_crop_flip
+from .data.sets import ImageSet, TaskData
+from .preprocess import Preprocess
+
+Forward = Callable[[Tensor], Tensor]
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    warmup_epochs: float = 1.0
+    augment: bool = True
+    seed: int = 0
+    eval_batch_size: int = 256
+    progress: bool = True
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_val_top1: float
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+OPTIMIZERS: dict[str, Callable[[list, TrainConfig], torch.optim.Optimizer]] = {
+    "adamw": lambda ps, c: torch.optim.AdamW(ps, lr=c.lr, weight_decay=c.weight_decay),
+    "sgd": lambda ps, c: torch.optim.SGD(ps, lr=c.lr, momentum=c.momentum,
+                                         weight_decay=c.weight_decay, nesterov=True),
+}
+
+
+def lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+@torch.inference_mode()
+def evaluate(forward: Forward, data: ImageSet, preprocess: Preprocess,
+             batch_size: int = 256) -> float:
+    """Top-1 accuracy (a fraction) of ``forward`` on ``data``; the caller sets eval mode."""
+    correct = 0
+    for x, y in data.batches(batch_size):
+        correct += int((forward(preprocess.normalize(x)).argmax(1) == y).sum())
+    return correct / max(1, len(data))
+
+
+@torch.inference_mode()
+def predict(forward: Forward, data: ImageSet, preprocess: Preprocess,
+            batch_size: int = 256) -> Tensor:
+    """Predicted class per image."""
+    return torch.cat([forward(preprocess.normalize(x)).argmax(1)
+                      for x, _ in data.batches(batch_size)])
+
+
+def fit(forward: Forward, owned: nn.Module, data: TaskData, preprocess: Preprocess,
+        config: TrainConfig, run_dir: str | Path | None = None,
+        set_mode: Callable[[bool], object] | None = None) -> FitResult:
+    """Train the parameters of ``owned`` that require grad so that ``forward`` fits ``data``.
+
+    Args:
+        forward: images → logits; it must only depend on trainable state through ``owned``.
+        owned: what is trained, checkpointed and restored to its best validation epoch.
+        set_mode: switches train/eval mode (default ``owned.train``); PatchedModel.train keeps
+            the backbone in eval mode.
+        run_dir: where checkpoint.pt, metrics.csv and metrics.jsonl go; an existing checkpoint
+            there is resumed.
+    """
+    set_mode = set_mode or owned.train
+    params = [p for p in owned.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("nothing to train: the owned module has no parameter requiring grad")
+    opt = OPTIMIZERS[config.optimizer](params, config)
+    steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+    run = Path(run_dir) if run_dir is not None else None
+    state = _resume(run, owned, opt) if run is not None else None
+    start, history = (state["epoch"], state["history"]) if state else (0, [])
+    best = state["best"] if state else {"epoch": 0, "val_top1": -1.0, "state": None}
+    t0 = time.perf_counter() - (state["seconds"] if state else 0.0)
+    for epoch in range(start, config.epochs):
+        set_mode(True)
+        g = _epoch_generator(config.seed, epoch)
+        loss_sum = correct = seen = 0
+        bar = tqdm(data.train.batches(config.batch_size, g), total=steps_per_epoch,
+                   desc=f"epoch {epoch + 1}/{config.epochs}", disable=not config.progress,
+                   leave=False)
+        for i, (x, y) in enumerate(bar):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(epoch * steps_per_epoch + i, total, warmup, config.lr)
+            if config.augment:
+                x = random_crop_flip(x, g, hflip=data.hflip)
+            logits = forward(preprocess.normalize(x))
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += float(loss.detach()) * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+        set_mode(False)
+        val = evaluate(forward, data.val, preprocess, config.eval_batch_size)
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_top1": correct / seen,
+               "val_top1": val, "lr": opt.param_groups[0]["lr"],
+               "seconds": time.perf_counter() - t0}
+        history.append(row)
+        if val > best["val_top1"]:
+            best = {"epoch": epoch + 1, "val_top1": val,
+                    "state": {k: v.detach().clone() for k, v in owned.state_dict().items()}}
+        if run is not None:
+            _write_metrics(run, history)
+            _checkpoint(run, owned, opt, epoch + 1, history, best, row["seconds"])
+        if config.progress:
+            tqdm.write(f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  "
+                       f"train {row['train_top1']:.4f}  val {val:.4f}")
+    if best["state"] is not None:
+        owned.load_state_dict(best["state"])
+    set_mode(False)
+    return FitResult(best["epoch"], best["val_top1"], history, time.perf_counter() - t0)
+
+
+def _checkpoint(run: Path, owned: nn.Module, opt: torch.optim.Optimizer, epoch: int,
+                history: list[dict], best: dict, seconds: float) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    tmp = run / (CHECKPOINT + ".tmp")
+    torch.save({"epoch": epoch, "owned": owned.state_dict(), "optimizer": opt.state_dict(),
+                "history": history, "best": best, "seconds": seconds}, tmp)
+    os.replace(tmp, run / CHECKPOINT)
+
+
+def _resume(run: Path, owned: nn.Module, opt: torch.optim.Optimizer) -> dict | None:
+    file = run / CHECKPOINT
+    if not file.exists():
+        return None
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    owned.load_state_dict(state["owned"])
+    opt.load_state_dict(state["optimizer"])
+    return state
+
+
+def _write_metrics(run: Path, history: list[dict]) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    with open(run / "metrics.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in history)
+    with open(run / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(history[0]))
+        w.writeheader()
+        w.writerows(history)
+
+
+def fit_patch(model, name: str, data: TaskData, config: TrainConfig,
+              run_dir: str | Path | None = None) -> FitResult:
+    """Train patch ``name`` of a :class:`~deltapatch.PatchedModel` on ``data``."""
+    patch = model.get_patch(name)
+    return fit(lambda x: model(x, patch=name), patch, data, patch.config.preprocess, config,
+               run_dir, set_mode=model.train)
+
+
+def config_dict(config: TrainConfig) -> dict:
+    return asdict(config)
