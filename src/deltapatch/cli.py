@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -82,6 +82,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="Δ(n): last n stages (int), or comma-separated 0-based indices/names")
     p.add_argument("--norm", default="output", choices=["output", "skip", "none"],
                    help="where the patch's BatchNorm sits in each Δ-stage")
+    p.add_argument("--reduction", type=int, default=4,
+                   help="Δ-module second conv width C/r (4: DESIGN.md; 2: the paper's counts)")
     p.add_argument("--gate", default="delta",
                    help="where Λ comes from: delta (input-conditioned), learned, fixed, random, "
                         "existing (Table 8 ablations)")
@@ -122,7 +124,8 @@ def train_cmd(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     ctx = MethodContext(model=model, name=args.name or data.name.replace(".", "_"), data=data,
                         train=config, out=args.out, stages=_parse_stages(args.stages),
-                        norm=args.norm, gate=args.gate)
+                        norm=args.norm, gate=args.gate,
+                        options={"reduction": args.reduction})
     outcome = method(ctx)
     patch_top1 = evaluate(outcome.patch_forward, data.test, model.preprocess)
     base_top1 = None

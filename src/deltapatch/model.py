@@ -8,9 +8,9 @@ patch's head. The backbone is wrapped, never copied; its BatchNorms stay in eval
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -18,8 +18,16 @@ from torch import Tensor, nn
 from .backbones.registry import backbone_name, default_preprocess
 from .backbones.spec import StageSpec, block_split, run_steps, spec_for
 from .errors import PatchError
-from .patch import (Patch, PatchConfig, StageShape, check_tensors, fingerprint, read_config,
-                    read_tensors, save_patch_dir)
+from .patch import (
+    Patch,
+    PatchConfig,
+    StageShape,
+    check_tensors,
+    fingerprint,
+    read_config,
+    read_tensors,
+    save_patch_dir,
+)
 from .preprocess import Preprocess
 
 BASE = "__base__"
@@ -119,13 +127,15 @@ class PatchedModel(nn.Module):
 
     # ----------------------------------------------------------------- patches
     def add_patch(self, name: str, num_classes: int, stages: int | Sequence[int | str] = 1, *,
-                  gate: str = "delta", norm: str = "output",
+                  gate: str = "delta", norm: str = "output", reduction: int = 4,
                   class_names: Sequence[str] | None = None,
                   preprocess: Preprocess | None = None, method: str = "delta") -> Patch:
         """Add a new, randomly initialised patch for a ``num_classes``-way task.
 
         ``stages`` is Δ(n): an int for the last n stages (0 gives a head-only patch, the
-        FC baseline), or a list of 0-based stage indices or names.
+        FC baseline), or a list of 0-based stage indices or names. ``gate`` and ``norm`` select
+        the Table 8 ablations (see :class:`~deltapatch.delta.DeltaStage`); ``reduction`` is the
+        Δ-module's second width C/r.
         """
         self._check_new_name(name)
         if class_names is not None and len(class_names) != num_classes:
@@ -133,7 +143,8 @@ class PatchedModel(nn.Module):
         config = PatchConfig(
             name=name, num_classes=int(num_classes), stages=self.resolve_stages(stages),
             backbone=self.backbone_name, fingerprint=self.fingerprint,
-            preprocess=preprocess or self.preprocess, gate=gate, norm=norm, method=method,
+            preprocess=preprocess or self.preprocess, gate=gate, norm=norm, reduction=reduction,
+            method=method,
             class_names=list(class_names) if class_names is not None else None,
         )
         patch = Patch(config, self.stage_shapes(), self._head.in_features)
@@ -218,7 +229,7 @@ class PatchedModel(nn.Module):
         print(f"trainable params: {n:,} || all params: {total:,} || "
               f"trainable%: {100 * n / total:.4f}")
 
-    def train(self, mode: bool = True) -> "PatchedModel":
+    def train(self, mode: bool = True) -> PatchedModel:
         """Patches follow ``mode``; the backbone stays in eval mode (its statistics are sacred)."""
         super().train(mode)
         self.backbone.eval()

@@ -14,8 +14,9 @@ the untouched module's own ``forward``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Sequence, Union
+from typing import Union
 
 import torch
 from torch import Tensor, nn

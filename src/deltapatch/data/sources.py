@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import io
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
 from .paths import shared_data_file
-from .sets import ImageSet, TaskData, check_labels, limit, make_set, split_off
+from .sets import ImageSet, TaskData, check_labels, make_set, split_off
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 DIGITS = [str(i) for i in range(10)]
@@ -94,7 +94,7 @@ def _read_image_tree(path: Path, only: str | None = None) -> tuple[Raw, list[str
     else:
         files = sorted(str(p.relative_to(path)) for p in path.rglob("*")
                        if p.suffix.lower() in IMAGE_EXTS)
-        read = lambda rel: (path / rel).read_bytes()  # noqa: E731
+        read = lambda rel: (path / rel).read_bytes()
     if not files:
         raise DataError(f"no images found in {path} (expected class folders of image files)")
     parts = [Path(f).parts for f in files]
@@ -172,7 +172,8 @@ def load_test(spec: str, size: int, *, max_test: int | None = None, seed: int = 
     if "x_test" not in raw:
         raise DataError(f"{spec}: no test split ('x_test' / a test/ folder)")
     names = _class_names(raw, names)
-    test = limit(make_set(raw["x_test"], raw["y_test"], size, f"{spec} test"), max_test, seed)
+    raw = _subsample(raw, "test", max_test, seed)
+    test = make_set(raw["x_test"], raw["y_test"], size, f"{spec} test")
     if int(test.labels.min()) < 0 or int(test.labels.max()) >= len(names):
         raise DataError(f"{spec}: test labels fall outside 0..{len(names) - 1}")
     return test, names
@@ -188,7 +189,8 @@ def load_data(spec: str, size: int, *, val_fraction: float = 0.1, seed: int = 0,
             (optional ``x_val, y_val``, ``class_names``), or an image folder / zip.
         val_fraction: share of train held out for validation when there is no ``x_val``.
             GTSRB-style ``track_train`` keeps all frames of a track on one side.
-        max_train / max_test: seeded subsets for quick runs.
+        max_train / max_test: seeded subsets for quick runs, drawn before resizing; the
+            validation share is held out of the ``max_train`` images.
     """
     raw, names, hflip, label = _raw_from_spec(spec)
     for key in ("x_train", "y_train", "x_test", "y_test"):
@@ -196,6 +198,8 @@ def load_data(spec: str, size: int, *, val_fraction: float = 0.1, seed: int = 0,
             raise DataError(f"{spec}: missing '{key}' (an .npz needs x_train, y_train, "
                             "x_test, y_test)")
     names = _class_names(raw, names)
+    raw = _subsample(raw, "train", max_train, seed, keep=("track_train",))
+    raw = _subsample(raw, "test", max_test, seed)
     train = make_set(raw["x_train"], raw["y_train"], size, f"{spec} train")
     if "x_val" in raw:
         val = make_set(raw["x_val"], raw["y_val"], size, f"{spec} val")
@@ -204,9 +208,21 @@ def load_data(spec: str, size: int, *, val_fraction: float = 0.1, seed: int = 0,
     else:
         train, val = split_off(train, val_fraction, seed)
     test = make_set(raw["x_test"], raw["y_test"], size, f"{spec} test")
-    data = TaskData(label, limit(train, max_train, seed), val, limit(test, max_test, seed),
-                    names, hflip)
+    data = TaskData(label, train, val, test, names, hflip)
     return check_labels(data)
+
+
+def _subsample(raw: Raw, split: str, n: int | None, seed: int, keep: tuple = ()) -> Raw:
+    """At most ``n`` rows of ``x_<split>``, ``y_<split>`` (and ``keep`` arrays), seeded."""
+    y = raw[f"y_{split}"]
+    if n is None or n >= len(y):
+        return raw
+    idx = np.sort(np.random.default_rng(seed).permutation(len(y))[:n])
+    out = dict(raw)
+    for key in (f"x_{split}", f"y_{split}", *keep):
+        if key in raw:
+            out[key] = raw[key][idx]
+    return out
 
 
 def _split_groups(s: ImageSet, groups: torch.Tensor, fraction: float, seed: int
