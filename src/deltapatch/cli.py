@@ -266,7 +266,8 @@ def verify_cmd(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-from .demo import HELP as _DEMO_HELP, demo_arguments, demo_cmd  # noqa: E402
+from .demo import HELP as _DEMO_HELP
+from .demo import demo_arguments, demo_cmd
 
 command("demo", _DEMO_HELP)(_arguments(demo_arguments)(demo_cmd))
 

