@@ -376,9 +376,17 @@ labels are the backbone's at that size, which is coarser than at {BASE_SIZE} px.
 
 def run(out: Path, cfg: DemoConfig, progress: bool = True, command_line: str = "") -> dict:
     """The demo itself; returns the summary it writes to ``out/summary.json``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _run(out, cfg, progress, command_line)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(out: Path, cfg: DemoConfig, progress: bool, command_line: str) -> dict:
     t_start = time.perf_counter()
     load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    torch.set_num_threads(cfg.threads)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     classes = imagenet_classes()

@@ -17,6 +17,15 @@ import deltapatch as dp
 from deltapatch.backbones.spec import run_steps
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine it is several times faster than two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def backbone():
     return dp.load_backbone("efficientnet_lite0", "imagenet")
@@ -104,7 +113,8 @@ def test_cached_prefix_path_equals_full_forward(backbone):
 @pytest.mark.shared_data
 def test_tf_lite_normalization_beats_imagenet_mean_std(backbone):
     """The reason for LITE_PREPROCESS: on real photos with ImageNet labels, (x - 127) / 128 scores
-    higher than ImageNet's mean/std (first 100 photos of the NIPS-17 dev set, 224 px)."""
+    higher than ImageNet's mean/std (first 48 photos of the NIPS-17 dev set, 224 px: 0.854 vs
+    0.729; the full measurement is benchmarks/lite0_choices.py)."""
     import io
 
     import numpy as np
@@ -117,17 +127,17 @@ def test_tf_lite_normalization_beats_imagenet_mean_std(backbone):
     if root is None or not (root / "imagenet_nips17_dev_224_jpeg.npz").exists():
         pytest.skip("needs ../shared/data/imagenet_nips17_dev_224_jpeg.npz")
     with np.load(root / "imagenet_nips17_dev_224_jpeg.npz") as d:
-        jpeg, offsets, labels = d["jpeg_bytes"], d["offsets"], d["y"][:100]
+        jpeg, offsets, labels = d["jpeg_bytes"], d["offsets"], d["y"][:48]
     images = np.stack([np.asarray(Image.open(io.BytesIO(jpeg[offsets[i]:offsets[i + 1]]
                                                         .tobytes())).convert("RGB"))
-                       for i in range(100)])
+                       for i in range(48)])
     x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     y = torch.from_numpy(labels).long()
 
     def top1(pre: Preprocess) -> float:
         with torch.no_grad():
-            pred = torch.cat([backbone(pre.normalize(c)).argmax(1) for c in x.split(50)])
+            pred = torch.cat([backbone(pre.normalize(c)).argmax(1) for c in x.split(24)])
         return float((pred == y).float().mean())
 
     lite, imagenet = top1(backbone.deltapatch_preprocess), top1(Preprocess(224))
-    assert lite > imagenet and lite >= 0.7
+    assert lite > imagenet and lite >= 0.75
