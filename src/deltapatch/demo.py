@@ -18,6 +18,7 @@ import os
 import platform
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from .data.sets import TaskData, to_image_tensor
 from .errors import DeltaPatchError
 from .metrics import folder_bytes
 from .model import BASE, PatchedModel
+from .preprocess import Preprocess
 from .train import TrainConfig, evaluate
 
 BACKBONE = "efficientnet_lite0"
@@ -172,7 +174,8 @@ def train_task(model: PatchedModel, task: str, cfg: DemoConfig, out: Path, progr
 
 
 @torch.no_grad()
-def _check_cache_path(model: PatchedModel, data: TaskData, pre, stage: int, names) -> None:
+def _check_cache_path(model: PatchedModel, data: TaskData, pre: Preprocess, stage: int,
+                      names: Iterable[str]) -> None:
     """The cached path must give the full model's logits: checked on 16 test images."""
     x = pre.normalize(data.test.images[:16])
     h = model.stage_input(x, stage)
@@ -183,7 +186,7 @@ def _check_cache_path(model: PatchedModel, data: TaskData, pre, stage: int, name
 
 
 def mixed_batch(model: PatchedModel, base_x: Tensor, photo_names: list[str],
-                tasks: dict[str, TaskData], classes: list[str], pre) -> list[dict]:
+                tasks: dict[str, TaskData], classes: list[str], pre: Preprocess) -> list[dict]:
     """Two rows for the base task and two per patch, one ``model(x, patches=...)`` call."""
     images, routes, truths, sources = [to_image_tensor(base_x[:2], pre.size)], [], [], []
     routes += [BASE, BASE]
@@ -191,10 +194,10 @@ def mixed_batch(model: PatchedModel, base_x: Tensor, photo_names: list[str],
     sources += [f"photo {n}" for n in photo_names[:2]]
     for j, name in enumerate(model.patches):
         task = tasks[name.rsplit("-", 1)[0]]
-        rows = slice(2 * j, 2 * j + 2)  # different test images for every patch
-        images.append(task.test.images[rows])
+        picks = slice(2 * j, 2 * j + 2)  # different test images for every patch
+        images.append(task.test.images[picks])
         routes += [name, name]
-        truths += [task.class_names[int(y)] for y in task.test.labels[rows]]
+        truths += [task.class_names[int(y)] for y in task.test.labels[picks]]
         sources += [f"{task.name} test #{i}" for i in range(2 * j, 2 * j + 2)]
     x = pre.normalize(torch.cat(images))
     with torch.no_grad():
@@ -209,8 +212,8 @@ def mixed_batch(model: PatchedModel, base_x: Tensor, photo_names: list[str],
     return rows
 
 
-def write_plots(rows: list[Row], model: PatchedModel, tasks: dict[str, TaskData], pre,
-                out: Path) -> list[str]:
+def write_plots(rows: list[Row], model: PatchedModel, tasks: dict[str, TaskData],
+                pre: Preprocess, out: Path) -> list[str]:
     """accuracy.png, curves.png (from each run's metrics.jsonl), lambda.png (Λ per class)."""
     import matplotlib
 
