@@ -15,7 +15,7 @@ def test_missing_packages_give_a_message_and_no_traceback(monkeypatch, capsys, t
     code = cli.main(["demo", "--fast", "--out", str(tmp_path / "d")])
     out = capsys.readouterr()
     assert code != 0
-    assert "pip install mlxtend scikit-image" in out.out
+    assert "pip install mlxtend scikit-image" in out.err
     assert "Traceback" not in out.out + out.err
     assert not (tmp_path / "d").exists()
 

@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
@@ -479,7 +480,8 @@ def demo_cmd(args: argparse.Namespace) -> int:
     missing = missing_packages()
     if missing:
         print("deltapatch demo needs packages that are not installed: " + ", ".join(missing)
-              + f"\n  pip install {' '.join(missing)}\n  (or: pip install 'deltapatch[demo]')")
+              + f"\n  pip install {' '.join(missing)}\n  (or: pip install 'deltapatch[demo]')",
+              file=sys.stderr)
         return 3
     cfg = PROFILES["fast" if args.fast else "full"]
     cfg = replace(cfg, seed=args.seed, image_size=args.image_size or cfg.image_size,
