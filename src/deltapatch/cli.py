@@ -269,6 +269,12 @@ def verify_cmd(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+from .demo import HELP as _DEMO_HELP
+from .demo import demo_arguments, demo_cmd
+
+command("demo", _DEMO_HELP)(_arguments(demo_arguments)(demo_cmd))
+
+
 # ---------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

