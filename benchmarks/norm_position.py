@@ -45,7 +45,7 @@ def main() -> None:
     ap.add_argument("--tasks", default="digits,usps")
     ap.add_argument("--stages", default="1,3")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--max-train", type=int, default=2000)
     ap.add_argument("--out", type=Path, default=Path("docs/norm_runs.jsonl"))
     ap.add_argument("--md", type=Path, default=Path("docs/NORM.md"))

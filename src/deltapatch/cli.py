@@ -183,7 +183,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
 @_arguments(_predict_args)
 def predict_cmd(args: argparse.Namespace) -> int:
     from .data.sets import to_image_tensor
-    from .data.sources import _decode
+    from .data.sources import decode_image
 
     model = _model(args).eval()
     name, names, pre = BASE, None, model.preprocess
@@ -195,7 +195,7 @@ def predict_cmd(args: argparse.Namespace) -> int:
         for path in args.images:
             if not path.is_file():
                 raise DeltaPatchError(f"no image file {path}")
-            x = to_image_tensor(_decode(path.read_bytes(), str(path))[None], pre.size)
+            x = to_image_tensor(decode_image(path.read_bytes(), str(path))[None], pre.size)
             probs = model(pre.normalize(x), patch=name).softmax(1)[0]
             top = probs.topk(min(args.top, probs.numel()))
             _print_json({"image": str(path), "task": name, "top": [

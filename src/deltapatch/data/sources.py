@@ -93,7 +93,7 @@ def _read_npz(path: Path) -> Raw:
         raise DataError(f"cannot read {path} as .npz: {err}") from None
 
 
-def _decode(data: bytes, where: str) -> np.ndarray:
+def decode_image(data: bytes, where: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as im:
             return np.asarray(im.convert("RGB"))
@@ -137,7 +137,7 @@ def _read_image_tree(path: Path, only: str | None = None) -> tuple[Raw, list[str
     for split, (xs, ys) in groups.items():
         if only is not None and split_layout and split != only:
             continue
-        images = [_decode(read(f), f"{path}/{f}") for f in xs]
+        images = [decode_image(read(f), f"{path}/{f}") for f in xs]
         shapes = {im.shape for im in images}
         if len(shapes) > 1:  # mixed sizes: bring all to the largest common square first
             s = min(min(sh[:2]) for sh in shapes)
