@@ -65,6 +65,7 @@ def main() -> None:
                     with open(args.out, "a") as f:
                         f.write(json.dumps(row) + "\n")
                     done.append(row)
+                    write_md(done, args)  # the table grows as runs finish
     write_md(done, args)
 
 
