@@ -12,6 +12,7 @@ from torch import nn
 
 import deltapatch as dp
 from deltapatch.backbones import BACKBONES
+from deltapatch.backbones.spec import stage_module
 
 REPRESENTATIVES = ["cifar_resnet20", "resnet18", "resnet50", "resnext50_32x4d",
                    "wide_resnet50_2", "convnext_tiny"]
@@ -50,7 +51,7 @@ def test_every_registered_name_has_a_working_spec(name):
     spec = dp.backbones.spec_for(model)
     assert len(spec.stages) >= 3
     for path in spec.stages:
-        for block in model.get_submodule(path):
+        for block in stage_module(model, path):
             dp.backbones.block_split(block)
     assert isinstance(model.get_submodule(spec.head), nn.Linear)
 

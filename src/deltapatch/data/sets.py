@@ -62,7 +62,7 @@ class TaskData:
 def to_image_tensor(x: np.ndarray | Tensor, size: int) -> Tensor:
     """Images (N, H, W), (N, H, W, C) or (N, C, H, W), uint8 or float in [0, 1] → uint8
     (N, 3, size, size); grayscale becomes 3-channel, resizing is bilinear with antialiasing."""
-    t = torch.as_tensor(np.array(x, copy=not isinstance(x, Tensor)))
+    t = x if isinstance(x, Tensor) else torch.from_numpy(np.array(x))  # a writable copy
     if t.ndim == 3:
         t = t.unsqueeze(1)
     elif t.ndim == 4 and t.shape[-1] in (1, 3, 4) and t.shape[1] not in (1, 3):
