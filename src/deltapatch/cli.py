@@ -93,6 +93,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--warmup-epochs", type=float, default=1.0)
     p.add_argument("--no-augment", action="store_true", help="no random crop / flip")
+    p.add_argument("--cache-features", default="auto", choices=["auto", "on", "off"],
+                   help="train on cached frozen-trunk features (auto: exactly when augmentation "
+                        "is off; on needs --no-augment)")
+    p.add_argument("--cache-dtype", default="float32", choices=["float32", "float16"],
+                   help="storage of cached features (float16 halves their memory)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -118,7 +123,8 @@ def train_cmd(args: argparse.Namespace) -> int:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          optimizer=args.optimizer, weight_decay=args.weight_decay,
                          warmup_epochs=args.warmup_epochs, augment=not args.no_augment,
-                         seed=args.seed, progress=not args.no_progress)
+                         seed=args.seed, progress=not args.no_progress,
+                         cache_features=args.cache_features, cache_dtype=args.cache_dtype)
     torch.manual_seed(args.seed)
     ctx = MethodContext(model=model, name=args.name or data.name.replace(".", "_"), data=data,
                         train=config, out=args.out, stages=_parse_stages(args.stages),

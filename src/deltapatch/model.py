@@ -255,22 +255,60 @@ class PatchedModel(nn.Module):
         self._routed(x, [name] * x.shape[0], record=record)
         return record.get(name, {})
 
+    def trunk(self, x: Tensor, upto: int) -> Tensor:
+        """The input of stage ``upto`` (stem, stages before it, their transitions and its own).
+
+        All of it is frozen base computation that no patch starting at stage ``upto`` or later
+        can change, so training may compute it once and cache it (:mod:`deltapatch.cache`).
+        ``upto == num_stages`` gives the last stage's output.
+        """
+        h = run_steps(self.backbone, self.spec.stem, x)
+        for s in range(upto):
+            h = self._stages[s](run_steps(self.backbone, self.spec.transitions.get(s, ()), h))
+        return run_steps(self.backbone, self.spec.transitions.get(upto, ()), h)
+
+    def first_patched_stage(self, names: Sequence[str]) -> int:
+        """The earliest stage any of ``names`` patches (``num_stages`` for head-only / base)."""
+        return min((s for n in set(names) if n != BASE for s in self.get_patch(n).config.stages),
+                   default=self.num_stages)
+
+    def forward_from(self, h: Tensor, start: int, patch: str | None = None,
+                     patches: Sequence[str] | None = None, head: bool = True) -> Tensor:
+        """Finish a forward from ``h = trunk(x, start)``: the same routed path as ``forward``.
+
+        This is what cached-feature training runs; it refuses a ``start`` past a patched stage
+        because that stage's Δ-module would silently be skipped.
+        """
+        names = list(patches) if patches is not None else [patch or self.active or BASE] * len(h)
+        first = self.first_patched_stage(names)
+        if start > first:
+            raise ValueError(f"forward_from(start={start}) would skip patched stage {first}")
+        return self._finish(h, start, _group_rows(names), head)
+
     def _routed(self, x: Tensor, names: list[str], head: bool = True,
                 record: dict[str, dict[int, Tensor]] | None = None) -> Tensor:
         groups = _group_rows(names)
         if set(groups) == {BASE} and head:
             return self.backbone(x)
+        start = self.first_patched_stage(list(groups))
+        return self._finish(self.trunk(x, start), start, groups, head, record)
+
+    def _finish(self, h: Tensor, start: int, groups: dict[str, Tensor], head: bool = True,
+                record: dict[str, dict[int, Tensor]] | None = None) -> Tensor:
+        """Stages ``start``.. on ``h`` (stage ``start``'s input), routed per row group: each stage
+        runs once for all rows not patched there, and per patch only on that patch's rows."""
         patches = {n: self.get_patch(n) for n in groups if n != BASE}
-        h = run_steps(self.backbone, self.spec.stem, x)
-        for s, stage in enumerate(self._stages):
-            h = run_steps(self.backbone, self.spec.transitions.get(s, ()), h)
+        for s in range(start, self.num_stages):
+            if s > start:
+                h = run_steps(self.backbone, self.spec.transitions.get(s, ()), h)
             deltas = {n: p.delta(s) for n, p in patches.items() if p.delta(s) is not None}
+            stage = self._stages[s]
             h = self._stage(h, s, stage, deltas, groups, record) if deltas else stage(h)
         feats = run_steps(self.backbone, self.spec.pre_logits, h)
         if not head:
             return feats
         heads = {n: (self._head if n == BASE else patches[n].head) for n in groups}
-        return _scatter_rows(feats, groups, {n: heads[n] for n in groups}, fill=float("-inf"))
+        return _scatter_rows(feats, groups, heads, fill=float("-inf"))
 
     def _stage(self, h: Tensor, s: int, stage: nn.Module, deltas: dict, groups: dict,
                record: dict | None) -> Tensor:
@@ -320,5 +358,5 @@ def _scatter_rows(h: Tensor, groups: dict[str, Tensor], fns: dict, fill: float =
     for g, o in outs.items():
         if o.shape[1] < width:
             o = torch.cat([o, o.new_full((o.shape[0], width - o.shape[1], *o.shape[2:]), fill)], 1)
-        out = out.index_copy(0, groups[g], o)
+        out.index_copy_(0, groups[g], o)  # in place: one output buffer, not one per group
     return out

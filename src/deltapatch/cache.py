@@ -1,0 +1,105 @@
+"""Cached frozen features: train a patch on the trunk output instead of on images.
+
+Everything before a patch's earliest stage is frozen base computation. Without augmentation its
+output for an image is the same every epoch, so :func:`cache_task` computes it once (the stage
+input ``h_0 = model.trunk(x, start)``) and training then runs only ``model.forward_from(h_0,
+start, patch)``: the same routed code path as ``model(x, patch=...)``, minus the part whose result
+is already known. The cache lives in RAM, or in an unlinked disk memmap when it would take more
+than ``max_ram_bytes``; float16 storage halves it (its accuracy effect: docs/PERFORMANCE.md).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .data.sets import ImageSet, TaskData
+from .preprocess import Preprocess
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16}
+MODES = ("auto", "on", "off")
+
+
+class CachedInput:
+    """Stands in for ``fit``'s preprocess on cached features: they are already normalized and
+    trunk-processed, so a batch only goes back from its storage dtype to float32."""
+
+    def normalize(self, h: Tensor) -> Tensor:
+        return h.float()
+
+
+def use_cache(mode: str, augment: bool) -> bool:
+    """``auto`` caches exactly when augmentation is off; ``on`` with augmentation is an error
+    (augmented images change the frozen features every epoch, so a cache would be wrong)."""
+    if mode not in MODES:
+        raise ValueError(f"cache mode '{mode}': choose from {', '.join(MODES)}")
+    if mode == "on" and augment:
+        raise ValueError("cached features need augmentation off (--no-augment): augmented "
+                         "images give different frozen features every epoch")
+    return mode == "on" or (mode == "auto" and not augment)
+
+
+def default_ram_limit() -> int:
+    """A quarter of the memory available now: the machine is usually shared."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    except (ValueError, OSError):
+        return 2 << 30
+
+
+def _storage(shape: tuple[int, ...], dtype: torch.dtype, max_ram_bytes: int,
+             directory: str | Path | None) -> Tensor:
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    if nbytes <= max_ram_bytes:
+        return torch.empty(shape, dtype=dtype)
+    fd, name = tempfile.mkstemp(prefix="deltapatch-cache-", suffix=".bin", dir=directory)
+    os.close(fd)
+    try:
+        np_dtype = np.float16 if dtype == torch.float16 else np.float32
+        mm = np.memmap(name, dtype=np_dtype, mode="w+", shape=shape)
+    finally:
+        os.unlink(name)  # the mapping keeps the data; the disk space goes when it is dropped
+    return torch.from_numpy(mm)
+
+
+@torch.no_grad()
+def cache_features(model, start: int, images: ImageSet, preprocess: Preprocess,
+                   dtype: torch.dtype = torch.float32, batch_size: int = 256,
+                   max_ram_bytes: int | None = None,
+                   directory: str | Path | None = None) -> ImageSet:
+    """``model.trunk(x, start)`` for every image, as an :class:`ImageSet` of features.
+
+    ``no_grad`` rather than ``inference_mode``: the features are later saved for backward by
+    the Δ-module's first conv, which inference tensors may not be.
+    """
+    limit = default_ram_limit() if max_ram_bytes is None else max_ram_bytes
+    out: Tensor | None = None
+    for i in range(0, len(images), batch_size):
+        h = model.trunk(preprocess.normalize(images.images[i:i + batch_size]), start)
+        if out is None:
+            out = _storage((len(images), *h.shape[1:]), dtype, limit, directory)
+        out[i:i + len(h)] = h.to(dtype)
+    assert out is not None
+    return ImageSet(out, images.labels)
+
+
+def cache_task(model, name: str, data: TaskData, preprocess: Preprocess, dtype: str = "float32",
+               max_ram_bytes: int | None = None
+               ) -> tuple[TaskData, Callable[[Tensor], Tensor], CachedInput]:
+    """(data with cached train/val features, forward on features, their 'preprocess') for
+    training patch ``name``: drop-in arguments for :func:`deltapatch.train.fit`."""
+    if dtype not in DTYPES:
+        raise ValueError(f"cache dtype '{dtype}': choose from {', '.join(DTYPES)}")
+    start = model.first_patched_stage([name])
+    train, val = (cache_features(model, start, s, preprocess, DTYPES[dtype],
+                                 max_ram_bytes=max_ram_bytes) for s in (data.train, data.val))
+    cached = replace(data, train=train, val=val)
+    return cached, lambda h: model.forward_from(h, start, patch=name), CachedInput()
