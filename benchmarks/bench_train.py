@@ -6,7 +6,7 @@ augmentation, AdamW; the full fine-tune keeps its BatchNorms in train mode, as f
 The cache is built once before timing (its one-off cost is reported next to an epoch); the
 variants alternate within each round and ratios are medians of per-round ratios.
 
-    python benchmarks/bench_train.py            # ~3-5 min on 2 shared cores
+    python benchmarks/bench_train.py            # ~3-4 min on 2 shared cores, one thread
     python benchmarks/bench_train.py --quick    # ~1 min
 """
 
@@ -79,7 +79,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer images and rounds (~1 min)")
     p.add_argument("--backbones", nargs="+", default=list(CASES), choices=list(CASES))
-    p.add_argument("--n", type=int, default=None, help="images per epoch (default 1024/256)")
+    p.add_argument("--n", type=int, default=None, help="images per epoch (default 512; quick 256)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--rounds", type=int, default=None, help="default 3 (quick: 2)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default torch's)")
@@ -88,7 +88,7 @@ def main() -> None:
     set_threads(a.threads)
     header("Δ(1) training epoch / full fine-tune epoch")
     for name in a.backbones:
-        run_case(name, CASES[name], a.n or (256 if a.quick else 1024), a.batch_size,
+        run_case(name, CASES[name], a.n or (256 if a.quick else 512), a.batch_size,
                  a.rounds or (2 if a.quick else 3), a.cache_dtype)
 
 

@@ -278,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="deltapatch", description="Patch frozen pretrained CNNs with Δ-Networks.")
     from . import __version__
     parser.add_argument("--version", action="version", version=f"deltapatch {__version__}")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's). On a shared, loaded machine "
+                             "1 is often several times faster (docs/PERFORMANCE.md)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, arguments, _run) in COMMANDS.items():
         arguments(sub.add_parser(name, help=help_text, description=help_text))
@@ -290,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         return COMMANDS[args.command][2](args)
     except (DeltaPatchError, ValueError, FileNotFoundError) as err:
