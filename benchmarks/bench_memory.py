@@ -51,10 +51,10 @@ def child(variant: str, backbone: str, size: int, n: int, batch: int, threads: i
     fit_patch(model, "p", data, cfg)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     with torch.no_grad():
-        h = model.trunk(model.preprocess.normalize(data.train.images[:1]),
-                        model.first_patched_stage(["p"]))
-    item = 2 if dtype == "float16" else 4
-    cache_mb = (len(data.train) + len(data.val)) * h.numel() * item / 2**20 if mode == "on" else 0
+        parts = cache.frozen_parts(model, model.preprocess.normalize(data.train.images[:1]),
+                                   model.first_patched_stage(["p"]))
+    row = sum(h.numel() for h in parts) * (2 if dtype == "float16" else 4)
+    cache_mb = (len(data.train) + len(data.val)) * row / 2**20 if mode == "on" else 0
     print(json.dumps({"before_mb": before, "peak_mb": peak, "cache_mb": cache_mb}))
 
 

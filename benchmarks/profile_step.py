@@ -47,7 +47,8 @@ def main() -> None:
     model.train()
     x, y = pre.normalize(data.train.images), data.train.labels
     runs = {
-        "cache": (fwd, list(model.get_patch("p").parameters()), cached.train.images, y),
+        "cache": (lambda t: fwd(cpre.normalize(t)), list(model.get_patch("p").parameters()),
+                  cached.train.images, y),
         "nocache": (lambda t: model(t, patch="p"), list(model.get_patch("p").parameters()), x, y),
         "finetune": (ft, list(ft.parameters()), x, y),
     }

@@ -85,9 +85,14 @@ def test_fp16_cache_trains_close():
 def test_memmap_cache_equals_ram_cache():
     model, data = _model(), _data()
     pre = model.preprocess
-    ram = cache_features(model, 2, data.train, pre, batch_size=10)
-    disk = cache_features(model, 2, data.train, pre, batch_size=10, max_ram_bytes=0)
+    ram, unpack = cache_features(model, 2, data.train, pre, batch_size=10)
+    disk, _ = cache_features(model, 2, data.train, pre, batch_size=10, max_ram_bytes=0)
     assert torch.equal(ram.images, disk.images) and torch.equal(ram.labels, disk.labels)
+    h0, r1 = unpack.normalize(ram.images[:3])
+    with torch.no_grad():
+        ref = model.trunk(pre.normalize(data.train.images[:3]), 2)
+        assert torch.allclose(h0, ref, atol=1e-6)
+        assert torch.allclose(r1, model.first_residual(ref, 2), atol=1e-6)
 
 
 def test_forward_from_trunk_equals_forward():
@@ -98,6 +103,10 @@ def test_forward_from_trunk_equals_forward():
         for s in (0, 1):
             assert torch.equal(model.forward_from(model.trunk(x, s), s, patch="a"),
                                model(x, patch="a"))
+        h = model.trunk(x, 1)
+        assert torch.equal(model.forward_from(h, 1, patch="a",
+                                              first_residual=model.first_residual(h, 1)),
+                           model(x, patch="a"))
         with pytest.raises(ValueError, match="skip patched stage"):
             model.forward_from(model.trunk(x, 2), 2, patch="a")
 

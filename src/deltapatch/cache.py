@@ -1,10 +1,11 @@
 """Cached frozen features: train a patch on the trunk output instead of on images.
 
-Everything before a patch's earliest stage is frozen base computation. Without augmentation its
-output for an image is the same every epoch, so :func:`cache_task` computes it once (the stage
-input ``h_0 = model.trunk(x, start)``) and training then runs only ``model.forward_from(h_0,
-start, patch)``: the same routed code path as ``model(x, patch=...)``, minus the part whose result
-is already known. The cache lives in RAM, or in an unlinked disk memmap when it would take more
+Everything before a patch's earliest stage is frozen base computation, and so is the residual
+branch F_1(h_0) of that stage's first sub-block (the Δ-weights only act on skips). Without
+augmentation they are the same every epoch, so :func:`cache_task` computes them once
+(``h_0 = model.trunk(x, start)``, ``model.first_residual(h_0, start)``) and training then runs
+only ``model.forward_from(h_0, start, patch, first_residual=...)``: the same routed code path as
+``model(x, patch=...)``, minus the part whose result is already known. The cache lives in RAM, or in an unlinked disk memmap when it would take more
 than ``max_ram_bytes``; float16 storage halves it (its accuracy effect: docs/PERFORMANCE.md).
 """
 
@@ -15,7 +16,7 @@ import os
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -29,11 +30,17 @@ MODES = ("auto", "on", "off")
 
 
 class CachedInput:
-    """Stands in for ``fit``'s preprocess on cached features: they are already normalized and
-    trunk-processed, so a batch only goes back from its storage dtype to float32."""
+    """Stands in for ``fit``'s preprocess on cached rows: they are already normalized and
+    trunk-processed, so a batch is only unpacked into its parts (each row stores the parts
+    flattened side by side, so that one row index fetches all of them) and cast to float32."""
 
-    def normalize(self, h: Tensor) -> Tensor:
-        return h.float()
+    def __init__(self, shapes: Sequence[tuple[int, ...]]) -> None:
+        self.shapes = [tuple(s) for s in shapes]
+
+    def normalize(self, rows: Tensor) -> tuple[Tensor, ...]:
+        sizes = [math.prod(s) for s in self.shapes]
+        return tuple(part.reshape(-1, *shape).float()
+                     for part, shape in zip(rows.split(sizes, dim=1), self.shapes))
 
 
 def use_cache(mode: str, augment: bool) -> bool:
@@ -70,25 +77,35 @@ def _storage(shape: tuple[int, ...], dtype: torch.dtype, max_ram_bytes: int,
     return torch.from_numpy(mm)
 
 
+def frozen_parts(model, x: Tensor, start: int) -> list[Tensor]:
+    """What training a patch that starts at stage ``start`` needs but cannot change: h_0, and
+    F_1(h_0) unless the patch is head-only (``start == num_stages``)."""
+    h = model.trunk(x, start)
+    return [h] if start >= model.num_stages else [h, model.first_residual(h, start)]
+
+
 @torch.no_grad()
 def cache_features(model, start: int, images: ImageSet, preprocess: Preprocess,
                    dtype: torch.dtype = torch.float32, batch_size: int = 256,
-                   max_ram_bytes: int | None = None,
-                   directory: str | Path | None = None) -> ImageSet:
-    """``model.trunk(x, start)`` for every image, as an :class:`ImageSet` of features.
+                   max_ram_bytes: int | None = None, directory: str | Path | None = None
+                   ) -> tuple[ImageSet, CachedInput]:
+    """:func:`frozen_parts` of every image as one packed row each, and their unpacker.
 
     ``no_grad`` rather than ``inference_mode``: the features are later saved for backward by
     the Δ-module's first conv, which inference tensors may not be.
     """
     limit = default_ram_limit() if max_ram_bytes is None else max_ram_bytes
     out: Tensor | None = None
+    shapes: list[tuple[int, ...]] = []
     for i in range(0, len(images), batch_size):
-        h = model.trunk(preprocess.normalize(images.images[i:i + batch_size]), start)
+        parts = frozen_parts(model, preprocess.normalize(images.images[i:i + batch_size]), start)
+        row = torch.cat([p.flatten(1) for p in parts], 1)
         if out is None:
-            out = _storage((len(images), *h.shape[1:]), dtype, limit, directory)
-        out[i:i + len(h)] = h.to(dtype)
+            shapes = [tuple(p.shape[1:]) for p in parts]
+            out = _storage((len(images), row.shape[1]), dtype, limit, directory)
+        out[i:i + len(row)] = row.to(dtype)
     assert out is not None
-    return ImageSet(out, images.labels)
+    return ImageSet(out, images.labels), CachedInput(shapes)
 
 
 def cache_task(model, name: str, data: TaskData, preprocess: Preprocess, dtype: str = "float32",
@@ -99,7 +116,12 @@ def cache_task(model, name: str, data: TaskData, preprocess: Preprocess, dtype: 
     if dtype not in DTYPES:
         raise ValueError(f"cache dtype '{dtype}': choose from {', '.join(DTYPES)}")
     start = model.first_patched_stage([name])
-    train, val = (cache_features(model, start, s, preprocess, DTYPES[dtype],
-                                 max_ram_bytes=max_ram_bytes) for s in (data.train, data.val))
-    cached = replace(data, train=train, val=val)
-    return cached, lambda h: model.forward_from(h, start, patch=name), CachedInput()
+    (train, unpack), (val, _) = (cache_features(model, start, s, preprocess, DTYPES[dtype],
+                                                max_ram_bytes=max_ram_bytes)
+                                 for s in (data.train, data.val))
+
+    def forward(parts: tuple[Tensor, ...]) -> Tensor:
+        return model.forward_from(parts[0], start, patch=name,
+                                  first_residual=parts[1] if len(parts) > 1 else None)
+
+    return replace(data, train=train, val=val), forward, unpack

@@ -272,18 +272,33 @@ class PatchedModel(nn.Module):
         return min((s for n in set(names) if n != BASE for s in self.get_patch(n).config.stages),
                    default=self.num_stages)
 
+    def first_residual(self, h: Tensor, stage: int) -> Tensor:
+        """F_1(h_0): the residual branch of ``stage``'s first sub-block on its input ``h``.
+
+        In a Δ-stage it depends on h_0 and frozen weights only (the Δ-weights act on the skips),
+        so it is as cacheable as h_0 itself; for ResNet-18's last stage it is ~40% of the stage.
+        """
+        block = next(iter(self._stages[stage]))
+        return block_split(block).residual(block, h)
+
     def forward_from(self, h: Tensor, start: int, patch: str | None = None,
-                     patches: Sequence[str] | None = None, head: bool = True) -> Tensor:
+                     patches: Sequence[str] | None = None, head: bool = True,
+                     first_residual: Tensor | None = None) -> Tensor:
         """Finish a forward from ``h = trunk(x, start)``: the same routed path as ``forward``.
 
         This is what cached-feature training runs; it refuses a ``start`` past a patched stage
-        because that stage's Δ-module would silently be skipped.
+        because that stage's Δ-module would silently be skipped. ``first_residual`` (from
+        :meth:`first_residual`) skips recomputing F_1(h_0); it needs every row on one patch
+        that patches stage ``start``.
         """
         names = list(patches) if patches is not None else [patch or self.active or BASE] * len(h)
         first = self.first_patched_stage(names)
         if start > first:
             raise ValueError(f"forward_from(start={start}) would skip patched stage {first}")
-        return self._finish(h, start, _group_rows(names), head)
+        if first_residual is not None and (len(set(names)) != 1 or first != start):
+            raise ValueError("first_residual needs all rows on one patch that patches stage "
+                             f"{start}")
+        return self._finish(h, start, _group_rows(names), head, first_residual=first_residual)
 
     def _routed(self, x: Tensor, names: list[str], head: bool = True,
                 record: dict[str, dict[int, Tensor]] | None = None) -> Tensor:
@@ -294,7 +309,8 @@ class PatchedModel(nn.Module):
         return self._finish(self.trunk(x, start), start, groups, head, record)
 
     def _finish(self, h: Tensor, start: int, groups: dict[str, Tensor], head: bool = True,
-                record: dict[str, dict[int, Tensor]] | None = None) -> Tensor:
+                record: dict[str, dict[int, Tensor]] | None = None,
+                first_residual: Tensor | None = None) -> Tensor:
         """Stages ``start``.. on ``h`` (stage ``start``'s input), routed per row group: each stage
         runs once for all rows not patched there, and per patch only on that patch's rows."""
         patches = {n: self.get_patch(n) for n in groups if n != BASE}
@@ -303,7 +319,8 @@ class PatchedModel(nn.Module):
                 h = run_steps(self.backbone, self.spec.transitions.get(s, ()), h)
             deltas = {n: p.delta(s) for n, p in patches.items() if p.delta(s) is not None}
             stage = self._stages[s]
-            h = self._stage(h, s, stage, deltas, groups, record) if deltas else stage(h)
+            r1 = first_residual if s == start else None
+            h = self._stage(h, s, stage, deltas, groups, record, r1) if deltas else stage(h)
         feats = run_steps(self.backbone, self.spec.pre_logits, h)
         if not head:
             return feats
@@ -311,13 +328,13 @@ class PatchedModel(nn.Module):
         return _scatter_rows(feats, groups, heads, fill=float("-inf"))
 
     def _stage(self, h: Tensor, s: int, stage: nn.Module, deltas: dict, groups: dict,
-               record: dict | None) -> Tensor:
+               record: dict | None, first_residual: Tensor | None = None) -> Tensor:
         blocks = list(stage)
         fns = {}
         for n in groups:
             if n in deltas:
                 fns[n] = _delta_fn(deltas[n], blocks, s, record.setdefault(n, {})
-                                   if record is not None else None)
+                                   if record is not None else None, first_residual)
         plain = [n for n in groups if n not in deltas]
         if plain:  # every row that is not patched here shares one base pass through the stage
             idx = torch.cat([groups[n] for n in plain])
@@ -327,9 +344,10 @@ class PatchedModel(nn.Module):
         return _scatter_rows(h, {n: groups[n] for n in deltas}, fns)
 
 
-def _delta_fn(delta: nn.Module, blocks: list, stage: int, record: dict | None):
+def _delta_fn(delta: nn.Module, blocks: list, stage: int, record: dict | None,
+              first_residual: Tensor | None = None):
     def run(h: Tensor) -> Tensor:
-        out, lam = delta(h, blocks)
+        out, lam = delta(h, blocks, first_residual)
         if record is not None:
             record[stage] = lam
         return out
