@@ -19,6 +19,11 @@ from deltapatch import PatchedModel, load_backbone
 CASES = {"cifar_resnet56": 32, "resnet18": 64}
 
 
+def _inference(f, x: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return f(x)
+
+
 def run_case(name: str, size: int, batches: list[int], rounds: int) -> None:
     torch.manual_seed(0)
     backbone = load_backbone(name)
@@ -34,10 +39,10 @@ def run_case(name: str, size: int, batches: list[int], rounds: int) -> None:
         xcl = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             assert torch.equal(model(x), backbone(x))
-            t = interleaved({"backbone": lambda: backbone(x), "patched": lambda: model(x),
-                             "channels_last": lambda: cl(xcl)}, rounds)
-        with torch.no_grad():
-            t.update({"no_grad": interleaved({"no_grad": lambda: backbone(x)}, rounds)["no_grad"]})
+        t = interleaved({"backbone": lambda: _inference(backbone, x),
+                         "patched": lambda: _inference(model, x),
+                         "channels_last": lambda: _inference(cl, xcl),
+                         "no_grad": lambda: torch.no_grad()(backbone)(x)}, rounds)
         print(f"{b:>5} {ratio(t, 'backbone', 'patched'):>33.3f} "
               f"{med(t['no_grad']) / med(t['backbone']):>23.3f} "
               f"{ratio(t, 'channels_last', 'backbone'):>22.3f} {med(t['backbone']) * 1e3:>12.2f}")
