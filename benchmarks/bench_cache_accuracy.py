@@ -14,6 +14,8 @@ import subprocess
 import sys
 import tempfile
 
+import torch
+
 from _common import header
 
 
@@ -28,6 +30,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
+    torch.set_num_threads(a.threads)  # the runs below get --threads too; this makes the header true
     header("accuracy with and without the feature cache")
     runs = {"no cache": ["--cache-features", "off"],
             "cache float32": ["--cache-features", "on", "--cache-dtype", "float32"],
