@@ -146,3 +146,17 @@ def test_cli_cache_flags():
                                       "--out", "x", "--cache-features", "on",
                                       "--cache-dtype", "float16"])
     assert args.cache_features == "on" and args.cache_dtype == "float16"
+
+
+def test_routed_mixed_batch_trains_every_patch():
+    """Autograd flows through the in-place row scatter to each patch on its own rows."""
+    model = _model().train()
+    model.add_patch("a", 3, stages=1)
+    model.add_patch("b", 3, stages=2)
+    names = ["a", "b", BASE, "a"]
+    out = model(torch.randn(4, 3, 32, 32), patches=names)
+    out[[0, 1, 3]].logsumexp(1).sum().backward()
+    for n in ("a", "b"):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0
+                   for p in model.get_patch(n).head.parameters())
+    assert all(p.grad is None for p in model.backbone.parameters())

@@ -295,7 +295,8 @@ class PatchedModel(nn.Module):
         first = self.first_patched_stage(names)
         if start > first:
             raise ValueError(f"forward_from(start={start}) would skip patched stage {first}")
-        if first_residual is not None and (len(set(names)) != 1 or first != start):
+        if first_residual is not None and (len(set(names)) != 1 or first != start
+                                           or start >= self.num_stages):
             raise ValueError("first_residual needs all rows on one patch that patches stage "
                              f"{start}")
         return self._finish(h, start, _group_rows(names), head, first_residual=first_residual)
