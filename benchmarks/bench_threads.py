@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from _common import header, interleaved, med, synthetic
 from bench_train import full_finetune
 from deltapatch import PatchedModel, load_backbone
-from deltapatch.cache import cache_task
+from deltapatch.cache import cached_training
 
 
 def main() -> None:
@@ -34,7 +34,7 @@ def main() -> None:
     model.train()
     data = synthetic(a.batch_size, a.size)
     pre = model.preprocess.with_size(a.size)
-    cached, fwd, unpack = cache_task(model, "p", data, pre)
+    cached, fwd, unpack = cached_training(model, "p", data, pre)
     parts, y = unpack.normalize(cached.train.images), data.train.labels
     ft, x = full_finetune(backbone, 10).train(), pre.normalize(data.train.images)
 

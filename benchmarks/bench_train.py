@@ -21,7 +21,7 @@ from torch import nn
 
 from _common import header, interleaved, med, ratio, set_threads, synthetic
 from deltapatch import PatchedModel, load_backbone
-from deltapatch.cache import cache_task
+from deltapatch.cache import cached_training
 from deltapatch.train import TrainConfig, fit, fit_patch
 
 CASES = {"cifar_resnet56": 32, "resnet18": 64}
@@ -50,7 +50,7 @@ def run_case(name: str, size: int, n: int, batch: int, rounds: int, cache_dtype:
     cfg = TrainConfig(epochs=1, batch_size=batch, augment=False, progress=False,
                       cache_features="off", warmup_epochs=0)
     t0 = time.perf_counter()
-    cached, fwd, cpre = cache_task(model, "p", data, pre, cache_dtype)
+    cached, fwd, cpre = cached_training(model, "p", data, pre, cache_dtype)
     build = time.perf_counter() - t0
     variants = {
         "full_finetune": lambda: fit(ft, ft, data, pre, cfg),

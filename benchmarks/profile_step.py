@@ -15,7 +15,7 @@ from torch.profiler import ProfilerActivity, profile
 from _common import header, set_threads, synthetic
 from bench_train import full_finetune
 from deltapatch import PatchedModel, load_backbone
-from deltapatch.cache import cache_task
+from deltapatch.cache import cached_training
 
 
 def step(forward, params, x, y) -> None:
@@ -42,7 +42,7 @@ def main() -> None:
     data = synthetic(a.batch_size, a.size)
     model.add_patch("p", 10, stages=1)
     pre = model.preprocess.with_size(a.size)
-    cached, fwd, cpre = cache_task(model, "p", data, pre)
+    cached, fwd, cpre = cached_training(model, "p", data, pre)
     ft = full_finetune(backbone, 10).train()
     model.train()
     x, y = pre.normalize(data.train.images), data.train.labels

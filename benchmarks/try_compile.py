@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from _common import header, interleaved, med, ratio, set_threads, synthetic
 from deltapatch import PatchedModel, load_backbone
-from deltapatch.cache import cache_task
+from deltapatch.cache import cached_training
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
     model.add_patch("p", 10, stages=1)
     model.train()
     data = synthetic(a.batch_size, a.size)
-    cached, fwd, unpack = cache_task(model, "p", data, model.preprocess.with_size(a.size))
+    cached, fwd, unpack = cached_training(model, "p", data, model.preprocess.with_size(a.size))
     parts, y = unpack.normalize(cached.train.images), cached.train.labels
     compiled = torch.compile(fwd)
 

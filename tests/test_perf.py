@@ -90,7 +90,7 @@ def test_memmap_cache_equals_ram_cache():
     assert torch.equal(ram.images, disk.images) and torch.equal(ram.labels, disk.labels)
     h0, r1 = unpack.normalize(ram.images[:3])
     with torch.no_grad():
-        ref = model.trunk(pre.normalize(data.train.images[:3]), 2)
+        ref = model.stage_input(pre.normalize(data.train.images[:3]), 2)
         assert torch.allclose(h0, ref, atol=1e-6)
         assert torch.allclose(r1, model.first_residual(ref, 2), atol=1e-6)
 
@@ -101,14 +101,14 @@ def test_forward_from_trunk_equals_forward():
     x = torch.randn(6, 3, 32, 32)
     with torch.no_grad():
         for s in (0, 1):
-            assert torch.equal(model.forward_from(model.trunk(x, s), s, patch="a"),
+            assert torch.equal(model.forward_from(model.stage_input(x, s), s, patch="a"),
                                model(x, patch="a"))
-        h = model.trunk(x, 1)
+        h = model.stage_input(x, 1)
         assert torch.equal(model.forward_from(h, 1, patch="a",
                                               first_residual=model.first_residual(h, 1)),
                            model(x, patch="a"))
         with pytest.raises(ValueError, match="skip patched stage"):
-            model.forward_from(model.trunk(x, 2), 2, patch="a")
+            model.forward_from(model.stage_input(x, 2), 2, patch="a")
 
 
 def test_routed_rows_equal_per_patch_runs():

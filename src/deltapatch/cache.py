@@ -1,12 +1,20 @@
-"""Cached frozen features: train a patch on the trunk output instead of on images.
+"""Training a patch on cached frozen activations instead of on images.
 
-Everything before a patch's earliest stage is frozen base computation, and so is the residual
-branch F_1(h_0) of that stage's first sub-block (the Δ-weights only act on skips). Without
-augmentation they are the same every epoch, so :func:`cache_task` computes them once
-(``h_0 = model.trunk(x, start)``, ``model.first_residual(h_0, start)``) and training then runs
-only ``model.forward_from(h_0, start, patch, first_residual=...)``: the same routed code path as
-``model(x, patch=...)``, minus the part whose result is already known. The cache lives in RAM, or in an unlinked disk memmap when it would take more
-than ``max_ram_bytes``; float16 storage halves it (its accuracy effect: docs/PERFORMANCE.md).
+Everything before a patch's first Δ-stage is frozen and runs in eval mode, and so is the residual
+branch F_1(h_0) of that stage's first sub-block (the Δ-weights act on skips only). Without data
+augmentation they map each image to the same tensors in every epoch, so they are computed once
+(:meth:`PatchedModel.stage_input`, :meth:`PatchedModel.first_residual`) and training runs only
+:meth:`PatchedModel.forward_from`: the same routed code path as ``model(x, patch=...)``, minus the
+part whose result is already known.
+
+Two entry points share that path:
+
+- :func:`cached_training` is what :func:`deltapatch.train.fit_patch` (``deltapatch train
+  --cache-features``) uses for one patch: it also caches F_1(h_0), keeps the cache in RAM or in an
+  unlinked disk memmap when it would take more than a quarter of the free memory, and can store
+  float16 (accuracy and speed: docs/PERFORMANCE.md).
+- :func:`cache_task` / :func:`fit_patch_cached` cache h_0 alone at a stage shared by several
+  patches (the demo trains Δ(1) and FC-only patches from one cache).
 """
 
 from __future__ import annotations
@@ -14,16 +22,67 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from .data.sets import ImageSet, TaskData
+from .model import PatchedModel
 from .preprocess import Preprocess
+from .train import FitResult, TrainConfig, fit
+
+
+class AsIs(Preprocess):
+    """The 'preprocessing' of cached activations: they are already normalized and encoded."""
+
+    def normalize(self, x: Tensor) -> Tensor:
+        return x
+
+
+def first_stage(model: PatchedModel, name: str) -> int:
+    """Where a patch starts to differ from the base path (``num_stages`` for a head-only one)."""
+    return model.first_patched_stage([name])
+
+
+@torch.no_grad()
+def cache_split(model: PatchedModel, images: ImageSet, stage: int, preprocess: Preprocess,
+                batch_size: int = 128, desc: str = "cache", progress: bool = True) -> ImageSet:
+    """``stage_input`` of every image (no_grad, not inference_mode: the cached tensors feed
+    autograd later, which inference tensors may not)."""
+    model.eval()
+    n = (len(images) + batch_size - 1) // batch_size
+    outs = [model.stage_input(preprocess.normalize(x), stage)
+            for x, _ in tqdm(images.batches(batch_size), total=n, desc=desc, leave=False,
+                             disable=not progress)]
+    return ImageSet(torch.cat(outs), images.labels)
+
+
+def cache_task(model: PatchedModel, data: TaskData, stage: int, preprocess: Preprocess,
+               progress: bool = True) -> TaskData:
+    """The task with every split's images replaced by their activations entering ``stage``."""
+    splits = {s: cache_split(model, getattr(data, s), stage, preprocess,
+                             desc=f"{data.name}: frozen prefix, {s}", progress=progress)
+              for s in ("train", "val", "test")}
+    return replace(data, **splits)
+
+
+def fit_patch_cached(model: PatchedModel, name: str, cached: TaskData, stage: int,
+                     config: TrainConfig, run_dir: str | Path | None = None) -> FitResult:
+    """Train patch ``name`` from activations cached at ``stage`` (≤ its first Δ-stage)."""
+    if first_stage(model, name) < stage:
+        raise ValueError(f"patch '{name}' has a Δ-stage before the cached stage {stage}")
+    patch = model.get_patch(name)
+    size = patch.config.preprocess.size
+    return fit(lambda h: model.forward_from(h, stage, name), patch, cached, AsIs(size),
+               replace(config, augment=False), run_dir, set_mode=model.train)
+
+
+# ------------------------------------------------ one patch: h_0 + F_1(h_0), fp16, memmap
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 MODES = ("auto", "on", "off")
@@ -80,7 +139,7 @@ def _storage(shape: tuple[int, ...], dtype: torch.dtype, max_ram_bytes: int,
 def frozen_parts(model, x: Tensor, start: int) -> list[Tensor]:
     """What training a patch that starts at stage ``start`` needs but cannot change: h_0, and
     F_1(h_0) unless the patch is head-only (``start == num_stages``)."""
-    h = model.trunk(x, start)
+    h = model.stage_input(x, start)
     return [h] if start >= model.num_stages else [h, model.first_residual(h, start)]
 
 
@@ -108,9 +167,9 @@ def cache_features(model, start: int, images: ImageSet, preprocess: Preprocess,
     return ImageSet(out, images.labels), CachedInput(shapes)
 
 
-def cache_task(model, name: str, data: TaskData, preprocess: Preprocess, dtype: str = "float32",
-               max_ram_bytes: int | None = None
-               ) -> tuple[TaskData, Callable[[Tensor], Tensor], CachedInput]:
+def cached_training(model, name: str, data: TaskData, preprocess: Preprocess,
+                    dtype: str = "float32", max_ram_bytes: int | None = None
+                    ) -> tuple[TaskData, Callable[[Tensor], Tensor], CachedInput]:
     """(data with cached train/val features, forward on features, their 'preprocess') for
     training patch ``name``: drop-in arguments for :func:`deltapatch.train.fit`."""
     if dtype not in DTYPES:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -82,6 +82,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="Δ(n): last n stages (int), or comma-separated 0-based indices/names")
     p.add_argument("--norm", default="output", choices=["output", "skip", "none"],
                    help="where the patch's BatchNorm sits in each Δ-stage")
+    p.add_argument("--reduction", type=int, default=4,
+                   help="Δ-module second conv width C/r (4: DESIGN.md; 2: the paper's counts)")
     p.add_argument("--gate", default="delta",
                    help="where Λ comes from: delta (input-conditioned), learned, fixed, random, "
                         "existing (Table 8 ablations)")
@@ -128,7 +130,8 @@ def train_cmd(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     ctx = MethodContext(model=model, name=args.name or data.name.replace(".", "_"), data=data,
                         train=config, out=args.out, stages=_parse_stages(args.stages),
-                        norm=args.norm, gate=args.gate)
+                        norm=args.norm, gate=args.gate,
+                        options={"reduction": args.reduction})
     outcome = method(ctx)
     patch_top1 = evaluate(outcome.patch_forward, data.test, model.preprocess)
     base_top1 = None
@@ -186,7 +189,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
 @_arguments(_predict_args)
 def predict_cmd(args: argparse.Namespace) -> int:
     from .data.sets import to_image_tensor
-    from .data.sources import _decode
+    from .data.sources import decode_image
 
     model = _model(args).eval()
     name, names, pre = BASE, None, model.preprocess
@@ -198,7 +201,7 @@ def predict_cmd(args: argparse.Namespace) -> int:
         for path in args.images:
             if not path.is_file():
                 raise DeltaPatchError(f"no image file {path}")
-            x = to_image_tensor(_decode(path.read_bytes(), str(path))[None], pre.size)
+            x = to_image_tensor(decode_image(path.read_bytes(), str(path))[None], pre.size)
             probs = model(pre.normalize(x), patch=name).softmax(1)[0]
             top = probs.topk(min(args.top, probs.numel()))
             _print_json({"image": str(path), "task": name, "top": [
@@ -270,6 +273,12 @@ def verify_cmd(args: argparse.Namespace) -> int:
     ok = all(checks.values())
     _print_json({"ok": ok, "n_inputs": int(x.shape[0]), "patches": names, "checks": checks})
     return 0 if ok else 1
+
+
+from .demo import HELP as _DEMO_HELP
+from .demo import demo_arguments, demo_cmd
+
+command("demo", _DEMO_HELP)(_arguments(demo_arguments)(demo_cmd))
 
 
 # ---------------------------------------------------------------- main

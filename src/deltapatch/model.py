@@ -8,18 +8,26 @@ patch's head. The backbone is wrapped, never copied; its BatchNorms stay in eval
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .backbones.registry import backbone_name, default_preprocess
-from .backbones.spec import StageSpec, block_split, run_steps, spec_for
+from .backbones.spec import StageSpec, block_split, run_steps, spec_for, stage_module
 from .errors import PatchError
-from .patch import (Patch, PatchConfig, StageShape, check_tensors, fingerprint, read_config,
-                    read_tensors, save_patch_dir)
+from .patch import (
+    Patch,
+    PatchConfig,
+    StageShape,
+    check_tensors,
+    fingerprint,
+    read_config,
+    read_tensors,
+    save_patch_dir,
+)
 from .preprocess import Preprocess
 
 BASE = "__base__"
@@ -52,7 +60,7 @@ class PatchedModel(nn.Module):
 
     # ----------------------------------------------------------------- structure
     def _stage_module(self, path: str) -> nn.Module:
-        stage = self.backbone.get_submodule(path)
+        stage = stage_module(self.backbone, path)
         blocks = list(stage)
         if not blocks:
             raise ValueError(f"stage '{path}' has no sub-blocks")
@@ -119,13 +127,15 @@ class PatchedModel(nn.Module):
 
     # ----------------------------------------------------------------- patches
     def add_patch(self, name: str, num_classes: int, stages: int | Sequence[int | str] = 1, *,
-                  gate: str = "delta", norm: str = "output",
+                  gate: str = "delta", norm: str = "output", reduction: int = 4,
                   class_names: Sequence[str] | None = None,
                   preprocess: Preprocess | None = None, method: str = "delta") -> Patch:
         """Add a new, randomly initialised patch for a ``num_classes``-way task.
 
         ``stages`` is Δ(n): an int for the last n stages (0 gives a head-only patch, the
-        FC baseline), or a list of 0-based stage indices or names.
+        FC baseline), or a list of 0-based stage indices or names. ``gate`` and ``norm`` select
+        the Table 8 ablations (see :class:`~deltapatch.delta.DeltaStage`); ``reduction`` is the
+        Δ-module's second width C/r.
         """
         self._check_new_name(name)
         if class_names is not None and len(class_names) != num_classes:
@@ -133,7 +143,8 @@ class PatchedModel(nn.Module):
         config = PatchConfig(
             name=name, num_classes=int(num_classes), stages=self.resolve_stages(stages),
             backbone=self.backbone_name, fingerprint=self.fingerprint,
-            preprocess=preprocess or self.preprocess, gate=gate, norm=norm, method=method,
+            preprocess=preprocess or self.preprocess, gate=gate, norm=norm, reduction=reduction,
+            method=method,
             class_names=list(class_names) if class_names is not None else None,
         )
         patch = Patch(config, self.stage_shapes(), self._head.in_features)
@@ -218,7 +229,7 @@ class PatchedModel(nn.Module):
         print(f"trainable params: {n:,} || all params: {total:,} || "
               f"trainable%: {100 * n / total:.4f}")
 
-    def train(self, mode: bool = True) -> "PatchedModel":
+    def train(self, mode: bool = True) -> PatchedModel:
         """Patches follow ``mode``; the backbone stays in eval mode (its statistics are sacred)."""
         super().train(mode)
         self.backbone.eval()
@@ -255,17 +266,17 @@ class PatchedModel(nn.Module):
         self._routed(x, [name] * x.shape[0], record=record)
         return record.get(name, {})
 
-    def trunk(self, x: Tensor, upto: int) -> Tensor:
-        """The input of stage ``upto`` (stem, stages before it, their transitions and its own).
-
-        All of it is frozen base computation that no patch starting at stage ``upto`` or later
-        can change, so training may compute it once and cache it (:mod:`deltapatch.cache`).
-        ``upto == num_stages`` gives the last stage's output.
-        """
+    def stage_input(self, x: Tensor, stage: int) -> Tensor:
+        """The frozen activation entering stage ``stage`` (after its transition; ``num_stages``
+        gives the last stage's output). A patch whose Δ-stages all lie at or after ``stage``
+        sees exactly this tensor, so it can be computed once per image and cached
+        (:mod:`deltapatch.cache`); ``forward`` itself runs ``forward_from(stage_input(x, s), s)``."""
+        if not 0 <= stage <= self.num_stages:
+            raise ValueError(f"stage {stage} out of range 0..{self.num_stages}")
         h = run_steps(self.backbone, self.spec.stem, x)
-        for s in range(upto):
+        for s in range(stage):
             h = self._stages[s](run_steps(self.backbone, self.spec.transitions.get(s, ()), h))
-        return run_steps(self.backbone, self.spec.transitions.get(upto, ()), h)
+        return run_steps(self.backbone, self.spec.transitions.get(stage, ()), h)
 
     def first_patched_stage(self, names: Sequence[str]) -> int:
         """The earliest stage any of ``names`` patches (``num_stages`` for head-only / base)."""
@@ -284,7 +295,7 @@ class PatchedModel(nn.Module):
     def forward_from(self, h: Tensor, start: int, patch: str | None = None,
                      patches: Sequence[str] | None = None, head: bool = True,
                      first_residual: Tensor | None = None) -> Tensor:
-        """Finish a forward from ``h = trunk(x, start)``: the same routed path as ``forward``.
+        """Finish a forward from ``h = stage_input(x, start)``: the routed path of ``forward``.
 
         This is what cached-feature training runs; it refuses a ``start`` past a patched stage
         because that stage's Δ-module would silently be skipped. ``first_residual`` (from
@@ -307,7 +318,7 @@ class PatchedModel(nn.Module):
         if set(groups) == {BASE} and head:
             return self.backbone(x)
         start = self.first_patched_stage(list(groups))
-        return self._finish(self.trunk(x, start), start, groups, head, record)
+        return self._finish(self.stage_input(x, start), start, groups, head, record)
 
     def _finish(self, h: Tensor, start: int, groups: dict[str, Tensor], head: bool = True,
                 record: dict[str, dict[int, Tensor]] | None = None,

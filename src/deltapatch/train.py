@@ -13,16 +13,15 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .cache import cache_task, use_cache
 from .data.augment import random_crop_flip
 from .data.sets import ImageSet, TaskData
 from .preprocess import Preprocess
@@ -197,10 +196,12 @@ def fit_patch(model, name: str, data: TaskData, config: TrainConfig,
     Without augmentation (and ``cache_features`` not "off") the frozen trunk's output is computed
     once and training runs on it (:mod:`deltapatch.cache`): same model path, far less compute.
     """
+    from .cache import cached_training, use_cache  # cache.py builds on this module
+
     patch = model.get_patch(name)
     forward, pre = (lambda x: model(x, patch=name)), patch.config.preprocess
     if use_cache(config.cache_features, config.augment):
-        data, forward, pre = cache_task(model, name, data, pre, config.cache_dtype)
+        data, forward, pre = cached_training(model, name, data, pre, config.cache_dtype)
     return fit(forward, patch, data, pre, config, run_dir, set_mode=model.train)
 
 
