@@ -72,7 +72,7 @@ def interleaved(variants: dict[str, Callable[[], object]], rounds: int, warmup: 
 
 def ratio(times: dict[str, list[float]], num: str, den: str) -> float:
     """Median over rounds of the per-round ratio num/den (both timed in the same round)."""
-    return statistics.median(a / b for a, b in zip(times[num], times[den]))
+    return statistics.median(a / b for a, b in zip(times[num], times[den], strict=True))
 
 
 def med(ts: list[float]) -> float:

@@ -12,8 +12,8 @@ import argparse
 import copy
 
 import torch
-
 from _common import header, interleaved, med, ratio, set_threads
+
 from deltapatch import PatchedModel, load_backbone
 
 CASES = {"cifar_resnet56": 32, "resnet18": 64}
@@ -39,10 +39,10 @@ def run_case(name: str, size: int, batches: list[int], rounds: int) -> None:
         xcl = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             assert torch.equal(model(x), backbone(x))
-        t = interleaved({"backbone": lambda: _inference(backbone, x),
-                         "patched": lambda: _inference(model, x),
-                         "channels_last": lambda: _inference(cl, xcl),
-                         "no_grad": lambda: torch.no_grad()(backbone)(x)}, rounds)
+        t = interleaved({"backbone": lambda x=x: _inference(backbone, x),
+                         "patched": lambda x=x: _inference(model, x),
+                         "channels_last": lambda x=xcl: _inference(cl, x),
+                         "no_grad": lambda x=x: torch.no_grad()(backbone)(x)}, rounds)
         print(f"{b:>5} {ratio(t, 'backbone', 'patched'):>33.3f} "
               f"{med(t['no_grad']) / med(t['backbone']):>23.3f} "
               f"{ratio(t, 'channels_last', 'backbone'):>22.3f} {med(t['backbone']) * 1e3:>12.2f}")

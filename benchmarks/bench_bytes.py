@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from _common import header
+
 from deltapatch import PatchedModel, load_backbone
 from deltapatch.metrics import folder_bytes
 

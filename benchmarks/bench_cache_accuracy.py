@@ -15,7 +15,6 @@ import sys
 import tempfile
 
 import torch
-
 from _common import header
 
 

@@ -29,9 +29,9 @@ def rss_mb() -> float:
 
 def child(variant: str, backbone: str, size: int, n: int, batch: int, threads: int | None) -> None:
     import torch
+    from _common import synthetic
 
     import deltapatch.cache as cache
-    from _common import synthetic
     from deltapatch import PatchedModel, load_backbone
     from deltapatch.train import TrainConfig, fit_patch
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from _common import header, interleaved, med, ratio, set_threads
+
 from deltapatch import PatchedModel, load_backbone
 
 CASES = {"cifar_resnet56": 32, "resnet18": 64}

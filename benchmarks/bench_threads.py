@@ -11,9 +11,9 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-
 from _common import header, interleaved, med, synthetic
 from bench_train import full_finetune
+
 from deltapatch import PatchedModel, load_backbone
 from deltapatch.cache import cached_training
 

@@ -17,9 +17,9 @@ import copy
 import time
 
 import torch
+from _common import header, interleaved, med, ratio, set_threads, synthetic
 from torch import nn
 
-from _common import header, interleaved, med, ratio, set_threads, synthetic
 from deltapatch import PatchedModel, load_backbone
 from deltapatch.cache import cached_training
 from deltapatch.train import TrainConfig, fit, fit_patch

@@ -10,10 +10,10 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from torch.profiler import ProfilerActivity, profile
-
 from _common import header, set_threads, synthetic
 from bench_train import full_finetune
+from torch.profiler import ProfilerActivity, profile
+
 from deltapatch import PatchedModel, load_backbone
 from deltapatch.cache import cached_training
 

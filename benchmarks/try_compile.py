@@ -12,8 +12,8 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from _common import header, interleaved, med, ratio, set_threads, synthetic
+
 from deltapatch import PatchedModel, load_backbone
 from deltapatch.cache import cached_training
 

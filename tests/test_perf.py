@@ -59,9 +59,9 @@ def test_cache_on_off_agree(stages):
     on, h_on = _train("on", stages=stages)
     off, h_off = _train("off", stages=stages)
     for (k, a), b in zip(on.get_patch("t").state_dict().items(),
-                         off.get_patch("t").state_dict().values()):
+                         off.get_patch("t").state_dict().values(), strict=True):
         assert torch.allclose(a.float(), b.float(), atol=1e-4, rtol=1e-4), k
-    for a, b in zip(h_on, h_off):
+    for a, b in zip(h_on, h_off, strict=True):
         assert a["val_top1"] == b["val_top1"]
         assert a["train_top1"] == b["train_top1"]
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)

@@ -90,7 +90,7 @@ MODES = ("auto", "on", "off")
 
 class CachedInput:
     """Stands in for ``fit``'s preprocess on cached rows: they are already normalized and
-    trunk-processed, so a batch is only unpacked into its parts (each row stores the parts
+    through the frozen prefix, so a batch is only unpacked into its parts (each row stores the parts
     flattened side by side, so that one row index fetches all of them) and cast to float32."""
 
     def __init__(self, shapes: Sequence[tuple[int, ...]]) -> None:
@@ -99,7 +99,7 @@ class CachedInput:
     def normalize(self, rows: Tensor) -> tuple[Tensor, ...]:
         sizes = [math.prod(s) for s in self.shapes]
         return tuple(part.reshape(-1, *shape).float()
-                     for part, shape in zip(rows.split(sizes, dim=1), self.shapes))
+                     for part, shape in zip(rows.split(sizes, dim=1), self.shapes, strict=True))
 
 
 def use_cache(mode: str, augment: bool) -> bool:
@@ -136,7 +136,7 @@ def _storage(shape: tuple[int, ...], dtype: torch.dtype, max_ram_bytes: int,
     return torch.from_numpy(mm)
 
 
-def frozen_parts(model, x: Tensor, start: int) -> list[Tensor]:
+def frozen_parts(model: PatchedModel, x: Tensor, start: int) -> list[Tensor]:
     """What training a patch that starts at stage ``start`` needs but cannot change: h_0, and
     F_1(h_0) unless the patch is head-only (``start == num_stages``)."""
     h = model.stage_input(x, start)
@@ -144,7 +144,7 @@ def frozen_parts(model, x: Tensor, start: int) -> list[Tensor]:
 
 
 @torch.no_grad()
-def cache_features(model, start: int, images: ImageSet, preprocess: Preprocess,
+def cache_features(model: PatchedModel, start: int, images: ImageSet, preprocess: Preprocess,
                    dtype: torch.dtype = torch.float32, batch_size: int = 256,
                    max_ram_bytes: int | None = None, directory: str | Path | None = None
                    ) -> tuple[ImageSet, CachedInput]:
@@ -167,9 +167,9 @@ def cache_features(model, start: int, images: ImageSet, preprocess: Preprocess,
     return ImageSet(out, images.labels), CachedInput(shapes)
 
 
-def cached_training(model, name: str, data: TaskData, preprocess: Preprocess,
+def cached_training(model: PatchedModel, name: str, data: TaskData, preprocess: Preprocess,
                     dtype: str = "float32", max_ram_bytes: int | None = None
-                    ) -> tuple[TaskData, Callable[[Tensor], Tensor], CachedInput]:
+                    ) -> tuple[TaskData, Callable[[tuple[Tensor, ...]], Tensor], CachedInput]:
     """(data with cached train/val features, forward on features, their 'preprocess') for
     training patch ``name``: drop-in arguments for :func:`deltapatch.train.fit`."""
     if dtype not in DTYPES:
