@@ -1,18 +1,32 @@
-"""Training a patch on cached frozen-prefix activations.
+"""Training a patch on cached frozen activations instead of on images.
 
-Everything before a patch's first Δ-stage is frozen and runs in eval mode, so without data
-augmentation it maps each image to the same tensor in every epoch. Computing that tensor once
-(:meth:`PatchedModel.stage_input`) and training from it (:meth:`PatchedModel.forward_from`) is the
-same optimisation as :func:`deltapatch.train.fit_patch` with ``augment=False``, at a fraction of
-the cost: on EfficientNet-Lite0 the prefix before the last stage is most of the network. This is
-what lets the offline demo train on a shared 2-core machine in minutes.
+Everything before a patch's first Δ-stage is frozen and runs in eval mode, and so is the residual
+branch F_1(h_0) of that stage's first sub-block (the Δ-weights act on skips only). Without data
+augmentation they map each image to the same tensors in every epoch, so they are computed once
+(:meth:`PatchedModel.stage_input`, :meth:`PatchedModel.first_residual`) and training runs only
+:meth:`PatchedModel.forward_from`: the same routed code path as ``model(x, patch=...)``, minus the
+part whose result is already known.
+
+Two entry points share that path:
+
+- :func:`cached_training` is what :func:`deltapatch.train.fit_patch` (``deltapatch train
+  --cache-features``) uses for one patch: it also caches F_1(h_0), keeps the cache in RAM or in an
+  unlinked disk memmap when it would take more than a quarter of the free memory, and can store
+  float16 (accuracy and speed: docs/PERFORMANCE.md).
+- :func:`cache_task` / :func:`fit_patch_cached` cache h_0 alone at a stage shared by several
+  patches (the demo trains Δ(1) and FC-only patches from one cache).
 """
 
 from __future__ import annotations
 
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -32,7 +46,7 @@ class AsIs(Preprocess):
 
 def first_stage(model: PatchedModel, name: str) -> int:
     """Where a patch starts to differ from the base path (``num_stages`` for a head-only one)."""
-    return min(model.get_patch(name).config.stages, default=model.num_stages)
+    return model.first_patched_stage([name])
 
 
 @torch.no_grad()
@@ -66,3 +80,107 @@ def fit_patch_cached(model: PatchedModel, name: str, cached: TaskData, stage: in
     size = patch.config.preprocess.size
     return fit(lambda h: model.forward_from(h, stage, name), patch, cached, AsIs(size),
                replace(config, augment=False), run_dir, set_mode=model.train)
+
+
+# ------------------------------------------------ one patch: h_0 + F_1(h_0), fp16, memmap
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16}
+MODES = ("auto", "on", "off")
+
+
+class CachedInput:
+    """Stands in for ``fit``'s preprocess on cached rows: they are already normalized and
+    through the frozen prefix, so a batch is only unpacked into its parts (each row stores the parts
+    flattened side by side, so that one row index fetches all of them) and cast to float32."""
+
+    def __init__(self, shapes: Sequence[tuple[int, ...]]) -> None:
+        self.shapes = [tuple(s) for s in shapes]
+
+    def normalize(self, rows: Tensor) -> tuple[Tensor, ...]:
+        sizes = [math.prod(s) for s in self.shapes]
+        return tuple(part.reshape(-1, *shape).float()
+                     for part, shape in zip(rows.split(sizes, dim=1), self.shapes, strict=True))
+
+
+def use_cache(mode: str, augment: bool) -> bool:
+    """``auto`` caches exactly when augmentation is off; ``on`` with augmentation is an error
+    (augmented images change the frozen features every epoch, so a cache would be wrong)."""
+    if mode not in MODES:
+        raise ValueError(f"cache mode '{mode}': choose from {', '.join(MODES)}")
+    if mode == "on" and augment:
+        raise ValueError("cached features need augmentation off (--no-augment): augmented "
+                         "images give different frozen features every epoch")
+    return mode == "on" or (mode == "auto" and not augment)
+
+
+def default_ram_limit() -> int:
+    """A quarter of the memory available now: the machine is usually shared."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    except (ValueError, OSError):
+        return 2 << 30
+
+
+def _storage(shape: tuple[int, ...], dtype: torch.dtype, max_ram_bytes: int,
+             directory: str | Path | None) -> Tensor:
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    if nbytes <= max_ram_bytes:
+        return torch.empty(shape, dtype=dtype)
+    fd, name = tempfile.mkstemp(prefix="deltapatch-cache-", suffix=".bin", dir=directory)
+    os.close(fd)
+    try:
+        np_dtype = np.float16 if dtype == torch.float16 else np.float32
+        mm = np.memmap(name, dtype=np_dtype, mode="w+", shape=shape)
+    finally:
+        os.unlink(name)  # the mapping keeps the data; the disk space goes when it is dropped
+    return torch.from_numpy(mm)
+
+
+def frozen_parts(model: PatchedModel, x: Tensor, start: int) -> list[Tensor]:
+    """What training a patch that starts at stage ``start`` needs but cannot change: h_0, and
+    F_1(h_0) unless the patch is head-only (``start == num_stages``)."""
+    h = model.stage_input(x, start)
+    return [h] if start >= model.num_stages else [h, model.first_residual(h, start)]
+
+
+@torch.no_grad()
+def cache_features(model: PatchedModel, start: int, images: ImageSet, preprocess: Preprocess,
+                   dtype: torch.dtype = torch.float32, batch_size: int = 256,
+                   max_ram_bytes: int | None = None, directory: str | Path | None = None
+                   ) -> tuple[ImageSet, CachedInput]:
+    """:func:`frozen_parts` of every image as one packed row each, and their unpacker.
+
+    ``no_grad`` rather than ``inference_mode``: the features are later saved for backward by
+    the Δ-module's first conv, which inference tensors may not be.
+    """
+    limit = default_ram_limit() if max_ram_bytes is None else max_ram_bytes
+    out: Tensor | None = None
+    shapes: list[tuple[int, ...]] = []
+    for i in range(0, len(images), batch_size):
+        parts = frozen_parts(model, preprocess.normalize(images.images[i:i + batch_size]), start)
+        row = torch.cat([p.flatten(1) for p in parts], 1)
+        if out is None:
+            shapes = [tuple(p.shape[1:]) for p in parts]
+            out = _storage((len(images), row.shape[1]), dtype, limit, directory)
+        out[i:i + len(row)] = row.to(dtype)
+    assert out is not None
+    return ImageSet(out, images.labels), CachedInput(shapes)
+
+
+def cached_training(model: PatchedModel, name: str, data: TaskData, preprocess: Preprocess,
+                    dtype: str = "float32", max_ram_bytes: int | None = None
+                    ) -> tuple[TaskData, Callable[[tuple[Tensor, ...]], Tensor], CachedInput]:
+    """(data with cached train/val features, forward on features, their 'preprocess') for
+    training patch ``name``: drop-in arguments for :func:`deltapatch.train.fit`."""
+    if dtype not in DTYPES:
+        raise ValueError(f"cache dtype '{dtype}': choose from {', '.join(DTYPES)}")
+    start = model.first_patched_stage([name])
+    (train, unpack), (val, _) = (cache_features(model, start, s, preprocess, DTYPES[dtype],
+                                                max_ram_bytes=max_ram_bytes)
+                                 for s in (data.train, data.val))
+
+    def forward(parts: tuple[Tensor, ...]) -> Tensor:
+        return model.forward_from(parts[0], start, patch=name,
+                                  first_residual=parts[1] if len(parts) > 1 else None)
+
+    return replace(data, train=train, val=val), forward, unpack

@@ -95,6 +95,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--warmup-epochs", type=float, default=1.0)
     p.add_argument("--no-augment", action="store_true", help="no random crop / flip")
+    p.add_argument("--cache-features", default="auto", choices=["auto", "on", "off"],
+                   help="train on cached frozen-trunk features (auto: exactly when augmentation "
+                        "is off; on needs --no-augment)")
+    p.add_argument("--cache-dtype", default="float32", choices=["float32", "float16"],
+                   help="storage of cached features (float16 halves their memory)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -120,7 +125,8 @@ def train_cmd(args: argparse.Namespace) -> int:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          optimizer=args.optimizer, weight_decay=args.weight_decay,
                          warmup_epochs=args.warmup_epochs, augment=not args.no_augment,
-                         seed=args.seed, progress=not args.no_progress)
+                         seed=args.seed, progress=not args.no_progress,
+                         cache_features=args.cache_features, cache_dtype=args.cache_dtype)
     torch.manual_seed(args.seed)
     ctx = MethodContext(model=model, name=args.name or data.name.replace(".", "_"), data=data,
                         train=config, out=args.out, stages=_parse_stages(args.stages),
@@ -281,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="deltapatch", description="Patch frozen pretrained CNNs with Δ-Networks.")
     from . import __version__
     parser.add_argument("--version", action="version", version=f"deltapatch {__version__}")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's). On a shared, loaded machine "
+                             "1 is often several times faster (docs/PERFORMANCE.md)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, arguments, _run) in COMMANDS.items():
         arguments(sub.add_parser(name, help=help_text, description=help_text))
@@ -293,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         return COMMANDS[args.command][2](args)
     except (DeltaPatchError, ValueError, FileNotFoundError) as err:

@@ -135,8 +135,13 @@ class DeltaStage(nn.Module):
         self.gate = GATES[gate](in_channels, k, **extra)
         self.norm = nn.BatchNorm2d(out_channels) if norm != "none" else nn.Identity()
 
-    def forward(self, h0: Tensor, blocks: Sequence[nn.Module]) -> tuple[Tensor, Tensor]:
-        """Run the frozen ``blocks`` with all skips weighted; returns (h_k, Λ)."""
+    def forward(self, h0: Tensor, blocks: Sequence[nn.Module],
+                first_residual: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Run the frozen ``blocks`` with all skips weighted; returns (h_k, Λ).
+
+        ``first_residual``: F_1(h_0) if already known. It depends on h_0 and frozen weights
+        only, so cached-feature training computes it once with h_0 (see deltapatch.cache).
+        """
         if len(blocks) != self.k:
             raise ValueError(f"Δ-stage built for {self.k} sub-blocks, stage has {len(blocks)}")
         lam = self.gate(h0)
@@ -159,6 +164,8 @@ class DeltaStage(nn.Module):
                 skip = term if skip is None else skip + term
             if self.norm_at == "skip":
                 skip = self.norm(skip)
-            hs.append(split.post(block, split.residual(block, h_prev) + skip))
+            known = first_residual if j == 1 else None
+            residual = known if known is not None else split.residual(block, h_prev)
+            hs.append(split.post(block, residual + skip))
         out = hs[-1]
         return (self.norm(out) if self.norm_at == "output" else out), lam

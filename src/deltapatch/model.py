@@ -269,7 +269,8 @@ class PatchedModel(nn.Module):
     def stage_input(self, x: Tensor, stage: int) -> Tensor:
         """The frozen activation entering stage ``stage`` (after its transition; ``num_stages``
         gives the last stage's output). A patch whose Δ-stages all lie at or after ``stage``
-        sees exactly this tensor, so it can be computed once per image and cached."""
+        sees exactly this tensor, so it can be computed once per image and cached
+        (:mod:`deltapatch.cache`); ``forward`` itself runs ``forward_from(stage_input(x, s), s)``."""
         if not 0 <= stage <= self.num_stages:
             raise ValueError(f"stage {stage} out of range 0..{self.num_stages}")
         h = run_steps(self.backbone, self.spec.stem, x)
@@ -277,43 +278,75 @@ class PatchedModel(nn.Module):
             h = self._stages[s](run_steps(self.backbone, self.spec.transitions.get(s, ()), h))
         return run_steps(self.backbone, self.spec.transitions.get(stage, ()), h)
 
-    def forward_from(self, h: Tensor, stage: int, patch: str) -> Tensor:
-        """Logits of ``patch`` from ``h = stage_input(x, stage)``: the same computation as
-        ``model(x, patch=patch)`` minus the frozen prefix."""
-        first = min(self.get_patch(patch).config.stages, default=self.num_stages)
-        if first < stage:
-            raise ValueError(f"patch '{patch}' has a Δ-stage at {first}, before stage {stage}")
-        return self._routed(h, [patch] * h.shape[0], start=stage)
+    def first_patched_stage(self, names: Sequence[str]) -> int:
+        """The earliest stage any of ``names`` patches (``num_stages`` for head-only / base)."""
+        return min((s for n in set(names) if n != BASE for s in self.get_patch(n).config.stages),
+                   default=self.num_stages)
+
+    def first_residual(self, h: Tensor, stage: int) -> Tensor:
+        """F_1(h_0): the residual branch of ``stage``'s first sub-block on its input ``h``.
+
+        In a Δ-stage it depends on h_0 and frozen weights only (the Δ-weights act on the skips),
+        so it is as cacheable as h_0 itself; for ResNet-18's last stage it is ~40% of the stage.
+        """
+        block = next(iter(self._stages[stage]))
+        return block_split(block).residual(block, h)
+
+    def forward_from(self, h: Tensor, start: int, patch: str | None = None,
+                     patches: Sequence[str] | None = None, head: bool = True,
+                     first_residual: Tensor | None = None) -> Tensor:
+        """Finish a forward from ``h = stage_input(x, start)``: the routed path of ``forward``.
+
+        This is what cached-feature training runs; it refuses a ``start`` past a patched stage
+        because that stage's Δ-module would silently be skipped. ``first_residual`` (from
+        :meth:`first_residual`) skips recomputing F_1(h_0); it needs every row on one patch
+        that patches stage ``start``.
+        """
+        names = list(patches) if patches is not None else [patch or self.active or BASE] * len(h)
+        first = self.first_patched_stage(names)
+        if start > first:
+            raise ValueError(f"forward_from(start={start}) would skip patched stage {first}")
+        if first_residual is not None and (len(set(names)) != 1 or first != start
+                                           or start >= self.num_stages):
+            raise ValueError("first_residual needs all rows on one patch that patches stage "
+                             f"{start}")
+        return self._finish(h, start, _group_rows(names), head, first_residual=first_residual)
 
     def _routed(self, x: Tensor, names: list[str], head: bool = True,
-                record: dict[str, dict[int, Tensor]] | None = None,
-                start: int | None = None) -> Tensor:
+                record: dict[str, dict[int, Tensor]] | None = None) -> Tensor:
         groups = _group_rows(names)
-        if set(groups) == {BASE} and head and start is None:
+        if set(groups) == {BASE} and head:
             return self.backbone(x)
+        start = self.first_patched_stage(list(groups))
+        return self._finish(self.stage_input(x, start), start, groups, head, record)
+
+    def _finish(self, h: Tensor, start: int, groups: dict[str, Tensor], head: bool = True,
+                record: dict[str, dict[int, Tensor]] | None = None,
+                first_residual: Tensor | None = None) -> Tensor:
+        """Stages ``start``.. on ``h`` (stage ``start``'s input), routed per row group: each stage
+        runs once for all rows not patched there, and per patch only on that patch's rows."""
         patches = {n: self.get_patch(n) for n in groups if n != BASE}
-        h = run_steps(self.backbone, self.spec.stem, x) if start is None else x
-        for s, stage in enumerate(self._stages):
-            if start is not None and s < start:
-                continue
-            if start is None or s > start:
+        for s in range(start, self.num_stages):
+            if s > start:
                 h = run_steps(self.backbone, self.spec.transitions.get(s, ()), h)
             deltas = {n: p.delta(s) for n, p in patches.items() if p.delta(s) is not None}
-            h = self._stage(h, s, stage, deltas, groups, record) if deltas else stage(h)
+            stage = self._stages[s]
+            r1 = first_residual if s == start else None
+            h = self._stage(h, s, stage, deltas, groups, record, r1) if deltas else stage(h)
         feats = run_steps(self.backbone, self.spec.pre_logits, h)
         if not head:
             return feats
         heads = {n: (self._head if n == BASE else patches[n].head) for n in groups}
-        return _scatter_rows(feats, groups, {n: heads[n] for n in groups}, fill=float("-inf"))
+        return _scatter_rows(feats, groups, heads, fill=float("-inf"))
 
     def _stage(self, h: Tensor, s: int, stage: nn.Module, deltas: dict, groups: dict,
-               record: dict | None) -> Tensor:
+               record: dict | None, first_residual: Tensor | None = None) -> Tensor:
         blocks = list(stage)
         fns = {}
         for n in groups:
             if n in deltas:
                 fns[n] = _delta_fn(deltas[n], blocks, s, record.setdefault(n, {})
-                                   if record is not None else None)
+                                   if record is not None else None, first_residual)
         plain = [n for n in groups if n not in deltas]
         if plain:  # every row that is not patched here shares one base pass through the stage
             idx = torch.cat([groups[n] for n in plain])
@@ -323,9 +356,10 @@ class PatchedModel(nn.Module):
         return _scatter_rows(h, {n: groups[n] for n in deltas}, fns)
 
 
-def _delta_fn(delta: nn.Module, blocks: list, stage: int, record: dict | None):
+def _delta_fn(delta: nn.Module, blocks: list, stage: int, record: dict | None,
+              first_residual: Tensor | None = None):
     def run(h: Tensor) -> Tensor:
-        out, lam = delta(h, blocks)
+        out, lam = delta(h, blocks, first_residual)
         if record is not None:
             record[stage] = lam
         return out
@@ -354,5 +388,5 @@ def _scatter_rows(h: Tensor, groups: dict[str, Tensor], fns: dict, fill: float =
     for g, o in outs.items():
         if o.shape[1] < width:
             o = torch.cat([o, o.new_full((o.shape[0], width - o.shape[1], *o.shape[2:]), fill)], 1)
-        out = out.index_copy(0, groups[g], o)
+        out.index_copy_(0, groups[g], o)  # in place: one output buffer, not one per group
     return out

@@ -43,6 +43,8 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 256
     progress: bool = True
+    cache_features: str = "auto"  # "auto" (on exactly when augment is off), "on", "off"
+    cache_dtype: str = "float32"  # or "float16": half the cache memory
 
 
 @dataclass
@@ -189,10 +191,18 @@ def _write_metrics(run: Path, history: list[dict]) -> None:
 
 def fit_patch(model, name: str, data: TaskData, config: TrainConfig,
               run_dir: str | Path | None = None) -> FitResult:
-    """Train patch ``name`` of a :class:`~deltapatch.PatchedModel` on ``data``."""
+    """Train patch ``name`` of a :class:`~deltapatch.PatchedModel` on ``data``.
+
+    Without augmentation (and ``cache_features`` not "off") the frozen trunk's output is computed
+    once and training runs on it (:mod:`deltapatch.cache`): same model path, far less compute.
+    """
+    from .cache import cached_training, use_cache  # cache.py builds on this module
+
     patch = model.get_patch(name)
-    return fit(lambda x: model(x, patch=name), patch, data, patch.config.preprocess, config,
-               run_dir, set_mode=model.train)
+    forward, pre = (lambda x: model(x, patch=name)), patch.config.preprocess
+    if use_cache(config.cache_features, config.augment):
+        data, forward, pre = cached_training(model, name, data, pre, config.cache_dtype)
+    return fit(forward, patch, data, pre, config, run_dir, set_mode=model.train)
 
 
 def config_dict(config: TrainConfig) -> dict:
