@@ -17,9 +17,9 @@ fine-tuned model exactly, and needs no base-task data to recompute statistics). 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn

@@ -39,8 +39,14 @@ from ..data.sets import ImageSet
 from ..model import PatchedModel
 from ..train import fit, predict
 from .base import MethodContext, MethodOutcome, register_method
-from .common import (count_trainable, prefixed, save_artefact, stage_input, suffix_features,
-                     suffix_paths)
+from .common import (
+    count_trainable,
+    prefixed,
+    save_artefact,
+    stage_input,
+    suffix_features,
+    suffix_paths,
+)
 from .finetune import FineTuned, finetune_copy
 
 

@@ -15,8 +15,8 @@ base path that is the untouched module's own ``forward``.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 from torch import Tensor, nn
 
