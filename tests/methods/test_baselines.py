@@ -126,3 +126,16 @@ def test_pnc_position_rule():
 
     assert choose_position({0: 0.9, 1: 0.895, 2: 0.5}, 0.01) == 1
     assert choose_position({0: 0.9, 1: 0.8, 2: 0.5}, 0.01) == 0
+
+
+def test_hooks_removed_after_an_error(tiny_model, tiny_backbone, x):
+    from torch import nn
+
+    from deltapatch.methods.taskhooks import TaskModules, adapted_convs, batchnorms
+
+    mods = TaskModules(tiny_backbone, nn.Linear(64, 3), batchnorms(tiny_backbone),
+                       adapted_convs(tiny_backbone, ["layer1"]), "parallel")
+    with pytest.raises(RuntimeError):
+        with mods.active(tiny_backbone):
+            raise RuntimeError("boom")
+    assert all(not m._forward_hooks for m in tiny_backbone.modules())
