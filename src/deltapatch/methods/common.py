@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ..backbones.spec import StageSpec, run_steps
+from ..data.sets import ImageSet
 from ..metrics import folder_bytes
 
 ARTEFACT_FORMAT = "deltapatch.method/1"
@@ -63,6 +64,14 @@ def trainable_copy(backbone: nn.Module, frozen: Iterable[str] = ()) -> nn.Module
     for path in frozen:
         net.get_submodule(path).requires_grad_(False)
     return net
+
+
+def cap(images: ImageSet, n: int | None, seed: int) -> ImageSet:
+    """At most ``n`` images of ``images``, a seeded random subset kept in the original order."""
+    if n is None or n >= len(images):
+        return images
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    return images.subset(order[:n].sort().values)
 
 
 def count_trainable(module: nn.Module) -> int:

@@ -25,12 +25,12 @@ import torch
 from torch import Tensor, nn
 
 from ..backbones.spec import StageSpec
-from ..data.sets import ImageSet, TaskData, limit
+from ..data.sets import ImageSet, TaskData
 from ..model import PatchedModel
 from ..preprocess import Preprocess
 from ..train import FitResult, TrainConfig, evaluate
 from .base import MethodContext, MethodOutcome, register_method
-from .common import count_trainable, prefixed, save_artefact, trunk_features
+from .common import cap, count_trainable, prefixed, save_artefact, trunk_features
 from .finetune import finetune_copy
 
 ALPHAS: tuple[float, ...] = tuple(round(i / 10, 1) for i in range(11))
@@ -171,8 +171,8 @@ def base_task(ctx: MethodContext) -> EvalTask:
     if ctx.base_data is None:
         raise ValueError("paint picks α on the base task's validation split: pass --base-data "
                          "(MethodContext.base_data)")
-    cap = int(ctx.options.get("base_val_max", 2000))
-    return EvalTask("base", limit(ctx.base_data.val, cap, ctx.train.seed), None,
+    limit = int(ctx.options.get("base_val_max", 2000))
+    return EvalTask("base", cap(ctx.base_data.val, limit, ctx.train.seed), None,
                     ctx.base_data.test)
 
 
