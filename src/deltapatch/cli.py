@@ -102,6 +102,22 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="storage of cached features (float16 halves their memory)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="method option (repeatable; VALUE parsed as JSON when it can be), "
+                        "e.g. --option base_val_max=1000 (docs/METHODS.md lists them)")
+
+
+def _parse_options(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option needs KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def _parse_stages(text: str) -> int | list:
@@ -127,16 +143,21 @@ def train_cmd(args: argparse.Namespace) -> int:
                          warmup_epochs=args.warmup_epochs, augment=not args.no_augment,
                          seed=args.seed, progress=not args.no_progress,
                          cache_features=args.cache_features, cache_dtype=args.cache_dtype)
+    base_data = None
+    if args.base_data and getattr(method, "needs_base_data", False):
+        base_data = load_data(args.base_data, size, val_fraction=args.val_fraction,
+                              seed=args.seed, max_test=args.max_test)
     torch.manual_seed(args.seed)
     ctx = MethodContext(model=model, name=args.name or data.name.replace(".", "_"), data=data,
                         train=config, out=args.out, stages=_parse_stages(args.stages),
-                        norm=args.norm, gate=args.gate,
-                        options={"reduction": args.reduction})
+                        norm=args.norm, gate=args.gate, base_data=base_data,
+                        options={"reduction": args.reduction, **_parse_options(args.option)})
     outcome = method(ctx)
     patch_top1 = evaluate(outcome.patch_forward, data.test, model.preprocess)
     base_top1 = None
     if args.base_data:
-        base, _ = load_test(args.base_data, size, max_test=args.max_test, seed=args.seed)
+        base = base_data.test if base_data is not None else load_test(
+            args.base_data, size, max_test=args.max_test, seed=args.seed)[0]
         base_top1 = evaluate(outcome.base_forward, base, model.preprocess)
     result = metrics.report(method=args.method, data=args.data, patch_top1=patch_top1,
                             base_top1=base_top1, trainable_params=outcome.trainable_params,

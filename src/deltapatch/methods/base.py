@@ -46,8 +46,13 @@ class MethodOutcome:
 METHODS: dict[str, Callable[[MethodContext], MethodOutcome]] = {}
 
 
-def register_method(name: str):
+def register_method(name: str, needs_base_data: bool = False):
+    """Register ``fn(ctx) -> MethodOutcome`` as ``name``. ``needs_base_data`` tells callers to
+    fill ``ctx.base_data`` with the full base task (train/val/test), not only its test split:
+    PAINT picks α on the base task's validation split."""
+
     def deco(fn: Callable[[MethodContext], MethodOutcome]):
+        fn.needs_base_data = needs_base_data
         METHODS[name] = fn
         return fn
     return deco

@@ -1,0 +1,75 @@
+"""The adapted baselines of the paper's Table 1, as task-owned modules around a frozen backbone.
+
+- ``adapter-series``: Rebuffi et al. 2017 residual adapters, a 1×1 conv (+BN) after each 3×3
+  conv of the residual blocks, every BatchNorm of the network per-task, a new head.
+- ``adapter-parallel``: Rebuffi et al. 2018, a 1×1 conv beside each 3×3 conv, per-task BNs,
+  a new head.
+- ``bn-adapt``: per-task BatchNorm statistics and affine parameters (every BN of the network)
+  and a new head, nothing else (Li et al., AdaBN-style adaptation made trainable).
+
+The base task runs the untouched backbone with no hook; see :mod:`.taskhooks`.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ..train import fit
+from .base import MethodContext, MethodOutcome, register_method
+from .common import count_trainable, save_artefact
+from .taskhooks import TaskModules, adapted_convs, batchnorms
+
+
+class HookedTask(nn.Module):
+    """Runs the PatchedModel's frozen trunk with ``modules`` hooked in, then their head."""
+
+    def __init__(self, model, modules: TaskModules) -> None:
+        super().__init__()
+        self.owned = modules
+        self._model = [model]  # not a submodule: the backbone is not owned, nor saved
+
+    def forward(self, x: Tensor) -> Tensor:
+        model = self._model[0]
+        with self.owned.active(model.backbone):
+            return self.owned.head(model.features(x))
+
+
+def _train_hooked(ctx: MethodContext, method: str, mode: str | None) -> MethodOutcome:
+    model = ctx.model
+    bns = batchnorms(model.backbone)
+    if not bns:
+        raise ValueError(f"{method} needs BatchNorm layers; {model.backbone_name} has none")
+    convs = adapted_convs(model.backbone, list(model.spec.stages)) if mode else []
+    modules = TaskModules(model.backbone, nn.Linear(model._head.in_features,
+                                                    ctx.data.num_classes), bns, convs, mode)
+    task = HookedTask(model, modules)
+    result = fit(task, modules, ctx.data, model.preprocess, ctx.train, ctx.out / "run")
+    modules.eval()
+    nbytes = save_artefact(ctx.out, modules.state_dict(), {
+        "method": method, "name": ctx.name, "backbone": model.backbone_name,
+        "base_fingerprint": model.fingerprint, "num_classes": ctx.data.num_classes,
+        "class_names": ctx.data.class_names, "preprocess": model.preprocess.to_dict(),
+        "batchnorms": bns, "adapted_convs": convs, "adapter_mode": mode,
+    })
+    return MethodOutcome(
+        patch_forward=task, base_forward=lambda x: model(x),
+        trainable_params=count_trainable(modules), patch_bytes=nbytes,
+        extra={"best_epoch": result.best_epoch, "val_top1": result.best_val_top1,
+               "train_seconds": round(result.seconds, 2), "n_batchnorms": len(bns),
+               "n_adapters": len(convs)},
+    )
+
+
+@register_method("adapter-series")
+def adapter_series(ctx: MethodContext) -> MethodOutcome:
+    return _train_hooked(ctx, "adapter-series", "series")
+
+
+@register_method("adapter-parallel")
+def adapter_parallel(ctx: MethodContext) -> MethodOutcome:
+    return _train_hooked(ctx, "adapter-parallel", "parallel")
+
+
+@register_method("bn-adapt")
+def bn_adapt(ctx: MethodContext) -> MethodOutcome:
+    return _train_hooked(ctx, "bn-adapt", None)

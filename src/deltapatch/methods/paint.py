@@ -1,0 +1,202 @@
+"""``paint``: PAINT (Ilharco et al. 2022) for CNNs, as the Δ-Patching paper runs it.
+
+Fine-tune all weights with a new head (on a deep copy, see :mod:`.finetune`), then interpolate
+θ_α = (1−α)·θ_base + α·θ_ft for α ∈ {0, 0.1, …, 1}: the base task runs θ_α through the base head,
+the patch task runs θ_α through the new head. α is picked on *validation* splits by the harmonic
+mean of base and patch top-1 (sequential patching: the mean over all tasks so far, see
+:func:`paint_sequential_step`). Interpolation happens in memory on one scratch network; only the
+chosen θ_α is written.
+
+BatchNorm buffers: running means and variances are floating-point state of θ and are
+interpolated like the weights (the only choice that makes α=0 the base model and α=1 the
+fine-tuned model exactly, and needs no base-task data to recompute statistics). Integer buffers
+(``num_batches_tracked``) are not interpolable; they are taken from θ_base (they only matter for
+``momentum=None`` cumulative averaging, which no backbone here uses).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..backbones.spec import StageSpec
+from ..data.sets import ImageSet, TaskData
+from ..model import PatchedModel
+from ..preprocess import Preprocess
+from ..train import FitResult, TrainConfig, evaluate
+from .base import MethodContext, MethodOutcome, register_method
+from .common import cap, count_trainable, prefixed, save_artefact, trunk_features
+from .finetune import finetune_copy
+
+ALPHAS: tuple[float, ...] = tuple(round(i / 10, 1) for i in range(11))
+
+
+def interpolate(theta_0: dict[str, Tensor], theta_1: dict[str, Tensor],
+                alpha: float) -> dict[str, Tensor]:
+    """(1−α)·θ_0 + α·θ_1 for floating-point tensors; integer tensors come from θ_0.
+
+    α = 0 and α = 1 return θ_0's and θ_1's tensors exactly (no rounding through the formula).
+    """
+    if set(theta_0) != set(theta_1):
+        raise ValueError("cannot interpolate state dicts with different keys")
+    out = {}
+    for k, t0 in theta_0.items():
+        t1 = theta_1[k]
+        if not t0.is_floating_point() or alpha == 0:
+            out[k] = t0
+        elif alpha == 1:
+            out[k] = t1
+        else:
+            out[k] = torch.lerp(t0, t1.to(t0.dtype), float(alpha))
+    return out
+
+
+def _harmonic(accs: Sequence[float]) -> float:
+    return 0.0 if min(accs) <= 0 else len(accs) / sum(1.0 / a for a in accs)
+
+
+SCORES: dict[str, Callable[[Sequence[float]], float]] = {
+    "harmonic": _harmonic,
+    "mean": lambda accs: sum(accs) / len(accs),
+}
+
+
+@dataclass
+class EvalTask:
+    """One task a PAINT network must still serve.
+
+    Attributes:
+        head: the task's classifier on the trunk's pre-logit features; ``None`` means the
+            network's own head (the base task).
+        val: split used to choose α; ``test``: optional split reported per α (paper Table 11).
+    """
+
+    name: str
+    val: ImageSet
+    head: nn.Module | None = None
+    test: ImageSet | None = None
+
+
+@dataclass
+class AlphaChoice:
+    alpha: float
+    score: float
+    table: list[dict] = field(default_factory=list)
+
+
+def task_forward(net: nn.Module, spec: StageSpec, head: nn.Module | None
+                 ) -> Callable[[Tensor], Tensor]:
+    """Logits of one task on ``net``: its own head for the base task, else ``head``."""
+    if head is None:
+        return net
+    return lambda x: head(trunk_features(net, spec, x))
+
+
+def alpha_sweep(net: nn.Module, spec: StageSpec, theta_0: dict[str, Tensor],
+                theta_1: dict[str, Tensor], tasks: Sequence[EvalTask], preprocess: Preprocess,
+                alphas: Sequence[float] = ALPHAS, score: str = "harmonic") -> AlphaChoice:
+    """Load θ_α into ``net`` for each α, score every task on its val split (and test split if
+    given), pick α by ``score`` over the val top-1s, and leave ``net`` holding the chosen θ_α.
+
+    Ties go to the smaller α (closer to the base model).
+    """
+    pick = SCORES[score]
+    net.eval()
+    best: AlphaChoice | None = None
+    table = []
+    for alpha in alphas:
+        net.load_state_dict(interpolate(theta_0, theta_1, alpha))
+        row: dict = {"alpha": alpha}
+        vals = []
+        for t in tasks:
+            fwd = task_forward(net, spec, t.head)
+            row[f"{t.name}_val"] = evaluate(fwd, t.val, preprocess)
+            vals.append(row[f"{t.name}_val"])
+            if t.test is not None:
+                row[f"{t.name}_test"] = evaluate(fwd, t.test, preprocess)
+        row["score"] = pick(vals)
+        table.append(row)
+        if best is None or row["score"] > best.score:
+            best = AlphaChoice(alpha, row["score"])
+    best.table = table
+    net.load_state_dict(interpolate(theta_0, theta_1, best.alpha))
+    return best
+
+
+@dataclass
+class PaintStep:
+    """The result of one (sequential) PAINT step."""
+
+    net: nn.Module          # the interpolated network θ_α (base head inside)
+    head: nn.Linear         # the new task's head
+    choice: AlphaChoice
+    finetune_fit: FitResult
+    trainable_params: int   # what the fine-tuning trained (all but the old head) + new head
+
+
+def paint_sequential_step(model: PatchedModel, previous: nn.Module | None,
+                          tasks: Sequence[EvalTask], data: TaskData, config: TrainConfig,
+                          run_dir: Path | None, name: str = "new",
+                          alphas: Sequence[float] = ALPHAS, score: str = "mean") -> PaintStep:
+    """One step of sequential PAINT (paper §3.1 "Sequential Patching" and Table 11).
+
+    Fine-tunes a copy of ``previous`` (the last step's interpolated network; ``None`` for the
+    first task, meaning the untouched backbone) with a new head on ``data``, then interpolates
+    between ``previous`` and the fine-tuned weights and picks α by ``score`` ("mean" as the paper
+    does for sequences) of the val top-1 over ``tasks`` (every earlier task *including the base
+    task*, each with its head; the base task has ``head=None``) plus the new task itself.
+
+    Neither ``previous`` nor the backbone is modified. Carry ``step.net`` into the next call
+    and append ``EvalTask(name, data.val, step.head)`` to ``tasks``.
+    """
+    start = previous if previous is not None else model.backbone
+    run = finetune_copy(model, data, config, run_dir, start=start)
+    theta_0 = {k: v.detach().clone() for k, v in start.state_dict().items()}
+    theta_1 = {k: v.detach().clone() for k, v in run.model.net.state_dict().items()}
+    net = copy.deepcopy(run.model.net).requires_grad_(False).eval()
+    all_tasks = [*tasks, EvalTask(name, data.val, run.model.head, data.test)]
+    choice = alpha_sweep(net, model.spec, theta_0, theta_1, all_tasks, model.preprocess,
+                         alphas, score)
+    trained = count_trainable(run.model)
+    return PaintStep(net, run.model.head.requires_grad_(False), choice, run.fit, trained)
+
+
+def base_task(ctx: MethodContext) -> EvalTask:
+    """The base task's val split (capped by option ``base_val_max``, default 2000) and test."""
+    if ctx.base_data is None:
+        raise ValueError("paint picks α on the base task's validation split: pass --base-data "
+                         "(MethodContext.base_data)")
+    limit = int(ctx.options.get("base_val_max", 2000))
+    return EvalTask("base", cap(ctx.base_data.val, limit, ctx.train.seed), None,
+                    ctx.base_data.test)
+
+
+@register_method("paint", needs_base_data=True)
+def paint(ctx: MethodContext) -> MethodOutcome:
+    alphas = [float(a) for a in ctx.options.get("alphas", ALPHAS)]
+    step = paint_sequential_step(ctx.model, None, [base_task(ctx)], ctx.data, ctx.train,
+                                 ctx.out / "run", name="patch", alphas=alphas, score="harmonic")
+    net, head = step.net, step.head
+    nbytes = save_artefact(ctx.out, {**prefixed("net", net.state_dict()),
+                                     **prefixed("head", head.state_dict())}, {
+        "method": "paint", "name": ctx.name, "alpha": step.choice.alpha,
+        "backbone": ctx.model.backbone_name, "base_fingerprint": ctx.model.fingerprint,
+        "num_classes": ctx.data.num_classes, "class_names": ctx.data.class_names,
+        "preprocess": ctx.model.preprocess.to_dict(),
+        "bn_buffers": "running stats interpolated; num_batches_tracked from base",
+    })
+    return MethodOutcome(
+        patch_forward=task_forward(net, ctx.model.spec, head), base_forward=net,
+        trainable_params=step.trainable_params,
+        patch_bytes=nbytes,
+        extra={"alpha": step.choice.alpha, "alpha_score_val": round(step.choice.score, 6),
+               "alpha_table": [{k: (round(v, 6) if isinstance(v, float) else v)
+                                for k, v in r.items()} for r in step.choice.table],
+               "finetune_best_epoch": step.finetune_fit.best_epoch,
+               "finetune_val_top1": step.finetune_fit.best_val_top1},
+    )
