@@ -90,7 +90,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default=None, help="patch name (default: the data set's name)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=None,
+                   help="AdamW/SGD learning rate (default: the method's, 1e-2 for patches, 1e-3 for "
+                        "finetune / paint / pnc)")
     p.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--warmup-epochs", type=float, default=1.0)
@@ -138,7 +140,8 @@ def train_cmd(args: argparse.Namespace) -> int:
     model.preprocess = model.preprocess.with_size(size)
     data = load_data(args.data, size, val_fraction=args.val_fraction, seed=args.seed,
                      max_train=args.max_train, max_test=args.max_test)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
+                         lr=args.lr if args.lr is not None else method.default_lr,
                          optimizer=args.optimizer, weight_decay=args.weight_decay,
                          warmup_epochs=args.warmup_epochs, augment=not args.no_augment,
                          seed=args.seed, progress=not args.no_progress,

@@ -46,13 +46,16 @@ class MethodOutcome:
 METHODS: dict[str, Callable[[MethodContext], MethodOutcome]] = {}
 
 
-def register_method(name: str, needs_base_data: bool = False):
+def register_method(name: str, needs_base_data: bool = False, lr: float = 1e-2):
     """Register ``fn(ctx) -> MethodOutcome`` as ``name``. ``needs_base_data`` tells callers to
     fill ``ctx.base_data`` with the full base task (train/val/test), not only its test split:
-    PAINT picks α on the base task's validation split."""
+    PAINT picks α on the base task's validation split. ``lr`` is the method's default AdamW
+    learning rate: small freshly initialised patches want 1e-2, methods that move every
+    pretrained backbone weight register 1e-3."""
 
     def deco(fn: Callable[[MethodContext], MethodOutcome]):
         fn.needs_base_data = needs_base_data
+        fn.default_lr = lr
         METHODS[name] = fn
         return fn
     return deco

@@ -59,7 +59,7 @@ def finetune_copy(model: PatchedModel, data: TaskData, config: TrainConfig,
     return FineTuneRun(ft, result)
 
 
-@register_method("finetune")
+@register_method("finetune", lr=1e-3)
 def finetune(ctx: MethodContext) -> MethodOutcome:
     run = finetune_copy(ctx.model, ctx.data, ctx.train, ctx.out / "run")
     ft = run.model

@@ -176,7 +176,7 @@ def base_task(ctx: MethodContext) -> EvalTask:
                     ctx.base_data.test)
 
 
-@register_method("paint", needs_base_data=True)
+@register_method("paint", needs_base_data=True, lr=1e-3)
 def paint(ctx: MethodContext) -> MethodOutcome:
     alphas = [float(a) for a in ctx.options.get("alphas", ALPHAS)]
     step = paint_sequential_step(ctx.model, None, [base_task(ctx)], ctx.data, ctx.train,

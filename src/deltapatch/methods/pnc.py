@@ -120,7 +120,7 @@ def merged_predictions(base: nn.Module, branch: nn.Module, images: ImageSet, pre
     return torch.cat(plain), torch.cat(merged)
 
 
-@register_method("pnc", needs_base_data=True)
+@register_method("pnc", needs_base_data=True, lr=1e-3)
 def pnc(ctx: MethodContext) -> MethodOutcome:
     model = ctx.model
     opts = ctx.options
