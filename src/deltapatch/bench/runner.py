@@ -1,0 +1,127 @@
+"""Run a suite's jobs, resumably: each finished job's JSON is written to ``OUT/runs/<key>.json``
+and never redone; skipped and failed jobs are not stored, so a later invocation tries them again
+(e.g. once another method is registered). Then write results.json / results.csv, the Markdown
+tables and the plots.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .scenarios import SCENARIOS, Job, Skip
+from .suite import Suite
+
+RUNS = "runs"
+
+
+def build_jobs(suite: Suite, seeds: int | None = None, only: set[str] | None = None
+               ) -> list[Job]:
+    """Every job of the suite, in suite order; ``only`` keeps the given scenario kinds."""
+    n = seeds or suite.seeds
+    jobs = []
+    for entry in suite.scenarios:
+        if entry.get("skip"):
+            continue
+        if only and entry["kind"] not in only:
+            continue
+        if entry["kind"] not in SCENARIOS:
+            raise ValueError(f"unknown scenario kind '{entry['kind']}'; "
+                             f"known: {', '.join(sorted(SCENARIOS))}")
+        jobs += SCENARIOS[entry["kind"]](suite, entry, n)
+    keys = [j.key for j in jobs]
+    dupes = {k for k in keys if keys.count(k) > 1}
+    if dupes:
+        raise ValueError(f"suite '{suite.name}' gives duplicate runs: {sorted(dupes)[:3]}")
+    return jobs
+
+
+def hardware() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+
+
+def run_jobs(jobs: list[Job], out: Path, progress: bool = True, max_jobs: int | None = None
+             ) -> list[dict]:
+    """Run (or reload) every job; returns one record per job with ``status`` ok / skipped /
+    failed / pending (``max_jobs`` reached)."""
+    records, started = [], 0
+    bar = tqdm(jobs, desc="bench", disable=not progress, unit="run")
+    for job in bar:
+        file = out / RUNS / f"{job.key}.json"
+        bar.set_postfix_str(job.key[-60:])
+        if file.exists():
+            records.append(json.loads(file.read_text()))
+            continue
+        if max_jobs is not None and started >= max_jobs:
+            records.append({**job.context(), "status": "pending"})
+            continue
+        started += 1
+        record = {**job.context()}
+        try:
+            result = job.run(out / RUNS / job.key)
+            record.update(status="ok", finished=time.strftime("%Y-%m-%d %H:%M:%S"),
+                          result=result)
+            file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = file.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(record, indent=1) + "\n")
+            os.replace(tmp, file)
+        except Skip as why:
+            record.update(status="skipped", reason=str(why))
+        except Exception as err:  # noqa: BLE001 — one broken cell must not stop the grid
+            record.update(status="failed", reason=f"{type(err).__name__}: {err}")
+            tqdm.write(f"FAILED {job.key}: {record['reason']}\n{traceback.format_exc()}",
+                       file=sys.stderr)
+        records.append(record)
+    return records
+
+
+CSV_FIELDS = ["key", "scenario", "table", "backbone", "task", "variant", "label", "seed",
+              "status", "patch_top1", "base_top1", "harmonic_mean", "mean_top1",
+              "joint_harmonic_mean", "target_top1", "trainable_params", "patch_bytes", "n_test",
+              "wall_seconds", "reason"]
+
+
+def flat(record: dict) -> dict:
+    """One CSV row: the job's context and its headline numbers."""
+    r = record.get("result", {})
+    row = {k: record.get(k) for k in CSV_FIELDS}
+    for k in ("patch_top1", "base_top1", "harmonic_mean", "mean_top1", "joint_harmonic_mean",
+              "trainable_params", "patch_bytes", "wall_seconds"):
+        row[k] = r.get(k)
+    n = r.get("n_test")
+    row["n_test"] = n if not isinstance(n, dict) else sum(n.values())
+    row["target_top1"] = r.get("top1_by_test", {}).get("target")
+    return row
+
+
+def write_results(records: list[dict], out: Path, meta: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"meta": meta, "runs": records}, indent=1)
+                                      + "\n")
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        w.writerows(flat(r) for r in records)
+
+
+def command_line() -> str:
+    return "deltapatch " + " ".join(shlex.quote(a) for a in sys.argv[1:])
