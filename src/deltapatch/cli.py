@@ -95,6 +95,22 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-augment", action="store_true", help="no random crop / flip")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="method option (repeatable; VALUE parsed as JSON when it can be), "
+                        "e.g. --option base_val_max=1000 (docs/METHODS.md lists them)")
+
+
+def _parse_options(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option needs KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def _parse_stages(text: str) -> int | list:
@@ -117,7 +133,8 @@ def train_cmd(args: argparse.Namespace) -> int:
                    method=args.method, stages=_parse_stages(args.stages), norm=args.norm,
                    gate=args.gate, base_data=args.base_data, image_size=args.image_size,
                    max_train=args.max_train, max_test=args.max_test,
-                   val_fraction=args.val_fraction, name=args.name, seed=args.seed, train=config)
+                   val_fraction=args.val_fraction, name=args.name, seed=args.seed, train=config,
+                   options=_parse_options(args.option))
     result = run_one(spec, args.out)
     (args.out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     _print_json(result)

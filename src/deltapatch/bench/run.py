@@ -14,13 +14,23 @@ import torch
 from .. import metrics
 from ..backbones import load_backbone
 from ..data import load_data, load_test
-from ..data.sets import ImageSet, TaskData
+from ..data.sets import ImageSet, TaskData, limit
 from ..model import PatchedModel
 from ..train import TrainConfig, evaluate
 
-BASE_DATA_METHODS = {"paint", "pnc"}
-"""Methods that choose something on the base task's validation split (PAINT's α, PNC's insertion
-point) and so get ``ctx.base_data``; loading a base train split costs time, so others do not."""
+def needs_base_data(method) -> bool:
+    """Methods registered with ``needs_base_data=True`` (PAINT picks α, PNC its insertion point
+    on the base task's validation split) get ``ctx.base_data``; loading a base train split costs
+    time, so other methods do not."""
+    return bool(getattr(method, "needs_base_data", False))
+
+
+def base_task_data(spec: str, size: int, *, seed: int, max_test: int | None,
+                   val_fraction: float = 0.1) -> TaskData:
+    """The full base task as ``deltapatch train`` gives it to such methods (train not capped;
+    its test split is the same seeded subset that ``load_test`` gives)."""
+    return task_data(spec, size, seed=seed, max_train=None, max_test=max_test,
+                     val_fraction=val_fraction)
 
 
 @dataclass
@@ -38,6 +48,7 @@ class RunSpec:
     image_size: int | None = None
     max_train: int | None = None
     max_test: int | None = None
+    max_val: int | None = None
     val_fraction: float = 0.1
     name: str | None = None
     seed: int = 0
@@ -59,10 +70,16 @@ def cached(key: tuple, make):
 
 
 def task_data(spec: str, size: int, *, seed: int, max_train: int | None,
-              max_test: int | None, val_fraction: float = 0.1) -> TaskData:
-    return cached(("data", spec, size, seed, max_train, max_test, val_fraction),
-                  lambda: load_data(spec, size, val_fraction=val_fraction, seed=seed,
-                                    max_train=max_train, max_test=max_test))
+              max_test: int | None, val_fraction: float = 0.1, max_val: int | None = None
+              ) -> TaskData:
+    """A task, cached; ``max_val`` caps the validation split (10% of MNIST's train is 6,000
+    images scored every epoch, which would dominate a small CPU run)."""
+    def make() -> TaskData:
+        data = load_data(spec, size, val_fraction=val_fraction, seed=seed,
+                         max_train=max_train, max_test=max_test)
+        data.val = limit(data.val, max_val, seed)
+        return data
+    return cached(("data", spec, size, seed, max_train, max_test, val_fraction, max_val), make)
 
 
 def test_split(spec: str, size: int, *, seed: int, max_test: int | None) -> ImageSet:
@@ -112,11 +129,12 @@ def run_one(spec: RunSpec, out: Path, *, data: TaskData | None = None,
     size = model.preprocess.size
     if data is None:
         data = task_data(spec.data, size, seed=spec.seed, max_train=spec.max_train,
-                         max_test=spec.max_test, val_fraction=spec.val_fraction)
+                         max_test=spec.max_test, val_fraction=spec.val_fraction,
+                         max_val=spec.max_val)
     base_task = None
-    if spec.base_data and spec.method in BASE_DATA_METHODS:
-        base_task = task_data(spec.base_data, size, seed=spec.seed, max_train=spec.max_train,
-                              max_test=spec.max_test, val_fraction=spec.val_fraction)
+    if spec.base_data and needs_base_data(method):
+        base_task = base_task_data(spec.base_data, size, seed=spec.seed, max_test=spec.max_test,
+                                   val_fraction=spec.val_fraction)
     torch.manual_seed(spec.seed)
     name = spec.name or data.name.replace(".", "_")
     ctx = MethodContext(model=model, name=name, data=data, train=spec.train, out=Path(out),

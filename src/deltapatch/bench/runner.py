@@ -39,7 +39,8 @@ def build_jobs(suite: Suite, seeds: int | None = None, only: set[str] | None = N
             raise ValueError(f"unknown scenario kind '{entry['kind']}'; "
                              f"known: {', '.join(sorted(SCENARIOS))}")
         jobs += SCENARIOS[entry["kind"]](suite, entry, n)
-    keys = [j.key for j in jobs]
+    jobs.sort(key=lambda j: j.seed)  # stable: every cell's seed 0 first, so a partial run
+    keys = [j.key for j in jobs]        # of a long suite already covers the whole grid
     dupes = {k for k in keys if keys.count(k) > 1}
     if dupes:
         raise ValueError(f"suite '{suite.name}' gives duplicate runs: {sorted(dupes)[:3]}")
@@ -123,5 +124,20 @@ def write_results(records: list[dict], out: Path, meta: dict) -> None:
         w.writerows(flat(r) for r in records)
 
 
-def command_line() -> str:
-    return "deltapatch " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+REPORT_FLAGS = {"--report-only": 0, "--results-md": 1, "--max-runs": 1, "--no-progress": 0}
+"""Flags that change what is reported or how much runs now, never a number: left out of the
+command that tables cite, which is the command that reproduces them."""
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    args, out, skip = list(sys.argv[1:] if argv is None else argv), [], 0
+    for a in args:
+        if skip:
+            skip -= 1
+            continue
+        name = a.split("=", 1)[0]
+        if name in REPORT_FLAGS:
+            skip = REPORT_FLAGS[name] if "=" not in a else 0
+            continue
+        out.append(a)
+    return "deltapatch " + " ".join(shlex.quote(a) for a in out)

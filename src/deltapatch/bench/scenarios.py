@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from .. import metrics
-from ..data.sets import ImageSet, TaskData
+from ..data.sets import ImageSet, TaskData, limit
 from ..train import evaluate, fit
-from .run import RunSpec, build_model, run_one, task_data, test_split
+from .run import RunSpec, base_task_data, build_model, run_one, task_data, test_split
 from .suite import Suite, Task, Variant, data_settings, train_config
 
 
@@ -177,7 +177,8 @@ def joint(suite: Suite, entry: dict, seeds: int) -> list[Job]:
 
 def _sizes(settings: dict) -> dict:
     return {"max_train": settings.get("max_train"), "max_test": settings.get("max_test"),
-            "val_fraction": settings.get("val_fraction", 0.1)}
+            "val_fraction": settings.get("val_fraction", 0.1),
+            "max_val": settings.get("max_val")}
 
 
 def _hmean(values: list[float]) -> float:
@@ -187,10 +188,20 @@ def _hmean(values: list[float]) -> float:
 
 
 # ---------------------------------------------------------------- sequential patching
+@dataclass
+class SeqBase:
+    """The base task for sequential patching: its test split, and (for methods that choose on
+    it, like PAINT's α) the full task, loaded only when asked for."""
+
+    test: ImageSet | None
+    full: Callable[[], TaskData] | None = None
+
+
 SEQUENTIAL: dict[str, Callable] = {}
-"""Methods that can patch tasks in sequence: ``fn(model, contexts, score) -> dict``. Methods
-whose patches are separate modules (delta, linear) are patch-per-task; a method that changes
-shared weights (PAINT) registers its own carrying-forward procedure here."""
+"""Methods that can patch tasks in sequence: ``fn(model, contexts, base: SeqBase) -> dict`` with
+``final_top1`` (task → top-1 after the last task, ``base`` included). Methods whose patches are
+separate modules (delta, linear) are patch-per-task; PAINT carries its interpolated weights
+forward."""
 
 
 def register_sequential(method: str):
@@ -201,18 +212,10 @@ def register_sequential(method: str):
 
 
 def _sequential_fn(method: str) -> Callable:
-    """A method's sequential procedure: registered here, or a ``sequential`` function in the
-    method's own module (how the PAINT implementation can provide one)."""
     _require_method(method)
-    if method in SEQUENTIAL:
-        return SEQUENTIAL[method]
-    import importlib
-    from ..methods import METHODS
-    module = importlib.import_module(METHODS[method].__module__)
-    fn = getattr(module, "sequential", None)
-    if fn is None:
+    if method not in SEQUENTIAL:
         raise Skip(f"method '{method}' has no sequential-patching procedure (yet)")
-    return fn
+    return SEQUENTIAL[method]
 
 
 @scenario("sequential")
@@ -228,7 +231,8 @@ def sequential(suite: Suite, entry: dict, seeds: int) -> list[Job]:
 
             name = "→".join(order)
             jobs.append(Job(f"sequential/{bb}/{'-'.join(order)}/{v.key}/seed{seed}",
-                            "sequential", "sequential", bb, name, v.key, v.label, seed, run, _describe(v)))
+                            "sequential", "sequential", bb, name, v.key, v.label, seed, run,
+                            _describe(v)))
     return jobs
 
 
@@ -251,8 +255,11 @@ def _run_sequential(suite: Suite, bb_key: str, v: Variant, seed: int, order: lis
                                       train=train_config(s, seed), out=out / t,
                                       stages=v.stages, norm=v.norm, gate=v.gate,
                                       options=dict(v.options)))
-    base = (test_split(bb.base_data, size, seed=seed,
-                       max_test=suite.defaults.get("max_test")) if bb.base_data else None)
+    max_test = suite.defaults.get("max_test")
+    base = SeqBase(None)
+    if bb.base_data:
+        base = SeqBase(test_split(bb.base_data, size, seed=seed, max_test=max_test),
+                       lambda: base_task_data(bb.base_data, size, seed=seed, max_test=max_test))
     torch.manual_seed(seed)
     result = fn(model, contexts, base)
     top1 = dict(result["final_top1"])
@@ -262,7 +269,7 @@ def _run_sequential(suite: Suite, bb_key: str, v: Variant, seed: int, order: lis
     return result
 
 
-def _patch_per_task(method: str, model, contexts, base: ImageSet | None) -> dict:
+def _patch_per_task(method: str, model, contexts, base: SeqBase) -> dict:
     """Δ / FC sequential patching: each task gets its own patch; earlier ones are untouched."""
     from ..methods import get_method
 
@@ -274,8 +281,9 @@ def _patch_per_task(method: str, model, contexts, base: ImageSet | None) -> dict
         after[ctx.name] = evaluate(outcome.patch_forward, ctx.data.test, model.preprocess)
         outcomes.append(outcome)
     final = {}
-    if base is not None:
-        final["base"] = round(evaluate(outcomes[-1].base_forward, base, model.preprocess), 6)
+    if base.test is not None:
+        final["base"] = round(evaluate(outcomes[-1].base_forward, base.test,
+                                       model.preprocess), 6)
     for ctx, outcome in zip(contexts, outcomes):
         final[ctx.name] = round(evaluate(outcome.patch_forward, ctx.data.test,
                                          model.preprocess), 6)
@@ -294,6 +302,47 @@ for _m in ("delta", "linear"):
     register_sequential(_m)(_per_task(_m))
 
 
+@register_sequential("paint")
+def _paint_sequential(model, contexts, base: SeqBase) -> dict:
+    """Sequential PAINT (paper §3.1, Table 11) through the method's own
+    ``paint_sequential_step``: fine-tune the last interpolated network on the next task, pick α
+    by the mean val top-1 over all tasks so far (base included), carry θ_α forward."""
+    try:
+        from ..methods.paint import EvalTask, paint_sequential_step, task_forward
+    except ImportError:
+        raise Skip("the paint module has no paint_sequential_step (yet)") from None
+    if base.full is None:
+        raise Skip("sequential PAINT needs the suite's base_data (α is chosen on it)")
+    full = base.full()
+    cap = int(contexts[0].options.get("base_val_max", 2000))
+    tasks = [EvalTask("base", limit(full.val, cap, contexts[0].train.seed), None, base.test)]
+    previous, heads, after, steps = None, {}, {}, []
+    for ctx in contexts:
+        torch.manual_seed(ctx.train.seed)
+        step = paint_sequential_step(model, previous, tasks, ctx.data, ctx.train,
+                                     ctx.out / "run", name=ctx.name, score="mean")
+        previous, heads[ctx.name] = step.net, step.head
+        after[ctx.name] = evaluate(task_forward(step.net, model.spec, step.head),
+                                   ctx.data.test, model.preprocess)
+        tasks.append(EvalTask(ctx.name, ctx.data.val, step.head, ctx.data.test))
+        steps.append(step)
+    net = previous
+    final = {"base": round(evaluate(net, base.test, model.preprocess), 6)}
+    for ctx in contexts:
+        final[ctx.name] = round(evaluate(task_forward(net, model.spec, heads[ctx.name]),
+                                         ctx.data.test, model.preprocess), 6)
+    last = steps[-1].choice
+    return {"final_top1": final, "after_training_top1": {k: round(a, 6) for k, a in after.items()},
+            "drop_by_task": {k: round(after[k] - final[k], 6) for k in after},
+            "alpha_by_step": [s.choice.alpha for s in steps], "alpha": last.alpha,
+            "alpha_table": [{k: (round(x, 6) if isinstance(x, float) else x)
+                             for k, x in row.items()} for row in last.table],
+            "trainable_params": max(s.trainable_params for s in steps),
+            "patch_bytes": sum(p.numel() * p.element_size() for p in net.state_dict().values())
+            + sum(p.numel() * p.element_size() for h in heads.values() for p in h.parameters()),
+            "n_test": {ctx.name: len(ctx.data.test) for ctx in contexts}}
+
+
 # ---------------------------------------------------------------- full training ± Δ
 def train_full(spec: RunSpec, out: Path) -> dict:
     """Train every weight of the backbone (random init: from scratch; pretrained: plain
@@ -304,7 +353,7 @@ def train_full(spec: RunSpec, out: Path) -> dict:
     model = build_model(spec.backbone, spec.weights, spec.image_size)
     data = task_data(spec.data, model.preprocess.size, seed=spec.seed,
                      max_train=spec.max_train, max_test=spec.max_test,
-                     val_fraction=spec.val_fraction)
+                     val_fraction=spec.val_fraction, max_val=spec.max_val)
     torch.manual_seed(spec.seed)
     model.add_patch("task", data.num_classes, stages=spec.stages, gate=spec.gate,
                     norm=spec.norm if spec.stages else "none", method="full")

@@ -15,7 +15,7 @@ from ..train import TrainConfig
 SUITES_DIR = Path(__file__).with_name("suites")
 TRAIN_KEYS = {"epochs", "batch_size", "lr", "optimizer", "weight_decay", "warmup_epochs",
               "augment", "eval_batch_size"}
-DATA_KEYS = {"max_train", "max_test", "image_size", "val_fraction"}
+DATA_KEYS = {"max_train", "max_test", "max_val", "image_size", "val_fraction"}
 
 
 @dataclass
