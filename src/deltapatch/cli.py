@@ -269,7 +269,7 @@ def verify_cmd(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-from .bench import command as _bench_command  # noqa: E402,F401  (registers `bench`)
+from .bench import command as _bench_command  # noqa: F401  (registers `bench`)
 
 
 # ---------------------------------------------------------------- main

@@ -34,7 +34,7 @@ def test_claims_only_from_runs():
             _rec("fc", "linear", 0, 0.6)]
     assert delta_vs_paint(recs) == NOT_MEASURED
     recs.append(_rec("paint", "paint", 0, 0.3, base=0.5))
-    assert "1/1" in delta_vs_paint(recs) and "supported" in delta_vs_paint(recs)
+    assert "1/1" in delta_vs_paint(recs) and "**supported**" in delta_vs_paint(recs)
     assert "**supported**" in zero_base_drop(recs)
     recs.append(_rec("d3", "delta", 0, 0.7, base=0.79, gate="delta", stages=3))
     assert "not supported" in zero_base_drop(recs)

@@ -6,8 +6,9 @@ runs to decide it says "not yet measured"; a claim the runs contradict says so, 
 
 from __future__ import annotations
 
+import itertools
 import statistics
-from typing import Callable
+from collections.abc import Callable
 
 Pred = Callable[[dict], bool]
 NOT_MEASURED = "**not yet measured** (no finished runs for it)"
@@ -17,37 +18,62 @@ def _ok(records: list[dict], table: str) -> list[dict]:
     return [r for r in records if r.get("table") == table and r.get("status") == "ok"]
 
 
-def cells(records: list[dict], table: str, pred: Pred, value: Callable[[dict], float | None]
-          ) -> dict[tuple[str, str], float]:
-    """Mean of ``value`` over seeds per (backbone, task), over runs whose variant fits ``pred``.
-    When several variants fit, the best variant's mean is kept (e.g. "best Δ(n)")."""
-    by: dict[tuple, list[float]] = {}
+Cell = tuple[float, float, int]  # mean, sample std, n seeds
+
+
+def per_variant(records: list[dict], table: str, pred: Pred,
+                value: Callable[[dict], float | None]) -> dict[str, dict[tuple[str, str], Cell]]:
+    """{variant label: {(backbone, task): (mean, std, n) over seeds}} for the variants that fit
+    ``pred``. Variants stay separate: picking the best one on test numbers would be
+    cherry-picking."""
+    by: dict[str, dict[tuple, list[float]]] = {}
     for r in _ok(records, table):
         v = value(r["result"])
         if v is not None and pred(r.get("method", {})):
-            by.setdefault((r["backbone"], r["task"], r["variant"]), []).append(v)
-    out: dict[tuple[str, str], float] = {}
-    for (bb, task, _), vals in by.items():
-        m = statistics.fmean(vals)
-        out[(bb, task)] = max(out.get((bb, task), m), m)
-    return out
+            by.setdefault(r["label"], {}).setdefault((r["backbone"], r["task"]), []).append(v)
+    return {label: {k: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
+                    for k, v in cells.items()} for label, cells in by.items()}
 
 
-def compare(a: dict, b: dict, name_a: str, name_b: str, metric: str) -> str | None:
-    """'A beats B in x of y cells, by mean +d points (range lo..hi)' over shared cells."""
+def compare(a: dict[tuple[str, str], Cell], b: dict[tuple[str, str], Cell], name_a: str,
+            name_b: str, metric: str) -> str | None:
+    """'A > B in x of y cells, mean difference d; k cells beyond seed noise' over shared cells.
+
+    A cell's difference counts as beyond noise when it exceeds sqrt(std_a² + std_b²) of the
+    seeds; with one seed there is no noise estimate and the text says so."""
     shared = sorted(set(a) & set(b))
     if not shared:
         return None
-    diffs = [100 * (a[k] - b[k]) for k in shared]
+    diffs = [100 * (a[k][0] - b[k][0]) for k in shared]
+    noise = [100 * (a[k][1] ** 2 + b[k][1] ** 2) ** 0.5 for k in shared]
+    seeds = min(min(a[k][2], b[k][2]) for k in shared)
     wins = sum(d > 0 for d in diffs)
-    detail = "; ".join(f"{bb}/{t}: {100 * a[(bb, t)]:.2f} vs {100 * b[(bb, t)]:.2f}"
+    beyond = sum(abs(d) > n for d, n in zip(diffs, noise)) if seeds > 1 else None
+    detail = "; ".join(f"{bb}/{t}: {100 * a[(bb, t)][0]:.2f} vs {100 * b[(bb, t)][0]:.2f}"
                        for bb, t in shared)
     verdict = ("supported" if wins == len(shared) else
-               "partly supported" if wins > len(shared) / 2 else "not supported")
+               "mixed" if wins > 0 else "not supported")
+    noise_text = (f"{beyond}/{len(shared)} differences exceed the seed-to-seed std"
+                  if beyond is not None else "one seed only, no noise estimate")
     return (f"**{verdict}**: {name_a} > {name_b} on {metric} in {wins}/{len(shared)} "
             f"(backbone, task) cells; mean difference {statistics.fmean(diffs):+.2f} points "
-            f"(min {min(diffs):+.2f}, max {max(diffs):+.2f}). Cells (mean over seeds, %): "
-            f"{detail}.")
+            f"(min {min(diffs):+.2f}, max {max(diffs):+.2f}); n ≥ {seeds} seed(s), "
+            f"{noise_text}. Cells (mean over seeds, %): {detail}.")
+
+
+def compare_all(a: dict[str, dict], b: dict[str, dict], metric: str) -> list[str]:
+    """Every variant of ``a`` against every variant of ``b``."""
+    out = []
+    for la, ca in a.items():
+        for lb, cb in b.items():
+            got = compare(ca, cb, la, lb, metric)
+            if got:
+                out.append(got)
+    return out
+
+
+def _lines(parts: list[str], note: str = "") -> str:
+    return ("\n  - ".join([""] + parts) + note) if parts else NOT_MEASURED
 
 
 def method_is(name: str, **kw) -> Pred:
@@ -63,10 +89,9 @@ def _top1(res: dict) -> float | None:
 
 
 def delta_vs_paint(records: list[dict]) -> str:
-    got = compare(cells(records, "single", method_is("delta", gate="delta"), _hm),
-                  cells(records, "single", method_is("paint"), _hm),
-                  "best Δ(n)", "PAINT (its α chosen on validation)", "harmonic mean")
-    return got or NOT_MEASURED
+    return _lines(compare_all(per_variant(records, "single", method_is("delta", gate="delta"), _hm),
+                              per_variant(records, "single", method_is("paint"), _hm),
+                              "harmonic mean"))
 
 
 def zero_base_drop(records: list[dict]) -> str:
@@ -92,84 +117,69 @@ def zero_base_drop(records: list[dict]) -> str:
 
 
 def depth_order(records: list[dict]) -> str:
-    per_n: dict[int, dict] = {}
-    for r in _ok(records, "single"):
-        m = r["method"]
-        if m.get("name") == "delta" and m.get("gate") == "delta" and isinstance(m.get("stages"),
-                                                                                 int):
-            per_n.setdefault(m["stages"], {})
-    for n in per_n:
-        per_n[n] = cells(records, "single", method_is("delta", gate="delta", stages=n), _hm)
-    ns = sorted(per_n)
-    if len(ns) < 2:
-        return NOT_MEASURED
-    parts = [compare(per_n[hi], per_n[lo], f"Δ({hi})", f"Δ({lo})", "harmonic mean")
-             for lo, hi in zip(ns, ns[1:])]
-    parts = [p for p in parts if p]
+    by_n: dict[int, dict] = {}
+    for label, cells in per_variant(records, "single", method_is("delta", gate="delta"),
+                                    _hm).items():
+        stages = {r["method"]["stages"] for r in _ok(records, "single") if r["label"] == label}
+        n = next(iter(stages))
+        if isinstance(n, int):
+            by_n[n] = {label: cells}
+    ns = sorted(by_n)
+    parts = [p for lo, hi in itertools.pairwise(ns)
+             for p in compare_all(by_n[hi], by_n[lo], "harmonic mean")]
     note = (" (CIFAR ResNets have 3 stages, so Δ(3) is 'all stages', the paper's Δ(4).)"
             if 3 in ns and 4 not in ns else "")
-    return "\n  - ".join([""] + parts) + note if parts else NOT_MEASURED
+    return _lines(parts, note) if len(ns) > 1 else NOT_MEASURED
 
 
 def conditioned_vs_static(records: list[dict]) -> str:
-    delta = cells(records, "ablation", method_is("delta", gate="delta", norm="output"), _top1)
-    out = []
-    for gate, name in (("learned", "all skips, learnable"), ("fixed", "all skips, fixed 1"),
-                       ("existing", "learnable existing skips"), ("random", "random Λ")):
-        for norm in ("output", "none"):
-            other = cells(records, "ablation", method_is("delta", gate=gate, norm=norm), _top1)
-            got = compare(delta, other, "Δ (input-conditioned, BN)",
-                          f"{name} ({'BN' if norm != 'none' else 'no BN'})", "patch top-1")
-            if got:
-                out.append(got)
-    return "\n  - ".join([""] + out) if out else NOT_MEASURED
+    delta = per_variant(records, "ablation", method_is("delta", gate="delta", norm="output"),
+                        _top1)
+    others = {}
+    for gate in ("learned", "fixed", "existing", "random"):
+        others.update(per_variant(records, "ablation", method_is("delta", gate=gate), _top1))
+    return _lines(compare_all(delta, others, "patch top-1"))
 
 
 def bn_helps(records: list[dict]) -> str:
-    out = []
+    parts = []
     for gate in ("delta", "learned", "fixed", "existing"):
-        a = cells(records, "ablation", method_is("delta", gate=gate, norm="output"), _top1)
-        b = cells(records, "ablation", method_is("delta", gate=gate, norm="none"), _top1)
-        got = compare(a, b, f"gate={gate} with BN", "without BN", "patch top-1")
-        if got:
-            out.append(got)
-    return "\n  - ".join([""] + out) if out else NOT_MEASURED
+        parts += compare_all(
+            per_variant(records, "ablation", method_is("delta", gate=gate, norm="output"), _top1),
+            per_variant(records, "ablation", method_is("delta", gate=gate, norm="none"), _top1),
+            "patch top-1")
+    return _lines(parts)
 
 
 def delta_vs_adapted(records: list[dict]) -> str:
-    delta = cells(records, "adapted", method_is("delta", gate="delta"), _hm)
-    out = []
-    for m in ("adapter-parallel", "adapter-series", "bn-adapt", "pnc", "finetune", "linear"):
-        got = compare(delta, cells(records, "adapted", method_is(m), _hm), "best Δ(n)", m,
-                      "harmonic mean")
-        if got:
-            out.append(got)
-    return "\n  - ".join([""] + out) if out else NOT_MEASURED
+    delta = per_variant(records, "adapted", method_is("delta", gate="delta"), _hm)
+    others = {}
+    for m in ("adapter-parallel", "adapter-series", "bn-adapt", "pnc"):
+        others.update(per_variant(records, "adapted", method_is(m), _hm))
+    return _lines(compare_all(delta, others, "harmonic mean"))
 
 
 def zsda_helps(records: list[dict]) -> str:
-    target = lambda res: res.get("top1_by_test", {}).get("target")  # noqa: E731
-    got = compare(cells(records, "zsda", method_is("delta", gate="delta"), target),
-                  cells(records, "zsda", method_is("linear"), target),
-                  "frozen backbone + Δ(n) + FC", "frozen backbone + FC", "target-domain top-1")
-    return got or NOT_MEASURED
+    target = lambda res: res.get("top1_by_test", {}).get("target")
+    return _lines(compare_all(
+        per_variant(records, "zsda", method_is("delta", gate="delta"), target),
+        per_variant(records, "zsda", method_is("linear"), target), "target-domain top-1"))
 
 
 def full_training_helps(table: str) -> Callable[[list[dict]], str]:
     def check(records: list[dict]) -> str:
-        with_delta = cells(records, table, lambda m: m.get("stages") not in (0, [], None), _top1)
-        plain = cells(records, table, lambda m: m.get("stages") in (0, []), _top1)
-        got = compare(with_delta, plain, "with Δ-stages", "without", "test top-1")
-        return got or NOT_MEASURED
+        with_delta = per_variant(records, table, lambda m: m.get("stages") not in (0, [], None),
+                                 _top1)
+        plain = per_variant(records, table, lambda m: m.get("stages") in (0, []), _top1)
+        return _lines(compare_all(with_delta, plain, "test top-1"))
     return check
 
 
 def sequential_vs_paint(records: list[dict]) -> str:
-    mean = lambda res: res.get("mean_top1")  # noqa: E731
-    got = compare(cells(records, "sequential", method_is("delta", gate="delta"), mean),
-                  cells(records, "sequential", method_is("paint"), mean),
-                  "Δ (one patch per task)", "PAINT (carried forward)", "mean top-1")
-    return got or NOT_MEASURED
+    mean = lambda res: res.get("mean_top1")
+    return _lines(compare_all(
+        per_variant(records, "sequential", method_is("delta", gate="delta"), mean),
+        per_variant(records, "sequential", method_is("paint"), mean), "mean top-1"))
 
 
 def no_forgetting(records: list[dict]) -> str:

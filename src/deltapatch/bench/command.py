@@ -10,7 +10,7 @@ from pathlib import Path
 from ..cli import _arguments, _print_json, command
 from .claims import claims_section
 from .report import not_run_section, table_sections
-from .runner import build_jobs, command_line, hardware, run_jobs, write_results
+from .runner import build_jobs, code_version, command_line, hardware, run_jobs, write_results
 from .suite import Suite, load_suite
 
 
@@ -44,7 +44,7 @@ def bench_cmd(args: argparse.Namespace) -> int:
     records = run_jobs(jobs, args.out, progress=not args.no_progress,
                        max_jobs=0 if args.report_only else args.max_runs)
     meta = {"suite": suite.name, "suite_file": str(suite.path), "command": command_line(),
-            "hardware": hardware(), "seeds": args.seeds or suite.seeds,
+            "hardware": hardware(), "code": code_version(), "seeds": args.seeds or suite.seeds,
             "this_invocation_seconds": round(time.perf_counter() - t0, 1),
             "written": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     write_results(records, args.out, meta)
@@ -97,6 +97,8 @@ def render(records: list[dict], meta: dict, suite: Suite, sections: dict[str, st
             f"- Command: `{meta['command']}`\n"
             f"- Suite file: `{meta['suite_file']}`\n"
             f"- Hardware: {meta['hardware']}\n"
+            f"- Code of this report: {meta.get('code', '?')} (each run record keeps the code "
+            "that made it)\n"
             f"- Finished runs: {len(ok)} of {len(records)}; summed run wall time "
             f"{wall / 60:.1f} min (other jobs shared the machine; times are not benchmarks)\n"
             f"- Written: {meta['written']}. Every number below comes from `results.json` of "

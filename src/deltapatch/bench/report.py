@@ -8,8 +8,8 @@ shows; adding a table is one entry, not another branch.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 Value = Callable[[dict], float | None]
 
@@ -71,7 +71,7 @@ def _params(values: list) -> str:
     vals = sorted({v for v in values if v is not None})
     if not vals:
         return "–"
-    fmt = lambda v: f"{v / 1e6:.3f}M" if v >= 1e5 else f"{v / 1e3:.1f}k"  # noqa: E731
+    fmt = lambda v: f"{v / 1e6:.3f}M" if v >= 1e5 else f"{v / 1e3:.1f}k"
     return fmt(vals[0]) if len(vals) == 1 else f"{fmt(vals[0])}–{fmt(vals[-1])}"
 
 

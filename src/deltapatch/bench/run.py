@@ -18,6 +18,7 @@ from ..data.sets import ImageSet, TaskData, limit
 from ..model import PatchedModel
 from ..train import TrainConfig, evaluate
 
+
 def needs_base_data(method) -> bool:
     """Methods registered with ``needs_base_data=True`` (PAINT picks α, PNC its insertion point
     on the base task's validation split) get ``ctx.base_data``; loading a base train split costs

@@ -47,6 +47,25 @@ def build_jobs(suite: Suite, seeds: int | None = None, only: set[str] | None = N
     return jobs
 
 
+def code_version() -> str:
+    """deltapatch's version and, when run from a git checkout, its commit (and '+dirty')."""
+    import subprocess
+
+    from .. import __version__
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
+                                check=False, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--", "."],
+                               check=False, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", ""
+    return f"deltapatch {__version__}" + (f" @ {commit}{'+dirty' if dirty else ''}"
+                                          if commit else "")
+
+
 def hardware() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -64,7 +83,7 @@ def run_jobs(jobs: list[Job], out: Path, progress: bool = True, max_jobs: int | 
              ) -> list[dict]:
     """Run (or reload) every job; returns one record per job with ``status`` ok / skipped /
     failed / pending (``max_jobs`` reached)."""
-    records, started = [], 0
+    records, started, code = [], 0, code_version()
     bar = tqdm(jobs, desc="bench", disable=not progress, unit="run")
     for job in bar:
         file = out / RUNS / f"{job.key}.json"
@@ -76,7 +95,7 @@ def run_jobs(jobs: list[Job], out: Path, progress: bool = True, max_jobs: int | 
             records.append({**job.context(), "status": "pending"})
             continue
         started += 1
-        record = {**job.context()}
+        record = {**job.context(), "code": code}
         try:
             result = job.run(out / RUNS / job.key)
             record.update(status="ok", finished=time.strftime("%Y-%m-%d %H:%M:%S"),

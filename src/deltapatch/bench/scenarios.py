@@ -9,9 +9,9 @@ fine-tuning). A job whose method is not registered (yet) is marked ``skipped``, 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -359,7 +359,7 @@ def train_full(spec: RunSpec, out: Path) -> dict:
                     norm=spec.norm if spec.stages else "none", method="full")
     model.backbone.requires_grad_(True)
     owned = nn.ModuleDict({"backbone": model.backbone, "patch": model.get_patch("task")})
-    forward = lambda x: model(x, patch="task")  # noqa: E731
+    forward = lambda x: model(x, patch="task")
     result = fit(forward, owned, data, model.preprocess, spec.train, run_dir=out / "run",
                  set_mode=owned.train)
     owned.eval()

@@ -5,9 +5,16 @@ works too. See ``suites/smoke.toml`` for the annotated format.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+try:
+    import tomllib  # Python >= 3.11
+except ModuleNotFoundError:  # Python 3.10: the same parser as a package
+    try:
+        import tomli as tomllib
+    except ModuleNotFoundError:
+        tomllib = None
 
 from ..errors import DeltaPatchError
 from ..train import TrainConfig
@@ -92,6 +99,8 @@ def resolve(name_or_path: str) -> Path:
 
 def load_suite(name_or_path: str) -> Suite:
     path = resolve(name_or_path)
+    if tomllib is None:
+        raise DeltaPatchError("reading suite files needs Python 3.11+ or `pip install tomli`")
     text = path.read_text()
     try:
         raw = tomllib.loads(text)
