@@ -143,20 +143,14 @@ def write_results(records: list[dict], out: Path, meta: dict) -> None:
         w.writerows(flat(r) for r in records)
 
 
-REPORT_FLAGS = {"--report-only": 0, "--results-md": 1, "--max-runs": 1, "--no-progress": 0}
-"""Flags that change what is reported or how much runs now, never a number: left out of the
-command that tables cite, which is the command that reproduces them."""
-
-
-def command_line(argv: list[str] | None = None) -> str:
-    args, out, skip = list(sys.argv[1:] if argv is None else argv), [], 0
-    for a in args:
-        if skip:
-            skip -= 1
-            continue
-        name = a.split("=", 1)[0]
-        if name in REPORT_FLAGS:
-            skip = REPORT_FLAGS[name] if "=" not in a else 0
-            continue
-        out.append(a)
-    return "deltapatch " + " ".join(shlex.quote(a) for a in out)
+def command_line(suite: str, out: Path, seeds: int | None = None, only: str | None = None
+                 ) -> str:
+    """The command that reproduces the numbers (rebuilt from the arguments, so it is right
+    whatever called ``main``). Report-only flags (--report-only, --results-md, --max-runs) are
+    left out: they never change a number."""
+    parts = ["deltapatch", "bench", "--suite", suite, "--out", str(out)]
+    if seeds is not None:
+        parts += ["--seeds", str(seeds)]
+    if only:
+        parts += ["--only", only]
+    return " ".join(shlex.quote(p) for p in parts)
