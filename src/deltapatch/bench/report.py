@@ -117,10 +117,14 @@ def caption(records: list[dict], spec: TableSpec, meta: dict) -> str:
     seeds = sorted({r["seed"] for r in mine})
     n = sorted({_n(r["result"]) for r in mine})
     wall = sum(r["result"].get("wall_seconds", 0) or 0 for r in mine)
+    n_base = sorted({r["result"]["n_base_test"] for r in mine if r["result"].get("n_base_test")})
+    machines = sorted({r.get("hardware") or meta["hardware"] for r in mine})
     return (f"Cells: {spec.what}, % mean ± sample std over seeds {seeds} (n = seeds per cell). "
-            f"Test images per run: {', '.join(map(str, n)) or '–'}.  \n"
+            f"Test images per run: {', '.join(map(str, n)) or '–'}"
+            + (f"; base-task test images: {', '.join(map(str, n_base))}" if n_base else "")
+            + ".  \n"
             f"Command: `{meta['command']}` (suite `{meta['suite']}`).  \n"
-            f"Hardware: {meta['hardware']}.  \n"
+            f"Hardware: {'; '.join(machines) or meta['hardware']}.  \n"
             f"Wall time of these {len(mine)} runs: {wall / 60:.1f} min.")
 
 
@@ -210,8 +214,15 @@ def sequential_detail(records: list[dict]) -> str | None:
 
 def not_run_section(records: list[dict], suite_not_implemented: list[dict]) -> str:
     lines = ["### Not run / not implemented\n"]
+    pending: dict[str, int] = {}
     for r in records:
-        if r.get("status") in ("skipped", "failed", "pending"):
+        if r.get("status") == "pending":
+            pending[r["table"]] = pending.get(r["table"], 0) + 1
+    if pending:
+        lines.append(f"- {sum(pending.values())} runs not started yet (rerun the command to "
+                     "continue): " + ", ".join(f"{t} {n}" for t, n in pending.items()))
+    for r in records:
+        if r.get("status") in ("skipped", "failed"):
             lines.append(f"- `{r['key']}`: {r['status']}"
                          + (f" — {r['reason']}" if r.get("reason") else ""))
     for item in suite_not_implemented:

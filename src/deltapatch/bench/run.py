@@ -145,10 +145,11 @@ def run_one(spec: RunSpec, out: Path, *, data: TaskData | None = None,
     model.eval()
     patch_top1 = evaluate(outcome.patch_forward, data.test, model.preprocess)
     base_top1 = None
+    extra = dict(outcome.extra)
     if spec.base_data:
         base = test_split(spec.base_data, size, seed=spec.seed, max_test=spec.max_test)
         base_top1 = evaluate(outcome.base_forward, base, model.preprocess)
-    extra = dict(outcome.extra)
+        extra["n_base_test"] = len(base)
     if extra_tests:
         extra["top1_by_test"] = {k: round(evaluate(outcome.patch_forward, t, model.preprocess), 6)
                                  for k, t in extra_tests.items()}

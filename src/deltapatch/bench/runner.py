@@ -83,7 +83,7 @@ def run_jobs(jobs: list[Job], out: Path, progress: bool = True, max_jobs: int | 
              ) -> list[dict]:
     """Run (or reload) every job; returns one record per job with ``status`` ok / skipped /
     failed / pending (``max_jobs`` reached)."""
-    records, started, code = [], 0, code_version()
+    records, started, code, hw = [], 0, code_version(), hardware()
     bar = tqdm(jobs, desc="bench", disable=not progress, unit="run")
     for job in bar:
         file = out / RUNS / f"{job.key}.json"
@@ -95,7 +95,7 @@ def run_jobs(jobs: list[Job], out: Path, progress: bool = True, max_jobs: int | 
             records.append({**job.context(), "status": "pending"})
             continue
         started += 1
-        record = {**job.context(), "code": code}
+        record = {**job.context(), "code": code, "hardware": hw}
         try:
             result = job.run(out / RUNS / job.key)
             record.update(status="ok", finished=time.strftime("%Y-%m-%d %H:%M:%S"),
