@@ -93,7 +93,7 @@ def lambda_plots(records: list[dict], out: Path) -> list[Path]:
                     if v is not None:
                         ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
                                 color="white" if v < 0.5 else "black")
-            ax.set_title(f"stage {s}", fontsize=9)
+            ax.set_title(f"stage index {s} (0-based)", fontsize=9)
             ax.set_xlabel("to h_j")
             ax.set_ylabel("from h_i")
         fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)

@@ -40,6 +40,10 @@ TABLES: list[TableSpec] = [
               "single", _r("base_top1"), "base-task top-1 after patching"),
     TableSpec("table1_adapted_hm.md", "Adapted baselines (paper Table 1)", "adapted",
               _r("harmonic_mean"), "harmonic mean of base and patch top-1"),
+    TableSpec("table1_adapted_locality.md", "Adapted baselines: locality (PNC)", "adapted",
+              _r("locality_merged"), "share of base test predictions unchanged when the "
+              "method's module is merged into one network (PNC's own locality; methods that "
+              "route by task id leave the base untouched, see base top-1)"),
     TableSpec("table8_ablation_top1.md", "Skip-connection and BN ablation (paper Table 8)",
               "ablation", _r("patch_top1"), "patch-task top-1"),
     TableSpec("table8_ablation_hm.md", "Skip-connection and BN ablation, harmonic mean",
@@ -103,6 +107,8 @@ def pivot(records: list[dict], spec: TableSpec) -> tuple[list[str], list[list[st
 
 def _status_cell(records: list[dict]) -> str:
     states = sorted({r.get("status", "?") for r in records})
+    if states == ["ok"]:
+        return "n/a"  # ran, but this number does not apply to the method
     return "not run (" + ", ".join(states) + ")" if states else "–"
 
 
