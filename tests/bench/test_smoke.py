@@ -40,7 +40,9 @@ def test_smoke_suite_writes_every_table_and_plot(tmp_path, capsys):
     ok = [r for r in records if r["status"] == "ok"]
     assert all(0 <= r["result"].get("patch_top1", 0) <= 1 for r in ok)
     # same random-init backbone for every run of a seed: base top-1 agrees across Δ and FC runs
-    base = {r["result"]["base_top1"] for r in ok if r["scenario"] == "single"}
+    # (PAINT and fine-tuning change the base network, so they are left out)
+    base = {r["result"]["base_top1"] for r in ok if r["scenario"] == "single"
+            and r["method"]["name"] in ("delta", "linear")}
     assert len(base) == 1
     # methods not registered (yet) are marked, not faked
     from deltapatch.methods import METHODS
