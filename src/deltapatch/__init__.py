@@ -2,8 +2,15 @@
 
 __version__ = "0.1.0"
 
-from .backbones import (BlockSplit, StageSpec, list_backbones, load_backbone, register_backbone,
-                        register_block, register_spec)
+from .backbones import (
+                        BlockSplit,
+                        StageSpec,
+                        list_backbones,
+                        load_backbone,
+                        register_backbone,
+                        register_block,
+                        register_spec,
+)
 from .errors import BackboneError, DataError, DeltaPatchError, PatchError
 from .model import BASE, PatchedModel
 from .patch import Patch, PatchConfig, read_config

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -82,6 +82,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="Δ(n): last n stages (int), or comma-separated 0-based indices/names")
     p.add_argument("--norm", default="output", choices=["output", "skip", "none"],
                    help="where the patch's BatchNorm sits in each Δ-stage")
+    p.add_argument("--reduction", type=int, default=4,
+                   help="Δ-module second conv width C/r (4: DESIGN.md; 2: the paper's counts)")
     p.add_argument("--gate", default="delta",
                    help="where Λ comes from: delta (input-conditioned), learned, fixed, random, "
                         "existing (Table 8 ablations)")
@@ -134,7 +136,7 @@ def train_cmd(args: argparse.Namespace) -> int:
                    gate=args.gate, base_data=args.base_data, image_size=args.image_size,
                    max_train=args.max_train, max_test=args.max_test,
                    val_fraction=args.val_fraction, name=args.name, seed=args.seed, train=config,
-                   options=_parse_options(args.option))
+                   options={"reduction": args.reduction, **_parse_options(args.option)})
     result = run_one(spec, args.out)
     (args.out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     _print_json(result)
@@ -183,7 +185,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
 @_arguments(_predict_args)
 def predict_cmd(args: argparse.Namespace) -> int:
     from .data.sets import to_image_tensor
-    from .data.sources import _decode
+    from .data.sources import decode_image
 
     model = _model(args).eval()
     name, names, pre = BASE, None, model.preprocess
@@ -195,7 +197,7 @@ def predict_cmd(args: argparse.Namespace) -> int:
         for path in args.images:
             if not path.is_file():
                 raise DeltaPatchError(f"no image file {path}")
-            x = to_image_tensor(_decode(path.read_bytes(), str(path))[None], pre.size)
+            x = to_image_tensor(decode_image(path.read_bytes(), str(path))[None], pre.size)
             probs = model(pre.normalize(x), patch=name).softmax(1)[0]
             top = probs.topk(min(args.top, probs.numel()))
             _print_json({"image": str(path), "task": name, "top": [
@@ -269,7 +271,11 @@ def verify_cmd(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-from .bench import command as _bench_command  # noqa: F401  (registers `bench`)
+from .bench import command as _bench_command  # noqa: E402,F401  (registers `bench`)
+from .demo import HELP as _DEMO_HELP
+from .demo import demo_arguments, demo_cmd
+
+command("demo", _DEMO_HELP)(_arguments(demo_arguments)(demo_cmd))
 
 
 # ---------------------------------------------------------------- main

@@ -8,18 +8,26 @@ patch's head. The backbone is wrapped, never copied; its BatchNorms stay in eval
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .backbones.registry import backbone_name, default_preprocess
-from .backbones.spec import StageSpec, block_split, run_steps, spec_for
+from .backbones.spec import StageSpec, block_split, run_steps, spec_for, stage_module
 from .errors import PatchError
-from .patch import (Patch, PatchConfig, StageShape, check_tensors, fingerprint, read_config,
-                    read_tensors, save_patch_dir)
+from .patch import (
+    Patch,
+    PatchConfig,
+    StageShape,
+    check_tensors,
+    fingerprint,
+    read_config,
+    read_tensors,
+    save_patch_dir,
+)
 from .preprocess import Preprocess
 
 BASE = "__base__"
@@ -52,7 +60,7 @@ class PatchedModel(nn.Module):
 
     # ----------------------------------------------------------------- structure
     def _stage_module(self, path: str) -> nn.Module:
-        stage = self.backbone.get_submodule(path)
+        stage = stage_module(self.backbone, path)
         blocks = list(stage)
         if not blocks:
             raise ValueError(f"stage '{path}' has no sub-blocks")
@@ -119,13 +127,15 @@ class PatchedModel(nn.Module):
 
     # ----------------------------------------------------------------- patches
     def add_patch(self, name: str, num_classes: int, stages: int | Sequence[int | str] = 1, *,
-                  gate: str = "delta", norm: str = "output",
+                  gate: str = "delta", norm: str = "output", reduction: int = 4,
                   class_names: Sequence[str] | None = None,
                   preprocess: Preprocess | None = None, method: str = "delta") -> Patch:
         """Add a new, randomly initialised patch for a ``num_classes``-way task.
 
         ``stages`` is Δ(n): an int for the last n stages (0 gives a head-only patch, the
-        FC baseline), or a list of 0-based stage indices or names.
+        FC baseline), or a list of 0-based stage indices or names. ``gate`` and ``norm`` select
+        the Table 8 ablations (see :class:`~deltapatch.delta.DeltaStage`); ``reduction`` is the
+        Δ-module's second width C/r.
         """
         self._check_new_name(name)
         if class_names is not None and len(class_names) != num_classes:
@@ -133,7 +143,8 @@ class PatchedModel(nn.Module):
         config = PatchConfig(
             name=name, num_classes=int(num_classes), stages=self.resolve_stages(stages),
             backbone=self.backbone_name, fingerprint=self.fingerprint,
-            preprocess=preprocess or self.preprocess, gate=gate, norm=norm, method=method,
+            preprocess=preprocess or self.preprocess, gate=gate, norm=norm, reduction=reduction,
+            method=method,
             class_names=list(class_names) if class_names is not None else None,
         )
         patch = Patch(config, self.stage_shapes(), self._head.in_features)
@@ -218,7 +229,7 @@ class PatchedModel(nn.Module):
         print(f"trainable params: {n:,} || all params: {total:,} || "
               f"trainable%: {100 * n / total:.4f}")
 
-    def train(self, mode: bool = True) -> "PatchedModel":
+    def train(self, mode: bool = True) -> PatchedModel:
         """Patches follow ``mode``; the backbone stays in eval mode (its statistics are sacred)."""
         super().train(mode)
         self.backbone.eval()
@@ -255,15 +266,38 @@ class PatchedModel(nn.Module):
         self._routed(x, [name] * x.shape[0], record=record)
         return record.get(name, {})
 
+    def stage_input(self, x: Tensor, stage: int) -> Tensor:
+        """The frozen activation entering stage ``stage`` (after its transition; ``num_stages``
+        gives the last stage's output). A patch whose Δ-stages all lie at or after ``stage``
+        sees exactly this tensor, so it can be computed once per image and cached."""
+        if not 0 <= stage <= self.num_stages:
+            raise ValueError(f"stage {stage} out of range 0..{self.num_stages}")
+        h = run_steps(self.backbone, self.spec.stem, x)
+        for s in range(stage):
+            h = self._stages[s](run_steps(self.backbone, self.spec.transitions.get(s, ()), h))
+        return run_steps(self.backbone, self.spec.transitions.get(stage, ()), h)
+
+    def forward_from(self, h: Tensor, stage: int, patch: str) -> Tensor:
+        """Logits of ``patch`` from ``h = stage_input(x, stage)``: the same computation as
+        ``model(x, patch=patch)`` minus the frozen prefix."""
+        first = min(self.get_patch(patch).config.stages, default=self.num_stages)
+        if first < stage:
+            raise ValueError(f"patch '{patch}' has a Δ-stage at {first}, before stage {stage}")
+        return self._routed(h, [patch] * h.shape[0], start=stage)
+
     def _routed(self, x: Tensor, names: list[str], head: bool = True,
-                record: dict[str, dict[int, Tensor]] | None = None) -> Tensor:
+                record: dict[str, dict[int, Tensor]] | None = None,
+                start: int | None = None) -> Tensor:
         groups = _group_rows(names)
-        if set(groups) == {BASE} and head:
+        if set(groups) == {BASE} and head and start is None:
             return self.backbone(x)
         patches = {n: self.get_patch(n) for n in groups if n != BASE}
-        h = run_steps(self.backbone, self.spec.stem, x)
+        h = run_steps(self.backbone, self.spec.stem, x) if start is None else x
         for s, stage in enumerate(self._stages):
-            h = run_steps(self.backbone, self.spec.transitions.get(s, ()), h)
+            if start is not None and s < start:
+                continue
+            if start is None or s > start:
+                h = run_steps(self.backbone, self.spec.transitions.get(s, ()), h)
             deltas = {n: p.delta(s) for n, p in patches.items() if p.delta(s) is not None}
             h = self._stage(h, s, stage, deltas, groups, record) if deltas else stage(h)
         feats = run_steps(self.backbone, self.spec.pre_logits, h)

@@ -42,6 +42,7 @@ class PatchConfig:
     preprocess: Preprocess
     gate: str = "delta"
     norm: str = "output"
+    reduction: int = 4
     method: str = "delta"
     class_names: list[str] | None = None
     extra: dict = field(default_factory=dict)
@@ -54,7 +55,7 @@ class PatchConfig:
         return {"format": FORMAT, "library_version": __version__, **d}
 
     @classmethod
-    def from_json(cls, d: dict) -> "PatchConfig":
+    def from_json(cls, d: dict) -> PatchConfig:
         if d.get("format") != FORMAT:
             raise PatchError(f"not a deltapatch patch config (format {d.get('format')!r}, "
                              f"expected {FORMAT!r})")
@@ -64,7 +65,7 @@ class PatchConfig:
                 stages=[int(s) for s in d["stages"]], backbone=str(d["backbone"]),
                 fingerprint=str(d["fingerprint"]),
                 preprocess=Preprocess.from_dict(d["preprocess"]), gate=str(d["gate"]),
-                norm=str(d["norm"]), method=str(d.get("method", "delta")),
+                norm=str(d["norm"]), reduction=int(d.get("reduction", 4)), method=str(d.get("method", "delta")),
                 class_names=d.get("class_names"), extra=dict(d.get("extra", {})),
             )
         except (KeyError, TypeError, ValueError) as err:
@@ -88,7 +89,7 @@ class Patch(nn.Module):
         self.config = config
         self.deltas = nn.ModuleDict({
             str(s): DeltaStage(shapes[s].in_channels, shapes[s].out_channels, shapes[s].blocks,
-                               gate=config.gate, norm=config.norm)
+                               gate=config.gate, norm=config.norm, reduction=config.reduction)
             for s in config.stages
         })
         self.head = nn.Linear(feature_dim, config.num_classes)

@@ -27,12 +27,12 @@ class Preprocess:
         std = torch.tensor(self.std, dtype=x.dtype).view(1, 3, 1, 1)
         return (x - mean) / std
 
-    def with_size(self, size: int | None) -> "Preprocess":
+    def with_size(self, size: int | None) -> Preprocess:
         return self if size is None else Preprocess(size, self.mean, self.std)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preprocess":
+    def from_dict(cls, d: dict) -> Preprocess:
         return cls(int(d["size"]), tuple(d["mean"]), tuple(d["std"]))

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
 
 import torch
 from torch import nn
@@ -99,9 +99,16 @@ def _register_cifar() -> None:
         register_backbone(f"cifar_resnet{depth}", BackboneEntry(build, Preprocess(32), named))
 
 
+def _register_efficientnet_lite() -> None:
+    from .efficientnet_lite import register
+
+    register()
+
+
 _register_torchvision()
 _register_timm()
 _register_cifar()
+_register_efficientnet_lite()
 
 
 def load_backbone(name: str, weights: str | Path | None = None) -> nn.Module:

@@ -14,8 +14,10 @@ the untouched module's own ``forward``.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Sequence, Union
+from typing import Union
 
 import torch
 from torch import Tensor, nn
@@ -68,7 +70,8 @@ class StageSpec:
     Attributes:
         stem: steps from the input to the first stage's input.
         stages: dotted paths of the stages; each must iterate over its sub-blocks in order
-            (an ``nn.Sequential`` or ``nn.ModuleList``).
+            (an ``nn.Sequential`` or ``nn.ModuleList``). A slice ``"path[i:j]"`` takes a run of
+            blocks out of a flat list (EfficientNet's ``_blocks``) without changing the model.
         pre_logits: steps from the last stage's output to the head's input (pool, flatten, norm).
         head: dotted path of the classifier (an ``nn.Linear``).
         transitions: steps run before stage ``i`` that belong to no stage (ConvNeXt's
@@ -121,6 +124,22 @@ def resolve(model: nn.Module, step: Step) -> Callable[[Tensor], Tensor]:
         return model.get_submodule(step)
     except AttributeError as err:
         raise ValueError(f"stage spec names '{step}', which is not a submodule: {err}") from None
+
+
+_SLICE = re.compile(r"^(?P<path>[\w.]+)\[(?P<start>\d*):(?P<stop>\d*)\]$")
+
+
+def stage_module(model: nn.Module, path: str) -> nn.Module:
+    """The stage at ``path``: a submodule, or for ``"path[i:j]"`` a view of blocks i..j-1 of a
+    flat block list. The view is an ``nn.Sequential`` that shares (never copies) the blocks and
+    is not registered in ``model``, so the model's ``state_dict`` and forward stay untouched."""
+    match = _SLICE.match(path)
+    if match is None:
+        return resolve(model, path)
+    blocks = list(resolve(model, match["path"]))
+    start = int(match["start"]) if match["start"] else None
+    stop = int(match["stop"]) if match["stop"] else None
+    return nn.Sequential(*blocks[start:stop])
 
 
 def run_steps(model: nn.Module, steps: Iterable[Step], x: Tensor) -> Tensor:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from torch import Tensor, nn
 from timm.models import convnext, resnet
+from torch import Tensor, nn
 
 from .spec import StageSpec, register_block, register_spec
 

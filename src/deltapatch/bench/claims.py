@@ -48,7 +48,7 @@ def compare(a: dict[tuple[str, str], Cell], b: dict[tuple[str, str], Cell], name
     noise = [100 * (a[k][1] ** 2 + b[k][1] ** 2) ** 0.5 for k in shared]
     seeds = min(min(a[k][2], b[k][2]) for k in shared)
     wins = sum(d > 0 for d in diffs)
-    beyond = sum(abs(d) > n for d, n in zip(diffs, noise)) if seeds > 1 else None
+    beyond = sum(abs(d) > n for d, n in zip(diffs, noise, strict=True)) if seeds > 1 else None
     detail = "; ".join(f"{bb}/{t}: {100 * a[(bb, t)][0]:.2f} vs {100 * b[(bb, t)][0]:.2f}"
                        for bb, t in shared)
     verdict = ("supported" if wins == len(shared) else

@@ -45,7 +45,8 @@ def bench_cmd(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     records = run_jobs(jobs, args.out, progress=not args.no_progress,
                        max_jobs=0 if args.report_only else args.max_runs)
-    meta = {"suite": suite.name, "suite_file": suite_file(suite), "command": command_line(args.suite, args.out, args.seeds, args.only),
+    meta = {"suite": suite.name, "suite_file": suite_file(suite),
+            "command": command_line(args.suite, args.out, args.seeds, args.only),
             "hardware": hardware(), "code": code_version(), "seeds": args.seeds or suite.seeds,
             "note": args.note, "this_invocation_seconds": round(time.perf_counter() - t0, 1),
             "written": time.strftime("%Y-%m-%d %H:%M:%S %Z")}

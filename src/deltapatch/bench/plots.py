@@ -82,9 +82,9 @@ def lambda_plots(records: list[dict], out: Path) -> list[Path]:
     for (table, bb, task, var), runs in groups.items():
         stages = sorted(runs[0]["result"]["lambda_mean"], key=int)
         fig, axes = plt.subplots(1, len(stages), figsize=(3.2 * len(stages), 3.2), squeeze=False)
-        for ax, s in zip(axes[0], stages):
+        for ax, s in zip(axes[0], stages, strict=True):
             per_seed = [r["result"]["lambda_mean"][s] for r in runs]
-            mean = [statistics.fmean(v) for v in zip(*per_seed)]
+            mean = [statistics.fmean(v) for v in zip(*per_seed, strict=True)]
             m = lambda_matrix(mean)
             grid = [[float("nan") if v is None else v for v in row] for row in m]
             im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis")

@@ -14,7 +14,7 @@ import torch
 from .. import metrics
 from ..backbones import load_backbone
 from ..data import load_data, load_test
-from ..data.sets import ImageSet, TaskData, limit
+from ..data.sets import ImageSet, TaskData
 from ..model import PatchedModel
 from ..train import TrainConfig, evaluate
 
@@ -62,6 +62,14 @@ class RunSpec:
 _CACHE: dict[tuple, object] = {}
 
 
+def cap(s: ImageSet, n: int | None, seed: int) -> ImageSet:
+    """At most ``n`` images of ``s``, a seeded random subset in the original order."""
+    if n is None or n >= len(s):
+        return s
+    order = torch.randperm(len(s), generator=torch.Generator().manual_seed(seed))
+    return s.subset(order[:n].sort().values)
+
+
 def cached(key: tuple, make):
     """Data sets are re-used across the runs of one process (decoding CIFAR-10 once, not per
     run); everything cached is read-only to callers."""
@@ -78,7 +86,7 @@ def task_data(spec: str, size: int, *, seed: int, max_train: int | None,
     def make() -> TaskData:
         data = load_data(spec, size, val_fraction=val_fraction, seed=seed,
                          max_train=max_train, max_test=max_test)
-        data.val = limit(data.val, max_val, seed)
+        data.val = cap(data.val, max_val, seed)
         return data
     return cached(("data", spec, size, seed, max_train, max_test, val_fraction, max_val), make)
 

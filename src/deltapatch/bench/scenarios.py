@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from .. import metrics
-from ..data.sets import ImageSet, TaskData, limit
+from ..data.sets import ImageSet, TaskData
 from ..train import evaluate, fit
-from .run import RunSpec, base_task_data, build_model, run_one, task_data, test_split
+from .run import RunSpec, base_task_data, build_model, cap, run_one, task_data, test_split
 from .suite import Suite, Task, Variant, data_settings, train_config
 
 
@@ -136,7 +136,7 @@ def concat_tasks(parts: list[TaskData], name: str) -> TaskData:
     def cat(split: str) -> ImageSet:
         sets = [getattr(d, split) for d in parts]
         return ImageSet(torch.cat([s.images for s in sets]),
-                        torch.cat([s.labels + o for s, o in zip(sets, offsets)]))
+                        torch.cat([s.labels + o for s, o in zip(sets, offsets, strict=True)]))
 
     hflip = all(d.hflip for d in parts)
     return TaskData(name, cat("train"), cat("val"), cat("test"), names, hflip,
@@ -161,7 +161,7 @@ def joint(suite: Suite, entry: dict, seeds: int) -> list[Job]:
                                    **_sizes(suite.settings(t.settings))) for t in tasks]
                 data = concat_tasks(parts, "joint")
                 tests = {t.key: ImageSet(p.test.images, p.test.labels + o)
-                         for t, p, o in zip(tasks, parts, data.info["offsets"])}
+                         for t, p, o in zip(tasks, parts, data.info["offsets"], strict=True)}
                 result = run_one(spec, out, data=data, extra_tests=tests)
                 accs = list(result["top1_by_test"].values())
                 if result["base_top1"] is not None:
@@ -284,7 +284,7 @@ def _patch_per_task(method: str, model, contexts, base: SeqBase) -> dict:
     if base.test is not None:
         final["base"] = round(evaluate(outcomes[-1].base_forward, base.test,
                                        model.preprocess), 6)
-    for ctx, outcome in zip(contexts, outcomes):
+    for ctx, outcome in zip(contexts, outcomes, strict=True):
         final[ctx.name] = round(evaluate(outcome.patch_forward, ctx.data.test,
                                          model.preprocess), 6)
     return {"final_top1": final, "after_training_top1": {k: round(a, 6) for k, a in after.items()},
@@ -314,8 +314,8 @@ def _paint_sequential(model, contexts, base: SeqBase) -> dict:
     if base.full is None:
         raise Skip("sequential PAINT needs the suite's base_data (α is chosen on it)")
     full = base.full()
-    cap = int(contexts[0].options.get("base_val_max", 2000))
-    tasks = [EvalTask("base", limit(full.val, cap, contexts[0].train.seed), None, base.test)]
+    val_max = int(contexts[0].options.get("base_val_max", 2000))
+    tasks = [EvalTask("base", cap(full.val, val_max, contexts[0].train.seed), None, base.test)]
     previous, heads, after, steps = None, {}, {}, []
     for ctx in contexts:
         torch.manual_seed(ctx.train.seed)

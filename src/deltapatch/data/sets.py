@@ -6,8 +6,8 @@ means each epoch only normalizes (and augments) batches instead of decoding file
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ class ImageSet:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def subset(self, idx: Tensor) -> "ImageSet":
+    def subset(self, idx: Tensor) -> ImageSet:
         return ImageSet(self.images[idx], self.labels[idx])
 
     def batches(self, batch_size: int, generator: torch.Generator | None = None
@@ -62,7 +62,7 @@ class TaskData:
 def to_image_tensor(x: np.ndarray | Tensor, size: int) -> Tensor:
     """Images (N, H, W), (N, H, W, C) or (N, C, H, W), uint8 or float in [0, 1] → uint8
     (N, 3, size, size); grayscale becomes 3-channel, resizing is bilinear with antialiasing."""
-    t = torch.as_tensor(np.asarray(x))
+    t = torch.as_tensor(np.array(x, copy=not isinstance(x, Tensor)))
     if t.ndim == 3:
         t = t.unsqueeze(1)
     elif t.ndim == 4 and t.shape[-1] in (1, 3, 4) and t.shape[1] not in (1, 3):
@@ -123,11 +123,3 @@ def split_off(s: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, ImageS
         raise DataError(f"cannot hold out {fraction:.0%} of only {n} images")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return s.subset(order[k:]), s.subset(order[:k])
-
-
-def limit(s: ImageSet, n: int | None, seed: int) -> ImageSet:
-    """At most ``n`` images, a seeded random subset (all classes likely kept)."""
-    if n is None or n >= len(s):
-        return s
-    order = torch.randperm(len(s), generator=torch.Generator().manual_seed(seed))
-    return s.subset(order[:n].sort().values)

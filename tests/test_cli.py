@@ -1,0 +1,100 @@
+"""The CLI end to end on a tiny task: train → info → eval → predict → verify."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+import deltapatch as dp
+from deltapatch.cli import COMMANDS, main
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    save_file(dp.load_backbone("cifar_resnet20").state_dict(), str(root / "w.safetensors"))
+    rng = np.random.default_rng(0)
+    y = np.arange(48) % 3
+    x = rng.integers(0, 60, (48, 16, 16, 3), dtype=np.uint8) + (y * 90)[:, None, None, None].astype(np.uint8)
+    np.savez(root / "task.npz", x_train=x, y_train=y, x_test=x[:30], y_test=y[:30])
+    np.savez(root / "base.npz", x_train=x, y_train=y, x_test=x[:20], y_test=y[:20])
+    return root
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_every_command_has_help(capsys):
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as e:
+            main([name, "--help"])
+        assert e.value.code == 0
+        assert "usage: deltapatch " + name in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def trained(setup):
+    """One `deltapatch train` run shared by the tests below (stdout captured by hand)."""
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main([str(a) for a in [
+            "train", "--backbone", "cifar_resnet20", "--weights", setup / "w.safetensors",
+            "--data", setup / "task.npz", "--out", setup / "patch", "--epochs", "2",
+            "--batch-size", "16", "--lr", "0.01", "--base-data", setup / "base.npz",
+            "--no-progress", "--stages", "2"]])
+    assert code == 0
+    return setup / "patch", json.loads(buf.getvalue().strip().splitlines()[-1])
+
+
+def test_train_eval_info_predict_verify(setup, trained, capsys):
+    out, m = trained
+    bb = ["--backbone", "cifar_resnet20", "--weights", setup / "w.safetensors"]
+    assert {"patch_top1", "base_top1", "harmonic_mean", "trainable_params", "patch_bytes"} <= set(m)
+    assert 0 <= m["patch_top1"] <= 1 and m["stages"] == [1, 2]
+    assert (out / "run" / "metrics.csv").is_file()
+
+    code, stdout, _ = _run(capsys, "info", out)
+    info = json.loads(stdout)
+    assert code == 0 and info["stages"] == [1, 2] and info["num_classes"] == 3
+    assert info["parameters"] == m["trainable_params"]
+
+    code, stdout, _ = _run(capsys, "eval", *bb, "--patch", out, "--data", setup / "task.npz",
+                           "--base-data", setup / "base.npz")
+    e = json.loads(stdout)
+    assert code == 0 and e["patch_top1"] == m["patch_top1"] and e["base_top1"] == m["base_top1"]
+
+    img = setup / "img.png"
+    Image.fromarray(np.full((16, 16, 3), 200, np.uint8)).save(img)
+    code, stdout, _ = _run(capsys, "predict", *bb, "--patch", out, "--top", "2", img)
+    pred = json.loads(stdout)
+    assert code == 0 and len(pred["top"]) == 2 and pred["top"][0]["name"] in {"0", "1", "2"}
+
+    code, stdout, _ = _run(capsys, "verify", *bb, "--patch", out, "-n", "4")
+    v = json.loads(stdout)
+    assert code == 0 and v["ok"] and all(v["checks"].values())
+
+
+def test_verify_and_eval_refuse_patch_of_other_backbone(trained, capsys):
+    out, _ = trained
+    torch.manual_seed(123)  # another random init than the weights file the patch was made on
+    code, _, err = _run(capsys, "verify", "--backbone", "cifar_resnet20", "--patch", out)
+    assert code == 1 and "fingerprint" in err and "Traceback" not in err
+
+
+def test_bad_input_is_a_clear_error(setup, capsys, tmp_path):
+    code, _, err = _run(capsys, "train", "--backbone", "cifar_resnet20", "--data", "nope",
+                        "--out", tmp_path / "o")
+    assert code == 1 and "neither a file" in err
+    code, _, err = _run(capsys, "info", tmp_path)
+    assert code == 1 and "not a patch folder" in err

@@ -1,0 +1,156 @@
+"""PatchedModel: the base path is the untouched backbone; patches route per sample."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from helpers import assert_unchanged, snapshot
+
+import deltapatch as dp
+from deltapatch.train import TrainConfig, fit_patch
+
+
+def test_wrapping_copies_nothing_and_base_is_bit_identical(backbone, x):
+    plain = backbone(x)
+    before = snapshot(backbone)
+    model = dp.PatchedModel(backbone)
+    assert model.backbone is backbone
+    assert torch.equal(model(x), plain)
+    model.add_patch("a", 3, stages=2)
+    model.add_patch("b", 7, stages=[0, 2])
+    assert torch.equal(model(x), plain)
+    assert torch.equal(model(x, patches=["__base__"] * len(x)), plain)
+    assert_unchanged(backbone, before)
+
+
+def test_base_identical_and_backbone_unchanged_after_training(backbone, x):
+    plain = backbone(x)
+    before = snapshot(backbone)
+    model = dp.PatchedModel(backbone)
+    model.add_patch("a", 4, stages=3)
+    data = _tiny_task(num_classes=4)
+    fit_patch(model, "a", data, TrainConfig(epochs=2, batch_size=8, progress=False))
+    assert_unchanged(backbone, before)
+    assert not backbone.training
+    assert torch.equal(model(x), plain)
+    model.remove_patch("a")
+    assert torch.equal(model(x), plain)
+
+
+def test_only_patch_parameters_get_gradients_and_all_of_them_change(backbone, x):
+    model = dp.PatchedModel(backbone)
+    patch = model.add_patch("a", 4, stages=3)
+    start = snapshot(patch)
+    model.train()
+    opt = torch.optim.SGD(patch.parameters(), lr=0.1)
+    y = torch.arange(len(x)) % 4
+    for _ in range(3):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x, patch="a"), y).backward()
+        assert all(p.grad is None for p in backbone.parameters())
+        assert all(p.grad is not None for p in patch.parameters())
+        opt.step()
+    for name, p in patch.named_parameters():
+        assert not torch.equal(p, start[name]), f"{name} did not change"
+
+
+def test_train_mode_keeps_backbone_batchnorm_in_eval(backbone, x):
+    model = dp.PatchedModel(backbone)
+    model.add_patch("a", 4, stages=1)
+    before = snapshot(backbone)
+    model.train()
+    assert not backbone.training and model.get_patch("a").training
+    model(x, patch="a")
+    assert_unchanged(backbone, before)
+
+
+@pytest.mark.parametrize("stages, expected", [(1, [2]), (2, [1, 2]), (3, [0, 1, 2]), (0, []),
+                                              ([0, 2], [0, 2]), (["layer2"], [1])])
+def test_stage_selection(backbone, stages, expected):
+    model = dp.PatchedModel(backbone)
+    assert model.add_patch("p", 2, stages=stages).config.stages == expected
+
+
+@pytest.mark.parametrize("bad", [4, -1, [3], ["layer9"]])
+def test_stage_selection_refuses_out_of_range(backbone, bad):
+    with pytest.raises(ValueError):
+        dp.PatchedModel(backbone).add_patch("p", 2, stages=bad)
+
+
+def test_lambdas_per_patched_stage_in_unit_interval(x):
+    model = dp.PatchedModel(dp.load_backbone("resnet18"))
+    model.add_patch("p", 5, stages=4)
+    lams = model.lambdas(torch.randn(3, 3, 64, 64), "p")
+    assert sorted(lams) == [0, 1, 2, 3]
+    for v in lams.values():  # 2 sub-blocks per ResNet-18 stage → 3 skips
+        assert v.shape == (3, 3) and bool((v >= 0).all() and (v <= 1).all())
+
+
+def test_mixed_routing_rows_equal_single_runs(backbone, x):
+    model = dp.PatchedModel(backbone)
+    model.add_patch("a", 3, stages=1)
+    model.add_patch("b", 7, stages=[0, 2])
+    model.add_patch("c", 5, stages=3)
+    model.eval()
+    names = ["a", "__base__", "b", "c", "a", "__base__"]
+    with torch.no_grad():
+        mixed = model(x, patches=names)
+        assert mixed.shape == (6, 10)  # widest head: the base task's 10 classes
+        for r, n in enumerate(names):
+            alone = model(x[r:r + 1], patch=None if n == "__base__" else n)[0]
+            torch.testing.assert_close(mixed[r, :alone.numel()], alone, atol=1e-5, rtol=1e-5)
+            assert bool(torch.isinf(mixed[r, alone.numel():]).all())
+
+
+def test_set_patch_and_disable_patch(backbone, x):
+    model = dp.PatchedModel(backbone).eval()
+    model.add_patch("a", 3, stages=1)
+    plain = backbone(x)
+    assert torch.equal(model(x), plain)  # none active until set
+    model.set_patch("a")
+    assert model(x).shape == (6, 3)
+    with model.disable_patch():
+        assert torch.equal(model(x), plain)
+    assert model(x).shape == (6, 3)
+    model.set_patch(None)
+    assert torch.equal(model(x), plain)
+
+
+def test_errors_name_the_fix(backbone):
+    model = dp.PatchedModel(backbone)
+    model.add_patch("a", 3)
+    with pytest.raises(dp.PatchError, match="remove_patch"):
+        model.add_patch("a", 3)
+    with pytest.raises(dp.PatchError, match="no patch named"):
+        model.set_patch("zzz")
+    with pytest.raises(ValueError):
+        model.add_patch("__base__", 3)
+
+
+def test_trainable_parameters_counts_patch_only(backbone, capsys):
+    model = dp.PatchedModel(backbone)
+    patch = model.add_patch("a", 10, stages=1)
+    n = model.trainable_parameters("a")
+    assert n == sum(p.numel() for p in patch.parameters())
+    assert n < sum(p.numel() for p in backbone.parameters())
+    model.print_trainable_parameters("a")
+    assert f"trainable params: {n:,}" in capsys.readouterr().out
+
+
+def test_deepcopy_free_wrap_keeps_identity_of_modules(backbone):
+    model = dp.PatchedModel(backbone)
+    ids = {id(m) for m in backbone.modules()}
+    assert {id(m) for m in model.backbone.modules()} == ids
+    assert copy.copy(model.spec) == model.spec
+
+
+def _tiny_task(num_classes: int):
+    from deltapatch.data.sets import ImageSet, TaskData
+
+    g = torch.Generator().manual_seed(3)
+    def s(n):
+        return ImageSet(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
+                        torch.arange(n) % num_classes)
+    return TaskData("tiny", s(24), s(8), s(8), [str(i) for i in range(num_classes)])

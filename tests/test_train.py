@@ -1,0 +1,71 @@
+"""The training loop: deterministic, resumable to the same result, logs per-epoch metrics."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from test_model import _tiny_task
+
+import deltapatch as dp
+from deltapatch.train import TrainConfig, fit_patch, lr_at
+
+
+def _train(backbone, run_dir, epochs):
+    torch.manual_seed(0)
+    model = dp.PatchedModel(backbone)
+    model.add_patch("a", 4, stages=2)
+    result = fit_patch(model, "a", _tiny_task(4),
+                       TrainConfig(epochs=epochs, batch_size=8, progress=False, seed=5), run_dir)
+    return model.get_patch("a").state_dict(), result
+
+
+def test_same_seed_same_result(backbone, tmp_path):
+    a, _ = _train(backbone, None, 2)
+    b, _ = _train(backbone, None, 2)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_after_interruption_gives_same_result(backbone, tmp_path, monkeypatch):
+    import pytest
+
+    from deltapatch import train
+
+    full, full_res = _train(backbone, tmp_path / "full", 3)
+    real = train._checkpoint
+
+    def interrupt_after_epoch_2(run, owned, opt, epoch, *rest):
+        real(run, owned, opt, epoch, *rest)
+        if epoch == 2:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(train, "_checkpoint", interrupt_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        _train(backbone, tmp_path / "cut", 3)
+    monkeypatch.undo()
+    resumed, res = _train(backbone, tmp_path / "cut", 3)
+    last = {d: torch.load(tmp_path / d / "checkpoint.pt", weights_only=True) for d in ("full", "cut")}
+    assert last["cut"]["epoch"] == 3
+    for k, v in last["full"]["owned"].items():  # the last epoch's weights, not only the best
+        assert torch.equal(v, last["cut"]["owned"][k]), k
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    assert [r["train_loss"] for r in res.history] == [r["train_loss"] for r in full_res.history]
+
+
+def test_metrics_files_per_epoch(backbone, tmp_path):
+    _train(backbone, tmp_path, 2)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert (tmp_path / "metrics.csv").read_text().startswith("epoch,train_loss,train_top1,val_top1")
+
+
+def test_best_checkpoint_is_restored(backbone, tmp_path):
+    state, res = _train(backbone, tmp_path, 3)
+    best = max(res.history, key=lambda r: r["val_top1"])
+    assert res.best_epoch == best["epoch"] and res.best_val_top1 == best["val_top1"]
+
+
+def test_warmup_then_cosine():
+    lrs = [lr_at(s, 100, 10, 1.0) for s in range(100)]
+    assert lrs[0] == 0.1 and lrs[9] == 1.0
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[-1] < 0.01
