@@ -54,3 +54,15 @@ def test_concat_tasks_offsets_labels():
     joint = concat_tasks([task("a", 2), task("b", 3)], "joint")
     assert joint.num_classes == 5 and joint.train.labels.tolist() == [0, 1, 2, 3, 4]
     assert joint.info["offsets"] == [0, 2] and not joint.hflip
+
+
+def test_stale_run_dirs_are_wiped(tmp_path):
+    from deltapatch.bench.run import DATA_PROTOCOL
+    from deltapatch.bench.runner import _fresh_dir
+    old = tmp_path / "run"
+    (old / "run").mkdir(parents=True)
+    (old / "run" / "checkpoint.pt").write_text("from another data protocol")
+    assert not (_fresh_dir(old) / "run").exists()  # no marker: wiped
+    (old / "run").mkdir()
+    assert (_fresh_dir(old) / "run").exists()  # same protocol: kept, training resumes
+    assert (old / "data_protocol.txt").read_text().strip() == str(DATA_PROTOCOL)

@@ -130,7 +130,8 @@ def caption(records: list[dict], spec: TableSpec, meta: dict) -> str:
             + (f"; base-task test images: {', '.join(map(str, n_base))}" if n_base else "")
             + ".  \n"
             f"Command: `{meta['command']}` (suite `{meta['suite']}`).  \n"
-            f"Hardware: {'; '.join(machines) or meta['hardware']}.  \n"
+            f"Hardware: {'; '.join(machines) or meta['hardware']}; data protocol "
+            f"{', '.join(sorted({str(r.get('data_protocol', 1)) for r in mine})) or '–'}.  \n"
             f"Wall time of these {len(mine)} runs: {wall / 60:.1f} min.")
 
 

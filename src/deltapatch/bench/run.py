@@ -59,6 +59,12 @@ class RunSpec:
     """How many test images to average Λ over (0: do not record Λ)."""
 
 
+DATA_PROTOCOL = 2
+"""Version of how bench data are drawn; a stored run of another version is redone, not mixed
+into the same table. 1: seeded subsets drawn after resizing, validation held out of the whole
+train split (then capped at ``max_val``). 2 (main from 8733333 on): subsets drawn before
+resizing, validation held out of the ``max_train`` images."""
+
 _CACHE: dict[tuple, object] = {}
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import sys
 import time
 import traceback
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .run import DATA_PROTOCOL
 from .scenarios import SCENARIOS, Job, Skip
 from .suite import Suite
 
@@ -88,16 +90,19 @@ def run_jobs(jobs: list[Job], out: Path, progress: bool = True, max_jobs: int | 
     for job in bar:
         file = out / RUNS / f"{job.key}.json"
         bar.set_postfix_str(job.key[-60:])
+        report_only = max_jobs == 0
         if file.exists():
-            records.append(json.loads(file.read_text()))
-            continue
+            old = json.loads(file.read_text())
+            if report_only or old.get("data_protocol", 1) == DATA_PROTOCOL:
+                records.append(old)
+                continue
         if max_jobs is not None and started >= max_jobs:
             records.append({**job.context(), "status": "pending"})
             continue
         started += 1
-        record = {**job.context(), "code": code, "hardware": hw}
+        record = {**job.context(), "code": code, "hardware": hw, "data_protocol": DATA_PROTOCOL}
         try:
-            result = job.run(out / RUNS / job.key)
+            result = job.run(_fresh_dir(out / RUNS / job.key))
             record.update(status="ok", finished=time.strftime("%Y-%m-%d %H:%M:%S"),
                           result=result)
             file.parent.mkdir(parents=True, exist_ok=True)
@@ -112,6 +117,18 @@ def run_jobs(jobs: list[Job], out: Path, progress: bool = True, max_jobs: int | 
                        file=sys.stderr)
         records.append(record)
     return records
+
+
+def _fresh_dir(run_dir: Path) -> Path:
+    """The run's working folder; a leftover from another data protocol (or from before
+    protocols were stamped) is wiped so that training does not resume on other data."""
+    marker = run_dir / "data_protocol.txt"
+    if run_dir.exists() and (not marker.exists()
+                             or marker.read_text().strip() != str(DATA_PROTOCOL)):
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"{DATA_PROTOCOL}\n")
+    return run_dir
 
 
 CSV_FIELDS = ["key", "scenario", "table", "backbone", "task", "variant", "label", "seed",
