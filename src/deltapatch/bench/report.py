@@ -11,6 +11,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
+UNSTAMPED = "not recorded in the run record (see the Note in the header)"
 Value = Callable[[dict], float | None]
 
 
@@ -124,7 +125,7 @@ def caption(records: list[dict], spec: TableSpec, meta: dict) -> str:
     n = sorted({_n(r["result"]) for r in mine})
     wall = sum(r["result"].get("wall_seconds", 0) or 0 for r in mine)
     n_base = sorted({r["result"]["n_base_test"] for r in mine if r["result"].get("n_base_test")})
-    machines = sorted({r.get("hardware") or "not recorded in the run record (see the Note in the header)" for r in mine})
+    machines = sorted({r.get("hardware") or UNSTAMPED for r in mine})
     return (f"Cells: {spec.what}, % mean ± sample std over seeds {seeds} (n = seeds per cell). "
             f"Test images per run: {', '.join(map(str, n)) or '–'}"
             + (f"; base-task test images: {', '.join(map(str, n_base))}" if n_base else "")
