@@ -13,7 +13,7 @@ import torch
 
 from . import metrics
 from .backbones import list_backbones, load_backbone
-from .data import list_builtins, load_data, load_test
+from .data import list_builtins, load_test
 from .errors import DeltaPatchError
 from .model import BASE, PatchedModel
 from .patch import TENSORS_FILE, read_config, read_tensors
@@ -132,40 +132,22 @@ def _parse_stages(text: str) -> int | list:
 @command("train", "train a patch (or a baseline method) on a new task; prints JSON metrics")
 @_arguments(_train_args)
 def train_cmd(args: argparse.Namespace) -> int:
-    from .methods import MethodContext, get_method
+    from .bench.run import RunSpec, run_one
+    from .methods import get_method
 
-    method = get_method(args.method)
-    model = _model(args)
-    size = args.image_size or model.preprocess.size
-    model.preprocess = model.preprocess.with_size(size)
-    data = load_data(args.data, size, val_fraction=args.val_fraction, seed=args.seed,
-                     max_train=args.max_train, max_test=args.max_test)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
-                         lr=args.lr if args.lr is not None else method.default_lr,
+    lr = args.lr if args.lr is not None else get_method(args.method).default_lr
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=lr,
                          optimizer=args.optimizer, weight_decay=args.weight_decay,
                          warmup_epochs=args.warmup_epochs, augment=not args.no_augment,
                          seed=args.seed, progress=not args.no_progress,
                          cache_features=args.cache_features, cache_dtype=args.cache_dtype)
-    base_data = None
-    if args.base_data and getattr(method, "needs_base_data", False):
-        base_data = load_data(args.base_data, size, val_fraction=args.val_fraction,
-                              seed=args.seed, max_test=args.max_test)
-    torch.manual_seed(args.seed)
-    ctx = MethodContext(model=model, name=args.name or data.name.replace(".", "_"), data=data,
-                        train=config, out=args.out, stages=_parse_stages(args.stages),
-                        norm=args.norm, gate=args.gate, base_data=base_data,
-                        options={"reduction": args.reduction, **_parse_options(args.option)})
-    outcome = method(ctx)
-    patch_top1 = evaluate(outcome.patch_forward, data.test, model.preprocess)
-    base_top1 = None
-    if args.base_data:
-        base = base_data.test if base_data is not None else load_test(
-            args.base_data, size, max_test=args.max_test, seed=args.seed)[0]
-        base_top1 = evaluate(outcome.base_forward, base, model.preprocess)
-    result = metrics.report(method=args.method, data=args.data, patch_top1=patch_top1,
-                            base_top1=base_top1, trainable_params=outcome.trainable_params,
-                            patch_bytes=outcome.patch_bytes, n_test=len(data.test),
-                            seed=args.seed, **outcome.extra)
+    spec = RunSpec(backbone=args.backbone, weights=args.weights, data=args.data,
+                   method=args.method, stages=_parse_stages(args.stages), norm=args.norm,
+                   gate=args.gate, base_data=args.base_data, image_size=args.image_size,
+                   max_train=args.max_train, max_test=args.max_test,
+                   val_fraction=args.val_fraction, name=args.name, seed=args.seed, train=config,
+                   options={"reduction": args.reduction, **_parse_options(args.option)})
+    result = run_one(spec, args.out)
     (args.out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     _print_json(result)
     return 0
@@ -299,6 +281,7 @@ def verify_cmd(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+from .bench import command as _bench_command  # noqa: E402,F401  (registers `bench`)
 from .demo import HELP as _DEMO_HELP
 from .demo import demo_arguments, demo_cmd
 
@@ -338,5 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # run the imported module's main: plug-in commands (bench)
+    from deltapatch.cli import main as _main  # register into deltapatch.cli, not __main__
+
+    sys.exit(_main())

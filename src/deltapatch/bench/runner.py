@@ -1,0 +1,173 @@
+"""Run a suite's jobs, resumably: each finished job's JSON is written to ``OUT/runs/<key>.json``
+and never redone; skipped and failed jobs are not stored, so a later invocation tries them again
+(e.g. once another method is registered). Then write results.json / results.csv, the Markdown
+tables and the plots.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .run import DATA_PROTOCOL
+from .scenarios import SCENARIOS, Job, Skip
+from .suite import Suite
+
+RUNS = "runs"
+
+
+def build_jobs(suite: Suite, seeds: int | None = None, only: set[str] | None = None
+               ) -> list[Job]:
+    """Every job of the suite, in suite order; ``only`` keeps the given scenario kinds."""
+    n = seeds or suite.seeds
+    jobs = []
+    for entry in suite.scenarios:
+        if entry.get("skip"):
+            continue
+        if only and entry["kind"] not in only:
+            continue
+        if entry["kind"] not in SCENARIOS:
+            raise ValueError(f"unknown scenario kind '{entry['kind']}'; "
+                             f"known: {', '.join(sorted(SCENARIOS))}")
+        jobs += SCENARIOS[entry["kind"]](suite, entry, n)
+    jobs.sort(key=lambda j: j.seed)  # stable: every cell's seed 0 first, so a partial run
+    keys = [j.key for j in jobs]        # of a long suite already covers the whole grid
+    dupes = {k for k in keys if keys.count(k) > 1}
+    if dupes:
+        raise ValueError(f"suite '{suite.name}' gives duplicate runs: {sorted(dupes)[:3]}")
+    return jobs
+
+
+def code_version() -> str:
+    """deltapatch's version and, when run from a git checkout, its commit (and '+dirty')."""
+    import subprocess
+
+    from .. import __version__
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
+                                check=False, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--", "."],
+                               check=False, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", ""
+    return f"deltapatch {__version__}" + (f" @ {commit}{'+dirty' if dirty else ''}"
+                                          if commit else "")
+
+
+def hardware() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+
+
+def run_jobs(jobs: list[Job], out: Path, progress: bool = True, max_jobs: int | None = None
+             ) -> list[dict]:
+    """Run (or reload) every job; returns one record per job with ``status`` ok / skipped /
+    failed / pending (``max_jobs`` reached)."""
+    records, started, code, hw = [], 0, code_version(), hardware()
+    bar = tqdm(jobs, desc="bench", disable=not progress, unit="run")
+    for job in bar:
+        file = out / RUNS / f"{job.key}.json"
+        bar.set_postfix_str(job.key[-60:])
+        report_only = max_jobs == 0
+        if file.exists():
+            old = json.loads(file.read_text())
+            if report_only or old.get("data_protocol", 1) == DATA_PROTOCOL:
+                records.append(old)
+                continue
+        if max_jobs is not None and started >= max_jobs:
+            records.append({**job.context(), "status": "pending"})
+            continue
+        started += 1
+        record = {**job.context(), "code": code, "hardware": hw, "data_protocol": DATA_PROTOCOL}
+        try:
+            result = job.run(_fresh_dir(out / RUNS / job.key))
+            record.update(status="ok", finished=time.strftime("%Y-%m-%d %H:%M:%S"),
+                          result=result)
+            file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = file.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(record, indent=1) + "\n")
+            os.replace(tmp, file)
+        except Skip as why:
+            record.update(status="skipped", reason=str(why))
+        except Exception as err:  # noqa: BLE001 — one broken cell must not stop the grid
+            record.update(status="failed", reason=f"{type(err).__name__}: {err}")
+            tqdm.write(f"FAILED {job.key}: {record['reason']}\n{traceback.format_exc()}",
+                       file=sys.stderr)
+        records.append(record)
+    return records
+
+
+def _fresh_dir(run_dir: Path) -> Path:
+    """The run's working folder; a leftover from another data protocol (or from before
+    protocols were stamped) is wiped so that training does not resume on other data."""
+    marker = run_dir / "data_protocol.txt"
+    if run_dir.exists() and (not marker.exists()
+                             or marker.read_text().strip() != str(DATA_PROTOCOL)):
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"{DATA_PROTOCOL}\n")
+    return run_dir
+
+
+CSV_FIELDS = ["key", "scenario", "table", "backbone", "task", "variant", "label", "seed",
+              "status", "patch_top1", "base_top1", "harmonic_mean", "mean_top1",
+              "joint_harmonic_mean", "target_top1", "trainable_params", "patch_bytes", "n_test",
+              "wall_seconds", "reason"]
+
+
+def flat(record: dict) -> dict:
+    """One CSV row: the job's context and its headline numbers."""
+    r = record.get("result", {})
+    row = {k: record.get(k) for k in CSV_FIELDS}
+    for k in ("patch_top1", "base_top1", "harmonic_mean", "mean_top1", "joint_harmonic_mean",
+              "trainable_params", "patch_bytes", "wall_seconds"):
+        row[k] = r.get(k)
+    n = r.get("n_test")
+    row["n_test"] = n if not isinstance(n, dict) else sum(n.values())
+    row["target_top1"] = r.get("top1_by_test", {}).get("target")
+    return row
+
+
+def write_results(records: list[dict], out: Path, meta: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"meta": meta, "runs": records}, indent=1)
+                                      + "\n")
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        w.writerows(flat(r) for r in records)
+
+
+def command_line(suite: str, out: Path, seeds: int | None = None, only: str | None = None
+                 ) -> str:
+    """The command that reproduces the numbers (rebuilt from the arguments, so it is right
+    whatever called ``main``). Report-only flags (--report-only, --results-md, --max-runs) are
+    left out: they never change a number."""
+    parts = ["deltapatch", "bench", "--suite", suite, "--out", str(out)]
+    if seeds is not None:
+        parts += ["--seeds", str(seeds)]
+    if only:
+        parts += ["--only", only]
+    return " ".join(shlex.quote(p) for p in parts)

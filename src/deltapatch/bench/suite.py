@@ -1,0 +1,140 @@
+"""Suite files: a TOML description of a grid (backbones × tasks × method variants × seeds, per
+scenario). Suites shipped with the package live in ``bench/suites/NAME.toml``; any other path
+works too. See ``suites/smoke.toml`` for the annotated format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+try:
+    import tomllib  # Python >= 3.11
+except ModuleNotFoundError:  # Python 3.10: the same parser as a package
+    try:
+        import tomli as tomllib
+    except ModuleNotFoundError:
+        tomllib = None
+
+from ..errors import DeltaPatchError
+from ..train import TrainConfig
+
+SUITES_DIR = Path(__file__).with_name("suites")
+TRAIN_KEYS = {"epochs", "batch_size", "lr", "optimizer", "weight_decay", "warmup_epochs",
+              "augment", "eval_batch_size"}
+DATA_KEYS = {"max_train", "max_test", "max_val", "image_size", "val_fraction"}
+
+
+@dataclass
+class Backbone:
+    key: str
+    name: str
+    weights: str | None
+    base_data: str | None
+
+
+@dataclass
+class Task:
+    key: str
+    data: str
+    settings: dict = field(default_factory=dict)  # data sizes and training overrides
+
+
+@dataclass
+class Variant:
+    """A method with its options, e.g. ``delta`` with stages=1 is the variant "Δ(1)"."""
+
+    key: str
+    method: str
+    label: str
+    stages: int | list = 1
+    gate: str = "delta"
+    norm: str = "output"
+    options: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)  # training overrides (e.g. finetune's lr)
+
+
+@dataclass
+class Suite:
+    name: str
+    path: Path
+    description: str
+    seeds: int
+    defaults: dict
+    backbones: dict[str, Backbone]
+    tasks: dict[str, Task]
+    variants: dict[str, Variant]
+    scenarios: list[dict]
+    not_implemented: list[dict]
+    text: str
+
+    def settings(self, *layers: dict) -> dict:
+        """Suite defaults overridden by each layer in turn (task, then variant)."""
+        out = dict(self.defaults)
+        for layer in layers:
+            out.update(layer)
+        return out
+
+
+def train_config(settings: dict, seed: int, progress: bool = False) -> TrainConfig:
+    return TrainConfig(seed=seed, progress=progress,
+                       **{k: v for k, v in settings.items() if k in TRAIN_KEYS})
+
+
+def data_settings(settings: dict) -> dict:
+    return {k: settings.get(k) for k in DATA_KEYS if k in settings}
+
+
+def resolve(name_or_path: str) -> Path:
+    """A shipped suite name (``smoke``, ``cpu``, ``paper``) or a path to a TOML file."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" and path.exists():
+        return path
+    shipped = SUITES_DIR / f"{name_or_path}.toml"
+    if shipped.exists():
+        return shipped
+    names = ", ".join(sorted(p.stem for p in SUITES_DIR.glob("*.toml")))
+    raise DeltaPatchError(f"no suite '{name_or_path}': give a .toml path or one of {names}")
+
+
+def load_suite(name_or_path: str) -> Suite:
+    path = resolve(name_or_path)
+    if tomllib is None:
+        raise DeltaPatchError("reading suite files needs Python 3.11+ or `pip install tomli`")
+    text = path.read_text()
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise DeltaPatchError(f"{path}: {err}") from None
+    backbones = {k: Backbone(k, v.get("name", k), v.get("weights") or None, v.get("base_data"))
+                 for k, v in raw.get("backbones", {}).items()}
+    tasks = {k: Task(k, v.get("data", k), {x: y for x, y in v.items() if x != "data"})
+             for k, v in raw.get("tasks", {}).items()}
+    variants = {}
+    for k, v in raw.get("variants", {}).items():
+        known = {"method", "label", "stages", "gate", "norm", "options"}
+        variants[k] = Variant(k, v.get("method", k), v.get("label", k), v.get("stages", 1),
+                              v.get("gate", "delta"), v.get("norm", "output"),
+                              v.get("options", {}), {x: y for x, y in v.items() if x not in known})
+    suite = Suite(raw.get("name", path.stem), path, raw.get("description", ""),
+                  int(raw.get("seeds", 1)), raw.get("defaults", {}), backbones, tasks, variants,
+                  raw.get("scenarios", []), raw.get("not_implemented", []), text)
+    _check(suite)
+    return suite
+
+
+def _check(suite: Suite) -> None:
+    """Refuse a suite that names a backbone, task or variant it does not define."""
+    pools = {"backbones": suite.backbones, "tasks": suite.tasks, "variants": suite.variants}
+    for i, sc in enumerate(suite.scenarios):
+        if "kind" not in sc:
+            raise DeltaPatchError(f"{suite.path}: scenario {i} has no 'kind'")
+        for pool, items in pools.items():
+            names = list(sc.get(pool, []))
+            if pool == "tasks":
+                names += [t for group in sc.get("groups", []) for t in group]
+                names += [sc[k] for k in ("source", "target") if k in sc]
+            for n in names:
+                if n not in items:
+                    raise DeltaPatchError(f"{suite.path}: scenario {i} ({sc['kind']}) names "
+                                          f"unknown {pool[:-1]} '{n}'")
