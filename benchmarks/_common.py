@@ -9,7 +9,6 @@ command line, the machine, torch's version and thread count with its numbers.
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import sys
 import time
@@ -18,19 +17,13 @@ from typing import Callable
 import torch
 
 from deltapatch.data.sets import ImageSet, TaskData
+from deltapatch.hardware import describe
 
 
 def machine() -> str:
-    """CPU model, cores, load, Python/torch versions, torch threads."""
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    """The machine line of ``deltapatch.hardware`` plus the load average (it is shared)."""
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    return (f"cpu: {cpu} x{os.cpu_count()} | load avg {load} | python {platform.python_version()}"
-            f" | torch {torch.__version__} | torch threads {torch.get_num_threads()}")
+    return f"{describe()} | load avg {load}"
 
 
 def header(title: str) -> None:

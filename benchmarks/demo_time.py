@@ -22,6 +22,8 @@ from pathlib import Path
 
 LIMITS = {"fast": 120.0, "full": 600.0}
 SRC = Path(__file__).resolve().parents[1] / "src"
+sys.path.insert(0, str(SRC))
+from deltapatch.hardware import cpu_model  # noqa: E402  (this checkout's, as the timed runs)
 
 
 def checkout_env() -> dict:
@@ -29,16 +31,6 @@ def checkout_env() -> dict:
     code beside it, not whichever deltapatch happens to be installed."""
     path = os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH", "")) if p)
     return {**os.environ, "PYTHONPATH": path}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def time_demo(profile: str, out: Path) -> dict:

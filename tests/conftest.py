@@ -6,11 +6,6 @@ import pytest
 import torch
 
 import deltapatch as dp
-from deltapatch.data.paths import shared_data_dir
-
-SHARED = shared_data_dir()
-needs_shared = pytest.mark.skipif(
-    SHARED is None, reason="../shared/data not found (set DELTAPATCH_DATA to run real-data tests)")
 
 
 @pytest.fixture(autouse=True)

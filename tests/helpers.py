@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
+
+from deltapatch.data.paths import shared_data_dir
+
+needs_shared = pytest.mark.skipif(
+    shared_data_dir() is None,
+    reason="../shared/data not found (set DELTAPATCH_DATA to run real-data tests)")
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import needs_shared
+from helpers import needs_shared
 
 import deltapatch as dp
 from deltapatch.data import load_data, load_test

@@ -15,7 +15,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -33,6 +32,7 @@ from .cache import AsIs, cache_task, first_stage, fit_patch_cached
 from .data import load_data
 from .data.sets import TaskData, to_image_tensor
 from .errors import DeltaPatchError
+from .hardware import describe
 from .metrics import folder_bytes
 from .model import BASE, PatchedModel
 from .preprocess import Preprocess
@@ -297,27 +297,6 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def cpu_model() -> str:
-    """The CPU's model name (Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine() -> str:
-    return (f"{cpu_model()}, {torch.get_num_threads()} torch "
-            f"threads, {_cpu_count()} cores, torch {torch.__version__}, Python "
-            f"{platform.python_version()}")
-
-
-def _cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
 def write_report(out: Path, command_line: str, cfg: DemoConfig, facts: dict, rows: list[Row],
                  mixed: list[dict], plots: list[str]) -> Path:
     mixed_lines = ["| row | input | routed to | prediction | truth | same as routed alone |",
@@ -443,7 +422,7 @@ def _run(out: Path, cfg: DemoConfig, progress: bool, command_line: str) -> dict:
     print("[5/5] report")
     plots = write_plots(rows, fresh, tasks, pre, out)
     facts.update({
-        "machine": machine(), "load_avg_1min_at_start": round(load_at_start, 2),
+        "machine": describe(), "load_avg_1min_at_start": round(load_at_start, 2),
         "backbone_params": b_params, "backbone_bytes": b_bytes,
         "last_stage": fresh.stage_names[-1],
         "base_top5": {n: top for n, top in zip(photo_names, top_k(before, classes))},

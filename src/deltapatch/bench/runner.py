@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import platform
 import shlex
 import shutil
 import sys
@@ -17,9 +16,9 @@ import time
 import traceback
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
+from ..hardware import describe
 from .run import DATA_PROTOCOL
 from .scenarios import SCENARIOS, Job, Skip
 from .suite import Suite
@@ -69,16 +68,7 @@ def code_version() -> str:
 
 
 def hardware() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+    return describe()
 
 
 def run_jobs(jobs: list[Job], out: Path, progress: bool = True, max_jobs: int | None = None
