@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 
 import deltapatch as dp
 from deltapatch.data import load_data
+from deltapatch.hardware import describe
 from deltapatch.train import TrainConfig, evaluate, fit_patch
 
 NORMS = ("output", "skip", "none")
@@ -74,8 +74,8 @@ def write_md(rows: list[dict], args: argparse.Namespace) -> None:
              f"Command: `python benchmarks/norm_position.py --tasks {args.tasks} --stages "
              f"{args.stages} --seeds {args.seeds} --epochs {args.epochs} --max-train {args.max_train}`",
              f"Backbone: CIFAR ResNet-20, real CIFAR-10 weights; AdamW lr 1e-2, batch 64, crop "
-             f"augmentation; seeds 0..{args.seeds - 1}. Hardware: {platform.processor() or 'x86_64'} "
-             f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__} (shared machine).",
+             f"augmentation; seeds 0..{args.seeds - 1}, n = seeds per cell. Hardware: {describe()} "
+             "(machine shared with other jobs during most runs).",
              "", "| task | Δ(n) | n_test | " + " | ".join(f"norm={n}" for n in NORMS) + " |",
              "|---|---|---|" + "---|" * len(NORMS)]
     groups = sorted({(r["task"], r["stages"]) for r in rows})
