@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -204,6 +204,3 @@ def fit_patch(model, name: str, data: TaskData, config: TrainConfig,
         data, forward, pre = cached_training(model, name, data, pre, config.cache_dtype)
     return fit(forward, patch, data, pre, config, run_dir, set_mode=model.train)
 
-
-def config_dict(config: TrainConfig) -> dict:
-    return asdict(config)
