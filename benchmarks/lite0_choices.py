@@ -20,11 +20,10 @@ import numpy as np
 import torch
 
 import deltapatch as dp
-from deltapatch.cache import AsIs, cache_task, fit_patch_cached
 from deltapatch.data import load_data
 from deltapatch.data.paths import shared_data_file
 from deltapatch.preprocess import Preprocess
-from deltapatch.train import TrainConfig, evaluate
+from deltapatch.train import TrainConfig, evaluate, fit_patch
 
 
 def preprocessing(n: int) -> None:
@@ -51,17 +50,14 @@ def norm(epochs: int, lr: float) -> None:
     model = dp.PatchedModel(dp.load_backbone("efficientnet_lite0", "imagenet"))
     pre = model.preprocess.with_size(64)
     data = load_data("digits", 64, seed=0, max_train=400, max_test=200)
-    stage = model.num_stages - 1
-    cached = cache_task(model, data, stage, pre, progress=False)
     for place in ("none", "output", "skip"):
         torch.manual_seed(0)
         model.add_patch(place, 10, stages=1, norm=place, preprocess=pre)
         t0 = time.perf_counter()
-        result = fit_patch_cached(model, place, cached, stage, TrainConfig(
-            epochs=epochs, batch_size=64, lr=lr, seed=0, progress=False))
+        result = fit_patch(model, place, data, TrainConfig(
+            epochs=epochs, batch_size=64, lr=lr, seed=0, augment=False, progress=False))
         model.eval()
-        top1 = evaluate(lambda h, n=place: model.forward_from(h, stage, n), cached.test,
-                        AsIs(64))
+        top1 = evaluate(lambda x, n=place: model(x, patch=n), data.test, pre)
         losses = [round(h["train_loss"], 3) for h in result.history]
         print(f"norm={place:<7} test top-1 {top1:.3f} (n={len(data.test)})  train losses "
               f"{losses}  {time.perf_counter() - t0:.1f} s")

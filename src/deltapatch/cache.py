@@ -7,14 +7,10 @@ augmentation they map each image to the same tensors in every epoch, so they are
 :meth:`PatchedModel.forward_from`: the same routed code path as ``model(x, patch=...)``, minus the
 part whose result is already known.
 
-Two entry points share that path:
-
-- :func:`cached_training` is what :func:`deltapatch.train.fit_patch` (``deltapatch train
-  --cache-features``) uses for one patch: it also caches F_1(h_0), keeps the cache in RAM or in an
-  unlinked disk memmap when it would take more than a quarter of the free memory, and can store
-  float16 (accuracy and speed: docs/PERFORMANCE.md).
-- :func:`cache_task` / :func:`fit_patch_cached` cache h_0 alone at a stage shared by several
-  patches (the demo trains Δ(1) and FC-only patches from one cache).
+:func:`cached_training` is what :func:`deltapatch.train.fit_patch` (``deltapatch train
+--cache-features``, the demo, the bench) uses: it caches h_0 and F_1(h_0), keeps the cache in RAM
+or in an unlinked disk memmap when it would take more than a quarter of the free memory, and can
+store float16 (accuracy and speed: docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
@@ -29,60 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .data.sets import ImageSet, TaskData
 from .model import PatchedModel
 from .preprocess import Preprocess
-from .train import FitResult, TrainConfig, fit
-
-
-class AsIs(Preprocess):
-    """The 'preprocessing' of cached activations: they are already normalized and encoded."""
-
-    def normalize(self, x: Tensor) -> Tensor:
-        return x
-
-
-def first_stage(model: PatchedModel, name: str) -> int:
-    """Where a patch starts to differ from the base path (``num_stages`` for a head-only one)."""
-    return model.first_patched_stage([name])
-
-
-@torch.no_grad()
-def cache_split(model: PatchedModel, images: ImageSet, stage: int, preprocess: Preprocess,
-                batch_size: int = 128, desc: str = "cache", progress: bool = True) -> ImageSet:
-    """``stage_input`` of every image (no_grad, not inference_mode: the cached tensors feed
-    autograd later, which inference tensors may not)."""
-    model.eval()
-    n = (len(images) + batch_size - 1) // batch_size
-    outs = [model.stage_input(preprocess.normalize(x), stage)
-            for x, _ in tqdm(images.batches(batch_size), total=n, desc=desc, leave=False,
-                             disable=not progress)]
-    return ImageSet(torch.cat(outs), images.labels)
-
-
-def cache_task(model: PatchedModel, data: TaskData, stage: int, preprocess: Preprocess,
-               progress: bool = True) -> TaskData:
-    """The task with every split's images replaced by their activations entering ``stage``."""
-    splits = {s: cache_split(model, getattr(data, s), stage, preprocess,
-                             desc=f"{data.name}: frozen prefix, {s}", progress=progress)
-              for s in ("train", "val", "test")}
-    return replace(data, **splits)
-
-
-def fit_patch_cached(model: PatchedModel, name: str, cached: TaskData, stage: int,
-                     config: TrainConfig, run_dir: str | Path | None = None) -> FitResult:
-    """Train patch ``name`` from activations cached at ``stage`` (≤ its first Δ-stage)."""
-    if first_stage(model, name) < stage:
-        raise ValueError(f"patch '{name}' has a Δ-stage before the cached stage {stage}")
-    patch = model.get_patch(name)
-    size = patch.config.preprocess.size
-    return fit(lambda h: model.forward_from(h, stage, name), patch, cached, AsIs(size),
-               replace(config, augment=False), run_dir, set_mode=model.train)
-
-
-# ------------------------------------------------ one patch: h_0 + F_1(h_0), fp16, memmap
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 MODES = ("auto", "on", "off")

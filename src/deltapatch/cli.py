@@ -156,29 +156,49 @@ def train_cmd(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- eval
 def _eval_args(p: argparse.ArgumentParser) -> None:
     _backbone_args(p)
-    p.add_argument("--patch", required=True, type=Path, help="patch folder")
+    p.add_argument("--patch", required=True, type=Path,
+                   help="a patch folder, or a baseline method's output folder (method.json + "
+                        "weights.safetensors from train --method finetune/paint/adapter-*/"
+                        "bn-adapt/pnc)")
     _data_args(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the validation split")
 
 
-@command("eval", "score a saved patch on a task's test split (and the base task); prints JSON")
+def _task_forwards(model: PatchedModel, folder: Path) -> tuple[dict, Callable, Callable]:
+    """``(facts, patch forward, base forward)`` of a Δ-patch folder or a method artefact, each
+    checked against the backbone before it is used."""
+    from .methods.artefact import is_artefact, load_artefact
+    from .preprocess import Preprocess
+    if is_artefact(folder):
+        config, outcome = load_artefact(folder, model)
+        facts = {"method": config["method"], "trainable_params": outcome.trainable_params,
+                 "preprocess": Preprocess.from_dict(config["preprocess"]),
+                 **({"alpha": config["alpha"]} if "alpha" in config else {})}
+        return facts, outcome.patch_forward, outcome.base_forward
+    name = model.load_patch(folder)
+    cfg = model.get_patch(name).config
+    facts = {"method": cfg.method, "trainable_params": model.trainable_parameters(name),
+             "preprocess": cfg.preprocess}
+    return facts, lambda x: model(x, patch=name), model
+
+
+@command("eval", "score a saved patch or method artefact on a task's test split (and the base "
+                 "task); prints JSON")
 @_arguments(_eval_args)
 def eval_cmd(args: argparse.Namespace) -> int:
     model = _model(args)
-    name = model.load_patch(args.patch)
-    pre = model.get_patch(name).config.preprocess.with_size(args.image_size)
+    facts, patch_forward, base_forward = _task_forwards(model, args.patch)
+    pre = facts.pop("preprocess").with_size(args.image_size)
     test, _ = load_test(args.data, pre.size, max_test=args.max_test, seed=args.seed)
     model.eval()
-    patch_top1 = evaluate(lambda x: model(x, patch=name), test, pre)
+    patch_top1 = evaluate(patch_forward, test, pre)
     base_top1 = None
     if args.base_data:
         base, _ = load_test(args.base_data, pre.size, max_test=args.max_test, seed=args.seed)
-        base_top1 = evaluate(model, base, pre)
-    _print_json(metrics.report(method=model.get_patch(name).config.method, data=args.data,
-                               patch_top1=patch_top1, base_top1=base_top1,
-                               trainable_params=model.trainable_parameters(name),
+        base_top1 = evaluate(base_forward, base, pre)
+    _print_json(metrics.report(data=args.data, patch_top1=patch_top1, base_top1=base_top1,
                                patch_bytes=metrics.folder_bytes(args.patch),
-                               n_test=len(test)))
+                               n_test=len(test), **facts))
     return 0
 
 

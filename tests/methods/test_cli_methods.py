@@ -37,3 +37,56 @@ def test_train_paint_cli(tmp_path, capsys):
     assert result["method"] == "paint" and result["alpha"] in (0, 1)
     assert [r["alpha"] for r in result["alpha_table"]] == [0, 1]
     assert result["patch_bytes"] > 0 and result["harmonic_mean"] is not None
+
+
+@pytest.mark.parametrize("method", ["finetune", "paint", "adapter-series", "bn-adapt", "pnc"])
+def test_eval_reloads_method_artefact_with_train_numbers(method, tmp_path, capsys):
+    """`eval` on a baseline's output folder rebuilds the method from its safetensors and gives
+    the very numbers `train` printed (both tasks, through the method's own forwards)."""
+    task = _npz(tmp_path / "task.npz", 3, 30, 0)
+    base = _npz(tmp_path / "base.npz", 10, 40, 1)
+    weights = _weights(tmp_path / "w.safetensors", seed=0)  # the same random init for both
+    common = ["--backbone", "cifar_resnet20", "--data", str(task), "--base-data", str(base),
+              "--image-size", "16", "--weights", str(weights)]
+    out = tmp_path / "out"
+    assert main(["train", *common, "--epochs", "1", "--batch-size", "16", "--lr", "0.05",
+                 "--no-augment", "--no-progress", "--out", str(out), "--method", method,
+                 "--option", "alphas=[0, 0.5, 1]"]) == 0
+    trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["eval", *common, "--patch", str(out)]) == 0
+    scored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for k in ("patch_top1", "base_top1", "trainable_params"):
+        assert scored[k] == trained[k], k
+    assert scored["method"] == method and scored["patch_bytes"] > 0
+    if method == "paint":
+        assert scored["alpha"] == trained["alpha"]
+
+    # another backbone's weights: refused with a clear message, nothing run
+    other = _weights(tmp_path / "other.safetensors", seed=1)
+    assert main(["eval", *common, "--patch", str(out), "--weights", str(other)]) != 0
+    assert "fingerprint" in capsys.readouterr().err
+
+
+def _weights(path, seed: int):
+    import torch
+    from safetensors.torch import save_file
+
+    from deltapatch.backbones import load_backbone
+    torch.manual_seed(seed)
+    net = load_backbone("cifar_resnet20", None)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    return path
+
+
+def test_corrupt_artefact_is_refused(tmp_path, capsys):
+    import torch
+
+    from deltapatch.methods.artefact import ArtefactError, read_artefact
+    from deltapatch.methods.common import save_artefact
+    save_artefact(tmp_path, {"head.weight": torch.zeros(2, 2)}, {"method": "finetune"})
+    (tmp_path / "weights.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ArtefactError, match="cannot read the tensors"):
+        read_artefact(tmp_path)
+    (tmp_path / "method.json").write_text('{"format": "deltapatch.method/1", "method": "x"}')
+    with pytest.raises(ArtefactError, match="has no loader"):
+        read_artefact(tmp_path)

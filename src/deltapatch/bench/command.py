@@ -10,7 +10,7 @@ from pathlib import Path
 from ..cli import _arguments, _print_json, command
 from .claims import claims_section
 from .report import UNSTAMPED, not_run_section, table_sections
-from .runner import build_jobs, code_version, command_line, hardware, run_jobs, write_results
+from .runner import build_jobs, code_version, command_line, hardware, parse_shard, run_jobs, write_results
 from .suite import Suite, load_suite
 
 
@@ -27,6 +27,10 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-runs", type=int, default=None,
                    help="start at most this many new runs, then write the report (the rest "
                         "are 'pending'); for running a long suite in slices")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="run only every N-th run starting at the I-th (0-based), so that N "
+                        "processes share the suite and --out (e.g. 0/2 and 1/2 with --threads 1 "
+                        "each on 2 cores); finish with --report-only for the full report")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing; rebuild the report from finished runs")
     p.add_argument("--results-md", type=Path, default=None,
@@ -44,7 +48,8 @@ def bench_cmd(args: argparse.Namespace) -> int:
     jobs = build_jobs(suite, args.seeds, only)
     t0 = time.perf_counter()
     records = run_jobs(jobs, args.out, progress=not args.no_progress,
-                       max_jobs=0 if args.report_only else args.max_runs)
+                       max_jobs=0 if args.report_only else args.max_runs,
+                       shard=parse_shard(args.shard))
     meta = {"suite": suite.name, "suite_file": suite_file(suite),
             "command": command_line(args.suite, args.out, args.seeds, args.only),
             "hardware": hardware(), "code": code_version(), "seeds": args.seeds or suite.seeds,
@@ -52,7 +57,8 @@ def bench_cmd(args: argparse.Namespace) -> int:
             "written": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     write_results(records, args.out, meta)
     files = write_report(records, meta, suite, args.out, args.results_md)
-    counts = {s: sum(r.get("status") == s for r in records)
+    status = {r["key"]: r.get("status") for r in records}  # a run shared by tables counts once
+    counts = {s: sum(v == s for v in status.values())
               for s in ("ok", "skipped", "failed", "pending")}
     _print_json({"suite": suite.name, "out": str(args.out), "runs": counts,
                  "files": sorted(str(f) for f in files)})
@@ -101,8 +107,9 @@ def write_report(records: list[dict], meta: dict, suite: Suite, out: Path,
 
 def render(records: list[dict], meta: dict, suite: Suite, sections: dict[str, str],
            plots: list[Path], relative_to: Path, plot_note: str = "") -> str:
-    ok = [r for r in records if r.get("status") == "ok"]
+    ok = list({r["key"]: r for r in records if r.get("status") == "ok"}.values())  # one per run
     wall = sum(r["result"].get("wall_seconds", 0) or 0 for r in ok)
+    runs = len({r["key"] for r in records})
     codes = sorted({r.get("code") or "before code stamping" for r in ok})
     machines = sorted({r.get("hardware") or UNSTAMPED for r in ok})
     protocols = sorted({r.get("data_protocol", 1) for r in ok})
@@ -117,7 +124,7 @@ def render(records: list[dict], meta: dict, suite: Suite, sections: dict[str, st
             f"- Data protocol of the runs: {', '.join(map(str, protocols)) or '–'} "
             "(see `deltapatch.bench.run.DATA_PROTOCOL`; a rerun redoes runs of another one)\n"
             + (f"- Note: {meta['note']}\n" if meta.get("note") else "") +
-            f"- Finished runs: {len(ok)} of {len(records)}; summed run wall time "
+            f"- Finished runs: {len(ok)} of {runs}; summed run wall time "
             f"{wall / 60:.1f} min (other jobs shared the machine; times are not benchmarks)\n"
             f"- Written: {meta['written']}. Every number below comes from `results.json` of "
             f"this run folder; rerun the command to reproduce or resume.\n")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..errors import DeltaPatchError
 from ..hardware import describe
 from .run import DATA_PROTOCOL
 from .scenarios import SCENARIOS, Job, Skip
@@ -41,11 +42,27 @@ def build_jobs(suite: Suite, seeds: int | None = None, only: set[str] | None = N
                              f"known: {', '.join(sorted(SCENARIOS))}")
         jobs += SCENARIOS[entry["kind"]](suite, entry, n)
     jobs.sort(key=lambda j: j.seed)  # stable: every cell's seed 0 first, so a partial run
-    keys = [j.key for j in jobs]        # of a long suite already covers the whole grid
-    dupes = {k for k in keys if keys.count(k) > 1}
-    if dupes:
-        raise ValueError(f"suite '{suite.name}' gives duplicate runs: {sorted(dupes)[:3]}")
+    seen: dict[str, Job] = {}           # of a long suite already covers the whole grid
+    for j in jobs:  # one run may serve several tables (Δ(3) on GTSRB: Tables 1, 2 and 8)
+        first = seen.setdefault(j.key, j)
+        if first is not j and (first.table == j.table or first.config != j.config):
+            raise ValueError(f"suite '{suite.name}' gives the run '{j.key}' twice with "
+                             f"{'the same table' if first.table == j.table else 'other settings'}")
     return jobs
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'I/N' -> (I, N): this process runs every N-th distinct run starting at the I-th, so N
+    processes (e.g. one per core, each with one thread) share a suite and one output folder."""
+    if not text:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise DeltaPatchError(f"--shard wants I/N, e.g. 0/2, not '{text}'") from None
+    if not 0 <= i < n:
+        raise DeltaPatchError(f"--shard {text}: I must be in 0..N-1")
+    return i, n
 
 
 def code_version() -> str:
@@ -71,22 +88,33 @@ def hardware() -> str:
     return describe()
 
 
-def run_jobs(jobs: list[Job], out: Path, progress: bool = True, max_jobs: int | None = None
-             ) -> list[dict]:
+def _stored(file: Path, job: Job, any_version: bool) -> dict | None:
+    """The finished run in ``file`` if it still answers ``job`` (same data protocol, same
+    settings), with the job's current context (its table tag) over the stored one."""
+    if not file.exists():
+        return None
+    old = json.loads(file.read_text())
+    current = (old.get("data_protocol", 1) == DATA_PROTOCOL
+               and old.get("config") == job.config)
+    return {**old, **job.context()} if (current or any_version) else None
+
+
+def run_jobs(jobs: list[Job], out: Path, progress: bool = True, max_jobs: int | None = None,
+             shard: tuple[int, int] | None = None) -> list[dict]:
     """Run (or reload) every job; returns one record per job with ``status`` ok / skipped /
-    failed / pending (``max_jobs`` reached)."""
+    failed / pending (``max_jobs`` reached, or another ``shard``'s run not finished yet)."""
     records, started, code, hw = [], 0, code_version(), hardware()
+    order = {k: i for i, k in enumerate(dict.fromkeys(j.key for j in jobs))}
     bar = tqdm(jobs, desc="bench", disable=not progress, unit="run")
     for job in bar:
         file = out / RUNS / f"{job.key}.json"
         bar.set_postfix_str(job.key[-60:])
-        report_only = max_jobs == 0
-        if file.exists():
-            old = json.loads(file.read_text())
-            if report_only or old.get("data_protocol", 1) == DATA_PROTOCOL:
-                records.append(old)
-                continue
-        if max_jobs is not None and started >= max_jobs:
+        old = _stored(file, job, any_version=max_jobs == 0)
+        if old is not None:
+            records.append(old)
+            continue
+        mine = shard is None or order[job.key] % shard[1] == shard[0]
+        if not mine or (max_jobs is not None and started >= max_jobs):
             records.append({**job.context(), "status": "pending"})
             continue
         started += 1

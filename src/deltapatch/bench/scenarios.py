@@ -39,11 +39,26 @@ class Job:
     seed: int
     run: Callable[[Path], dict] = field(repr=False)
     method: dict = field(default_factory=dict)  # the variant: method, stages, gate, norm
+    config: str = ""  # fingerprint of every setting that shapes the run's numbers
 
     def context(self) -> dict:
         return {"key": self.key, "scenario": self.scenario, "table": self.table,
                 "backbone": self.backbone, "task": self.task, "variant": self.variant,
-                "label": self.label, "seed": self.seed, "method": self.method}
+                "label": self.label, "seed": self.seed, "method": self.method,
+                "config": self.config}
+
+
+def fingerprint(suite: Suite, bb: str, tasks: list[Task], v: Variant, **extra) -> str:
+    """A short hash of what determines a run: backbone, every task's data and settings, the
+    variant. A stored run whose fingerprint differs (the suite file changed) is redone, and two
+    tables that ask for the same run share one."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+    blob = {"backbone": asdict(suite.backbones[bb]), "variant": {**asdict(v), "label": None},
+            "tasks": [[t.data, suite.settings(t.settings, v.settings)] for t in tasks], **extra}
+    text = json.dumps(blob, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 SCENARIOS: dict[str, Callable[[Suite, dict, int], list[Job]]] = {}
@@ -97,8 +112,9 @@ def single(suite: Suite, entry: dict, seeds: int) -> list[Job]:
                 _require_method(v.method)
                 return run_one(_spec(suite, bb, task, v, seed), out)
 
-            jobs.append(Job(f"{table}/{bb}/{t}/{v.key}/seed{seed}", "single", table, bb, t,
-                            v.key, v.label, seed, run, _describe(v)))
+            jobs.append(Job(f"single/{bb}/{t}/{v.key}/seed{seed}", "single", table, bb, t,
+                            v.key, v.label, seed, run, _describe(v),
+                            fingerprint(suite, bb, [task], v)))
     return jobs
 
 
@@ -120,7 +136,8 @@ def zsda(suite: Suite, entry: dict, seeds: int) -> list[Job]:
 
         name = f"{src.key}→{tgt.key}"
         jobs.append(Job(f"zsda/{bb}/{src.key}-{tgt.key}/{v.key}/seed{seed}", "zsda", "zsda", bb,
-                        name, v.key, v.label, seed, run, _describe(v)))
+                        name, v.key, v.label, seed, run, _describe(v),
+                        fingerprint(suite, bb, [src, tgt], v)))
     return jobs
 
 
@@ -171,7 +188,8 @@ def joint(suite: Suite, entry: dict, seeds: int) -> list[Job]:
 
             name = "+".join(group)
             jobs.append(Job(f"joint/{bb}/{name}/{v.key}/seed{seed}", "joint", "joint", bb, name,
-                            v.key, v.label, seed, run, _describe(v)))
+                            v.key, v.label, seed, run, _describe(v),
+                            fingerprint(suite, bb, [suite.tasks[t] for t in group], v)))
     return jobs
 
 
@@ -232,7 +250,8 @@ def sequential(suite: Suite, entry: dict, seeds: int) -> list[Job]:
             name = "→".join(order)
             jobs.append(Job(f"sequential/{bb}/{'-'.join(order)}/{v.key}/seed{seed}",
                             "sequential", "sequential", bb, name, v.key, v.label, seed, run,
-                            _describe(v)))
+                            _describe(v),
+                            fingerprint(suite, bb, [suite.tasks[t] for t in order], v)))
     return jobs
 
 
@@ -387,7 +406,8 @@ def _full(kind: str):
                     return train_full(spec, out)
 
                 jobs.append(Job(f"{kind}/{bb}/{t}/{v.key}/seed{seed}", kind, kind, bb, t,
-                                v.key, v.label, seed, run, _describe(v)))
+                                v.key, v.label, seed, run, _describe(v),
+                                fingerprint(suite, bb, [task], v)))
         return jobs
     return build
 

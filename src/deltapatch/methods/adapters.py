@@ -15,6 +15,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..train import fit
+from .artefact import new_head, register_loader
 from .base import MethodContext, MethodOutcome, register_method
 from .common import count_trainable, save_artefact
 from .taskhooks import TaskModules, adapted_convs, batchnorms
@@ -46,7 +47,8 @@ def _train_hooked(ctx: MethodContext, method: str, mode: str | None) -> MethodOu
     result = fit(task, modules, ctx.data, model.preprocess, ctx.train, ctx.out / "run")
     modules.eval()
     nbytes = save_artefact(ctx.out, modules.state_dict(), {
-        "method": method, "name": ctx.name, "backbone": model.backbone_name,
+        "method": method, "name": ctx.name, "trainable_params": count_trainable(modules),
+        "backbone": model.backbone_name,
         "base_fingerprint": model.fingerprint, "num_classes": ctx.data.num_classes,
         "class_names": ctx.data.class_names, "preprocess": model.preprocess.to_dict(),
         "batchnorms": bns, "adapted_convs": convs, "adapter_mode": mode,
@@ -73,3 +75,13 @@ def adapter_parallel(ctx: MethodContext) -> MethodOutcome:
 @register_method("bn-adapt")
 def bn_adapt(ctx: MethodContext) -> MethodOutcome:
     return _train_hooked(ctx, "bn-adapt", None)
+
+
+@register_loader("adapter-series", "adapter-parallel", "bn-adapt")
+def load_hooked(model, config: dict, tensors: dict[str, Tensor]) -> MethodOutcome:
+    modules = TaskModules(model.backbone, new_head(model, config, tensors), config["batchnorms"],
+                          config["adapted_convs"], config["adapter_mode"])
+    modules.load_state_dict(tensors)
+    modules.requires_grad_(False).eval()
+    return MethodOutcome(patch_forward=HookedTask(model, modules),
+                         base_forward=lambda x: model(x), trainable_params=0, patch_bytes=0)

@@ -17,6 +17,7 @@ from ..backbones.spec import StageSpec
 from ..data.sets import TaskData
 from ..model import PatchedModel
 from ..train import FitResult, TrainConfig, fit
+from .artefact import new_head, register_loader, restored_copy, unprefixed
 from .base import MethodContext, MethodOutcome, register_method
 from .common import count_trainable, prefixed, save_artefact, trainable_copy, trunk_features
 
@@ -65,7 +66,8 @@ def finetune(ctx: MethodContext) -> MethodOutcome:
     ft = run.model
     tensors = {**prefixed("net", ft.net.state_dict()), **prefixed("head", ft.head.state_dict())}
     nbytes = save_artefact(ctx.out, tensors, {
-        "method": "finetune", "name": ctx.name, "backbone": ctx.model.backbone_name,
+        "method": "finetune", "name": ctx.name, "trainable_params": count_trainable(ft),
+        "backbone": ctx.model.backbone_name,
         "base_fingerprint": ctx.model.fingerprint, "num_classes": ctx.data.num_classes,
         "class_names": ctx.data.class_names, "preprocess": ctx.model.preprocess.to_dict(),
     })
@@ -75,3 +77,12 @@ def finetune(ctx: MethodContext) -> MethodOutcome:
         extra={"best_epoch": run.fit.best_epoch, "val_top1": run.fit.best_val_top1,
                "train_seconds": round(run.fit.seconds, 2)},
     )
+
+
+@register_loader("finetune")
+def load_finetune(model: PatchedModel, config: dict, tensors: dict[str, Tensor]
+                  ) -> MethodOutcome:
+    ft = FineTuned(restored_copy(model.backbone, unprefixed("net", tensors)),
+                   new_head(model, config, tensors), model.spec).eval()
+    return MethodOutcome(patch_forward=ft, base_forward=ft.base, trainable_params=0,
+                         patch_bytes=0)

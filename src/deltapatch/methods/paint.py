@@ -29,6 +29,7 @@ from ..data.sets import ImageSet, TaskData
 from ..model import PatchedModel
 from ..preprocess import Preprocess
 from ..train import FitResult, TrainConfig, evaluate
+from .artefact import new_head, register_loader, restored_copy, unprefixed
 from .base import MethodContext, MethodOutcome, register_method
 from .common import cap, count_trainable, prefixed, save_artefact, trunk_features
 from .finetune import finetune_copy
@@ -185,6 +186,7 @@ def paint(ctx: MethodContext) -> MethodOutcome:
     nbytes = save_artefact(ctx.out, {**prefixed("net", net.state_dict()),
                                      **prefixed("head", head.state_dict())}, {
         "method": "paint", "name": ctx.name, "alpha": step.choice.alpha,
+        "trainable_params": step.trainable_params,
         "backbone": ctx.model.backbone_name, "base_fingerprint": ctx.model.fingerprint,
         "num_classes": ctx.data.num_classes, "class_names": ctx.data.class_names,
         "preprocess": ctx.model.preprocess.to_dict(),
@@ -200,3 +202,12 @@ def paint(ctx: MethodContext) -> MethodOutcome:
                "finetune_best_epoch": step.finetune_fit.best_epoch,
                "finetune_val_top1": step.finetune_fit.best_val_top1},
     )
+
+
+@register_loader("paint")
+def load_paint(model: PatchedModel, config: dict, tensors: dict[str, Tensor]) -> MethodOutcome:
+    """θ_α serves both tasks: the base task through the old head, the new one through its own."""
+    net = restored_copy(model.backbone, unprefixed("net", tensors))
+    head = new_head(model, config, tensors)
+    return MethodOutcome(patch_forward=task_forward(net, model.spec, head), base_forward=net,
+                         trainable_params=0, patch_bytes=0)

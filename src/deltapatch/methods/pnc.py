@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from ..data.sets import ImageSet
 from ..model import PatchedModel
 from ..train import fit, predict
+from .artefact import new_head, register_loader, restored_copy, unprefixed
 from .base import MethodContext, MethodOutcome, register_method
 from .common import (
     count_trainable,
@@ -138,6 +139,7 @@ def pnc(ctx: MethodContext) -> MethodOutcome:
     tensors = {**prefixed("adapter", branch.adapter.state_dict()), **branch.clone_tensors()}
     nbytes = save_artefact(ctx.out, tensors, {
         "method": "pnc", "name": ctx.name, "insert_stage": stage,
+        "trainable_params": source_params + count_trainable(branch.adapter),
         "cloned_paths": suffix_paths(model.spec, stage), "backbone": model.backbone_name,
         "base_fingerprint": model.fingerprint, "num_classes": ctx.data.num_classes,
         "class_names": ctx.data.class_names, "preprocess": model.preprocess.to_dict(),
@@ -163,3 +165,18 @@ def pnc(ctx: MethodContext) -> MethodOutcome:
         patch_forward=branch, base_forward=lambda x: model(x),
         trainable_params=source_params + adapter_params,
         patch_bytes=nbytes, extra=extra)
+
+
+@register_loader("pnc")
+def load_pnc(model: PatchedModel, config: dict, tensors: dict[str, Tensor]) -> MethodOutcome:
+    """The cloned suffix is rebuilt on a copy of the target (only its cloned modules hold the
+    stored tensors); the base task runs the untouched backbone."""
+    stage = int(config["insert_stage"])
+    net = restored_copy(model.backbone, unprefixed("clone", tensors),
+                        paths=suffix_paths(model.spec, stage))
+    source = FineTuned(net, new_head(model, config, tensors), model.spec).eval()
+    adapter = InsertAdapter(model.stage_shapes()[stage].in_channels)
+    adapter.load_state_dict(unprefixed("adapter", tensors))
+    branch = ClonedBranch(model, source, stage, adapter.requires_grad_(False)).eval()
+    return MethodOutcome(patch_forward=branch, base_forward=lambda x: model(x),
+                         trainable_params=0, patch_bytes=0)
