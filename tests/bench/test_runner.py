@@ -37,10 +37,10 @@ def test_changed_settings_redo_the_run(tmp_path):
     assert calls == []  # same settings: resumed, nothing redone
     run_jobs(_jobs(calls, config="c2"), tmp_path, progress=False)
     assert calls == ["single/a", "single/b", "single/c"]
-    # --report-only shows what is stored even when it is stale, never runs anything
+    # --report-only runs nothing and does not report stale runs as results
     calls.clear()
     records = run_jobs(_jobs(calls, config="c3"), tmp_path, progress=False, max_jobs=0)
-    assert calls == [] and all(r["status"] == "ok" for r in records)
+    assert calls == [] and all(r["status"] == "pending" for r in records)
 
 
 def test_shards_partition_the_distinct_runs(tmp_path):

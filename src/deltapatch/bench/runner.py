@@ -88,15 +88,16 @@ def hardware() -> str:
     return describe()
 
 
-def _stored(file: Path, job: Job, any_version: bool) -> dict | None:
+def _stored(file: Path, job: Job) -> dict | None:
     """The finished run in ``file`` if it still answers ``job`` (same data protocol, same
-    settings), with the job's current context (its table tag) over the stored one."""
+    settings), with the job's current context (its table tag) over the stored one. A stale
+    one is neither reported nor kept: the job runs again."""
     if not file.exists():
         return None
     old = json.loads(file.read_text())
     current = (old.get("data_protocol", 1) == DATA_PROTOCOL
                and old.get("config") == job.config)
-    return {**old, **job.context()} if (current or any_version) else None
+    return {**old, **job.context()} if current else None
 
 
 def run_jobs(jobs: list[Job], out: Path, progress: bool = True, max_jobs: int | None = None,
@@ -109,7 +110,7 @@ def run_jobs(jobs: list[Job], out: Path, progress: bool = True, max_jobs: int | 
     for job in bar:
         file = out / RUNS / f"{job.key}.json"
         bar.set_postfix_str(job.key[-60:])
-        old = _stored(file, job, any_version=max_jobs == 0)
+        old = _stored(file, job)
         if old is not None:
             records.append(old)
             continue
