@@ -67,5 +67,5 @@ def test_best_checkpoint_is_restored(backbone, tmp_path):
 def test_warmup_then_cosine():
     lrs = [lr_at(s, 100, 10, 1.0) for s in range(100)]
     assert lrs[0] == 0.1 and lrs[9] == 1.0
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
     assert lrs[-1] < 0.01

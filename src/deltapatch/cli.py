@@ -232,7 +232,7 @@ def predict_cmd(args: argparse.Namespace) -> int:
             top = probs.topk(min(args.top, probs.numel()))
             _print_json({"image": str(path), "task": name, "top": [
                 {"class": int(i), "name": names[int(i)] if names else None, "prob": round(float(p), 5)}
-                for p, i in zip(top.values, top.indices)]})
+                for p, i in zip(top.values, top.indices, strict=True)]})
     return 0
 
 
@@ -302,8 +302,8 @@ def verify_cmd(args: argparse.Namespace) -> int:
 
 
 from .bench import command as _bench_command  # noqa: E402,F401  (registers `bench`)
-from .demo import HELP as _DEMO_HELP
-from .demo import demo_arguments, demo_cmd
+from .demo import HELP as _DEMO_HELP  # noqa: E402
+from .demo import demo_arguments, demo_cmd  # noqa: E402
 
 command("demo", _DEMO_HELP)(_arguments(demo_arguments)(demo_cmd))
 

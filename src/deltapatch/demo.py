@@ -122,14 +122,14 @@ def photos(size: int) -> tuple[list[str], Tensor]:
 
 def top_k(logits: Tensor, classes: list[str], k: int = 5) -> list[list[tuple[str, float]]]:
     probs = logits.softmax(1).topk(k)
-    return [[(classes[int(i)], float(p)) for p, i in zip(ps, ix)]
-            for ps, ix in zip(probs.values, probs.indices)]
+    return [[(classes[int(i)], float(p)) for p, i in zip(ps, ix, strict=True)]
+            for ps, ix in zip(probs.values, probs.indices, strict=True)]
 
 
 def print_top5(names: list[str], logits: Tensor, classes: list[str]) -> list[str]:
     """Print top-5 per photo; returns the top-1 labels."""
     rows = top_k(logits, classes)
-    for name, row in zip(names, rows):
+    for name, row in zip(names, rows, strict=True):
         print(f"  {name:<10} " + " | ".join(f"{c} {p:.2f}" for c, p in row))
     return [r[0][0] for r in rows]
 
@@ -241,7 +241,7 @@ def write_plots(rows: list[Row], model: PatchedModel, tasks: dict[str, TaskData]
 
     delta_rows = [r for r in rows if r.method == "delta"]
     fig, axes = plt.subplots(1, len(delta_rows), figsize=(5 * len(delta_rows), 3.8))
-    for ax, r in zip(np.atleast_1d(axes), delta_rows):
+    for ax, r in zip(np.atleast_1d(axes), delta_rows, strict=True):
         name = f"{r.task}-delta"
         test = tasks[r.task].test
         with torch.no_grad():
@@ -406,7 +406,7 @@ def _run(out: Path, cfg: DemoConfig, progress: bool, command_line: str) -> dict:
         "machine": describe(), "load_avg_1min_at_start": round(load_at_start, 2),
         "backbone_params": b_params, "backbone_bytes": b_bytes,
         "last_stage": fresh.stage_names[-1],
-        "base_top5": {n: top for n, top in zip(photo_names, top_k(before, classes))},
+        "base_top5": {n: top for n, top in zip(photo_names, top_k(before, classes), strict=True)},
         "wall_seconds": time.perf_counter() - t_start,
     })
     report = write_report(out, command_line, cfg, facts, rows, mixed, plots)

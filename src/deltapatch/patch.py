@@ -65,7 +65,8 @@ class PatchConfig:
                 stages=[int(s) for s in d["stages"]], backbone=str(d["backbone"]),
                 fingerprint=str(d["fingerprint"]),
                 preprocess=Preprocess.from_dict(d["preprocess"]), gate=str(d["gate"]),
-                norm=str(d["norm"]), reduction=int(d.get("reduction", 4)), method=str(d.get("method", "delta")),
+                norm=str(d["norm"]), reduction=int(d.get("reduction", 4)),
+                method=str(d.get("method", "delta")),
                 class_names=d.get("class_names"), extra=dict(d.get("extra", {})),
             )
         except (KeyError, TypeError, ValueError) as err:

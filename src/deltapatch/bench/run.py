@@ -15,6 +15,7 @@ from .. import metrics
 from ..backbones import load_backbone
 from ..data import load_data, load_test
 from ..data.sets import ImageSet, TaskData
+from ..methods.common import cap
 from ..model import PatchedModel
 from ..train import TrainConfig, evaluate
 
@@ -66,14 +67,6 @@ train split (then capped at ``max_val``). 2 (main from 8733333 on): subsets draw
 resizing, validation held out of the ``max_train`` images."""
 
 _CACHE: dict[tuple, object] = {}
-
-
-def cap(s: ImageSet, n: int | None, seed: int) -> ImageSet:
-    """At most ``n`` images of ``s``, a seeded random subset in the original order."""
-    if n is None or n >= len(s):
-        return s
-    order = torch.randperm(len(s), generator=torch.Generator().manual_seed(seed))
-    return s.subset(order[:n].sort().values)
 
 
 def cached(key: tuple, make):

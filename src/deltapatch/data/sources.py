@@ -128,7 +128,7 @@ def _read_image_tree(path: Path, only: str | None = None) -> tuple[Raw, list[str
                                 f"({split} has {len(got)} of {len(classes)} classes)")
     index = {c: i for i, c in enumerate(classes)}
     groups: dict[str, tuple[list, list]] = {}
-    for f, p in zip(files, parts):
+    for f, p in zip(files, parts, strict=True):
         split = p[0] if split_layout else "all"
         xs, ys = groups.setdefault(split, ([], []))
         xs.append(f)
