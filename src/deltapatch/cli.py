@@ -238,20 +238,25 @@ def predict_cmd(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- info
 def _info_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("patch", type=Path, help="patch folder")
+    p.add_argument("patch", type=Path, help="patch folder or a method's train --out folder")
 
 
-@command("info", "show what a patch folder holds (config, tensors, sizes) as JSON")
+@command("info", "show what a patch folder or method artefact holds (config, tensors, sizes) as "
+                 "JSON")
 @_arguments(_info_args)
 def info_cmd(args: argparse.Namespace) -> int:
-    cfg = read_config(args.patch)
-    tensors = read_tensors(args.patch)
-    out = cfg.to_json()
+    from .methods.artefact import is_artefact, read_artefact
+    from .methods.common import WEIGHTS_FILE
+    if is_artefact(args.patch):
+        out, tensors = read_artefact(args.patch)
+        file = WEIGHTS_FILE
+    else:
+        out, tensors, file = read_config(args.patch).to_json(), read_tensors(args.patch), TENSORS_FILE
     out.update({
         "tensors": len(tensors),
         "parameters": sum(t.numel() for k, t in tensors.items() if "running_" not in k
                           and "num_batches" not in k),
-        "tensor_bytes": (args.patch / TENSORS_FILE).stat().st_size,
+        "tensor_bytes": (args.patch / file).stat().st_size,
         "patch_bytes": metrics.folder_bytes(args.patch),
     })
     print(json.dumps(out, indent=2))

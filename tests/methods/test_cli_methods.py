@@ -60,6 +60,9 @@ def test_eval_reloads_method_artefact_with_train_numbers(method, tmp_path, capsy
     assert scored["method"] == method and scored["patch_bytes"] > 0
     if method == "paint":
         assert scored["alpha"] == trained["alpha"]
+    assert main(["info", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["method"] == method and info["patch_bytes"] == scored["patch_bytes"]
 
     # another backbone's weights: refused with a clear message, nothing run
     other = _weights(tmp_path / "other.safetensors", seed=1)
