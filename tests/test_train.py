@@ -51,6 +51,18 @@ def test_resume_after_interruption_gives_same_result(backbone, tmp_path, monkeyp
     assert [r["train_loss"] for r in res.history] == [r["train_loss"] for r in full_res.history]
 
 
+def test_resume_with_other_settings_is_refused(backbone, tmp_path):
+    import pytest
+
+    from deltapatch.errors import DeltaPatchError
+
+    _train(backbone, tmp_path, 2)
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(DeltaPatchError, match="epochs"):  # 3 epochs: another lr schedule
+        _train(backbone, tmp_path, 3)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+
+
 def test_metrics_files_per_epoch(backbone, tmp_path):
     _train(backbone, tmp_path, 2)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .data.augment import random_crop_flip
 from .data.sets import ImageSet, TaskData
+from .errors import DeltaPatchError
 from .preprocess import Preprocess
 
 Forward = Callable[[Tensor], Tensor]
@@ -114,7 +115,8 @@ def fit(forward: Forward, owned: nn.Module, data: TaskData, preprocess: Preproce
     total = steps_per_epoch * config.epochs
     warmup = int(round(config.warmup_epochs * steps_per_epoch))
     run = Path(run_dir) if run_dir is not None else None
-    state = _resume(run, owned, opt) if run is not None else None
+    settings = _settings(config, len(data.train))
+    state = _resume(run, owned, opt, settings) if run is not None else None
     start, history = (state["epoch"], state["history"]) if state else (0, [])
     best = state["best"] if state else {"epoch": 0, "val_top1": -1.0, "state": None}
     t0 = time.perf_counter() - (state["seconds"] if state else 0.0)
@@ -150,7 +152,7 @@ def fit(forward: Forward, owned: nn.Module, data: TaskData, preprocess: Preproce
                     "state": {k: v.detach().clone() for k, v in owned.state_dict().items()}}
         if run is not None:
             _write_metrics(run, history)
-            _checkpoint(run, owned, opt, epoch + 1, history, best, row["seconds"])
+            _checkpoint(run, owned, opt, epoch + 1, history, best, row["seconds"], settings)
         if config.progress:
             tqdm.write(f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  "
                        f"train {row['train_top1']:.4f}  val {val:.4f}")
@@ -160,20 +162,40 @@ def fit(forward: Forward, owned: nn.Module, data: TaskData, preprocess: Preproce
     return FitResult(best["epoch"], best["val_top1"], history, time.perf_counter() - t0)
 
 
+def _settings(config: TrainConfig, n_train: int) -> dict:
+    """What a checkpoint must have been trained with to be resumed: every setting that changes
+    the result (not the progress bar or the evaluation batch size), and the train split size."""
+    d = asdict(config)
+    for k in ("progress", "eval_batch_size"):
+        d.pop(k)
+    return {**d, "n_train": n_train}
+
+
 def _checkpoint(run: Path, owned: nn.Module, opt: torch.optim.Optimizer, epoch: int,
-                history: list[dict], best: dict, seconds: float) -> None:
+                history: list[dict], best: dict, seconds: float, settings: dict) -> None:
     run.mkdir(parents=True, exist_ok=True)
     tmp = run / (CHECKPOINT + ".tmp")
     torch.save({"epoch": epoch, "owned": owned.state_dict(), "optimizer": opt.state_dict(),
-                "history": history, "best": best, "seconds": seconds}, tmp)
+                "history": history, "best": best, "seconds": seconds, "settings": settings},
+               tmp)
     os.replace(tmp, run / CHECKPOINT)
 
 
-def _resume(run: Path, owned: nn.Module, opt: torch.optim.Optimizer) -> dict | None:
+def _resume(run: Path, owned: nn.Module, opt: torch.optim.Optimizer, settings: dict
+            ) -> dict | None:
+    """The checkpoint in ``run``, loaded into ``owned`` and ``opt``; refused (nothing loaded)
+    when it was made with other settings, since resuming would silently mix two runs."""
     file = run / CHECKPOINT
     if not file.exists():
         return None
     state = torch.load(file, map_location="cpu", weights_only=True)
+    old = state.get("settings")
+    if old is not None and old != settings:
+        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        raise DeltaPatchError(
+            f"{file} was trained with other settings ({', '.join(diff)}: "
+            f"{[old.get(k) for k in diff]} there, {[settings.get(k) for k in diff]} now); "
+            "delete that checkpoint to start afresh, or use another output folder")
     owned.load_state_dict(state["owned"])
     opt.load_state_dict(state["optimizer"])
     return state

@@ -66,3 +66,6 @@ def test_stale_run_dirs_are_wiped(tmp_path):
     (old / "run").mkdir()
     assert (_fresh_dir(old) / "run").exists()  # same protocol: kept, training resumes
     assert (old / "data_protocol.txt").read_text().strip() == str(DATA_PROTOCOL)
+    assert (_fresh_dir(old, "abc") / "run").exists() is False  # other settings: wiped
+    (old / "run").mkdir()
+    assert (_fresh_dir(old, "abc") / "run").exists()

@@ -121,7 +121,7 @@ def run_jobs(jobs: list[Job], out: Path, progress: bool = True, max_jobs: int | 
         started += 1
         record = {**job.context(), "code": code, "hardware": hw, "data_protocol": DATA_PROTOCOL}
         try:
-            result = job.run(_fresh_dir(out / RUNS / job.key))
+            result = job.run(_fresh_dir(out / RUNS / job.key, job.config))
             record.update(status="ok", finished=time.strftime("%Y-%m-%d %H:%M:%S"),
                           result=result)
             file.parent.mkdir(parents=True, exist_ok=True)
@@ -138,15 +138,16 @@ def run_jobs(jobs: list[Job], out: Path, progress: bool = True, max_jobs: int | 
     return records
 
 
-def _fresh_dir(run_dir: Path) -> Path:
-    """The run's working folder; a leftover from another data protocol (or from before
-    protocols were stamped) is wiped so that training does not resume on other data."""
+def _fresh_dir(run_dir: Path, config: str = "") -> Path:
+    """The run's working folder; a leftover from another data protocol or other settings (or
+    from before either was stamped) is wiped, so that training does not resume on other data
+    or with other settings."""
     marker = run_dir / "data_protocol.txt"
-    if run_dir.exists() and (not marker.exists()
-                             or marker.read_text().strip() != str(DATA_PROTOCOL)):
+    stamp = f"{DATA_PROTOCOL} {config}".strip()
+    if run_dir.exists() and (not marker.exists() or marker.read_text().strip() != stamp):
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(f"{DATA_PROTOCOL}\n")
+    marker.write_text(stamp + "\n")
     return run_dir
 
 
