@@ -41,6 +41,17 @@ def test_claims_only_from_runs():
     assert "not yet measured" in claims_section([])
 
 
+def test_claim_within_seed_noise_is_inconclusive():
+    from deltapatch.bench.claims import compare
+    clear = {("r20", "t"): (0.80, 0.01, 3)}
+    close = {("r20", "t"): (0.79, 0.02, 3)}
+    far = {("r20", "t"): (0.60, 0.01, 3)}
+    assert compare(clear, far, "A", "B", "hm").startswith("**supported**")
+    assert compare(clear, close, "A", "B", "hm").startswith(
+        "**inconclusive, supported in direction only**")
+    assert compare(far, clear, "A", "B", "hm").startswith("**not supported**")
+
+
 def test_lambda_matrix_layout():
     # k=2: skips h0→h1, h0→h2, h1→h2 at positions 0, 1, 2
     m = lambda_matrix([0.1, 0.2, 0.3])

@@ -40,7 +40,8 @@ def compare(a: dict[tuple[str, str], Cell], b: dict[tuple[str, str], Cell], name
     """'A > B in x of y cells, mean difference d; k cells beyond seed noise' over shared cells.
 
     A cell's difference counts as beyond noise when it exceeds sqrt(std_a² + std_b²) of the
-    seeds; with one seed there is no noise estimate and the text says so."""
+    seeds; with one seed there is no noise estimate and the text says so. When no difference
+    exceeds the noise, the verdict is "inconclusive" whatever the direction."""
     shared = sorted(set(a) & set(b))
     if not shared:
         return None
@@ -53,6 +54,8 @@ def compare(a: dict[tuple[str, str], Cell], b: dict[tuple[str, str], Cell], name
                        for bb, t in shared)
     verdict = ("supported" if wins == len(shared) else
                "mixed" if wins > 0 else "not supported")
+    if beyond == 0:  # every difference is within the seeds' spread: the runs cannot tell
+        verdict = f"inconclusive, {verdict} in direction only"
     noise_text = (f"{beyond}/{len(shared)} differences exceed the seed-to-seed std"
                   if beyond is not None else "one seed only, no noise estimate")
     return (f"**{verdict}**: {name_a} > {name_b} on {metric} in {wins}/{len(shared)} "
