@@ -48,7 +48,7 @@ def test_claim_within_seed_noise_is_inconclusive():
     far = {("r20", "t"): (0.60, 0.01, 3)}
     assert compare(clear, far, "A", "B", "hm").startswith("**supported**")
     assert compare(clear, close, "A", "B", "hm").startswith(
-        "**inconclusive, supported in direction only**")
+        "**inconclusive** (within seed noise; direction: supported)")
     assert compare(far, clear, "A", "B", "hm").startswith("**not supported**")
 
 

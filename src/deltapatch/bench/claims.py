@@ -54,11 +54,12 @@ def compare(a: dict[tuple[str, str], Cell], b: dict[tuple[str, str], Cell], name
                        for bb, t in shared)
     verdict = ("supported" if wins == len(shared) else
                "mixed" if wins > 0 else "not supported")
+    head = f"**{verdict}**"
     if beyond == 0:  # every difference is within the seeds' spread: the runs cannot tell
-        verdict = f"inconclusive, {verdict} in direction only"
+        head = f"**inconclusive** (within seed noise; direction: {verdict})"
     noise_text = (f"{beyond}/{len(shared)} differences exceed the seed-to-seed std"
                   if beyond is not None else "one seed only, no noise estimate")
-    return (f"**{verdict}**: {name_a} > {name_b} on {metric} in {wins}/{len(shared)} "
+    return (f"{head}: {name_a} > {name_b} on {metric} in {wins}/{len(shared)} "
             f"(backbone, task) cells; mean difference {statistics.fmean(diffs):+.2f} points "
             f"(min {min(diffs):+.2f}, max {max(diffs):+.2f}); n ≥ {seeds} seed(s), "
             f"{noise_text}. Cells (mean over seeds, %): {detail}.")
