@@ -3,8 +3,8 @@
 a fine-tuned, PAINT, adapter, BN-adapted or PNC task exactly as ``train`` did.
 
 Each method registers how it rebuilds its forwards from the stored tensors (``LOADERS``). The
-files are checked (format, base fingerprint, tensor names and shapes) before anything is built;
-the user's backbone is only read, never changed.
+format and the base fingerprint are checked before anything is built, tensor names and shapes as
+they are loaded into fresh modules; the user's backbone is only read, never changed.
 """
 
 from __future__ import annotations
