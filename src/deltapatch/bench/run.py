@@ -102,6 +102,15 @@ def build_model(backbone: str, weights: str | None, image_size: int | None = Non
     return model
 
 
+def input_size(spec: RunSpec) -> int:
+    """The run's image size: ``spec.image_size`` or the backbone's own, looked up once per
+    backbone in a process (building a model only to read its size would load weights per run)."""
+    if spec.image_size:
+        return spec.image_size
+    return cached(("size", spec.backbone, spec.weights),
+                  lambda: build_model(spec.backbone, spec.weights).preprocess.size)
+
+
 @torch.inference_mode()
 def mean_lambdas(model: PatchedModel, patch: str, images: ImageSet, n: int) -> dict[str, list]:
     """Λ averaged over the first ``n`` test images, per patched stage (the paper's Figs 3–6)."""

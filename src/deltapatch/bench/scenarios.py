@@ -8,9 +8,11 @@ fine-tuning). A job whose method is not registered (yet) is marked ``skipped``, 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,7 +21,7 @@ from torch import nn
 from .. import metrics
 from ..data.sets import ImageSet, TaskData
 from ..train import evaluate, fit
-from .run import RunSpec, base_task_data, build_model, cap, run_one, task_data, test_split
+from .run import RunSpec, base_task_data, build_model, cap, input_size, run_one, task_data, test_split
 from .suite import Suite, Task, Variant, data_settings, train_config
 
 
@@ -52,9 +54,6 @@ def fingerprint(suite: Suite, bb: str, tasks: list[Task], v: Variant, **extra) -
     """A short hash of what determines a run: backbone, every task's data and settings, the
     variant. A stored run whose fingerprint differs (the suite file changed) is redone, and two
     tables that ask for the same run share one."""
-    import hashlib
-    import json
-    from dataclasses import asdict
     blob = {"backbone": asdict(suite.backbones[bb]), "variant": {**asdict(v), "label": None},
             "tasks": [[t.data, suite.settings(t.settings, v.settings)] for t in tasks], **extra}
     text = json.dumps(blob, sort_keys=True, default=str)
@@ -129,7 +128,7 @@ def zsda(suite: Suite, entry: dict, seeds: int) -> list[Job]:
         def run(out: Path, bb=bb, v=v, seed=seed) -> dict:
             _require_method(v.method)
             spec = _spec(suite, bb, src, v, seed)
-            size = spec.image_size or build_model(spec.backbone, spec.weights).preprocess.size
+            size = input_size(spec)
             target = test_split(tgt.data, size, seed=seed,
                                 max_test=suite.settings(tgt.settings).get("max_test"))
             return run_one(spec, out, extra_tests={"target": target})
@@ -172,8 +171,7 @@ def joint(suite: Suite, entry: dict, seeds: int) -> list[Job]:
                 tasks = [suite.tasks[t] for t in group]
                 spec = _spec(suite, bb, tasks[0], v, seed)
                 spec.name, spec.data = "joint", "+".join(group)
-                size = spec.image_size or build_model(spec.backbone,
-                                                      spec.weights).preprocess.size
+                size = input_size(spec)
                 parts = [task_data(t.data, size, seed=seed,
                                    **_sizes(suite.settings(t.settings))) for t in tasks]
                 data = concat_tasks(parts, "joint")
