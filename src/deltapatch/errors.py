@@ -9,6 +9,10 @@ class BackboneError(DeltaPatchError):
     """A backbone cannot be built or its weights cannot be loaded."""
 
 
+class SpecError(DeltaPatchError):
+    """A stage spec does not describe its backbone: the spec path differs from ``backbone(x)``."""
+
+
 class PatchError(DeltaPatchError):
     """A patch is unknown, malformed, or made for another backbone."""
 
