@@ -89,12 +89,12 @@ def test_verify_and_eval_refuse_patch_of_other_backbone(trained, capsys):
     out, _ = trained
     torch.manual_seed(123)  # another random init than the weights file the patch was made on
     code, _, err = _run(capsys, "verify", "--backbone", "cifar_resnet20", "--patch", out)
-    assert code == 1 and "fingerprint" in err and "Traceback" not in err
+    assert code == 2 and "fingerprint" in err and "Traceback" not in err
 
 
 def test_bad_input_is_a_clear_error(setup, capsys, tmp_path):
     code, _, err = _run(capsys, "train", "--backbone", "cifar_resnet20", "--data", "nope",
                         "--out", tmp_path / "o")
-    assert code == 1 and "neither a file" in err
+    assert code == 2 and "neither a file" in err
     code, _, err = _run(capsys, "info", tmp_path)
-    assert code == 1 and "not a patch folder" in err
+    assert code == 2 and "not a patch folder" in err

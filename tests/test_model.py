@@ -123,7 +123,7 @@ def test_errors_name_the_fix(backbone):
         model.add_patch("a", 3)
     with pytest.raises(dp.PatchError, match="no patch named"):
         model.set_patch("zzz")
-    with pytest.raises(ValueError):
+    with pytest.raises(dp.PatchError, match="invalid patch name"):
         model.add_patch("__base__", 3)
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def harmonic_mean(a: float, b: float) -> float:
-    """Harmonic mean of two accuracies: the paper's single-task patching metric."""
-    return 0.0 if a + b == 0 else 2 * a * b / (a + b)
+def harmonic_mean(*accuracies: float) -> float:
+    """Harmonic mean of accuracies: the paper's patching metric (base and patch task, or every
+    task of a joint / sequential run); 0 when any of them is 0."""
+    if not accuracies or min(accuracies) <= 0:
+        return 0.0
+    return len(accuracies) / sum(1.0 / a for a in accuracies)
 
 
 def folder_bytes(folder: Path) -> int:

@@ -22,11 +22,12 @@ from .patch import (
     Patch,
     PatchConfig,
     StageShape,
+    check_head,
+    check_name,
     check_tensors,
     fingerprint,
-    read_config,
-    read_tensors,
-    save_patch_dir,
+    read_patch,
+    write_patch,
 )
 from .preprocess import Preprocess
 
@@ -152,8 +153,7 @@ class PatchedModel(nn.Module):
         return patch
 
     def _check_new_name(self, name: str) -> None:
-        if not name or name == BASE or "." in name:
-            raise ValueError(f"invalid patch name {name!r} (non-empty, no '.', not {BASE!r})")
+        check_name(name)
         if name in self.patches:
             raise PatchError(f"a patch named '{name}' exists; remove_patch('{name}') first")
 
@@ -186,29 +186,41 @@ class PatchedModel(nn.Module):
 
     def save_patch(self, name: str, path: str | Path) -> Path:
         """Write patch ``name`` as a small folder (config JSON + safetensors), atomically."""
-        return save_patch_dir(self.get_patch(name), path)
+        patch = self.get_patch(name)
+        patch.config.trainable_params = self.trainable_parameters(name)
+        return write_patch(path, patch.config, patch.state_dict())
 
     def load_patch(self, path: str | Path, name: str | None = None) -> str:
         """Load a patch folder; returns its name. Refused, with the model unchanged, if it was
         made for another backbone or its files are corrupt or do not match its config."""
-        config = read_config(path)
+        config, tensors = read_patch(path)
+        return self.attach_patch(config, tensors, name)
+
+    def attach_patch(self, config: PatchConfig, tensors: dict[str, Tensor],
+                     name: str | None = None) -> str:
+        """Build a patch from a checked config and its tensors and add it (what ``load_patch``
+        and the method loaders share); every check runs before the model changes."""
+        self.check_fits(config)
+        config.name = name or config.name
+        self._check_new_name(config.name)
+        try:
+            config.stages = self.resolve_stages(config.stages)
+        except ValueError as err:
+            raise PatchError(f"patch config does not fit this backbone: {err}") from None
+        check_head(config, tensors, self._head.in_features)
+        patch = Patch(config, self.stage_shapes(), self._head.in_features)
+        check_tensors(patch, tensors)
+        patch.load_state_dict(tensors)
+        self.patches[config.name] = patch.train(self.training)
+        return config.name
+
+    def check_fits(self, config: PatchConfig) -> None:
+        """Refuse a task trained on another backbone or other weights."""
         if config.backbone != self.backbone_name or config.fingerprint != self.fingerprint:
             raise PatchError(
                 f"patch '{config.name}' was made for backbone '{config.backbone}' with weights "
                 f"fingerprint {config.fingerprint}; this model is '{self.backbone_name}' with "
                 f"{self.fingerprint}. Load it onto the backbone and weights it was trained on.")
-        config.name = name or config.name
-        self._check_new_name(config.name)
-        try:
-            config.stages = self.resolve_stages(config.stages)
-            patch = Patch(config, self.stage_shapes(), self._head.in_features)
-        except (ValueError, TypeError) as err:
-            raise PatchError(f"patch config does not fit this backbone: {err}") from None
-        tensors = read_tensors(path)
-        check_tensors(patch, tensors)
-        patch.load_state_dict(tensors)
-        self.patches[config.name] = patch.train(self.training)
-        return config.name
 
     # ----------------------------------------------------------------- parameters
     def trainable_parameters(self, name: str) -> int:

@@ -1,38 +1,43 @@
 """A patch: its config, its modules (Δ-stages + head), and its small folder on disk.
 
-A patch folder holds ``config.json`` (what the patch is and which backbone it fits) and
-``patch.safetensors`` (the patch's tensors only). Saving is atomic: the folder is written beside
-the target and swapped in, so a failed save leaves an older patch intact. Loading checks the
-config, the backbone fingerprint, and every tensor's name and shape before the model is touched.
+Every method's ``train --out`` folder has one format: ``config.json`` (what the task is, which
+method made it, which backbone it fits, a content hash of the tensors) and ``patch.safetensors``.
+:class:`PatchConfig` is that config for every method: a Δ-patch fills ``stages``/``gate``/
+``norm``; a baseline keeps what it needs to rebuild itself in ``options``. Folders are written and
+read only through :mod:`deltapatch.store` (atomic, locked, bounded); every config value is checked
+against sane bounds here, before anything is built from it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import shutil
-import tempfile
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .delta import DeltaStage
+from . import store
+from .delta import GATES, NORMS, DeltaStage
 from .errors import PatchError
 from .preprocess import Preprocess
+from .store import CONFIG_FILE, TENSORS_FILE
 
-FORMAT = "deltapatch.patch/1"
-CONFIG_FILE = "config.json"
-TENSORS_FILE = "patch.safetensors"
+FORMAT = "deltapatch.patch/2"
+LEGACY_FORMATS = ("deltapatch.patch/1",)  # Δ-patches written before content hashes
+MAX_CLASSES = 100_000
+MAX_SIZE = 4096
+MAX_NAME = 100
+
+__all__ = ["CONFIG_FILE", "FORMAT", "TENSORS_FILE", "Patch", "PatchConfig", "StageShape",
+           "check_head", "fingerprint", "read_config", "read_patch", "write_patch"]
 
 
 @dataclass
 class PatchConfig:
-    """Everything needed to rebuild a patch's modules and to check it fits a backbone."""
+    """Everything needed to rebuild one task's modules and to check they fit a backbone."""
 
     name: str
     num_classes: int
@@ -45,32 +50,101 @@ class PatchConfig:
     reduction: int = 4
     method: str = "delta"
     class_names: list[str] | None = None
-    extra: dict = field(default_factory=dict)
+    trainable_params: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    """Method-specific facts (PAINT's α, the BatchNorms an adapter hooks, ...)."""
 
     def to_json(self) -> dict:
         from . import __version__
 
-        d = asdict(self)
-        d["preprocess"] = self.preprocess.to_dict()
-        return {"format": FORMAT, "library_version": __version__, **d}
+        return {"format": FORMAT, "library_version": __version__, "method": self.method,
+                "name": self.name, "num_classes": self.num_classes,
+                "class_names": self.class_names, "backbone": self.backbone,
+                "fingerprint": self.fingerprint, "preprocess": self.preprocess.to_dict(),
+                "stages": self.stages, "gate": self.gate, "norm": self.norm,
+                "reduction": self.reduction, "trainable_params": self.trainable_params,
+                "options": self.options}
 
     @classmethod
-    def from_json(cls, d: dict) -> PatchConfig:
-        if d.get("format") != FORMAT:
-            raise PatchError(f"not a deltapatch patch config (format {d.get('format')!r}, "
-                             f"expected {FORMAT!r})")
-        try:
-            return cls(
-                name=str(d["name"]), num_classes=int(d["num_classes"]),
-                stages=[int(s) for s in d["stages"]], backbone=str(d["backbone"]),
-                fingerprint=str(d["fingerprint"]),
-                preprocess=Preprocess.from_dict(d["preprocess"]), gate=str(d["gate"]),
-                norm=str(d["norm"]), reduction=int(d.get("reduction", 4)),
-                method=str(d.get("method", "delta")),
-                class_names=d.get("class_names"), extra=dict(d.get("extra", {})),
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise PatchError(f"patch config is incomplete or malformed: {err!r}") from None
+    def from_json(cls, d: Any) -> PatchConfig:
+        """A config from untrusted JSON: every field typed and bounded, or a :class:`PatchError`
+        that names the field."""
+        if not isinstance(d, dict):
+            raise PatchError(f"patch config must be a JSON object, not {type(d).__name__}")
+        fmt = d.get("format")
+        if fmt != FORMAT and fmt not in LEGACY_FORMATS:
+            raise PatchError(f"not a deltapatch patch config (format {fmt!r}, expected "
+                             f"{FORMAT!r}); a folder from another tool or a newer deltapatch?")
+        num_classes = _int(d, "num_classes", 1, MAX_CLASSES)
+        names = d.get("class_names")
+        if names is not None and (not isinstance(names, list) or len(names) != num_classes
+                                  or not all(isinstance(n, str) and len(n) <= 1000 for n in names)):
+            raise PatchError(f"patch config: class_names must be {num_classes} strings")
+        stages = d.get("stages")
+        if not isinstance(stages, list) or len(stages) > 64 or not all(
+                isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 64 for s in stages):
+            raise PatchError("patch config: stages must be a list of stage indices 0..63")
+        options = d.get("options", d.get("extra", {}))
+        if not isinstance(options, dict):
+            raise PatchError("patch config: options must be a JSON object")
+        trainable = d.get("trainable_params")
+        return cls(
+            name=check_name(_str(d, "name")), num_classes=num_classes,
+            stages=sorted(set(stages)), backbone=_str(d, "backbone"),
+            fingerprint=_str(d, "fingerprint"), preprocess=_preprocess(d.get("preprocess")),
+            gate=_choice(d, "gate", sorted(GATES), "delta"),
+            norm=_choice(d, "norm", NORMS, "output"),
+            reduction=_int(d, "reduction", 1, 1024, default=4),
+            method=_str(d, "method", default="delta"), class_names=names,
+            trainable_params=None if trainable is None else _int(d, "trainable_params", 0,
+                                                                 10**12),
+            options=options)
+
+
+def check_name(name: str) -> str:
+    """A patch name usable as a routing key and a URL segment."""
+    if (not name or len(name) > MAX_NAME or name == "__base__" or "." in name
+            or any(c in name for c in "/\\\0") or not name.isprintable()):
+        raise PatchError(f"invalid patch name {name!r}: 1-{MAX_NAME} printable characters, no "
+                         "'.', '/' or '\\', not '__base__'")
+    return name
+
+
+def _int(d: dict, key: str, lo: int, hi: int, default: int | None = None) -> int:
+    v = d.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise PatchError(f"patch config: {key} must be an integer in {lo}..{hi}, got {v!r}")
+    return v
+
+
+def _str(d: dict, key: str, default: str | None = None) -> str:
+    v = d.get(key, default)
+    if not isinstance(v, str) or not v or len(v) > 4096:
+        raise PatchError(f"patch config: {key} must be a non-empty string, got {v!r}")
+    return v
+
+
+def _choice(d: dict, key: str, choices, default: str) -> str:
+    v = d.get(key, default)
+    if v not in choices:
+        raise PatchError(f"patch config: {key} must be one of {', '.join(choices)}, got {v!r}")
+    return v
+
+
+def _preprocess(p: Any) -> Preprocess:
+    def triple(v: Any, positive: bool) -> tuple[float, float, float]:
+        ok = (isinstance(v, list) and len(v) == 3 and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+            and (x > 0 or not positive) for x in v))
+        if not ok:
+            raise PatchError("patch config: preprocess mean/std must be 3 finite numbers "
+                             "(std > 0)")
+        return tuple(float(x) for x in v)
+
+    if not isinstance(p, dict):
+        raise PatchError("patch config: preprocess must be an object {size, mean, std}")
+    size = _int(p, "size", 1, MAX_SIZE)
+    return Preprocess(size, triple(p.get("mean"), False), triple(p.get("std"), True))
 
 
 @dataclass(frozen=True)
@@ -112,77 +186,43 @@ def fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:32]
 
 
-def _atomic_replace_dir(tmp: Path, target: Path) -> None:
-    """Swap ``tmp`` in at ``target``; an old ``target`` survives until the new one is in place,
-    and whatever else lived in it (a ``run/`` folder, metrics) moves into the new one."""
-    old = None
-    if target.exists():
-        if not target.is_dir():
-            raise PatchError(f"{target} exists and is not a folder")
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        if old is not None:
-            os.replace(old, target)
-        raise
-    if old is not None:
-        for entry in old.iterdir():
-            if entry.name not in (CONFIG_FILE, TENSORS_FILE):
-                os.replace(entry, target / entry.name)
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def save_patch_dir(patch: Patch, path: str | Path) -> Path:
-    """Write ``patch`` to folder ``path`` atomically; returns the folder."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        tensors = {k: v.detach().contiguous().cpu() for k, v in patch.state_dict().items()}
-        save_file(tensors, str(tmp / TENSORS_FILE), metadata={"format": FORMAT})
-        (tmp / CONFIG_FILE).write_text(json.dumps(patch.config.to_json(), indent=2) + "\n")
-        _atomic_replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+def write_patch(path: str | Path, config: PatchConfig, tensors: dict[str, torch.Tensor]) -> Path:
+    """Write one task folder of any method (atomic, locked; see :mod:`deltapatch.store`)."""
+    return store.write_folder(path, config.to_json(), tensors)
 
 
 def read_config(path: str | Path) -> PatchConfig:
-    folder = Path(path)
-    if not (folder / CONFIG_FILE).is_file():
-        raise PatchError(f"{folder} is not a patch folder: no {CONFIG_FILE} in it")
-    try:
-        raw = json.loads((folder / CONFIG_FILE).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise PatchError(f"{folder / CONFIG_FILE} is not valid JSON: {err}") from None
-    return PatchConfig.from_json(raw)
+    """The checked config of a task folder, without reading its tensors."""
+    return PatchConfig.from_json(store.read_config_json(path))
 
 
-def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
-    file = Path(path) / TENSORS_FILE
-    if not file.is_file():
-        raise PatchError(f"{Path(path)} holds no {TENSORS_FILE}")
-    try:
-        return load_file(str(file))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise PatchError(f"{file} is corrupt or truncated: {err}") from None
+def read_patch(path: str | Path) -> tuple[PatchConfig, dict[str, torch.Tensor]]:
+    """Config and tensors of a task folder: bounded, hash-checked, finite, never unpickled."""
+    legacy = store.read_config_json(path).get("format") in LEGACY_FORMATS
+    raw, tensors = store.read_folder(path, require_hash=not legacy)
+    return PatchConfig.from_json(raw), tensors
 
 
-def check_tensors(patch: Patch, tensors: dict[str, torch.Tensor]) -> None:
-    """Refuse tensors whose names or shapes differ from what ``patch`` expects."""
-    expected = patch.state_dict()
+def check_head(config: PatchConfig, tensors: dict[str, torch.Tensor], feature_dim: int) -> None:
+    """The stored head must be ``num_classes × feature_dim``: checked before any module is
+    built, so a config cannot make us allocate what its tensors do not hold."""
+    w = tensors.get("head.weight")
+    if w is None or tuple(w.shape) != (config.num_classes, feature_dim):
+        got = None if w is None else tuple(w.shape)
+        raise PatchError(f"patch '{config.name}': head.weight has shape {got}, expected "
+                         f"({config.num_classes}, {feature_dim}) for {config.num_classes} "
+                         "classes on this backbone")
+
+
+def check_tensors(module: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse tensors whose names, shapes or dtypes differ from what ``module`` holds."""
+    expected = module.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
         raise PatchError(f"patch tensors do not match its config: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
     for k, v in expected.items():
-        if tensors[k].shape != v.shape:
-            raise PatchError(f"patch tensor '{k}' has shape {tuple(tensors[k].shape)}, "
-                             f"expected {tuple(v.shape)}")
-        if tensors[k].dtype != v.dtype:
-            raise PatchError(f"patch tensor '{k}' has dtype {tensors[k].dtype}, "
-                             f"expected {v.dtype}")
+        if tensors[k].shape != v.shape or tensors[k].dtype != v.dtype:
+            raise PatchError(f"patch tensor '{k}' has shape {tuple(tensors[k].shape)} "
+                             f"{tensors[k].dtype}, expected {tuple(v.shape)} {v.dtype}")

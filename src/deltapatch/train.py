@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from .data.augment import random_crop_flip
 from .data.sets import ImageSet, TaskData
 from .errors import DeltaPatchError
+from .options import opt, validate
 from .preprocess import Preprocess
 
 Forward = Callable[[Tensor], Tensor]
@@ -33,19 +34,41 @@ CHECKPOINT = "checkpoint.pt"
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    optimizer: str = "adamw"
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    warmup_epochs: float = 1.0
-    augment: bool = True
-    seed: int = 0
-    eval_batch_size: int = 256
-    progress: bool = True
-    cache_features: str = "auto"  # "auto" (on exactly when augment is off), "on", "off"
-    cache_dtype: str = "float32"  # or "float16": half the cache memory
+    """How a task is trained. Each field's ``metadata`` (help, bounds, choices) is the one
+    definition that the CLI's flags, the suite files' keys and validation are derived from."""
+
+    epochs: int = field(default=10, metadata=opt("training epochs", min=1, max=100_000))
+    batch_size: int = field(default=128, metadata=opt("batch size", min=1, max=1 << 20))
+    lr: float = field(default=1e-3, metadata=opt(
+        "learning rate (CLI default: the method's, 1e-2 for patches, 1e-3 for methods that "
+        "move pretrained weights)", min=1e-12, max=10.0))
+    optimizer: str = field(default="adamw", metadata=opt("optimizer", choices=("adamw", "sgd")))
+    weight_decay: float = field(default=1e-4, metadata=opt("weight decay", min=0.0, max=10.0))
+    momentum: float = field(default=0.9, metadata=opt("SGD momentum", min=0.0, max=1.0))
+    warmup_epochs: float = field(default=1.0, metadata=opt(
+        "linear warm-up epochs before cosine decay", min=0.0))
+    augment: bool = field(default=True, metadata=opt("random crop / flip (--no-augment: off)"))
+    seed: int = field(default=0, metadata=opt("seed", min=0))
+    eval_batch_size: int = field(default=256, metadata=opt("evaluation batch size", min=1,
+                                                            max=1 << 20))
+    progress: bool = field(default=True, metadata=opt("progress bars on a terminal"))
+    cache_features: str = field(default="auto", metadata=opt(
+        "train on cached frozen-trunk features (auto: exactly when augmentation is off; on "
+        "needs --no-augment)", choices=("auto", "on", "off")))
+    cache_dtype: str = field(default="float32", metadata=opt(
+        "storage of cached features (float16 halves their memory)",
+        choices=("float32", "float16")))
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def settings(self) -> dict:
+        """What a checkpoint must have been trained with to be resumed: every setting that
+        changes the result (not the progress bar or the evaluation batch size)."""
+        d = asdict(self)
+        for k in ("progress", "eval_batch_size"):
+            d.pop(k)
+        return d
 
 
 @dataclass
@@ -165,10 +188,7 @@ def fit(forward: Forward, owned: nn.Module, data: TaskData, preprocess: Preproce
 def _settings(config: TrainConfig, n_train: int) -> dict:
     """What a checkpoint must have been trained with to be resumed: every setting that changes
     the result (not the progress bar or the evaluation batch size), and the train split size."""
-    d = asdict(config)
-    for k in ("progress", "eval_batch_size"):
-        d.pop(k)
-    return {**d, "n_train": n_train}
+    return {**config.settings(), "n_train": n_train}
 
 
 def _checkpoint(run: Path, owned: nn.Module, opt: torch.optim.Optimizer, epoch: int,
@@ -188,7 +208,14 @@ def _resume(run: Path, owned: nn.Module, opt: torch.optim.Optimizer, settings: d
     file = run / CHECKPOINT
     if not file.exists():
         return None
-    state = torch.load(file, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+        keys = {"epoch", "owned", "optimizer", "history", "best", "seconds"}
+        if not isinstance(state, dict) or not keys <= set(state):
+            raise ValueError("not a deltapatch training checkpoint")
+    except Exception as err:  # truncated, empty, planted: any unreadable file is refused
+        raise DeltaPatchError(f"{file} is unreadable ({type(err).__name__}: {str(err)[:200]}); "
+                              "delete it to start afresh") from None
     old = state.get("settings")
     if old is not None and old != settings:
         diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
@@ -196,8 +223,12 @@ def _resume(run: Path, owned: nn.Module, opt: torch.optim.Optimizer, settings: d
             f"{file} was trained with other settings ({', '.join(diff)}: "
             f"{[old.get(k) for k in diff]} there, {[settings.get(k) for k in diff]} now); "
             "delete that checkpoint to start afresh, or use another output folder")
-    owned.load_state_dict(state["owned"])
-    opt.load_state_dict(state["optimizer"])
+    try:
+        owned.load_state_dict(state["owned"])
+        opt.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise DeltaPatchError(f"{file} does not fit this run ({str(err)[:200]}); delete it to "
+                              "start afresh") from None
     return state
 
 

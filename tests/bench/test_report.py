@@ -68,7 +68,7 @@ def test_concat_tasks_offsets_labels():
 
 
 def test_stale_run_dirs_are_wiped(tmp_path):
-    from deltapatch.bench.run import DATA_PROTOCOL
+    from deltapatch.run import DATA_PROTOCOL
     from deltapatch.bench.runner import _fresh_dir
     old = tmp_path / "run"
     (old / "run").mkdir(parents=True)

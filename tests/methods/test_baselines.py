@@ -1,5 +1,6 @@
-"""Every baseline method leaves the user's backbone untouched (parameters and buffers, bit for
-bit), keeps the PatchedModel's base output bit-identical, and trains only what it should."""
+"""Every registered method leaves the user's backbone untouched (parameters and buffers, bit for
+bit), keeps the PatchedModel's base output bit-identical, trains only what it should, and loads
+back from its task folder to the very same outputs."""
 
 from __future__ import annotations
 
@@ -8,18 +9,20 @@ import json
 import pytest
 import torch
 
-from deltapatch.methods import METHODS, MethodContext
-from deltapatch.methods.common import WEIGHTS_FILE, snapshot
+from helpers import snapshot
+
+import deltapatch as dp
+from deltapatch.methods import METHODS, MethodContext, load_task
+from deltapatch.patch import CONFIG_FILE, TENSORS_FILE
 
 FORGETTING = {"finetune", "paint"}  # these serve the base task with changed weights
-BASELINES = ["finetune", "paint", "adapter-series", "adapter-parallel", "bn-adapt", "pnc",
-             "allskips-learnable+bn", "skip-learnable", "random+bn"]
+RANDOM = {"random", "random+bn"}  # Λ drawn afresh per call: outputs differ run to run
 
 
 def _run(name, model, task, base, config, out, **options):
     ctx = MethodContext(model=model, name="tiny", data=task, train=config, out=out,
                         stages=1, base_data=base, options=options)
-    return METHODS[name](ctx)
+    return METHODS.get(name).train(ctx)
 
 
 def _assert_same(module, before):
@@ -29,7 +32,7 @@ def _assert_same(module, before):
         assert torch.equal(after[k], v), f"backbone tensor {k} changed"
 
 
-@pytest.mark.parametrize("name", BASELINES)
+@pytest.mark.parametrize("name", METHODS.names())
 def test_backbone_and_base_output_unchanged(name, tiny_model, tiny_backbone, tiny_task,
                                             tiny_base, tiny_config, x, tmp_path):
     before = snapshot(tiny_backbone)
@@ -45,8 +48,27 @@ def test_backbone_and_base_output_unchanged(name, tiny_model, tiny_backbone, tin
         if name not in FORGETTING:  # the base task is served by the untouched backbone
             assert torch.equal(outcome.base_forward(x), y0)
     assert logits.shape == (5, 3)
+    assert not torch.equal(logits[:, :3], y0[:, :3])  # the task is really served, not the base
     assert outcome.trainable_params > 0 and outcome.patch_bytes > 0
     _assert_same(tiny_backbone, before)
+
+
+@pytest.mark.parametrize("name", sorted(set(METHODS.names()) - RANDOM))
+def test_every_method_loads_back_to_the_same_outputs(name, tiny_model, tiny_backbone, tiny_task,
+                                                     tiny_base, tiny_config, x, tmp_path):
+    """One folder format and one loader for every method: a fresh model on the same weights
+    rebuilds the task from ``config.json`` + ``patch.safetensors`` alone."""
+    outcome = _run(name, tiny_model, tiny_task, tiny_base, tiny_config, tmp_path / "out")
+    assert {CONFIG_FILE, TENSORS_FILE} <= {p.name for p in (tmp_path / "out").iterdir()}
+    fresh = dp.PatchedModel(tiny_backbone)
+    task = load_task(fresh, tmp_path / "out")
+    assert task.config.method == name and task.config.num_classes == 3
+    assert task.outcome.trainable_params == outcome.trainable_params
+    tiny_model.eval()
+    fresh.eval()
+    with torch.no_grad():
+        assert torch.equal(task.outcome.patch_forward(x), outcome.patch_forward(x))
+        assert torch.equal(task.outcome.base_forward(x), outcome.base_forward(x))
 
 
 def test_finetune_changes_copy_not_backbone_and_forgets(tiny_model, tiny_backbone, tiny_task,
@@ -69,11 +91,11 @@ def test_finetune_artefact(tiny_model, tiny_task, tiny_base, tiny_config, tmp_pa
     out = _run("finetune", tiny_model, tiny_task, tiny_base, tiny_config, tmp_path)
     from safetensors.torch import load_file
 
-    tensors = load_file(str(tmp_path / WEIGHTS_FILE))
+    tensors = load_file(str(tmp_path / TENSORS_FILE))
     n_backbone = sum(p.numel() for p in tiny_model.backbone.parameters())
     assert sum(v.numel() for k, v in tensors.items() if k.startswith("net.")) >= n_backbone
     assert out.patch_bytes > n_backbone * 4
-    assert json.loads((tmp_path / "method.json").read_text())["method"] == "finetune"
+    assert json.loads((tmp_path / CONFIG_FILE).read_text())["method"] == "finetune"
 
 
 @pytest.mark.parametrize("name,owned", [
@@ -117,7 +139,7 @@ def test_pnc_reports_search_and_locality(tiny_model, tiny_task, tiny_base, tiny_
     assert e["insert_stage"] in (0, 1, 2)
     assert e["locality_routed"] == 1.0
     assert 0.0 <= e["locality_merged"] <= 1.0 and 0.0 <= e["patch_top1_merged"] <= 1.0
-    cfg = json.loads((tmp_path / "method.json").read_text())
+    cfg = json.loads((tmp_path / CONFIG_FILE).read_text())["options"]
     assert cfg["cloned_paths"][0] == ["layer1", "layer2", "layer3"][e["insert_stage"]]
 
 

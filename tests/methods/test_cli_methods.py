@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from deltapatch.cli import _parse_options, main
+from deltapatch.cli import main
+from deltapatch.cli.common import parse_options
 
 
 def _npz(path, classes: int, n: int, seed: int):
@@ -18,11 +19,11 @@ def _npz(path, classes: int, n: int, seed: int):
     return path
 
 
-def test_parse_options():
-    assert _parse_options(["a=1", "b=[0, 0.5]", "c=text"]) == {"a": 1, "b": [0, 0.5],
+def testparse_options():
+    assert parse_options(["a=1", "b=[0, 0.5]", "c=text"]) == {"a": 1, "b": [0, 0.5],
                                                                 "c": "text"}
     with pytest.raises(ValueError):
-        _parse_options(["novalue"])
+        parse_options(["novalue"])
 
 
 def test_train_paint_cli(tmp_path, capsys):
@@ -81,15 +82,20 @@ def _weights(path, seed: int):
     return path
 
 
-def test_corrupt_artefact_is_refused(tmp_path, capsys):
-    import torch
-
-    from deltapatch.methods.artefact import ArtefactError, read_artefact
-    from deltapatch.methods.common import save_artefact
-    save_artefact(tmp_path, {"head.weight": torch.zeros(2, 2)}, {"method": "finetune"})
-    (tmp_path / "weights.safetensors").write_bytes(b"not safetensors")
-    with pytest.raises(ArtefactError, match="cannot read the tensors"):
-        read_artefact(tmp_path)
-    (tmp_path / "method.json").write_text('{"format": "deltapatch.method/1", "method": "x"}')
-    with pytest.raises(ArtefactError, match="has no loader"):
-        read_artefact(tmp_path)
+def test_tampered_task_folder_is_refused_before_anything_is_built(tmp_path, capsys):
+    """A changed tensor file no longer matches the content hash in its config: eval, info and
+    predict refuse it in one line (exit 2), whatever method wrote it."""
+    task = _npz(tmp_path / "task.npz", 3, 30, 0)
+    out = tmp_path / "out"
+    common = ["--backbone", "cifar_resnet20", "--image-size", "16"]
+    assert main(["train", *common, "--data", str(task), "--epochs", "1", "--no-augment",
+                 "--no-progress", "--out", str(out), "--method", "bn-adapt"]) == 0
+    capsys.readouterr()
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(str(out / "patch.safetensors"))
+    tensors["head.weight"] += 1000
+    save_file(tensors, str(out / "patch.safetensors"))
+    assert main(["eval", *common, "--patch", str(out), "--data", str(task)]) == 2
+    assert main(["info", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "content hash" in err and "Traceback" not in err

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from helpers import snapshot
+
 from deltapatch.methods import METHODS, MethodContext
-from deltapatch.methods.common import snapshot, trunk_features
+from deltapatch.methods.copies import trunk_features
 from deltapatch.methods.finetune import finetune_copy
 from deltapatch.methods.paint import EvalTask, interpolate, paint_sequential_step
 
@@ -37,7 +39,7 @@ def test_paint_method_picks_alpha(tiny_model, tiny_backbone, tiny_task, tiny_bas
     before = snapshot(tiny_backbone)
     ctx = MethodContext(model=tiny_model, name="tiny", data=tiny_task, train=tiny_config,
                         out=tmp_path, base_data=tiny_base, options={"alphas": [0, 0.5, 1]})
-    out = METHODS["paint"](ctx)
+    out = METHODS.get("paint").train(ctx)
     assert [r["alpha"] for r in out.extra["alpha_table"]] == [0, 0.5, 1]
     assert out.extra["alpha"] in (0, 0.5, 1)
     best = max(out.extra["alpha_table"], key=lambda r: r["score"])
@@ -59,7 +61,9 @@ def test_sequential_step_carries_weights(tiny_model, tiny_backbone, tiny_task, t
     assert {"base_val", "t1_val", "t2_val"} <= set(step2.choice.table[0])
     row = step2.choice.table[0]
     assert abs(row["score"] - (row["base_val"] + row["t1_val"] + row["t2_val"]) / 3) < 1e-9
-    if step2.choice.alpha == 0:  # α=0 of step 2 is step 1's network
-        assert all(torch.equal(step2.net.state_dict()[k], v) for k, v in prev.items())
+    at_zero = paint_sequential_step(tiny_model, step1.net, tasks, tiny_task, tiny_config,
+                                    tmp_path / "3", name="t2", alphas=[0])
+    assert at_zero.choice.alpha == 0  # α=0 of a step is exactly the previous step's network
+    assert all(torch.equal(at_zero.net.state_dict()[k], v) for k, v in prev.items())
     x = torch.randn(2, 3, 16, 16)
     assert step2.head(trunk_features(step2.net, tiny_model.spec, x)).shape == (2, 3)

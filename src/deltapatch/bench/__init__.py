@@ -1,6 +1,6 @@
 """Benchmarks: the paper's scenarios as resumable suites (``deltapatch bench``), with tables,
-plots and a claims check. ``run_one`` is also what ``deltapatch train`` runs."""
+plots and a claims check. Each run is a :func:`deltapatch.run.run_one`, as ``train`` runs it."""
 
-from .run import RunSpec, run_one
+from .publish import BenchRequest, run_suite
 
-__all__ = ["RunSpec", "run_one"]
+__all__ = ["BenchRequest", "run_suite"]

@@ -20,8 +20,9 @@ from tqdm.auto import tqdm
 
 from ..errors import DeltaPatchError
 from ..hardware import describe
-from .run import DATA_PROTOCOL
-from .scenarios import SCENARIOS, Job, Skip
+from ..run import DATA_PROTOCOL
+from . import full, scenarios  # noqa: F401  (register the scenario kinds)
+from .jobs import SCENARIOS, Job, Skip
 from .suite import Suite
 
 RUNS = "runs"
@@ -37,10 +38,7 @@ def build_jobs(suite: Suite, seeds: int | None = None, only: set[str] | None = N
             continue
         if only and entry["kind"] not in only:
             continue
-        if entry["kind"] not in SCENARIOS:
-            raise ValueError(f"unknown scenario kind '{entry['kind']}'; "
-                             f"known: {', '.join(sorted(SCENARIOS))}")
-        jobs += SCENARIOS[entry["kind"]](suite, entry, n)
+        jobs += SCENARIOS.get(entry["kind"])(suite, entry, n)
     jobs.sort(key=lambda j: j.seed)  # stable: every cell's seed 0 first, so a partial run
     seen: dict[str, Job] = {}           # of a long suite already covers the whole grid
     for j in jobs:  # one run may serve several tables (Δ(3) on GTSRB: Tables 1, 2 and 8)
@@ -157,7 +155,7 @@ CSV_FIELDS = ["key", "scenario", "table", "backbone", "task", "variant", "label"
               "wall_seconds", "reason"]
 
 
-def flat(record: dict) -> dict:
+def csv_row(record: dict) -> dict:
     """One CSV row: the job's context and its headline numbers."""
     r = record.get("result", {})
     row = {k: record.get(k) for k in CSV_FIELDS}
@@ -177,7 +175,7 @@ def write_results(records: list[dict], out: Path, meta: dict) -> None:
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         w.writeheader()
-        w.writerows(flat(r) for r in records)
+        w.writerows(csv_row(r) for r in records)
 
 
 def command_line(suite: str, out: Path, seeds: int | None = None, only: str | None = None

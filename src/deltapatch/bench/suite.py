@@ -5,7 +5,7 @@ works too. See ``suites/smoke.toml`` for the annotated format.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 try:
@@ -20,9 +20,13 @@ from ..errors import DeltaPatchError
 from ..train import TrainConfig
 
 SUITES_DIR = Path(__file__).with_name("suites")
-TRAIN_KEYS = {"epochs", "batch_size", "lr", "optimizer", "weight_decay", "warmup_epochs",
-              "augment", "eval_batch_size"}
+TRAIN_KEYS = {f.name for f in fields(TrainConfig)} - {"seed", "progress"}
 DATA_KEYS = {"max_train", "max_test", "max_val", "image_size", "val_fraction"}
+SETTING_KEYS = TRAIN_KEYS | DATA_KEYS | {"lambda_images"}
+"""Keys a suite's ``[defaults]``, task and variant tables may set: TrainConfig's fields and
+RunSpec's data fields, the same definitions the CLI's flags come from."""
+VARIANT_KEYS = {"method", "label", "stages", "gate", "norm", "options"}
+FULL_TRAINING = {"scratch", "transfer"}  # scenario kinds whose variants name no method
 
 
 @dataclass
@@ -112,10 +116,10 @@ def load_suite(name_or_path: str) -> Suite:
              for k, v in raw.get("tasks", {}).items()}
     variants = {}
     for k, v in raw.get("variants", {}).items():
-        known = {"method", "label", "stages", "gate", "norm", "options"}
         variants[k] = Variant(k, v.get("method", k), v.get("label", k), v.get("stages", 1),
                               v.get("gate", "delta"), v.get("norm", "output"),
-                              v.get("options", {}), {x: y for x, y in v.items() if x not in known})
+                              v.get("options", {}),
+                              {x: y for x, y in v.items() if x not in VARIANT_KEYS})
     suite = Suite(raw.get("name", path.stem), path, raw.get("description", ""),
                   int(raw.get("seeds", 1)), raw.get("defaults", {}), backbones, tasks, variants,
                   raw.get("scenarios", []), raw.get("not_implemented", []), text)
@@ -124,7 +128,26 @@ def load_suite(name_or_path: str) -> Suite:
 
 
 def _check(suite: Suite) -> None:
-    """Refuse a suite that names a backbone, task or variant it does not define."""
+    """Refuse a suite with a key no run understands, a method that is not registered, or a
+    scenario naming a backbone, task or variant it does not define: a typo must be an error
+    that names the valid choices, never a silently skipped or silently default run."""
+    from ..methods import METHODS
+
+    layers = [("defaults", suite.defaults)]
+    layers += [(f"tasks.{t.key}", t.settings) for t in suite.tasks.values()]
+    layers += [(f"variants.{v.key}", v.settings) for v in suite.variants.values()]
+    for where, layer in layers:
+        unknown = sorted(set(layer) - SETTING_KEYS)
+        if unknown:
+            raise DeltaPatchError(f"{suite.path}: [{where}] sets unknown key(s) "
+                                  f"{', '.join(unknown)}; valid: {', '.join(sorted(SETTING_KEYS))}")
+    for sc in suite.scenarios:
+        if sc.get("kind") in FULL_TRAINING:  # trains the whole network, no method
+            continue
+        for v in (suite.variants.get(k) for k in sc.get("variants", [])):
+            if v is not None and v.method not in METHODS:
+                raise DeltaPatchError(f"{suite.path}: variant '{v.key}' names unknown method "
+                                      f"'{v.method}'; choose from {', '.join(METHODS.names())}")
     pools = {"backbones": suite.backbones, "tasks": suite.tasks, "variants": suite.variants}
     for i, sc in enumerate(suite.scenarios):
         if "kind" not in sc:

@@ -1,6 +1,16 @@
-"""Adaptation methods, one module each, registered by name in ``METHODS``."""
+"""Adaptation methods: one :class:`Method` object each, registered by name in ``METHODS``."""
 
-from . import ablations, adapters, delta, finetune, paint, pnc  # noqa: F401  (register methods)
-from .base import METHODS, MethodContext, MethodOutcome, get_method, register_method
+from . import ablations, adapters, bn_adapt, finetune, paint, patching, pnc  # noqa: F401
+from .artefact import LoadedTask, load_task, save_task
+from .base import (
+    METHODS,
+    BaseTask,
+    Method,
+    MethodContext,
+    MethodOutcome,
+    get_method,
+    register_method,
+)
 
-__all__ = ["METHODS", "MethodContext", "MethodOutcome", "get_method", "register_method"]
+__all__ = ["METHODS", "BaseTask", "LoadedTask", "Method", "MethodContext", "MethodOutcome",
+           "get_method", "load_task", "register_method", "save_task"]

@@ -19,8 +19,7 @@ name                              gate       norm    paper row
 
 from __future__ import annotations
 
-from .base import MethodContext, MethodOutcome, register_method
-from .delta import _train_patch
+from .patching import patch_method, train_patch
 
 ABLATIONS: dict[str, str] = {  # name → gate
     "skip-learnable": "existing",
@@ -29,13 +28,8 @@ ABLATIONS: dict[str, str] = {  # name → gate
     "random": "random",
 }
 
-
-def _register(name: str, gate: str, norm: str) -> None:
-    @register_method(name)
-    def run(ctx: MethodContext) -> MethodOutcome:
-        return _train_patch(ctx, ctx.stages, gate, norm, name)
-
-
 for _name, _gate in ABLATIONS.items():
-    _register(_name, _gate, "none")
-    _register(f"{_name}+bn", _gate, "output")
+    for _suffix, _norm in (("", "none"), ("+bn", "output")):
+        patch_method(f"{_name}{_suffix}", f"Table 8 ablation: gate '{_gate}', norm '{_norm}'",
+                     lambda ctx, m=f"{_name}{_suffix}", g=_gate, n=_norm:
+                     train_patch(ctx, m, ctx.stages, g, n))

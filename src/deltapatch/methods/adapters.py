@@ -4,8 +4,7 @@
   conv of the residual blocks, every BatchNorm of the network per-task, a new head.
 - ``adapter-parallel``: Rebuffi et al. 2018, a 1×1 conv beside each 3×3 conv, per-task BNs,
   a new head.
-- ``bn-adapt``: per-task BatchNorm statistics and affine parameters (every BN of the network)
-  and a new head, nothing else (Li et al., AdaBN-style adaptation made trainable).
+- ``bn-adapt`` (:mod:`.bn_adapt`) uses the same hooks with per-task BatchNorms only.
 
 The base task runs the untouched backbone with no hook; see :mod:`.taskhooks`.
 """
@@ -15,9 +14,11 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..train import fit
-from .artefact import new_head, register_loader
-from .base import MethodContext, MethodOutcome, register_method
-from .common import count_trainable, save_artefact
+from ..model import PatchedModel
+from ..patch import PatchConfig
+from .artefact import new_head, save_task
+from .base import Method, MethodContext, MethodOutcome, register_method
+from .copies import count_trainable
 from .taskhooks import TaskModules, adapted_convs, batchnorms
 
 
@@ -35,7 +36,7 @@ class HookedTask(nn.Module):
             return self.owned.head(model.features(x))
 
 
-def _train_hooked(ctx: MethodContext, method: str, mode: str | None) -> MethodOutcome:
+def train_hooked(ctx: MethodContext, method: str, mode: str | None) -> MethodOutcome:
     model = ctx.model
     bns = batchnorms(model.backbone)
     if not bns:
@@ -46,13 +47,9 @@ def _train_hooked(ctx: MethodContext, method: str, mode: str | None) -> MethodOu
     task = HookedTask(model, modules)
     result = fit(task, modules, ctx.data, model.preprocess, ctx.train, ctx.out / "run")
     modules.eval()
-    nbytes = save_artefact(ctx.out, modules.state_dict(), {
-        "method": method, "name": ctx.name, "trainable_params": count_trainable(modules),
-        "backbone": model.backbone_name,
-        "base_fingerprint": model.fingerprint, "num_classes": ctx.data.num_classes,
-        "class_names": ctx.data.class_names, "preprocess": model.preprocess.to_dict(),
-        "batchnorms": bns, "adapted_convs": convs, "adapter_mode": mode,
-    })
+    nbytes = save_task(ctx, method, modules.state_dict(),
+                       trainable_params=count_trainable(modules),
+                       options={"batchnorms": bns, "adapted_convs": convs, "adapter_mode": mode})
     return MethodOutcome(
         patch_forward=task, base_forward=lambda x: model(x),
         trainable_params=count_trainable(modules), patch_bytes=nbytes,
@@ -62,26 +59,18 @@ def _train_hooked(ctx: MethodContext, method: str, mode: str | None) -> MethodOu
     )
 
 
-@register_method("adapter-series")
-def adapter_series(ctx: MethodContext) -> MethodOutcome:
-    return _train_hooked(ctx, "adapter-series", "series")
-
-
-@register_method("adapter-parallel")
-def adapter_parallel(ctx: MethodContext) -> MethodOutcome:
-    return _train_hooked(ctx, "adapter-parallel", "parallel")
-
-
-@register_method("bn-adapt")
-def bn_adapt(ctx: MethodContext) -> MethodOutcome:
-    return _train_hooked(ctx, "bn-adapt", None)
-
-
-@register_loader("adapter-series", "adapter-parallel", "bn-adapt")
-def load_hooked(model, config: dict, tensors: dict[str, Tensor]) -> MethodOutcome:
-    modules = TaskModules(model.backbone, new_head(model, config, tensors), config["batchnorms"],
-                          config["adapted_convs"], config["adapter_mode"])
+def load_hooked(model: PatchedModel, config: PatchConfig, tensors: dict[str, Tensor]
+                ) -> MethodOutcome:
+    opts = config.options
+    modules = TaskModules(model.backbone, new_head(model, config, tensors), opts["batchnorms"],
+                          opts["adapted_convs"], opts["adapter_mode"])
     modules.load_state_dict(tensors)
     modules.requires_grad_(False).eval()
     return MethodOutcome(patch_forward=HookedTask(model, modules),
                          base_forward=lambda x: model(x), trainable_params=0, patch_bytes=0)
+
+
+for _mode, _paper in (("series", "Rebuffi et al. 2017"), ("parallel", "Rebuffi et al. 2018")):
+    register_method(Method(
+        f"adapter-{_mode}", f"residual adapters, {_mode} ({_paper}), per-task BNs, a new head",
+        lambda ctx, m=_mode: train_hooked(ctx, f"adapter-{m}", m), load_hooked))

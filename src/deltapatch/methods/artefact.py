@@ -1,108 +1,73 @@
-"""Reading a baseline method's artefact (``weights.safetensors`` + ``method.json``, written by
-:func:`.common.save_artefact`) back onto a wrapped backbone, so that ``deltapatch eval`` scores
-a fine-tuned, PAINT, adapter, BN-adapted or PNC task exactly as ``train`` did.
+"""One task folder for every method: written by :func:`save_task`, read by :func:`load_task`.
 
-Each method registers how it rebuilds its forwards from the stored tensors (``LOADERS``). The
-format and the base fingerprint are checked before anything is built, tensor names and shapes as
-they are loaded into fresh modules; the user's backbone is only read, never changed.
+A Δ-patch folder and a fine-tuned network's folder differ only in what ``config.json`` says
+(``method``, ``options``) and which tensors ``patch.safetensors`` holds. :func:`load_task` reads
+and checks the folder (bounds, content hash, finite values, backbone fingerprint) before the
+method named in its config rebuilds anything, so a bad folder never touches the model.
 """
 
 from __future__ import annotations
 
-import copy
-import json
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from ..errors import DeltaPatchError
+from ..errors import PatchError
 from ..metrics import folder_bytes
 from ..model import PatchedModel
-from .base import MethodOutcome
-from .common import ARTEFACT_FORMAT, CONFIG_FILE, WEIGHTS_FILE
-
-Loader = Callable[[PatchedModel, dict, dict[str, Tensor]], MethodOutcome]
-LOADERS: dict[str, Loader] = {}
+from ..patch import PatchConfig, check_head, read_patch, write_patch
+from .base import MethodContext, MethodOutcome, get_method
 
 
-class ArtefactError(DeltaPatchError):
-    """A method artefact that cannot be read or does not fit the backbone."""
+@dataclass
+class LoadedTask:
+    config: PatchConfig
+    outcome: MethodOutcome
 
 
-def register_loader(*methods: str):
-    def deco(fn: Loader) -> Loader:
-        for m in methods:
-            LOADERS[m] = fn
-        return fn
-    return deco
+def save_task(ctx: MethodContext, method: str, tensors: dict[str, Tensor], *,
+              trainable_params: int, options: dict | None = None) -> int:
+    """Write a baseline's tensors and facts as ``ctx.out``; returns the folder's bytes (what a
+    user stores for this task, counted like a Δ-patch folder)."""
+    model = ctx.model
+    config = PatchConfig(name=ctx.name, num_classes=ctx.data.num_classes, stages=[],
+                         backbone=model.backbone_name, fingerprint=model.fingerprint,
+                         preprocess=model.preprocess, method=method,
+                         class_names=list(ctx.data.class_names),
+                         trainable_params=int(trainable_params), options=dict(options or {}))
+    write_patch(ctx.out, config, {k: v.detach().contiguous().cpu().clone()
+                                  for k, v in tensors.items()})
+    return folder_bytes(ctx.out)
 
 
-def is_artefact(folder: Path) -> bool:
-    return (Path(folder) / CONFIG_FILE).is_file()
-
-
-def read_artefact(folder: Path) -> tuple[dict, dict[str, Tensor]]:
-    """``(config, tensors)`` of an artefact folder, or an :class:`ArtefactError` saying what is
-    wrong with it."""
-    folder = Path(folder)
+def load_task(model: PatchedModel, folder: str | Path) -> LoadedTask:
+    """The task in ``folder`` on ``model``, whatever method made it."""
+    config, tensors = read_patch(folder)
+    model.check_fits(config)
+    method = get_method(config.method)
     try:
-        config = json.loads((folder / CONFIG_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ArtefactError(f"{folder / CONFIG_FILE}: not a readable method config ({err})") from None
-    if config.get("format") != ARTEFACT_FORMAT:
-        raise ArtefactError(f"{folder}: format {config.get('format')!r}, expected "
-                            f"{ARTEFACT_FORMAT!r}")
-    if config.get("method") not in LOADERS:
-        raise ArtefactError(f"{folder}: method {config.get('method')!r} has no loader; known: "
-                            f"{', '.join(sorted(LOADERS))}")
-    try:
-        tensors = load_file(str(folder / WEIGHTS_FILE))
-    except (OSError, SafetensorError) as err:
-        raise ArtefactError(f"{folder / WEIGHTS_FILE}: cannot read the tensors ({err})") from None
-    return config, tensors
+        outcome = method.load(model, config, tensors)
+    except (AttributeError, KeyError, RuntimeError, TypeError, ValueError) as err:
+        raise PatchError(f"{folder}: its tensors do not fit this backbone ({err})") from None
+    outcome.trainable_params = int(config.trainable_params or 0)
+    outcome.patch_bytes = folder_bytes(Path(folder))
+    return LoadedTask(config, outcome)
 
 
-def load_artefact(folder: Path, model: PatchedModel) -> tuple[dict, MethodOutcome]:
-    """The artefact's config and its forwards on ``model``; refused before anything is built if
-    it was trained on another backbone or other weights."""
-    config, tensors = read_artefact(folder)
-    if (config.get("backbone") != model.backbone_name
-            or config.get("base_fingerprint") != model.fingerprint):
-        raise ArtefactError(
-            f"{folder}: made for backbone '{config.get('backbone')}' with weights fingerprint "
-            f"{config.get('base_fingerprint')}; this model is '{model.backbone_name}' with "
-            f"{model.fingerprint}. Load it onto the backbone and weights it was trained on.")
-    try:
-        outcome = LOADERS[config["method"]](model, config, tensors)
-    except (KeyError, RuntimeError, ValueError) as err:  # missing / misshapen tensors
-        raise ArtefactError(f"{folder}: tensors do not fit this backbone ({err})") from None
-    outcome.patch_bytes = folder_bytes(folder)
-    outcome.trainable_params = int(config.get("trainable_params") or 0)
-    return config, outcome
+def prefixed(prefix: str, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {f"{prefix}.{k}": v for k, v in state.items()}
 
 
 def unprefixed(prefix: str, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The inverse of :func:`.common.prefixed`."""
+    """The inverse of :func:`prefixed`."""
     n = len(prefix) + 1
     return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
 
-def new_head(model: PatchedModel, config: dict, tensors: dict[str, Tensor]) -> nn.Linear:
-    head = nn.Linear(model._head.in_features, int(config["num_classes"]))
+def new_head(model: PatchedModel, config: PatchConfig, tensors: dict[str, Tensor]) -> nn.Linear:
+    """The task's stored head, checked against the config before it is allocated."""
+    check_head(config, tensors, model._head.in_features)
+    head = nn.Linear(model._head.in_features, config.num_classes)
     head.load_state_dict(unprefixed("head", tensors))
-    return head.eval()
-
-
-def restored_copy(backbone: nn.Module, state: dict[str, Tensor], paths: list[str] | None = None
-                  ) -> nn.Module:
-    """A frozen copy of ``backbone`` holding ``state``: all of it, or (``paths``) only the
-    modules under those paths, whose tensors must then all be present."""
-    net = copy.deepcopy(backbone).requires_grad_(False).eval()
-    missing = net.load_state_dict(state, strict=paths is None).missing_keys
-    lost = [k for k in missing if paths and any(k.startswith(p + ".") for p in paths)]
-    if lost:
-        raise KeyError(f"missing tensors {lost[:3]}")
-    return net
+    return head.requires_grad_(False).eval()

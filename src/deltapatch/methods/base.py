@@ -1,5 +1,9 @@
-"""What an adaptation method is: a function from a :class:`MethodContext` to a trained
-:class:`MethodOutcome`. ``deltapatch train --method NAME`` looks methods up in ``METHODS``."""
+"""What an adaptation method is: one registered :class:`Method` object that trains a task,
+loads the task folder it wrote, and (where it can) patches tasks in sequence.
+
+``deltapatch train --method NAME``, ``eval``, ``info``, ``predict``, ``verify`` and every bench
+scenario find a method only through ``METHODS``; nothing else keeps a list of methods.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,10 @@ from pathlib import Path
 
 from torch import Tensor
 
-from ..data.sets import TaskData
+from ..data.sets import ImageSet, TaskData
 from ..model import PatchedModel
+from ..patch import PatchConfig
+from ..registry import Registry
 from ..train import TrainConfig
 
 Forward = Callable[[Tensor], Tensor]
@@ -34,7 +40,7 @@ class MethodContext:
 
 @dataclass
 class MethodOutcome:
-    """A trained method: how to run the patch task and the base task, and what it costs."""
+    """A trained (or loaded) task: how to run it and the base task, and what it costs."""
 
     patch_forward: Forward
     base_forward: Forward
@@ -43,25 +49,50 @@ class MethodOutcome:
     extra: dict = field(default_factory=dict)
 
 
-METHODS: dict[str, Callable[[MethodContext], MethodOutcome]] = {}
+@dataclass
+class BaseTask:
+    """The base task as sequential patching sees it: its test split, and (for methods that
+    choose on it, like PAINT's α) the full task, loaded only when asked for."""
+
+    test: ImageSet | None
+    full: Callable[[], TaskData] | None = None
 
 
-def register_method(name: str, needs_base_data: bool = False, lr: float = 1e-2):
-    """Register ``fn(ctx) -> MethodOutcome`` as ``name``. ``needs_base_data`` tells callers to
-    fill ``ctx.base_data`` with the full base task (train/val/test), not only its test split:
-    PAINT picks α on the base task's validation split. ``lr`` is the method's default AdamW
-    learning rate: small freshly initialised patches want 1e-2, methods that move every
-    pretrained backbone weight register 1e-3."""
-
-    def deco(fn: Callable[[MethodContext], MethodOutcome]):
-        fn.needs_base_data = needs_base_data
-        fn.default_lr = lr
-        METHODS[name] = fn
-        return fn
-    return deco
+Train = Callable[[MethodContext], MethodOutcome]
+Load = Callable[[PatchedModel, PatchConfig, dict[str, Tensor]], MethodOutcome]
+Sequential = Callable[[PatchedModel, list[MethodContext], BaseTask], dict]
 
 
-def get_method(name: str) -> Callable[[MethodContext], MethodOutcome]:
-    if name not in METHODS:
-        raise ValueError(f"unknown method '{name}'; choose from {', '.join(sorted(METHODS))}")
-    return METHODS[name]
+@dataclass(frozen=True)
+class Method:
+    """One adaptation method.
+
+    Attributes:
+        train: trains on ``ctx.data`` and writes the task folder ``ctx.out``.
+        load: rebuilds the task's forwards from that folder's checked config and tensors.
+        needs_base_data: ``ctx.base_data`` must hold the full base task (train/val/test), not
+            only its test split: PAINT picks α and PNC its insertion point on its validation
+            split. Loading a base train split costs time, so other methods do not get it.
+        default_lr: small freshly initialised modules want 1e-2; methods that move pretrained
+            weights 1e-3.
+        sequential: patches tasks one after another (``None``: not supported).
+    """
+
+    name: str
+    summary: str
+    train: Train
+    load: Load
+    needs_base_data: bool = False
+    default_lr: float = 1e-2
+    sequential: Sequential | None = None
+
+
+METHODS: Registry[str, Method] = Registry("method")
+
+
+def register_method(method: Method, *, override: bool = False) -> Method:
+    return METHODS.register(method.name, method, override=override)
+
+
+def get_method(name: str) -> Method:
+    return METHODS.get(name)

@@ -17,9 +17,10 @@ from ..backbones.spec import StageSpec
 from ..data.sets import TaskData
 from ..model import PatchedModel
 from ..train import FitResult, TrainConfig, fit
-from .artefact import new_head, register_loader, restored_copy, unprefixed
-from .base import MethodContext, MethodOutcome, register_method
-from .common import count_trainable, prefixed, save_artefact, trainable_copy, trunk_features
+from ..patch import PatchConfig
+from .artefact import new_head, prefixed, save_task, unprefixed
+from .base import Method, MethodContext, MethodOutcome, register_method
+from .copies import count_trainable, restored_copy, trainable_copy, trunk_features
 
 
 class FineTuned(nn.Module):
@@ -60,17 +61,11 @@ def finetune_copy(model: PatchedModel, data: TaskData, config: TrainConfig,
     return FineTuneRun(ft, result)
 
 
-@register_method("finetune", lr=1e-3)
-def finetune(ctx: MethodContext) -> MethodOutcome:
+def train(ctx: MethodContext) -> MethodOutcome:
     run = finetune_copy(ctx.model, ctx.data, ctx.train, ctx.out / "run")
     ft = run.model
     tensors = {**prefixed("net", ft.net.state_dict()), **prefixed("head", ft.head.state_dict())}
-    nbytes = save_artefact(ctx.out, tensors, {
-        "method": "finetune", "name": ctx.name, "trainable_params": count_trainable(ft),
-        "backbone": ctx.model.backbone_name,
-        "base_fingerprint": ctx.model.fingerprint, "num_classes": ctx.data.num_classes,
-        "class_names": ctx.data.class_names, "preprocess": ctx.model.preprocess.to_dict(),
-    })
+    nbytes = save_task(ctx, "finetune", tensors, trainable_params=count_trainable(ft))
     return MethodOutcome(
         patch_forward=ft, base_forward=ft.base, trainable_params=count_trainable(ft),
         patch_bytes=nbytes,
@@ -79,10 +74,13 @@ def finetune(ctx: MethodContext) -> MethodOutcome:
     )
 
 
-@register_loader("finetune")
-def load_finetune(model: PatchedModel, config: dict, tensors: dict[str, Tensor]
-                  ) -> MethodOutcome:
+def load(model: PatchedModel, config: PatchConfig, tensors: dict[str, Tensor]) -> MethodOutcome:
     ft = FineTuned(restored_copy(model.backbone, unprefixed("net", tensors)),
                    new_head(model, config, tensors), model.spec).eval()
     return MethodOutcome(patch_forward=ft, base_forward=ft.base, trainable_params=0,
                          patch_bytes=0)
+
+
+register_method(Method("finetune", "every weight + a new head, on a copy of the backbone "
+                       "(the base task runs the fine-tuned trunk: forgetting)", train, load,
+                       default_lr=1e-3))

@@ -25,13 +25,16 @@ import torch
 from torch import Tensor, nn
 
 from ..backbones.spec import StageSpec
-from ..data.sets import ImageSet, TaskData
+from ..data.sets import ImageSet, TaskData, seeded_subset
+from ..metrics import harmonic_mean
 from ..model import PatchedModel
 from ..preprocess import Preprocess
 from ..train import FitResult, TrainConfig, evaluate
-from .artefact import new_head, register_loader, restored_copy, unprefixed
-from .base import MethodContext, MethodOutcome, register_method
-from .common import cap, count_trainable, prefixed, save_artefact, trunk_features
+from ..patch import PatchConfig
+from .artefact import new_head, prefixed, save_task, unprefixed
+from .base import BaseTask, Method, MethodContext, MethodOutcome, register_method
+from .copies import count_trainable, restored_copy, trunk_features
+from .sequence import final_scores
 from .finetune import finetune_copy
 
 ALPHAS: tuple[float, ...] = tuple(round(i / 10, 1) for i in range(11))
@@ -57,12 +60,8 @@ def interpolate(theta_0: dict[str, Tensor], theta_1: dict[str, Tensor],
     return out
 
 
-def _harmonic(accs: Sequence[float]) -> float:
-    return 0.0 if min(accs) <= 0 else len(accs) / sum(1.0 / a for a in accs)
-
-
 SCORES: dict[str, Callable[[Sequence[float]], float]] = {
-    "harmonic": _harmonic,
+    "harmonic": lambda accs: harmonic_mean(*accs),
     "mean": lambda accs: sum(accs) / len(accs),
 }
 
@@ -173,41 +172,78 @@ def base_task(ctx: MethodContext) -> EvalTask:
         raise ValueError("paint picks α on the base task's validation split: pass --base-data "
                          "(MethodContext.base_data)")
     limit = int(ctx.options.get("base_val_max", 2000))
-    return EvalTask("base", cap(ctx.base_data.val, limit, ctx.train.seed), None,
+    return EvalTask("base", seeded_subset(ctx.base_data.val, limit, ctx.train.seed), None,
                     ctx.base_data.test)
 
 
-@register_method("paint", needs_base_data=True, lr=1e-3)
-def paint(ctx: MethodContext) -> MethodOutcome:
+def train(ctx: MethodContext) -> MethodOutcome:
     alphas = [float(a) for a in ctx.options.get("alphas", ALPHAS)]
     step = paint_sequential_step(ctx.model, None, [base_task(ctx)], ctx.data, ctx.train,
                                  ctx.out / "run", name="patch", alphas=alphas, score="harmonic")
     net, head = step.net, step.head
-    nbytes = save_artefact(ctx.out, {**prefixed("net", net.state_dict()),
-                                     **prefixed("head", head.state_dict())}, {
-        "method": "paint", "name": ctx.name, "alpha": step.choice.alpha,
-        "trainable_params": step.trainable_params,
-        "backbone": ctx.model.backbone_name, "base_fingerprint": ctx.model.fingerprint,
-        "num_classes": ctx.data.num_classes, "class_names": ctx.data.class_names,
-        "preprocess": ctx.model.preprocess.to_dict(),
-        "bn_buffers": "running stats interpolated; num_batches_tracked from base",
-    })
+    tensors = {**prefixed("net", net.state_dict()), **prefixed("head", head.state_dict())}
+    nbytes = save_task(ctx, "paint", tensors, trainable_params=step.trainable_params,
+                       options={"alpha": step.choice.alpha, "bn_buffers": "running stats "
+                                "interpolated; num_batches_tracked from base"})
     return MethodOutcome(
         patch_forward=task_forward(net, ctx.model.spec, head), base_forward=net,
         trainable_params=step.trainable_params,
         patch_bytes=nbytes,
         extra={"alpha": step.choice.alpha, "alpha_score_val": round(step.choice.score, 6),
-               "alpha_table": [{k: (round(v, 6) if isinstance(v, float) else v)
-                                for k, v in r.items()} for r in step.choice.table],
+               "alpha_table": _rounded(step.choice.table),
                "finetune_best_epoch": step.finetune_fit.best_epoch,
                "finetune_val_top1": step.finetune_fit.best_val_top1},
     )
 
 
-@register_loader("paint")
-def load_paint(model: PatchedModel, config: dict, tensors: dict[str, Tensor]) -> MethodOutcome:
+def _rounded(table: list[dict]) -> list[dict]:
+    return [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()}
+            for r in table]
+
+
+def load(model: PatchedModel, config: PatchConfig, tensors: dict[str, Tensor]) -> MethodOutcome:
     """θ_α serves both tasks: the base task through the old head, the new one through its own."""
     net = restored_copy(model.backbone, unprefixed("net", tensors))
     head = new_head(model, config, tensors)
     return MethodOutcome(patch_forward=task_forward(net, model.spec, head), base_forward=net,
                          trainable_params=0, patch_bytes=0)
+
+
+def sequential(model: PatchedModel, contexts: list[MethodContext], base: BaseTask) -> dict:
+    """Sequential PAINT (paper §3.1, Table 11): fine-tune the last interpolated network on the
+    next task, pick α by the mean val top-1 over all tasks so far (base included), carry θ_α
+    forward."""
+    if base.full is None:
+        raise ValueError("sequential PAINT needs the base task's data (α is chosen on it)")
+    full = base.full()
+    val_max = int(contexts[0].options.get("base_val_max", 2000))
+    tasks = [EvalTask("base", seeded_subset(full.val, val_max, contexts[0].train.seed), None,
+                      base.test)]
+    previous, heads, after, steps = None, {}, {}, []
+    for ctx in contexts:
+        torch.manual_seed(ctx.train.seed)
+        step = paint_sequential_step(model, previous, tasks, ctx.data, ctx.train,
+                                     ctx.out / "run", name=ctx.name, score="mean")
+        previous, heads[ctx.name] = step.net, step.head
+        after[ctx.name] = evaluate(task_forward(step.net, model.spec, step.head),
+                                   ctx.data.test, model.preprocess)
+        tasks.append(EvalTask(ctx.name, ctx.data.val, step.head, ctx.data.test))
+        steps.append(step)
+    net = previous
+    final = {"base": evaluate(net, base.test, model.preprocess)}
+    for ctx in contexts:
+        final[ctx.name] = evaluate(task_forward(net, model.spec, heads[ctx.name]),
+                                   ctx.data.test, model.preprocess)
+    last = steps[-1].choice
+    stored = list(net.state_dict().values()) + [p for h in heads.values() for p in h.parameters()]
+    return {**final_scores(after, final),
+            "alpha_by_step": [s.choice.alpha for s in steps], "alpha": last.alpha,
+            "alpha_table": _rounded(last.table),
+            "trainable_params": max(s.trainable_params for s in steps),
+            "patch_bytes": sum(p.numel() * p.element_size() for p in stored),
+            "n_test": {ctx.name: len(ctx.data.test) for ctx in contexts}}
+
+
+register_method(Method("paint", "PAINT: fine-tune, then interpolate with the base weights "
+                       "(α picked on validation)", train, load, needs_base_data=True,
+                       default_lr=1e-3, sequential=sequential))

@@ -38,16 +38,10 @@ from torch import Tensor, nn
 from ..data.sets import ImageSet
 from ..model import PatchedModel
 from ..train import fit, predict
-from .artefact import new_head, register_loader, restored_copy, unprefixed
-from .base import MethodContext, MethodOutcome, register_method
-from .common import (
-    count_trainable,
-    prefixed,
-    save_artefact,
-    stage_input,
-    suffix_features,
-    suffix_paths,
-)
+from ..patch import PatchConfig
+from .artefact import new_head, prefixed, save_task, unprefixed
+from .base import Method, MethodContext, MethodOutcome, register_method
+from .copies import count_trainable, restored_copy, stage_input, suffix_features, suffix_paths
 from .finetune import FineTuned, finetune_copy
 
 
@@ -121,8 +115,7 @@ def merged_predictions(base: nn.Module, branch: nn.Module, images: ImageSet, pre
     return torch.cat(plain), torch.cat(merged)
 
 
-@register_method("pnc", needs_base_data=True, lr=1e-3)
-def pnc(ctx: MethodContext) -> MethodOutcome:
+def train(ctx: MethodContext) -> MethodOutcome:
     model = ctx.model
     opts = ctx.options
     base_test = ctx.base_data.test if ctx.base_data is not None else None
@@ -137,13 +130,10 @@ def pnc(ctx: MethodContext) -> MethodOutcome:
     stage = choose_position(scores, float(opts.get("pnc_tolerance", 0.01)))
     branch, val = _train_branch(model, source, stage, ctx, ctx.train.epochs, "adapter")
     tensors = {**prefixed("adapter", branch.adapter.state_dict()), **branch.clone_tensors()}
-    nbytes = save_artefact(ctx.out, tensors, {
-        "method": "pnc", "name": ctx.name, "insert_stage": stage,
-        "trainable_params": source_params + count_trainable(branch.adapter),
-        "cloned_paths": suffix_paths(model.spec, stage), "backbone": model.backbone_name,
-        "base_fingerprint": model.fingerprint, "num_classes": ctx.data.num_classes,
-        "class_names": ctx.data.class_names, "preprocess": model.preprocess.to_dict(),
-    })
+    nbytes = save_task(ctx, "pnc", tensors,
+                       trainable_params=source_params + count_trainable(branch.adapter),
+                       options={"insert_stage": stage,
+                                "cloned_paths": suffix_paths(model.spec, stage)})
     adapter_params = count_trainable(branch.adapter)
     clone_params = sum(v.numel() for k, v in tensors.items()
                        if not k.startswith("adapter.") and "running_" not in k
@@ -167,11 +157,12 @@ def pnc(ctx: MethodContext) -> MethodOutcome:
         patch_bytes=nbytes, extra=extra)
 
 
-@register_loader("pnc")
-def load_pnc(model: PatchedModel, config: dict, tensors: dict[str, Tensor]) -> MethodOutcome:
+def load(model: PatchedModel, config: PatchConfig, tensors: dict[str, Tensor]) -> MethodOutcome:
     """The cloned suffix is rebuilt on a copy of the target (only its cloned modules hold the
     stored tensors); the base task runs the untouched backbone."""
-    stage = int(config["insert_stage"])
+    stage = int(config.options["insert_stage"])
+    if not 0 <= stage < model.num_stages:
+        raise ValueError(f"insert_stage {stage} is not a stage of this backbone")
     net = restored_copy(model.backbone, unprefixed("clone", tensors),
                         paths=suffix_paths(model.spec, stage))
     source = FineTuned(net, new_head(model, config, tensors), model.spec).eval()
@@ -180,3 +171,8 @@ def load_pnc(model: PatchedModel, config: dict, tensors: dict[str, Tensor]) -> M
     branch = ClonedBranch(model, source, stage, adapter.requires_grad_(False)).eval()
     return MethodOutcome(patch_forward=branch, base_forward=lambda x: model(x),
                          trainable_params=0, patch_bytes=0)
+
+
+register_method(Method("pnc", "Partial Network Cloning: a fine-tuned suffix inserted through "
+                       "an adapter (our reading, docs/METHODS.md)", train, load,
+                       needs_base_data=True, default_lr=1e-3))

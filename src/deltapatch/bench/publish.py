@@ -1,68 +1,55 @@
-"""``deltapatch bench``: run a suite (resumably) and write results, tables, plots and a
-RESULTS.md-shaped report."""
+"""Running a suite and publishing it: results, tables, plots and a RESULTS.md-shaped report
+(what ``deltapatch bench`` calls)."""
 
 from __future__ import annotations
 
-import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..cli import _arguments, _print_json, command
 from .claims import claims_section
 from .report import UNSTAMPED, not_run_section, table_sections
-from .runner import build_jobs, code_version, command_line, hardware, parse_shard, run_jobs, write_results
+from .runner import build_jobs, code_version, command_line, hardware, run_jobs, write_results
 from .suite import Suite, load_suite
 
 
-def _bench_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--suite", required=True,
-                   help="a shipped suite (smoke, cpu, paper) or a path to a suite .toml")
-    p.add_argument("--out", required=True, type=Path,
-                   help="output folder; runs/ inside holds one JSON per finished run (a rerun "
-                        "of the same command resumes and redoes nothing that finished)")
-    p.add_argument("--seeds", type=int, default=None, help="seeds per cell (default: the suite's)")
-    p.add_argument("--only", default=None,
-                   help="comma-separated scenario kinds to run (single, joint, sequential, "
-                        "zsda, scratch, transfer); others are left out")
-    p.add_argument("--max-runs", type=int, default=None,
-                   help="start at most this many new runs, then write the report (the rest "
-                        "are 'pending'); for running a long suite in slices")
-    p.add_argument("--shard", default=None, metavar="I/N",
-                   help="run only every N-th run starting at the I-th (0-based), so that N "
-                        "processes share the suite and --out (e.g. 0/2 and 1/2 with --threads 1 "
-                        "each on 2 cores); finish with --report-only for the full report")
-    p.add_argument("--report-only", action="store_true",
-                   help="run nothing; rebuild the report from finished runs")
-    p.add_argument("--results-md", type=Path, default=None,
-                   help="also write the report to this file (e.g. docs/RESULTS.md)")
-    p.add_argument("--note", default=None,
-                   help="a line for the report header, e.g. how the runs were scheduled")
-    p.add_argument("--no-progress", action="store_true")
+@dataclass
+class BenchRequest:
+    """One ``deltapatch bench`` invocation: which runs, where, and what to publish."""
+
+    suite: str
+    out: Path
+    seeds: int | None = None
+    only: set[str] | None = None
+    max_runs: int | None = None
+    shard: tuple[int, int] | None = None
+    report_only: bool = False
+    results_md: Path | None = None
+    note: str | None = None
+    progress: bool = True
 
 
-@command("bench", "run a benchmark suite (resumable); writes results, tables and plots")
-@_arguments(_bench_args)
-def bench_cmd(args: argparse.Namespace) -> int:
-    suite = load_suite(args.suite)
-    only = set(args.only.split(",")) if args.only else None
-    jobs = build_jobs(suite, args.seeds, only)
+def run_suite(req: BenchRequest) -> dict:
+    """Run (or resume) a suite's runs, then write results, tables, plots and the report.
+    Returns a summary: run counts by status and the files written."""
+    suite = load_suite(req.suite)
+    jobs = build_jobs(suite, req.seeds, req.only)
     t0 = time.perf_counter()
-    records = run_jobs(jobs, args.out, progress=not args.no_progress,
-                       max_jobs=0 if args.report_only else args.max_runs,
-                       shard=parse_shard(args.shard))
+    records = run_jobs(jobs, req.out, progress=req.progress,
+                       max_jobs=0 if req.report_only else req.max_runs, shard=req.shard)
+    only = ",".join(sorted(req.only)) if req.only else None
     meta = {"suite": suite.name, "suite_file": suite_file(suite),
-            "command": command_line(args.suite, args.out, args.seeds, args.only),
-            "hardware": hardware(), "code": code_version(), "seeds": args.seeds or suite.seeds,
-            "note": args.note, "this_invocation_seconds": round(time.perf_counter() - t0, 1),
+            "command": command_line(req.suite, req.out, req.seeds, only),
+            "hardware": hardware(), "code": code_version(), "seeds": req.seeds or suite.seeds,
+            "note": req.note, "this_invocation_seconds": round(time.perf_counter() - t0, 1),
             "written": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-    write_results(records, args.out, meta)
-    files = write_report(records, meta, suite, args.out, args.results_md)
+    write_results(records, req.out, meta)
+    files = write_report(records, meta, suite, req.out, req.results_md)
     status = {r["key"]: r.get("status") for r in records}  # a run shared by tables counts once
     counts = {s: sum(v == s for v in status.values())
               for s in ("ok", "skipped", "failed", "pending")}
-    _print_json({"suite": suite.name, "out": str(args.out), "runs": counts,
-                 "files": sorted(str(f) for f in files)})
-    return 0 if counts["failed"] == 0 else 1
+    return {"suite": suite.name, "out": str(req.out), "runs": counts,
+            "files": sorted(str(f) for f in files)}
 
 
 def suite_file(suite: Suite) -> str:
@@ -122,7 +109,7 @@ def render(records: list[dict], meta: dict, suite: Suite, sections: dict[str, st
             f"- Code of this report: {meta.get('code', '?')}; code of the runs: "
             f"{', '.join(codes) or '–'}\n"
             f"- Data protocol of the runs: {', '.join(map(str, protocols)) or '–'} "
-            "(see `deltapatch.bench.run.DATA_PROTOCOL`; a rerun redoes runs of another one)\n"
+            "(see `deltapatch.run.DATA_PROTOCOL`; a rerun redoes runs of another one)\n"
             + (f"- Note: {meta['note']}\n" if meta.get("note") else "") +
             f"- Finished runs: {len(ok)} of {runs}; summed run wall time "
             f"{wall / 60:.1f} min (other jobs shared the machine; times are not benchmarks)\n"

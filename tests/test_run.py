@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from deltapatch.bench.run import RunSpec, run_one
+from deltapatch.run import RunSpec, run_one
 from deltapatch.cli import main
 from deltapatch.train import TrainConfig
 
@@ -23,7 +23,7 @@ def test_train_cli_equals_run_one(tmp_path, capsys):
     cli = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     spec = RunSpec(backbone="cifar_resnet20", data="digits", base_data="digits", image_size=16,
                    max_train=64, max_test=32, stages=1, seed=3,
-                   train=TrainConfig(epochs=1, batch_size=32, augment=False, seed=3,
+                   train=TrainConfig(epochs=1, batch_size=32, lr=1e-2, augment=False, seed=3,
                                      progress=False))
     lib = run_one(spec, tmp_path / "lib")
     for key in ("patch_top1", "base_top1", "harmonic_mean", "trainable_params", "n_test"):

@@ -1,0 +1,82 @@
+"""What a suite turns into: independent, resumable :class:`Job` s, one per run, built by the
+scenario kinds registered in ``SCENARIOS`` (``SCENARIOS.get(kind)(suite, entry, seeds)``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..registry import Registry
+from ..run import RunSpec
+from .suite import Suite, Task, Variant, data_settings, train_config
+
+
+class Skip(Exception):
+    """A job that cannot run here and now (method not registered, scenario not supported)."""
+
+
+@dataclass
+class Job:
+    key: str  # where its JSON lives under runs/, unique in a suite
+    scenario: str
+    table: str
+    backbone: str
+    task: str
+    variant: str
+    label: str
+    seed: int
+    run: Callable[[Path], dict] = field(repr=False)
+    method: dict = field(default_factory=dict)  # the variant: method, stages, gate, norm
+    config: str = ""  # fingerprint of every setting that shapes the run's numbers
+
+    def context(self) -> dict:
+        return {"key": self.key, "scenario": self.scenario, "table": self.table,
+                "backbone": self.backbone, "task": self.task, "variant": self.variant,
+                "label": self.label, "seed": self.seed, "method": self.method,
+                "config": self.config}
+
+
+def fingerprint(suite: Suite, bb: str, tasks: list[Task], v: Variant, **extra) -> str:
+    """A short hash of what determines a run: backbone, every task's data and settings, the
+    variant. A stored run whose fingerprint differs (the suite file changed) is redone, and two
+    tables that ask for the same run share one."""
+    blob = {"backbone": asdict(suite.backbones[bb]), "variant": {**asdict(v), "label": None},
+            "tasks": [[t.data, suite.settings(t.settings, v.settings)] for t in tasks], **extra}
+    text = json.dumps(blob, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+SCENARIOS: Registry[str, Callable[[Suite, dict, int], list[Job]]] = Registry("scenario kind")
+
+
+def scenario(kind: str):
+    def deco(fn):
+        SCENARIOS.register(kind, fn)
+        return fn
+    return deco
+
+
+def run_spec(suite: Suite, bb_key: str, task: Task, v: Variant, seed: int, **kw) -> RunSpec:
+    bb = suite.backbones[bb_key]
+    s = suite.settings(task.settings, v.settings)
+    return RunSpec(backbone=bb.name, weights=bb.weights, data=task.data, method=v.method,
+                   stages=v.stages, norm=v.norm, gate=v.gate, base_data=bb.base_data,
+                   seed=seed, train=train_config(s, seed), options=dict(v.options),
+                   lambda_images=int(s.get("lambda_images", 0)), name=task.key,
+                   **data_settings(s), **kw)
+
+
+def describe(v: Variant) -> dict:
+    return {"name": v.method, "stages": v.stages, "gate": v.gate, "norm": v.norm}
+
+
+def grid(suite: Suite, entry: dict, seeds: int):
+    for bb in entry["backbones"]:
+        for v in entry["variants"]:
+            for seed in range(seeds):
+                yield bb, suite.variants[v], seed
+
+

@@ -1,0 +1,52 @@
+"""``deltapatch bench``: run a benchmark suite (resumable) and publish its results."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..bench.publish import BenchRequest, run_suite
+from ..bench.runner import parse_shard
+from .common import command, print_json
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--suite", required=True,
+                   help="a shipped suite (smoke, cpu, paper) or a path to a suite .toml")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output folder; runs/ inside holds one JSON per finished run (a rerun "
+                        "of the same command resumes and redoes nothing that finished)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per cell (default: the suite's)")
+    p.add_argument("--only", default=None,
+                   help="comma-separated scenario kinds to run (single, joint, sequential, "
+                        "zsda, scratch, transfer); others are left out")
+    p.add_argument("--max-runs", type=int, default=None,
+                   help="start at most this many new runs, then write the report (the rest "
+                        "are 'pending'); for running a long suite in slices")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="run only every N-th run starting at the I-th (0-based), so that N "
+                        "processes share the suite and --out (e.g. 0/2 and 1/2 with --threads 1 "
+                        "each on 2 cores); finish with --report-only for the full report")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing; rebuild the report from finished runs")
+    p.add_argument("--results-md", type=Path, default=None,
+                   help="also write the report to this file (e.g. docs/RESULTS.md)")
+    p.add_argument("--note", default=None,
+                   help="a line for the report header, e.g. how the runs were scheduled")
+    p.add_argument("--no-progress", action="store_true")
+
+
+@command("bench", "run a benchmark suite (resumable); writes results, tables and plots",
+         arguments)
+def run(args: argparse.Namespace) -> int:
+    for flag in ("seeds", "max_runs"):
+        value = getattr(args, flag)
+        if value is not None and value < (0 if flag == "max_runs" else 1):
+            raise ValueError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+    summary = run_suite(BenchRequest(
+        suite=args.suite, out=args.out, seeds=args.seeds,
+        only=set(args.only.split(",")) if args.only else None, max_runs=args.max_runs,
+        shard=parse_shard(args.shard), report_only=args.report_only,
+        results_md=args.results_md, note=args.note, progress=not args.no_progress))
+    print_json(summary)
+    return 0 if summary["runs"]["failed"] == 0 else 1

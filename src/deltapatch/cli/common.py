@@ -1,0 +1,107 @@
+"""What the commands share: the command registry, backbone and data flags, and flags derived
+from the settings dataclasses' own field metadata (:mod:`deltapatch.options`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import MISSING, dataclass, fields
+
+from ..backbones import list_backbones, load_backbone
+from ..model import PatchedModel
+from ..registry import Registry
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: Registry[str, Command] = Registry("command")
+
+
+def command(name: str, help: str, arguments: Callable[[argparse.ArgumentParser], None]):
+    """Register ``run(args) -> exit code`` as ``deltapatch NAME``."""
+    def deco(run: Callable[[argparse.Namespace], int]):
+        COMMANDS.register(name, Command(name, help, arguments, run))
+        return run
+    return deco
+
+
+def backbone_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", required=True,
+                   help="backbone name, or your model factory as path/to/file.py:function or "
+                        f"package.module:function (names: {', '.join(list_backbones())})")
+    p.add_argument("--weights", default=None,
+                   help="weights: a .safetensors / torch file, or a named set (imagenet, cifar10); "
+                        "default: random init")
+
+
+def load_model(args: argparse.Namespace) -> PatchedModel:
+    return PatchedModel(load_backbone(args.backbone, args.weights))
+
+
+def _type_of(annotation: str) -> type:
+    for name, t in (("bool", bool), ("int", int), ("float", float)):
+        if annotation.split("|")[0].strip() == name:
+            return t
+    return str
+
+
+def add_options(p: argparse.ArgumentParser, cls, names: Iterable[str],
+                defaults: dict | None = None) -> None:
+    """Flags for fields ``names`` of dataclass ``cls``, typed, bounded and documented by the
+    fields themselves: a bool that defaults to True becomes ``--no-NAME``."""
+    by_name = {f.name: f for f in fields(cls)}
+    for name in names:
+        f = by_name[name]
+        flag = "--" + name.replace("_", "-")
+        default = (defaults or {}).get(name, f.default if f.default is not MISSING else None)
+        help_text = f.metadata.get("help", "")
+        kind = _type_of(str(f.type))
+        if kind is bool:
+            if default:
+                p.add_argument(f"--no-{name.replace('_', '-')}", dest=name, action="store_false",
+                               help=help_text)
+            else:
+                p.add_argument(flag, dest=name, action="store_true", help=help_text)
+            continue
+        shown = "" if default is None else f" (default: {default})"
+        p.add_argument(flag, dest=name, type=kind, default=default,
+                       choices=f.metadata.get("choices"), help=help_text + shown)
+
+
+def values(args: argparse.Namespace, cls, skip: Iterable[str] = ()) -> dict:
+    """The parsed values of ``cls``'s fields that have flags."""
+    return {f.name: getattr(args, f.name) for f in fields(cls)
+            if f.name not in skip and hasattr(args, f.name)}
+
+
+def parse_stages(text: str) -> int | list:
+    text = text.strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    return [int(s) if s.strip().isdigit() else s.strip() for s in text.split(",") if s.strip()]
+
+
+def parse_options(items: list[str]) -> dict:
+    """``KEY=VALUE`` pairs; VALUE is parsed as JSON when it can be."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option needs KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def print_json(obj: dict) -> None:
+    """One line of strict JSON (NaN would not be JSON: it is refused, not printed)."""
+    print(json.dumps(obj, allow_nan=False))

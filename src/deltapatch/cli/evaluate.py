@@ -1,0 +1,48 @@
+"""``deltapatch eval``: score a saved task folder of any method on a test split (and the base
+task) through the method's own forwards; prints JSON."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .. import metrics
+from ..data import load_test
+from ..methods import load_task
+from ..run import RunSpec
+from ..train import evaluate
+from .common import add_options, backbone_args, command, load_model, print_json
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
+    backbone_args(p)
+    p.add_argument("--patch", required=True, type=Path,
+                   help="a task folder written by train (any method)")
+    add_options(p, RunSpec, ("data", "base_data", "image_size", "max_test", "seed"),
+                defaults={"data": None})
+    for action in p._actions:
+        if action.dest == "data":
+            action.required = True
+
+
+@command("eval", "score a saved task folder (any method) on a task's test split and the base "
+                 "task; prints JSON", arguments)
+def run(args: argparse.Namespace) -> int:
+    RunSpec(backbone=args.backbone, data=args.data, image_size=args.image_size,
+            max_test=args.max_test, seed=args.seed)  # bounds-checks the flags
+    model = load_model(args)
+    task = load_task(model, args.patch)
+    pre = task.config.preprocess.with_size(args.image_size)
+    test, _ = load_test(args.data, pre.size, max_test=args.max_test, seed=args.seed)
+    model.eval()
+    patch_top1 = evaluate(task.outcome.patch_forward, test, pre)
+    base_top1 = None
+    if args.base_data:
+        base, _ = load_test(args.base_data, pre.size, max_test=args.max_test, seed=args.seed)
+        base_top1 = evaluate(task.outcome.base_forward, base, pre)
+    facts = {"alpha": task.config.options["alpha"]} if "alpha" in task.config.options else {}
+    print_json(metrics.report(data=args.data, patch_top1=patch_top1, base_top1=base_top1,
+                              patch_bytes=metrics.folder_bytes(args.patch),
+                              trainable_params=task.outcome.trainable_params,
+                              n_test=len(test), method=task.config.method, **facts))
+    return 0

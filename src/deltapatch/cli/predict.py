@@ -1,0 +1,50 @@
+"""``deltapatch predict``: classify image files with a task folder (any method) or the base
+task; one JSON line per image."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from ..data.sets import to_image_tensor
+from ..data.sources import decode_image
+from ..errors import DataError
+from ..methods import load_task
+from ..model import BASE
+from .common import backbone_args, command, load_model, print_json
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
+    backbone_args(p)
+    p.add_argument("--patch", type=Path, default=None,
+                   help="a task folder written by train (default: the base task)")
+    p.add_argument("--top", type=int, default=5, help="how many classes per image (default 5)")
+    p.add_argument("images", nargs="+", type=Path, help="image files")
+
+
+@command("predict", "classify image files with a task folder (or the base task); one JSON "
+                    "line each", arguments)
+def run(args: argparse.Namespace) -> int:
+    if args.top < 1:
+        raise ValueError(f"--top must be ≥ 1, got {args.top}")
+    missing = [str(p) for p in args.images if not p.is_file()]
+    if missing:
+        raise DataError(f"no image file {', '.join(missing[:3])}")
+    model = load_model(args).eval()
+    name, names, pre, forward = BASE, None, model.preprocess, model
+    if args.patch is not None:
+        task = load_task(model, args.patch)
+        name, names = task.config.name, task.config.class_names
+        pre, forward = task.config.preprocess, task.outcome.patch_forward
+    with torch.inference_mode():
+        for path in args.images:
+            x = to_image_tensor(decode_image(path.read_bytes(), str(path))[None], pre.size)
+            probs = forward(pre.normalize(x)).softmax(1)[0]
+            top = probs.topk(min(args.top, probs.numel()))
+            print_json({"image": str(path), "task": name, "top": [
+                {"class": int(i), "name": names[int(i)] if names else None,
+                 "prob": round(float(p), 5)}
+                for p, i in zip(top.values, top.indices, strict=True)]})
+    return 0

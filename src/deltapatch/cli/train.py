@@ -1,0 +1,68 @@
+"""``deltapatch train``: one run (:func:`deltapatch.run.run_one`) from flags; prints its JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from ..data import list_builtins
+from ..methods import METHODS, get_method
+from ..run import RunSpec, run_one
+from ..train import TrainConfig
+from .common import add_options, backbone_args, command, parse_options, parse_stages, print_json
+
+RUN_FLAGS = ("data", "base_data", "image_size", "max_train", "max_test", "max_val",
+             "val_fraction", "method", "norm", "gate", "name", "seed")
+TRAIN_FLAGS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "momentum",
+               "warmup_epochs", "augment", "eval_batch_size", "cache_features", "cache_dtype",
+               "progress")
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
+    backbone_args(p)
+    add_options(p, RunSpec, RUN_FLAGS, defaults={"data": None})
+    add_options(p, TrainConfig, TRAIN_FLAGS, defaults={"lr": None})
+    for action in p._actions:  # --data is required; --method lists the registry
+        if action.dest == "data":
+            action.required = True
+            action.help += f" ({', '.join(list_builtins())})"
+        if action.dest == "method":
+            action.help += f": {', '.join(METHODS.names())}"
+    p.add_argument("--out", required=True, type=Path,
+                   help="task folder to write (run/ inside holds the checkpoint and per-epoch "
+                        "metrics; the same command again resumes an interrupted run)")
+    p.add_argument("--stages", default="1",
+                   help="Δ(n): last n stages (int), or comma-separated 0-based indices/names")
+    p.add_argument("--reduction", type=int, default=4,
+                   help="Δ-module second conv width C/r (4: DESIGN.md; 2: the paper's counts)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="method option (repeatable; VALUE parsed as JSON when it can be), "
+                        "e.g. --option base_val_max=1000 (docs/METHODS.md lists them)")
+
+
+def spec_from(args: argparse.Namespace) -> RunSpec:
+    """The run the flags describe; every value is checked here, before anything is loaded."""
+    method = get_method(args.method)
+    train = {k: getattr(args, k) for k in TRAIN_FLAGS}
+    train["lr"] = method.default_lr if train["lr"] is None else train["lr"]
+    config = TrainConfig(seed=args.seed, **train)
+    if args.reduction < 1:
+        raise ValueError(f"--reduction must be ≥ 1, got {args.reduction}")
+    return RunSpec(backbone=args.backbone, weights=args.weights, stages=parse_stages(args.stages),
+                   train=config, options={"reduction": args.reduction,
+                                          **parse_options(args.option)},
+                   **{k: getattr(args, k) for k in RUN_FLAGS})
+
+
+@command("train", "train a patch (or a baseline method) on a new task; prints JSON metrics",
+         arguments)
+def run(args: argparse.Namespace) -> int:
+    spec = spec_from(args)
+    result = run_one(spec, args.out)
+    tmp = args.out / "metrics.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, args.out / "metrics.json")
+    print_json(result)
+    return 0

@@ -1,0 +1,266 @@
+"""One run: settings in (:class:`RunSpec`), outcome out (the JSON metrics). This is the single
+code path of ``deltapatch train`` and of every single-task cell of ``deltapatch bench``, so a bench
+number is exactly what ``train`` prints for the same arguments.
+
+A run folder belongs to one run. ``run/settings.json`` records everything that shapes it (the
+spec, the backbone's and the data's fingerprints); a folder holding another run is refused, naming
+the first field that differs, instead of being silently resumed into a hybrid. The folder is
+locked for the whole run, so two trainings cannot write into it at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import metrics, store
+from .backbones import load_backbone
+from .data import load_data, load_test
+from .data.sets import ImageSet, TaskData, seeded_subset
+from .errors import DeltaPatchError
+from .model import PatchedModel
+from .options import opt, validate
+from .train import TrainConfig, evaluate
+
+SETTINGS_FILE = "settings.json"
+
+DATA_PROTOCOL = 2
+"""Version of how bench data are drawn; a stored run of another version is redone, not mixed
+into the same table. 1: seeded subsets drawn after resizing, validation held out of the whole
+train split (then capped at ``max_val``). 2 (main from 8733333 on): subsets drawn before
+resizing, validation held out of the ``max_train`` images."""
+
+
+@dataclass
+class RunSpec:
+    """Everything that determines one run. ``metadata["help"]`` is the option's documentation
+    wherever it is exposed (CLI flags, suite keys)."""
+
+    backbone: str = field(metadata=opt("backbone name or a model factory file.py:function"))
+    data: str = field(metadata=opt("patch task: image folder, .npz, or a built-in name"))
+    weights: str | None = field(default=None, metadata=opt(
+        "weights: a .safetensors / torch file, or a named set (imagenet, cifar10); default: "
+        "random init"))
+    method: str = field(default="delta", metadata=opt("adaptation method"))
+    stages: int | list = field(default=1, metadata=opt(
+        "Δ(n): the last n stages (an int), or 0-based stage indices / names"))
+    norm: str = field(default="output", metadata=opt(
+        "where the patch's BatchNorm sits in each Δ-stage", choices=("output", "skip", "none")))
+    gate: str = field(default="delta", metadata=opt(
+        "where Λ comes from: delta (input-conditioned), learned, fixed, random, existing"))
+    base_data: str | None = field(default=None, metadata=opt(
+        "base task data; its test split is scored with the backbone's own head"))
+    image_size: int | None = field(default=None, metadata=opt(
+        "input size in pixels (default: the backbone's)", min=8, max=4096))
+    max_train: int | None = field(default=None, metadata=opt(
+        "seeded subset of the train split", min=1))
+    max_test: int | None = field(default=None, metadata=opt(
+        "seeded subset of the test split", min=1))
+    max_val: int | None = field(default=None, metadata=opt(
+        "cap on the validation split", min=1))
+    val_fraction: float = field(default=0.1, metadata=opt(
+        "share of train held out for validation", min=0.0, max=1.0))
+    name: str | None = field(default=None, metadata=opt("patch name (default: the data's)"))
+    seed: int = field(default=0, metadata=opt("seed of splits, init and batch order", min=0))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    options: dict = field(default_factory=dict, metadata=opt("method options"))
+    lambda_images: int = field(default=0, metadata=opt(
+        "test images to average Λ over (0: do not record Λ)", min=0))
+
+    def __post_init__(self) -> None:
+        validate(self)
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must lie strictly between 0 and 1, got "
+                             f"{self.val_fraction}")
+
+    def settings(self) -> dict:
+        """Every setting that shapes the run's numbers (not the progress bar)."""
+        d = asdict(self)
+        d["train"] = self.train.settings()
+        return d
+
+
+# ---------------------------------------------------------------- data, cached per process
+_CACHE: dict[tuple, object] = {}
+
+
+def cached(key: tuple, make):
+    """Data sets are re-used across the runs of one process (decoding CIFAR-10 once, not per
+    run); everything cached is read-only to callers."""
+    if key not in _CACHE:
+        _CACHE[key] = make()
+    return _CACHE[key]
+
+
+def task_data(spec: str, size: int, *, seed: int, max_train: int | None,
+              max_test: int | None, val_fraction: float = 0.1, max_val: int | None = None
+              ) -> TaskData:
+    """A task, cached; ``max_val`` caps the validation split (10% of MNIST's train is 6,000
+    images scored every epoch, which would dominate a small CPU run)."""
+    def make() -> TaskData:
+        data = load_data(spec, size, val_fraction=val_fraction, seed=seed,
+                         max_train=max_train, max_test=max_test)
+        data.val = seeded_subset(data.val, max_val, seed)
+        return data
+    return cached(("data", spec, size, seed, max_train, max_test, val_fraction, max_val), make)
+
+
+def base_task_data(spec: str, size: int, *, seed: int, max_test: int | None,
+                   val_fraction: float = 0.1) -> TaskData:
+    """The full base task for methods that choose on it (train not capped; its test split is
+    the same seeded subset that ``load_test`` gives)."""
+    return task_data(spec, size, seed=seed, max_train=None, max_test=max_test,
+                     val_fraction=val_fraction)
+
+
+def test_split(spec: str, size: int, *, seed: int, max_test: int | None) -> ImageSet:
+    return cached(("test", spec, size, seed, max_test),
+                  lambda: load_test(spec, size, max_test=max_test, seed=seed)[0])
+
+
+def build_model(backbone: str, weights: str | None, image_size: int | None = None
+                ) -> PatchedModel:
+    model = PatchedModel(load_backbone(backbone, weights or None))
+    model.preprocess = model.preprocess.with_size(image_size or model.preprocess.size)
+    return model
+
+
+def input_size(spec: RunSpec) -> int:
+    """The run's image size: ``spec.image_size`` or the backbone's own, looked up once per
+    backbone in a process (building a model only to read its size would load weights per run)."""
+    if spec.image_size:
+        return spec.image_size
+    return cached(("size", spec.backbone, spec.weights),
+                  lambda: build_model(spec.backbone, spec.weights).preprocess.size)
+
+
+def data_fingerprint(data: TaskData) -> str:
+    """sha256 of every split's images and labels: two runs on "the same" path with other
+    contents are two runs."""
+    h = hashlib.sha256()
+    for split in (data.train, data.val, data.test):
+        for t in (split.images, split.labels):
+            t = t.contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+@torch.inference_mode()
+def mean_lambdas(model: PatchedModel, patch: str, images: ImageSet, n: int) -> dict[str, list]:
+    """Λ averaged over the first ``n`` test images, per patched stage (the paper's Figs 3–6)."""
+    if patch not in model.patches or not model.get_patch(patch).config.stages:
+        return {}
+    model.eval()
+    x = model.preprocess.normalize(images.images[:n])
+    sums: dict[int, torch.Tensor] = {}
+    for chunk in x.split(256):
+        for stage, lam in model.lambdas(chunk, patch=patch).items():
+            sums[stage] = sums.get(stage, 0) + lam.float().sum(0)
+    count = min(n, len(images))
+    return {str(s): [round(float(v) / count, 5) for v in t] for s, t in sums.items()}
+
+
+# ---------------------------------------------------------------- the run folder
+def claim_run_folder(out: Path, settings: dict) -> None:
+    """Make ``out`` this run's folder, or refuse (nothing changed) if it holds another run.
+
+    A folder with no ``run/settings.json`` but a checkpoint or a task in it holds a run of
+    unknown settings and is refused too: resuming it could mix two runs."""
+    run = out / "run"
+    file = run / SETTINGS_FILE
+    if file.is_file():
+        try:
+            old = json.loads(file.read_text())
+        except (OSError, ValueError) as err:
+            raise DeltaPatchError(f"{file} is unreadable ({err}); delete {run} to start afresh")
+        diff = _first_difference(old, settings)
+        if diff is not None:
+            raise DeltaPatchError(
+                f"{out} holds another run ({diff}); choose another --out, or delete {run} to "
+                "start this one afresh there")
+        return
+    if (run / "checkpoint.pt").exists() or (out / store.CONFIG_FILE).exists():
+        raise DeltaPatchError(f"{out} already holds a patch or checkpoint of a run with "
+                              "unknown settings; choose another --out or delete it")
+    run.mkdir(parents=True, exist_ok=True)
+    tmp = run / (SETTINGS_FILE + ".tmp")
+    tmp.write_text(json.dumps(settings, indent=1, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, file)
+
+
+def _first_difference(old, new, path: str = "") -> str | None:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new)):
+            d = _first_difference(old.get(k), new.get(k), f"{path}.{k}" if path else k)
+            if d is not None:
+                return d
+        return None
+    new = json.loads(json.dumps(new, default=str))  # compare as stored (tuples → lists)
+    return None if old == new else f"{path}: {old!r} there, {new!r} now"
+
+
+def run_one(spec: RunSpec, out: Path, *, data: TaskData | None = None,
+            extra_tests: dict[str, ImageSet] | None = None) -> dict:
+    """Train ``spec.method`` on ``spec.data`` into the folder ``out``, then score the patch task
+    and, with ``spec.base_data``, the base task through the method's own forwards. Returns the
+    JSON metrics ``deltapatch train`` prints.
+
+    Args:
+        data: an already built task (joint patching concatenates tasks) instead of ``spec.data``.
+        extra_tests: more test sets scored through the patch forward, reported as
+            ``top1_by_test`` (joint patching's per-task accuracy, the ZSDA target).
+    """
+    from .methods import MethodContext, get_method
+
+    out = Path(out)
+    method = get_method(spec.method)
+    store.check_writable(out)
+    with store.FolderLock(out):
+        store.recover(out)
+        t0 = time.perf_counter()
+        torch.manual_seed(spec.seed)  # a random-init backbone is the same for every run of a seed
+        model = build_model(spec.backbone, spec.weights, spec.image_size)
+        size = model.preprocess.size
+        if data is None:
+            data = task_data(spec.data, size, seed=spec.seed, max_train=spec.max_train,
+                             max_test=spec.max_test, val_fraction=spec.val_fraction,
+                             max_val=spec.max_val)
+        claim_run_folder(out, {**spec.settings(), "backbone_fingerprint": model.fingerprint,
+                               "data_fingerprint": data_fingerprint(data)})
+        base_task = None
+        if spec.base_data and method.needs_base_data:
+            base_task = base_task_data(spec.base_data, size, seed=spec.seed,
+                                       max_test=spec.max_test, val_fraction=spec.val_fraction)
+        torch.manual_seed(spec.seed)
+        name = spec.name or data.name.replace(".", "_")
+        ctx = MethodContext(model=model, name=name, data=data, train=spec.train, out=out,
+                            stages=spec.stages, norm=spec.norm, gate=spec.gate,
+                            base_data=base_task, options=dict(spec.options))
+        outcome = method.train(ctx)
+        model.eval()
+        patch_top1 = evaluate(outcome.patch_forward, data.test, model.preprocess)
+        base_top1 = None
+        extra = dict(outcome.extra)
+        if spec.base_data:
+            base = test_split(spec.base_data, size, seed=spec.seed, max_test=spec.max_test)
+            base_top1 = evaluate(outcome.base_forward, base, model.preprocess)
+            extra["n_base_test"] = len(base)
+        if extra_tests:
+            extra["top1_by_test"] = {k: round(evaluate(outcome.patch_forward, t,
+                                                       model.preprocess), 6)
+                                     for k, t in extra_tests.items()}
+            extra["n_by_test"] = {k: len(t) for k, t in extra_tests.items()}
+        if spec.lambda_images:
+            extra["lambda_mean"] = mean_lambdas(model, name, data.test, spec.lambda_images)
+        return metrics.report(method=spec.method, data=spec.data, patch_top1=patch_top1,
+                              base_top1=base_top1, trainable_params=outcome.trainable_params,
+                              patch_bytes=outcome.patch_bytes, n_test=len(data.test),
+                              seed=spec.seed, wall_seconds=round(time.perf_counter() - t0, 2),
+                              **extra)
