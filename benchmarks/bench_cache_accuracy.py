@@ -37,7 +37,7 @@ def main() -> None:
     print(f"{'variant':<14} {'test top1':>10} {'val top1':>9} {'train s':>8}")
     with tempfile.TemporaryDirectory() as tmp:
         for name, extra in runs.items():
-            cmd = [sys.executable, "-m", "deltapatch.cli", "--threads", str(a.threads), "train",
+            cmd = [sys.executable, "-m", "deltapatch", "--threads", str(a.threads), "train",
                    "--backbone", a.backbone, "--weights", a.weights, "--data", a.data,
                    "--max-train", str(a.max_train), "--max-test", str(a.max_test),
                    "--epochs", str(a.epochs), "--seed", str(a.seed), "--no-augment",

@@ -35,7 +35,7 @@ def checkout_env() -> dict:
 
 def time_demo(profile: str, out: Path) -> dict:
     """One timed run; the demo's own summary gives its accuracies for the record."""
-    cmd = [sys.executable, "-m", "deltapatch.cli", "demo", "--out", str(out), "--no-progress"]
+    cmd = [sys.executable, "-m", "deltapatch", "demo", "--out", str(out), "--no-progress"]
     if profile == "fast":
         cmd.insert(4, "--fast")
     load_before = os.getloadavg()[0]

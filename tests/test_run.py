@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from deltapatch.run import RunSpec, run_one
 from deltapatch.cli import main
+from deltapatch.run import RunSpec, run_one
 from deltapatch.train import TrainConfig
 
 pytest.importorskip("sklearn", reason="uses scikit-learn's digits")

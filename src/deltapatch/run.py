@@ -76,7 +76,7 @@ class RunSpec:
     def __post_init__(self) -> None:
         validate(self)
         if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must lie strictly between 0 and 1, got "
+            raise ValueError(f"val-fraction must lie strictly between 0 and 1, got "
                              f"{self.val_fraction}")
 
     def settings(self) -> dict:
@@ -179,7 +179,7 @@ def claim_run_folder(out: Path, settings: dict) -> None:
         try:
             old = json.loads(file.read_text())
         except (OSError, ValueError) as err:
-            raise DeltaPatchError(f"{file} is unreadable ({err}); delete {run} to start afresh")
+            raise DeltaPatchError(f"{file} is unreadable ({err}); delete {run} to start afresh") from None
         diff = _first_difference(old, settings)
         if diff is not None:
             raise DeltaPatchError(

@@ -8,7 +8,6 @@ import json
 
 import pytest
 import torch
-
 from helpers import snapshot
 
 import deltapatch as dp

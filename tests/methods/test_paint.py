@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-
 from helpers import snapshot
 
 from deltapatch.methods import METHODS, MethodContext

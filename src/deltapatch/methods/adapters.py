@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..train import fit
 from ..model import PatchedModel
 from ..patch import PatchConfig
+from ..train import fit
 from .artefact import new_head, save_task
 from .base import Method, MethodContext, MethodOutcome, register_method
 from .copies import count_trainable

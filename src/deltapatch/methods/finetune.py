@@ -16,8 +16,8 @@ from torch import Tensor, nn
 from ..backbones.spec import StageSpec
 from ..data.sets import TaskData
 from ..model import PatchedModel
-from ..train import FitResult, TrainConfig, fit
 from ..patch import PatchConfig
+from ..train import FitResult, TrainConfig, fit
 from .artefact import new_head, prefixed, save_task, unprefixed
 from .base import Method, MethodContext, MethodOutcome, register_method
 from .copies import count_trainable, restored_copy, trainable_copy, trunk_features

@@ -28,14 +28,14 @@ from ..backbones.spec import StageSpec
 from ..data.sets import ImageSet, TaskData, seeded_subset
 from ..metrics import harmonic_mean
 from ..model import PatchedModel
+from ..patch import PatchConfig
 from ..preprocess import Preprocess
 from ..train import FitResult, TrainConfig, evaluate
-from ..patch import PatchConfig
 from .artefact import new_head, prefixed, save_task, unprefixed
 from .base import BaseTask, Method, MethodContext, MethodOutcome, register_method
 from .copies import count_trainable, restored_copy, trunk_features
-from .sequence import final_scores
 from .finetune import finetune_copy
+from .sequence import final_scores
 
 ALPHAS: tuple[float, ...] = tuple(round(i / 10, 1) for i in range(11))
 

@@ -37,8 +37,8 @@ from torch import Tensor, nn
 
 from ..data.sets import ImageSet
 from ..model import PatchedModel
-from ..train import fit, predict
 from ..patch import PatchConfig
+from ..train import fit, predict
 from .artefact import new_head, prefixed, save_task, unprefixed
 from .base import Method, MethodContext, MethodOutcome, register_method
 from .copies import count_trainable, restored_copy, stage_input, suffix_features, suffix_paths
