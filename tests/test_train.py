@@ -70,10 +70,17 @@ def test_metrics_files_per_epoch(backbone, tmp_path):
     assert (tmp_path / "metrics.csv").read_text().startswith("epoch,train_loss,train_top1,val_top1")
 
 
-def test_best_checkpoint_is_restored(backbone, tmp_path):
+def test_best_checkpoint_is_restored(backbone, tmp_path, monkeypatch):
+    """The patch ends holding the best validation epoch's weights, not the last epoch's."""
+    from deltapatch import train
+
+    scores = iter([0.9, 0.5, 0.1])  # validation gets worse: epoch 1 is the best
+    monkeypatch.setattr(train, "evaluate", lambda *a, **k: next(scores))
     state, res = _train(backbone, tmp_path, 3)
-    best = max(res.history, key=lambda r: r["val_top1"])
-    assert res.best_epoch == best["epoch"] and res.best_val_top1 == best["val_top1"]
+    assert res.best_epoch == 1 and res.best_val_top1 == 0.9
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(state[k], v) for k, v in ckpt["best"]["state"].items())
+    assert any(not torch.equal(state[k], v) for k, v in ckpt["owned"].items())  # ≠ epoch 3
 
 
 def test_warmup_then_cosine():

@@ -165,15 +165,11 @@ def table_sections(records: list[dict], meta: dict) -> dict[str, str]:
 
 
 def _alpha_table(result: dict) -> dict | None:
-    """PAINT's per-α accuracies, however the method names them: a dict {α: {task: top1}} or
-    {α: top1} under a key containing 'alpha' (the method's ``extra``)."""
-    for k, v in result.items():
-        if "alpha" in k and isinstance(v, dict) and v:
-            return v
-        if "alpha" in k and isinstance(v, list) and v and isinstance(v[0], dict):
-            return {str(row.get("alpha")): {a: b for a, b in row.items() if a != "alpha"}
-                    for row in v}
-    return None
+    """PAINT's per-α accuracies: the ``alpha_table`` rows its method reports, by α."""
+    rows = result.get("alpha_table")
+    if not rows:
+        return None
+    return {str(row["alpha"]): {a: b for a, b in row.items() if a != "alpha"} for row in rows}
 
 
 def paint_alpha_section(records: list[dict], meta: dict) -> str | None:
@@ -188,19 +184,17 @@ def paint_alpha_section(records: list[dict], meta: dict) -> str | None:
         rows = []
         cols: list[str] = []
         for alpha, accs in table.items():
-            accs = accs if isinstance(accs, dict) else {"top1": accs}
             cols = cols or list(accs)
             rows.append([str(alpha)] + [f"{100 * accs[c]:.2f}" if isinstance(accs.get(c), float)
                                         else str(accs.get(c)) for c in cols])
-        chosen = {k: v for k, v in r["result"].items() if "alpha" in k and
-                  not isinstance(v, (dict, list))}
+        chosen = {"alpha": r["result"].get("alpha")}
         blocks.append(f"#### {r['scenario']} · {r['backbone']} · {r['task']} · {r['label']} "
                       f"(seed 0; {chosen})\n\n" + markdown(["α"] + cols, rows))
     if not blocks:
         return None
     return ("### PAINT: accuracy per interpolation coefficient α (paper Table 11)\n\n"
-            f"Command: `{meta['command']}`. Values in %, validation or test as the method "
-            "reports them (see its `extra`).\n\n" + "\n\n".join(blocks) + "\n")
+            f"Command: `{meta['command']}`. Values in %: `*_val` on the validation "
+            "splits α is chosen on, `*_test` on the test splits.\n\n" + "\n\n".join(blocks) + "\n")
 
 
 def sequential_detail(records: list[dict]) -> str | None:
