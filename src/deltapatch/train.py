@@ -20,13 +20,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from .data.augment import random_crop_flip
 from .data.sets import ImageSet, TaskData
 from .errors import DeltaPatchError
 from .options import opt, validate
 from .preprocess import Preprocess
+from .progress import log, progress_bar
 
 Forward = Callable[[Tensor], Tensor]
 CHECKPOINT = "checkpoint.pt"
@@ -147,9 +147,8 @@ def fit(forward: Forward, owned: nn.Module, data: TaskData, preprocess: Preproce
         set_mode(True)
         g = _epoch_generator(config.seed, epoch)
         loss_sum = correct = seen = 0
-        bar = tqdm(data.train.batches(config.batch_size, g), total=steps_per_epoch,
-                   desc=f"epoch {epoch + 1}/{config.epochs}", disable=not config.progress,
-                   leave=False)
+        bar = progress_bar(data.train.batches(config.batch_size, g), total=steps_per_epoch,
+                           desc=f"epoch {epoch + 1}/{config.epochs}", enabled=config.progress)
         for i, (x, y) in enumerate(bar):
             for group in opt.param_groups:
                 group["lr"] = lr_at(epoch * steps_per_epoch + i, total, warmup, config.lr)
@@ -163,7 +162,8 @@ def fit(forward: Forward, owned: nn.Module, data: TaskData, preprocess: Preproce
             loss_sum += float(loss.detach()) * len(y)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
         set_mode(False)
         val = evaluate(forward, data.val, preprocess, config.eval_batch_size)
         row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_top1": correct / seen,
@@ -176,9 +176,9 @@ def fit(forward: Forward, owned: nn.Module, data: TaskData, preprocess: Preproce
         if run is not None:
             _write_metrics(run, history)
             _checkpoint(run, owned, opt, epoch + 1, history, best, row["seconds"], settings)
-        if config.progress:
-            tqdm.write(f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  "
-                       f"train {row['train_top1']:.4f}  val {val:.4f}")
+        if config.progress:  # one line per epoch, on a terminal and in a log file alike
+            log(f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  "
+                f"train {row['train_top1']:.4f}  val {val:.4f}  {row['seconds']:.1f} s")
     if best["state"] is not None:
         owned.load_state_dict(best["state"])
     set_mode(False)

@@ -11,15 +11,13 @@ import json
 import os
 import shlex
 import shutil
-import sys
 import time
 import traceback
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from ..errors import DeltaPatchError
 from ..hardware import describe
+from ..progress import log, progress_bar
 from ..run import DATA_PROTOCOL
 from . import full, scenarios  # noqa: F401  (register the scenario kinds)
 from .jobs import SCENARIOS, Job, Skip
@@ -104,10 +102,8 @@ def run_jobs(jobs: list[Job], out: Path, progress: bool = True, max_jobs: int | 
     failed / pending (``max_jobs`` reached, or another ``shard``'s run not finished yet)."""
     records, started, code, hw = [], 0, code_version(), hardware()
     order = {k: i for i, k in enumerate(dict.fromkeys(j.key for j in jobs))}
-    bar = tqdm(jobs, desc="bench", disable=not progress, unit="run")
-    for job in bar:
+    for i, job in enumerate(progress_bar(jobs, desc="bench", enabled=progress, unit="run")):
         file = out / RUNS / f"{job.key}.json"
-        bar.set_postfix_str(job.key[-60:])
         old = _stored(file, job)
         if old is not None:
             records.append(old)
@@ -130,8 +126,10 @@ def run_jobs(jobs: list[Job], out: Path, progress: bool = True, max_jobs: int | 
             record.update(status="skipped", reason=str(why))
         except Exception as err:  # noqa: BLE001 — one broken cell must not stop the grid
             record.update(status="failed", reason=f"{type(err).__name__}: {err}")
-            tqdm.write(f"FAILED {job.key}: {record['reason']}\n{traceback.format_exc()}",
-                       file=sys.stderr)
+            log(f"FAILED {job.key}: {record['reason']}\n{traceback.format_exc()}")
+        if progress:
+            log(f"[{i + 1}/{len(jobs)}] {job.key}: {record['status']}"
+                + (f" ({record['result'].get('wall_seconds')} s)" if "result" in record else ""))
         records.append(record)
     return records
 
