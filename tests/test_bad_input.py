@@ -137,12 +137,12 @@ def test_second_training_into_a_locked_folder_is_refused(tasks, tmp_path, capsys
 
 
 @pytest.mark.parametrize("edit,match", [
-    (lambda c: [c], "JSON object"),
-    (lambda c: None, "JSON object"),
-    (lambda c: "text", "JSON object"),
+    (lambda c: [c], "not an object"),
+    (lambda c: None, "not an object"),
+    (lambda c: "text", "not an object"),
     (lambda c: {**c, "num_classes": -1}, "num_classes"),
     (lambda c: {**c, "num_classes": 20_000_000}, "num_classes"),
-    (lambda c: {**c, "num_classes": 1e999}, "num_classes"),
+    (lambda c: {**c, "num_classes": 1e999}, "Infinity is not allowed"),
     (lambda c: {**c, "reduction": 0}, "reduction"),
     (lambda c: {**c, "class_names": [1, 2, 3]}, "class_names"),
     (lambda c: {**c, "preprocess": {**c["preprocess"], "size": 10**9}}, "size"),

@@ -95,11 +95,11 @@ def test_failed_save_leaves_old_patch_intact(backbone, tmp_path, monkeypatch):
 
     def boom(*a, **k):
         raise OSError("disk full")
-    monkeypatch.setattr("deltapatch.store.save_file", boom)
+    monkeypatch.setattr("deltapatch.store._save_bytes", boom)
     with pytest.raises((OSError, dp.PatchError)):
         model.save_patch("task", tmp_path / "p")
     assert (tmp_path / "p" / TENSORS_FILE).read_bytes() == old
-    assert [p.name for p in tmp_path.iterdir()] == ["p"]  # no temp folders left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".p.lock", "p"]  # no temp folders
     monkeypatch.undo()
     model.save_patch("task", tmp_path / "p")
     assert (tmp_path / "p" / "run").is_dir()  # other entries survive a re-save
