@@ -121,7 +121,7 @@ def test_nan_refused_on_save_and_on_read(tmp_path):
     assert_complete(target, (0,))  # the good patch is still there
     from safetensors.torch import save
     data = save({"w": torch.tensor([1.0, float("inf")], dtype=torch.float16)})
-    config = {**CONFIG, "content_hash": store._sha256(data)}
+    config = {**CONFIG, "content_hash": store.sha256(data)}
     (target / TENSORS_FILE).write_bytes(data)
     (target / CONFIG_FILE).write_text(json.dumps(config))
     with pytest.raises(PatchError, match="'w'.*NaN or Inf"):
@@ -185,7 +185,7 @@ def test_bad_tensors_file_refused(tmp_path, make):
 
 def test_oversized_tensors_file_refused_unread(tmp_path, monkeypatch):
     target = saved(tmp_path)
-    monkeypatch.setattr(store, "MAX_TENSOR_FILE_BYTES", 100)
+    monkeypatch.setattr("deltapatch.tensorfile.MAX_TENSOR_FILE_BYTES", 100)
     with pytest.raises(PatchError, match="limit"):
         read_folder(target)
 
