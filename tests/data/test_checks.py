@@ -45,7 +45,7 @@ def test_nan_pixels_name_the_split_and_count(tmp_path):
         _load(_save(tmp_path / "n.npz", x_train=xf, x_test=bad))
 
 
-def test_unit_floats_scaled_once_for_all_splits(tmp_path):
+def test_unit_floats_scaled_once_for_all_splits(tmp_path, capsys):
     ref = _load(_save(tmp_path / "u8.npz"))
     xf = X8.astype(np.float64) / 255
     dark = xf[:9] * 0.3  # test max well below 1: decided with train, so still x255
@@ -55,6 +55,7 @@ def test_unit_floats_scaled_once_for_all_splits(tmp_path):
                      16, val_fraction=0.25).test.images
     assert (got.test.images.int() - want.int()).abs().max() <= 1
     assert got.info["pixels"] == "[0, 1] values scaled by 255"
+    assert "f.npz: pixels [0, 1] values scaled by 255\n" in capsys.readouterr().err
     # [0, 255] floats are taken as is
     same = _load(_save(tmp_path / "f255.npz", x_train=X8.astype(np.float32)))
     assert torch.equal(same.train.images, ref.train.images) and "pixels" not in same.info

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..progress import log
 from ..registry import Registry
 from .checks import SPLITS, check_data_options, describe_scales, label_arrays, pixel_scales
 from .images import IMAGE_EXTS, decode_image, read_image_tree
@@ -204,8 +205,9 @@ def load_data(spec: str, size: int, *, val_fraction: float = 0.1, seed: int = 0,
         train, val = split_off(train, val_fraction, seed)
     test = make_set(raw["x_test"], raw["y_test"], size, f"{spec} test", scale=scales["x_test"])
     data = TaskData(label, train, val, test, names, hflip)
-    if describe_scales(scales):
+    if describe_scales(scales):  # say how non-uint8 pixels were read, once per data set
         data.info["pixels"] = describe_scales(scales)
+        log(f"{spec}: pixels {data.info['pixels']}")
     return check_labels(data)
 
 
