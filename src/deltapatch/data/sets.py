@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -15,6 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import DataError
+from .checks import pixel_scales
+
+Rng = Literal["numpy", "torch"]
 
 
 @dataclass
@@ -27,6 +31,12 @@ class ImageSet:
 
     def subset(self, idx: Tensor) -> ImageSet:
         return ImageSet(self.images[idx], self.labels[idx])
+
+    def sample(self, n: int | None, seed: int, *, rng: Rng = "numpy") -> ImageSet:
+        """At most ``n`` images, a seeded subset kept in the original order (``seeded_subset``)."""
+        if n is None or n >= len(self):
+            return self
+        return self.subset(seeded_subset(len(self), n, seed, rng=rng))
 
     def batches(self, batch_size: int, generator: torch.Generator | None = None
                 ) -> Iterator[tuple[Tensor, Tensor]]:
@@ -59,43 +69,92 @@ class TaskData:
         return len(self.class_names)
 
 
-def to_image_tensor(x: np.ndarray | Tensor, size: int) -> Tensor:
-    """Images (N, H, W), (N, H, W, C) or (N, C, H, W), uint8 or float in [0, 1] → uint8
-    (N, 3, size, size); grayscale becomes 3-channel, resizing is bilinear with antialiasing."""
-    t = x if isinstance(x, Tensor) else torch.from_numpy(np.array(x))  # a writable copy
-    if t.ndim == 3:
-        t = t.unsqueeze(1)
-    elif t.ndim == 4 and t.shape[-1] in (1, 3, 4) and t.shape[1] not in (1, 3):
-        t = t.permute(0, 3, 1, 2)
-    if t.ndim != 4 or t.shape[1] not in (1, 3, 4):
-        raise DataError(f"images must be (N, H, W[, C]) or (N, C, H, W); got {tuple(t.shape)}")
-    t = t[:, :3]
-    if t.shape[1] == 1:
-        t = t.expand(-1, 3, -1, -1)
-    if t.dtype == torch.uint8:
-        if t.shape[-2:] == (size, size):
-            return t.contiguous()
-        t = t.float()
-    else:
-        t = t.float()
-        if t.max() <= 1.0 + 1e-6:
-            t = t * 255
+def seeded_subset(n_items: int, n: int | None, seed: int, *, rng: Rng = "numpy") -> Tensor:
+    """Indices (sorted, int64) of a seeded random subset of ``n`` of ``n_items`` items.
+
+    The one place a "seeded subset" is drawn, so that ``max_train`` / ``max_test`` pick the same
+    images everywhere. ``rng="numpy"`` is ``default_rng(seed).permutation(n_items)[:n]``, the
+    selection the loaders have always used (published numbers depend on it); ``rng="torch"`` is
+    ``torch.randperm`` with ``Generator().manual_seed(seed)``, the selection of the older
+    ``methods.common.cap``, kept so that its callers can switch without moving their numbers.
+    ``n=None`` or ``n >= n_items`` selects everything.
+    """
+    if n is not None and (isinstance(n, bool) or n < 1):
+        raise DataError(f"a subset needs at least 1 item, got n={n!r}")
+    if n is None or n >= n_items:
+        return torch.arange(n_items)
+    if rng == "numpy":
+        return torch.from_numpy(np.sort(np.random.default_rng(seed).permutation(n_items)[:n]))
+    if rng == "torch":
+        return torch.randperm(n_items, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    raise ValueError(f"rng must be 'numpy' or 'torch', got {rng!r}")
+
+
+def _as_nchw(x: np.ndarray | Tensor) -> np.ndarray | Tensor:
+    """(N, H, W), (N, H, W, C) or (N, C, H, W) → (N, C, H, W) with C in 1, 3, 4 (a view)."""
+    if x.ndim == 3:
+        return x[:, None]
+    if x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3):
+        return x.transpose(0, 3, 1, 2) if isinstance(x, np.ndarray) else x.permute(0, 3, 1, 2)
+    if x.ndim != 4 or x.shape[1] not in (1, 3, 4):
+        raise DataError(f"images must be (N, H, W[, C]) or (N, C, H, W); got {tuple(x.shape)}")
+    return x
+
+
+def resize_images(t: Tensor, size: int) -> Tensor:
+    """Float (N, C, H, W) on the 0..255 scale → uint8 (N, C, size, size): bilinear with
+    antialiasing, in chunks to bound memory. Every resize in ``data`` goes through here, so an
+    image gets the same pixels whether it came alone or in a batch of equal-sized ones."""
     out = []
     for chunk in t.split(2048):
         if chunk.shape[-2:] != (size, size):
             chunk = F.interpolate(chunk, size=(size, size), mode="bilinear", antialias=True,
                                   align_corners=False)
         out.append(chunk.round().clamp_(0, 255).to(torch.uint8))
-    return torch.cat(out)
+    return torch.cat(out) if out else t.to(torch.uint8).new_empty((0, t.shape[1], size, size))
 
 
-def make_set(x: np.ndarray | Tensor, y: np.ndarray | Tensor, size: int, where: str) -> ImageSet:
+def to_image_tensor(x: np.ndarray | Tensor, size: int, *, scale: float | None = None) -> Tensor:
+    """Images (N, H, W), (N, H, W, C) or (N, C, H, W) → uint8 (N, 3, size, size); grayscale
+    becomes 3-channel, alpha is dropped, resizing is ``resize_images``.
+
+    ``scale`` brings non-uint8 values to 0..255 (the loaders decide it once per data set with
+    ``checks.pixel_scales``); without it the decision is made on ``x`` alone by the same rules,
+    which refuse NaN and out-of-range values.
+    """
+    if isinstance(x, Tensor) and x.dtype != torch.uint8 and scale is None:
+        x = x.detach().cpu().numpy()
+    x = _as_nchw(x)
+    if min(x.shape[-2:]) < 1:
+        raise DataError(f"images of {tuple(x.shape[-2:])} pixels are empty")
+    if isinstance(x, np.ndarray):
+        if x.dtype != np.uint8 and scale is None:
+            scale = pixel_scales({"images": x}, "images")["images"]
+        x = x[:, :3]
+        t = torch.from_numpy(np.ascontiguousarray(x if x.dtype == np.uint8 else
+                                                  x.astype(np.float32)))
+    else:
+        t = x[:, :3]
+    if t.shape[1] == 1:
+        t = t.expand(-1, 3, -1, -1)
+    if t.dtype == torch.uint8:
+        if t.shape[-2:] == (size, size):
+            return t.contiguous()
+        return resize_images(t.float(), size)
+    t = t.float()
+    if scale is not None and scale != 1.0:
+        t = t * scale
+    return resize_images(t, size)
+
+
+def make_set(x: np.ndarray | Tensor, y: np.ndarray | Tensor, size: int, where: str, *,
+             scale: float | None = None) -> ImageSet:
     labels = torch.as_tensor(np.asarray(y)).long().reshape(-1)
     if len(labels) == 0:
         raise DataError(f"{where} is empty")
     if len(x) != len(labels):
         raise DataError(f"{where}: {len(x)} images but {len(labels)} labels")
-    return ImageSet(to_image_tensor(x, size), labels)
+    return ImageSet(to_image_tensor(x, size, scale=scale), labels)
 
 
 def check_labels(data: TaskData) -> TaskData:

@@ -6,31 +6,48 @@ is one function. The shared real data (``../shared/data``) is read in place, nev
 
 from __future__ import annotations
 
-import io
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
+from ..progress import log
+from ..registry import Registry
+from .checks import SPLITS, check_data_options, describe_scales, label_arrays, pixel_scales
+from .images import IMAGE_EXTS, decode_image, read_image_tree
 from .paths import shared_data_file
-from .sets import ImageSet, TaskData, check_labels, make_set, split_off
+from .sets import ImageSet, TaskData, check_labels, make_set, seeded_subset, split_off
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+__all__ = ["BUILTINS", "IMAGE_EXTS", "builtin", "decode_image", "list_builtins", "load_data",
+           "load_test"]
+
 DIGITS = [str(i) for i in range(10)]
 
 Raw = dict  # {"x_train", "y_train", "x_test", "y_test", optional "x_val", "y_val", ...}
-BUILTINS: dict[str, Callable[[], tuple[Raw, list[str] | None, bool]]] = {}
+
+
+@dataclass(frozen=True)
+class Builtin:
+    """A built-in data set: ``load() -> (arrays, class_names or None)``; ``hflip`` says whether
+    a horizontal flip keeps its labels."""
+
+    load: Callable[[], tuple[Raw, list[str] | None]]
+    hflip: bool = True
+
+
+BUILTINS: Registry[str, Builtin] = Registry("data set")
 
 
 def builtin(name: str, hflip: bool = True):
-    """Register a built-in data set: ``fn() -> (arrays, class_names or None)``."""
+    """Register a built-in data set ``fn() -> (arrays, class_names or None)`` under ``name``;
+    a name registered twice raises ``RegistryError`` instead of replacing the first."""
 
     def deco(fn):
-        BUILTINS[name] = lambda: (*fn(), hflip)
+        BUILTINS.register(name, Builtin(fn, hflip))
         return fn
 
     return deco
@@ -80,117 +97,71 @@ for _name, _file, _flip in [("mnist", "mnist.npz", False), ("usps", "usps.npz", 
     builtin(_name, hflip=_flip)(_shared_npz(_file))
 
 
+CIFAR10_SIZE = 32  # every image of cifar10_jpeg.zip is 32 x 32, so nothing is resized on reading
+
+
 @builtin("cifar10")
-def _cifar10():
-    return _read_image_tree(shared_data_file("cifar10_jpeg.zip"))
+def _cifar10(only: str | None = None):
+    return read_image_tree(shared_data_file("cifar10_jpeg.zip"), CIFAR10_SIZE, only)
 
 
 def _read_npz(path: Path) -> Raw:
+    """All arrays of an ``.npz``; never unpickles (``allow_pickle=False``)."""
     try:
         with np.load(path, allow_pickle=False) as d:
             return {k: d[k] for k in d.files}
     except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise DataError(f"cannot read {path} as .npz: {err}") from None
+        hint = ("; store text (labels, class_names) as str arrays, e.g. np.array(names, dtype=str)"
+                if "allow_pickle" in str(err) else "")
+        raise DataError(f"cannot read {path} as .npz: {err}{hint}") from None
 
 
-def decode_image(data: bytes, where: str) -> np.ndarray:
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as err:
-        raise DataError(f"cannot read image {where}: {err}") from None
-
-
-def _read_image_tree(path: Path, only: str | None = None) -> tuple[Raw, list[str]]:
-    """An image folder or a zip of one: ``train/<class>/*`` + ``test/<class>/*``, or one level
-    of ``<class>/*`` (split 80/20 with seed 0)."""
-    if path.suffix == ".zip":
-        zf = zipfile.ZipFile(path)
-        files = [n for n in zf.namelist() if Path(n).suffix.lower() in IMAGE_EXTS]
-        read = zf.read
-    else:
-        files = sorted(str(p.relative_to(path)) for p in path.rglob("*")
-                       if p.suffix.lower() in IMAGE_EXTS)
-        read = lambda rel: (path / rel).read_bytes()
-    if not files:
-        raise DataError(f"no images found in {path} (expected class folders of image files)")
-    parts = [Path(f).parts for f in files]
-    split_layout = all(len(p) == 3 and p[0] in ("train", "test") for p in parts)
-    if not split_layout and not all(len(p) == 2 for p in parts):
-        raise DataError(f"{path}: expected train/<class>/image and test/<class>/image, or "
-                        "<class>/image; found mixed depths")
-    classes = sorted({p[-2] for p in parts})
-    if split_layout:
-        for split in ("train", "test"):
-            got = sorted({p[1] for p in parts if p[0] == split})
-            if got != classes:
-                raise DataError(f"{path}: class folders of train/ and test/ differ "
-                                f"({split} has {len(got)} of {len(classes)} classes)")
-    index = {c: i for i, c in enumerate(classes)}
-    groups: dict[str, tuple[list, list]] = {}
-    for f, p in zip(files, parts, strict=True):
-        split = p[0] if split_layout else "all"
-        xs, ys = groups.setdefault(split, ([], []))
-        xs.append(f)
-        ys.append(index[p[-2]])
-    raw: Raw = {}
-    for split, (xs, ys) in groups.items():
-        if only is not None and split_layout and split != only:
-            continue
-        images = [decode_image(read(f), f"{path}/{f}") for f in xs]
-        shapes = {im.shape for im in images}
-        if len(shapes) > 1:  # mixed sizes: bring all to the largest common square first
-            s = min(min(sh[:2]) for sh in shapes)
-            images = [np.asarray(Image.fromarray(im).resize((s, s), Image.BILINEAR))
-                      for im in images]
-        raw[f"x_{split}"] = np.stack(images)
-        raw[f"y_{split}"] = np.asarray(ys, dtype=np.int64)
-    if not split_layout:
-        n = len(raw["y_all"])
-        order = np.random.default_rng(0).permutation(n)
-        cut = max(1, int(0.2 * n))
-        te, tr = order[:cut], order[cut:]
-        raw = {"x_train": raw["x_all"][tr], "y_train": raw["y_all"][tr],
-               "x_test": raw["x_all"][te], "y_test": raw["y_all"][te]}
-    return raw, classes
-
-
-def _raw_from_spec(spec: str, only: str | None = None
+def _raw_from_spec(spec: str, size: int, only: str | None = None
                    ) -> tuple[Raw, list[str] | None, bool, str]:
     if spec == "cifar10" and only is not None:  # decode only the split asked for
-        raw, names = _read_image_tree(shared_data_file("cifar10_jpeg.zip"), only)
-        return raw, names, True, spec
+        raw, names = _cifar10(only)
+        return raw, names, BUILTINS.get(spec).hflip, spec
     if spec in BUILTINS:
-        raw, names, hflip = BUILTINS[spec]()
-        return raw, names, hflip, spec
+        entry = BUILTINS.get(spec)
+        raw, names = entry.load()
+        return raw, names, entry.hflip, spec
     path = Path(spec)
     if not path.exists():
         raise DataError(f"data '{spec}' is neither a file, a folder, nor a built-in name "
-                        f"({', '.join(sorted(BUILTINS))})")
+                        f"({', '.join(BUILTINS.names())})")
     if path.suffix == ".npz":
         return _read_npz(path), None, True, path.stem
-    raw, names = _read_image_tree(path, only)
+    raw, names = read_image_tree(path, size, only)
     return raw, names, True, path.name
 
 
-def _class_names(raw: Raw, names: list[str] | None) -> list[str]:
-    if names is not None:
-        return names
-    if "class_names" in raw:
-        return [str(c) for c in raw["class_names"]]
-    top = max(int(raw[k].max()) for k in ("y_train", "y_test") if k in raw)
-    return [str(c) for c in range(top + 1)]
+def _prepare(raw: Raw, names: list[str] | None, spec: str
+             ) -> tuple[Raw, list[str], dict[str, float]]:
+    """Labels as int64 indices (text labels mapped), the class names, and one pixel scale per
+    image array decided on all splits together (see ``checks.pixel_scales``)."""
+    if names is None and "class_names" in raw:
+        names = [str(c) for c in np.asarray(raw["class_names"]).reshape(-1)]
+    ys = {f"y_{s}": raw[f"y_{s}"] for s in SPLITS if f"y_{s}" in raw}
+    ys, names = label_arrays(ys, names, spec)
+    raw = {**raw, **ys}
+    if names is None:
+        top = max((int(y.max()) for y in ys.values() if y.size), default=0)
+        names = [str(c) for c in range(top + 1)]
+    scales = pixel_scales({f"x_{s}": np.asarray(raw[f"x_{s}"]) for s in SPLITS if f"x_{s}" in raw},
+                          spec)
+    return raw, names, scales
 
 
 def load_test(spec: str, size: int, *, max_test: int | None = None, seed: int = 0
               ) -> tuple[ImageSet, list[str]]:
     """Only the test split of ``spec`` (for scoring a base task or a saved patch)."""
-    raw, names, _, _ = _raw_from_spec(spec, only="test")
-    if "x_test" not in raw:
-        raise DataError(f"{spec}: no test split ('x_test' / a test/ folder)")
-    names = _class_names(raw, names)
+    check_data_options(size=size, max_test=max_test)
+    raw, names, _, _ = _raw_from_spec(spec, size, only="test")
+    if "x_test" not in raw or "y_test" not in raw:
+        raise DataError(f"{spec}: no test split ('x_test', 'y_test' / a test/ folder)")
+    raw, names, scales = _prepare(raw, names, spec)
     raw = _subsample(raw, "test", max_test, seed)
-    test = make_set(raw["x_test"], raw["y_test"], size, f"{spec} test")
+    test = make_set(raw["x_test"], raw["y_test"], size, f"{spec} test", scale=scales["x_test"])
     if int(test.labels.min()) < 0 or int(test.labels.max()) >= len(names):
         raise DataError(f"{spec}: test labels fall outside 0..{len(names) - 1}")
     return test, names
@@ -208,33 +179,44 @@ def load_data(spec: str, size: int, *, val_fraction: float = 0.1, seed: int = 0,
             GTSRB-style ``track_train`` keeps all frames of a track on one side.
         max_train / max_test: seeded subsets for quick runs, drawn before resizing; the
             validation share is held out of the ``max_train`` images.
+
+    Pixels: uint8 as is, uint16 divided by 257, other integers if in 0..255, floats scaled by
+    255 if all splits lie in [0, 1] (one decision for the data set, noted in ``info``).
+    Labels: integers, whole-number floats, or text (mapped to sorted unique values, or to
+    ``class_names`` order when given). Anything else is a ``DataError``.
     """
-    raw, names, hflip, label = _raw_from_spec(spec)
+    check_data_options(size=size, max_train=max_train, max_test=max_test, val_fraction=val_fraction)
+    raw, names, hflip, label = _raw_from_spec(spec, size)
     for key in ("x_train", "y_train", "x_test", "y_test"):
         if key not in raw:
             raise DataError(f"{spec}: missing '{key}' (an .npz needs x_train, y_train, "
                             "x_test, y_test)")
-    names = _class_names(raw, names)
+    if ("x_val" in raw) != ("y_val" in raw):
+        raise DataError(f"{spec}: has one of 'x_val', 'y_val' without the other")
+    raw, names, scales = _prepare(raw, names, spec)
     raw = _subsample(raw, "train", max_train, seed, keep=("track_train",))
     raw = _subsample(raw, "test", max_test, seed)
-    train = make_set(raw["x_train"], raw["y_train"], size, f"{spec} train")
+    train = make_set(raw["x_train"], raw["y_train"], size, f"{spec} train", scale=scales["x_train"])
     if "x_val" in raw:
-        val = make_set(raw["x_val"], raw["y_val"], size, f"{spec} val")
+        val = make_set(raw["x_val"], raw["y_val"], size, f"{spec} val", scale=scales["x_val"])
     elif "track_train" in raw:
         train, val = _split_groups(train, torch.as_tensor(raw["track_train"]), val_fraction, seed)
     else:
         train, val = split_off(train, val_fraction, seed)
-    test = make_set(raw["x_test"], raw["y_test"], size, f"{spec} test")
+    test = make_set(raw["x_test"], raw["y_test"], size, f"{spec} test", scale=scales["x_test"])
     data = TaskData(label, train, val, test, names, hflip)
+    if describe_scales(scales):  # say how non-uint8 pixels were read, once per data set
+        data.info["pixels"] = describe_scales(scales)
+        log(f"{spec}: pixels {data.info['pixels']}")
     return check_labels(data)
 
 
 def _subsample(raw: Raw, split: str, n: int | None, seed: int, keep: tuple = ()) -> Raw:
-    """At most ``n`` rows of ``x_<split>``, ``y_<split>`` (and ``keep`` arrays), seeded."""
+    """At most ``n`` rows of ``x_<split>``, ``y_<split>`` (and ``keep`` arrays): ``seeded_subset``."""
     y = raw[f"y_{split}"]
     if n is None or n >= len(y):
         return raw
-    idx = np.sort(np.random.default_rng(seed).permutation(len(y))[:n])
+    idx = seeded_subset(len(y), n, seed).numpy()
     out = dict(raw)
     for key in (f"x_{split}", f"y_{split}", *keep):
         if key in raw:
@@ -252,4 +234,4 @@ def _split_groups(s: ImageSet, groups: torch.Tensor, fraction: float, seed: int
 
 
 def list_builtins() -> list[str]:
-    return sorted(BUILTINS)
+    return BUILTINS.names()
