@@ -22,7 +22,7 @@ import torch
 from . import metrics, store
 from .backbones import load_backbone
 from .data import load_data, load_test
-from .data.sets import ImageSet, TaskData, seeded_subset
+from .data.sets import ImageSet, TaskData
 from .errors import DeltaPatchError
 from .model import PatchedModel
 from .options import opt, validate
@@ -106,7 +106,7 @@ def task_data(spec: str, size: int, *, seed: int, max_train: int | None,
     def make() -> TaskData:
         data = load_data(spec, size, val_fraction=val_fraction, seed=seed,
                          max_train=max_train, max_test=max_test)
-        data.val = seeded_subset(data.val, max_val, seed)
+        data.val = data.val.sample(max_val, seed, rng="torch")  # as every published run drew it
         return data
     return cached(("data", spec, size, seed, max_train, max_test, val_fraction, max_val), make)
 

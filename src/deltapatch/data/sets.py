@@ -182,11 +182,3 @@ def split_off(s: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, ImageS
         raise DataError(f"cannot hold out {fraction:.0%} of only {n} images")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return s.subset(order[k:]), s.subset(order[:k])
-
-
-def seeded_subset(images: ImageSet, n: int | None, seed: int) -> ImageSet:
-    """At most ``n`` images of ``images``, a seeded random subset kept in the original order."""
-    if n is None or n >= len(images):
-        return images
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
-    return images.subset(order[:n].sort().values)

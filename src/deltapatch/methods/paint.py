@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..backbones.spec import StageSpec
-from ..data.sets import ImageSet, TaskData, seeded_subset
+from ..data.sets import ImageSet, TaskData
 from ..metrics import harmonic_mean
 from ..model import PatchedModel
 from ..patch import PatchConfig
@@ -172,7 +172,7 @@ def base_task(ctx: MethodContext) -> EvalTask:
         raise ValueError("paint picks α on the base task's validation split: pass --base-data "
                          "(MethodContext.base_data)")
     limit = int(ctx.options.get("base_val_max", 2000))
-    return EvalTask("base", seeded_subset(ctx.base_data.val, limit, ctx.train.seed), None,
+    return EvalTask("base", ctx.base_data.val.sample(limit, ctx.train.seed, rng="torch"), None,
                     ctx.base_data.test)
 
 
@@ -217,7 +217,7 @@ def sequential(model: PatchedModel, contexts: list[MethodContext], base: BaseTas
         raise ValueError("sequential PAINT needs the base task's data (α is chosen on it)")
     full = base.full()
     val_max = int(contexts[0].options.get("base_val_max", 2000))
-    tasks = [EvalTask("base", seeded_subset(full.val, val_max, contexts[0].train.seed), None,
+    tasks = [EvalTask("base", full.val.sample(val_max, contexts[0].train.seed, rng="torch"), None,
                       base.test)]
     previous, heads, after, steps = None, {}, {}, []
     for ctx in contexts:
