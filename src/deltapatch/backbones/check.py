@@ -25,6 +25,7 @@ from .spec import StageSpec, Step, block_split, resolve, stage_module
 PROBE_SIZE = 64
 """Probe images are at most this many pixels a side (the backbone's own size if it fails)."""
 
+
 def check_spec(net: nn.Module, spec: StageSpec, size: int) -> list[tuple[int, int, int]]:
     """Prove that ``spec`` describes ``net``; returns (in channels, out channels, blocks) per
     stage, measured on the probe.
@@ -246,17 +247,23 @@ def _check_head(net: nn.Module, spec: StageSpec, h: Tensor, rec: _Record, inside
 
 
 def _run(net: nn.Module, steps: Sequence[Step], h: Tensor, field: str) -> Tensor:
+    """The steps on ``h``; a step may hand a tuple to the next, but the last must give a tensor."""
     for i, step in enumerate(steps):
-        shape = tuple(h.shape)
+        given = _describe(h)
         try:
             h = resolve(net, step)(h)
         except Exception as err:  # noqa: BLE001  (a user's step: report it with its field)
-            raise SpecError(f"{field}[{i}] {_show(step)} fails on a tensor of shape {shape}: "
-                            f"{_line(err)}") from None
-        if not isinstance(h, Tensor):
-            raise SpecError(f"{field}[{i}] {_show(step)} returns a {type(h).__name__}, not a "
-                            "tensor: add a step that combines it the way backbone.forward does")
+            raise SpecError(f"{field}[{i}] {_show(step)} fails on {given}: {_line(err)}") from None
+    if not isinstance(h, Tensor):
+        raise SpecError(f"{field}[{len(steps) - 1}] {_show(steps[-1])} returns a "
+                        f"{type(h).__name__}, not a tensor: add a step that combines it the way "
+                        "backbone.forward does")
     return h
+
+
+def _describe(h: object) -> str:
+    return (f"a tensor of shape {tuple(h.shape)}" if isinstance(h, Tensor)
+            else f"a {type(h).__name__}")
 
 
 def _check_split(block: nn.Module, h: Tensor, own: Tensor, where: str) -> None:
