@@ -94,7 +94,7 @@ def imagenet_download(build: Callable[[], nn.Module], family: str, name: str
         cached = cached_weights(family, name)
         if not cached and not host_reachable(host):
             raise BackboneError(f"could not get ImageNet weights for '{name}': {host} cannot be "
-                                f"reached and they are not in the local cache. {FIX}.")
+                                f"reached and they are not in the local cache: {FIX}.")
         try:
             with _hub_offline(cached and family == "timm"):
                 return build()
