@@ -36,11 +36,18 @@ def test_existing_skips_at_one_reproduce_base_stage(name):
     backbone = dp.load_backbone(name).eval()
     model = dp.PatchedModel(backbone)
     model.add_patch("same", 5, stages=model.num_stages, gate="existing", norm="none")
+    model.add_patch("all", 5, stages=model.num_stages, gate="fixed", norm="none")
     model.eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        torch.testing.assert_close(model.features(x, "same"), model.features(x), atol=1e-5,
-                                   rtol=1e-5)
+        base = model.features(x)
+        torch.testing.assert_close(model.features(x, "same"), base, atol=1e-5, rtol=1e-5)
+        # the control: the same wiring with every new skip on is not the base stage (compared
+        # at a stage output: ConvNeXt's final LayerNorm hides a mere rescaling)
+        last = model.num_stages - 1
+        h = model.stage_input(x, last)
+        out, _ = model.get_patch("all").delta(last)(h, list(model._stages[last]))
+        assert not torch.allclose(out, model._stages[last](h), atol=1e-3, rtol=1e-3)
 
 
 def test_stage_refuses_wrong_block_count(backbone):

@@ -10,14 +10,23 @@ import deltapatch as dp
 from deltapatch.train import TrainConfig, fit_patch
 
 
+def assert_patch_acts(model: dp.PatchedModel, x: torch.Tensor, name: str) -> None:
+    """A patch that is silently ignored would make every base-equality test pass vacuously."""
+    with torch.no_grad():
+        assert not torch.equal(model.features(x, name), model.features(x)), f"{name} is ignored"
+
+
 def test_wrapping_copies_nothing_and_base_is_bit_identical(backbone, x):
     plain = backbone(x)
     before = snapshot(backbone)
     model = dp.PatchedModel(backbone)
     assert model.backbone is backbone
     assert torch.equal(model(x), plain)
-    model.add_patch("a", 3, stages=2)
+    model.add_patch("a", 10, stages=2)
     model.add_patch("b", 7, stages=[0, 2])
+    patched = model(x, patch="a")
+    assert patched.shape == plain.shape and not torch.equal(patched, plain)
+    assert_patch_acts(model, x, "b")
     assert torch.equal(model(x), plain)
     assert torch.equal(model(x, patches=["__base__"] * len(x)), plain)
     assert_unchanged(backbone, before)
@@ -30,6 +39,8 @@ def test_base_identical_and_backbone_unchanged_after_training(backbone, x):
     model.add_patch("a", 4, stages=3)
     data = _tiny_task(num_classes=4)
     fit_patch(model, "a", data, TrainConfig(epochs=2, batch_size=8, progress=False))
+    model.eval()
+    assert_patch_acts(model, x, "a")
     assert_unchanged(backbone, before)
     assert not backbone.training
     assert torch.equal(model(x), plain)
@@ -93,6 +104,8 @@ def test_mixed_routing_rows_equal_single_runs(backbone, x):
     model.add_patch("c", 5, stages=3)
     model.eval()
     names = ["a", "__base__", "b", "c", "a", "__base__"]
+    for name in "abc":
+        assert_patch_acts(model, x, name)
     with torch.no_grad():
         mixed = model(x, patches=names)
         assert mixed.shape == (6, 10)  # widest head: the base task's 10 classes
@@ -107,8 +120,10 @@ def test_set_patch_and_disable_patch(backbone, x):
     model.add_patch("a", 3, stages=1)
     plain = backbone(x)
     assert torch.equal(model(x), plain)  # none active until set
+    assert_patch_acts(model, x, "a")
     model.set_patch("a")
     assert model(x).shape == (6, 3)
+    assert torch.equal(model(x), model(x, patch="a"))
     with model.disable_patch():
         assert torch.equal(model(x), plain)
     assert model(x).shape == (6, 3)
@@ -141,6 +156,36 @@ def test_deepcopy_free_wrap_keeps_identity_of_modules(backbone):
     model = dp.PatchedModel(backbone)
     ids = {id(m) for m in backbone.modules()}
     assert {id(m) for m in model.backbone.modules()} == ids
+
+
+def test_empty_batch_gives_empty_results(backbone):
+    model = dp.PatchedModel(backbone).eval()
+    model.add_patch("p", 3, stages=2)
+    x = torch.zeros(0, 3, 32, 32)
+    with torch.no_grad():
+        assert model(x, patch="p").shape == (0, 3)
+        assert model(x, patches=[]).shape[0] == 0
+        assert model(x).shape == (0, 10)
+        assert model.features(x).shape == model.features(x, "p").shape == (0, 64)
+        assert {s: tuple(v.shape) for s, v in model.lambdas(x, "p").items()} == {1: (0, 6),
+                                                                                2: (0, 6)}
+        assert model.forward_from(model.stage_input(x, 1), 1, "p").shape == (0, 3)
+        model.set_patch("p")
+        assert model(x).shape == (0, 3)
+
+
+def test_stage_walk_is_the_specs(backbone, x):
+    """PatchedModel's prefix and suffix are StageSpec's walk, on the backbone itself."""
+    model = dp.PatchedModel(backbone).eval()
+    model.add_patch("p", 4, stages=1)
+    spec = model.spec
+    with torch.no_grad():
+        for s in range(model.num_stages + 1):
+            assert torch.equal(model.stage_input(x, s), spec.stage_input(backbone, x, s))
+        h = model.stage_input(x, 2)
+        assert torch.equal(model.forward_from(h, 2, "p"), model(x, patch="p"))
+        assert torch.equal(model.features(x), spec.features_from(backbone, h, 2))
+        assert torch.equal(spec.logits(backbone, x), backbone(x))
 
 
 def _tiny_task(num_classes: int):

@@ -11,12 +11,13 @@ from .backbones import (
                         register_block,
                         register_spec,
 )
-from .errors import BackboneError, DataError, DeltaPatchError, PatchError
+from .delta import register_gate
+from .errors import BackboneError, DataError, DeltaPatchError, PatchError, SpecError
 from .model import BASE, PatchedModel
 from .patch import Patch, PatchConfig, read_config
 from .preprocess import Preprocess
 
 __all__ = ["BASE", "BackboneError", "BlockSplit", "DataError", "DeltaPatchError", "Patch",
-           "PatchConfig", "PatchError", "PatchedModel", "Preprocess", "StageSpec", "__version__",
-           "list_backbones", "load_backbone", "read_config", "register_backbone",
-           "register_block", "register_spec"]
+           "PatchConfig", "PatchError", "PatchedModel", "Preprocess", "SpecError", "StageSpec",
+           "__version__", "list_backbones", "load_backbone", "read_config", "register_backbone",
+           "register_block", "register_gate", "register_spec"]

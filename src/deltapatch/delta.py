@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .backbones.spec import block_split
+from .registry import Registry
 
 
 def num_skips(k: int) -> int:
@@ -105,13 +106,22 @@ class ExistingSkipGate(nn.Module):
         return lam.index_copy(1, self.index, self.weight.expand(h0.shape[0], -1))
 
 
-GATES: dict[str, Callable[[int, int], nn.Module]] = {
-    "delta": DeltaModule,
-    "learned": LearnedGate,
-    "fixed": FixedGate,
-    "random": RandomGate,
-    "existing": ExistingSkipGate,
-}
+GateFactory = Callable[..., nn.Module]
+"""``factory(channels, k) -> gate``, a module mapping h_0 (N, C, H, W) to Λ (N, k(k+1)/2)."""
+
+GATES: Registry[str, GateFactory] = Registry("gate")
+
+
+def register_gate(name: str, factory: GateFactory, override: bool = False) -> GateFactory:
+    """Make ``add_patch(..., gate=name)`` build its Λ with ``factory(channels, k)``. An existing
+    name raises unless ``override=True`` (patches saved with that name would change meaning)."""
+    return GATES.register(name, factory, override=override)
+
+
+for _name, _factory in [("delta", DeltaModule), ("learned", LearnedGate), ("fixed", FixedGate),
+                        ("random", RandomGate), ("existing", ExistingSkipGate)]:
+    register_gate(_name, _factory)
+
 NORMS = ("output", "skip", "none")
 
 
@@ -127,7 +137,7 @@ class DeltaStage(nn.Module):
                  norm: str = "output", reduction: int = 4) -> None:
         super().__init__()
         if gate not in GATES:
-            raise ValueError(f"unknown gate '{gate}'; choose from {sorted(GATES)}")
+            raise ValueError(f"unknown gate '{gate}'; choose from {GATES.names()}")
         if norm not in NORMS:
             raise ValueError(f"unknown norm '{norm}'; choose from {NORMS}")
         self.k, self.norm_at = k, norm

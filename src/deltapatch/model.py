@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .backbones.check import check_spec
 from .backbones.registry import backbone_name, default_preprocess
-from .backbones.spec import StageSpec, block_split, run_steps, spec_for, stage_module
+from .backbones.spec import StageSpec, block_split, spec_for
 from .errors import PatchError
 from .patch import (
     Patch,
@@ -54,28 +55,15 @@ class PatchedModel(nn.Module):
         self.preprocess: Preprocess = default_preprocess(backbone)
         self.patches = nn.ModuleDict()
         self.active: str | None = None
-        self._stages = tuple(self._stage_module(p) for p in self.spec.stages)
-        self._head = self._head_module()
+        probe = check_spec(self.backbone, self.spec, self.preprocess.size)  # raises SpecError
+        self._shapes = [StageShape(*shape) for shape in probe]
+        # resolved once: slice stages are views built per lookup, and forward runs them often
+        self._stages = tuple(self.spec.stage_module(self.backbone, s)
+                             for s in range(self.spec.num_stages))
+        self._head: nn.Linear = self.spec.head_module(self.backbone)
         self._fingerprint: str | None = None
-        self._shapes: list[StageShape] | None = None
 
     # ----------------------------------------------------------------- structure
-    def _stage_module(self, path: str) -> nn.Module:
-        stage = stage_module(self.backbone, path)
-        blocks = list(stage)
-        if not blocks:
-            raise ValueError(f"stage '{path}' has no sub-blocks")
-        for b in blocks:
-            block_split(b)  # raises a clear TypeError for unknown block types
-        return stage
-
-    def _head_module(self) -> nn.Linear:
-        head = self.backbone.get_submodule(self.spec.head)
-        if not isinstance(head, nn.Linear):
-            raise ValueError(f"spec head '{self.spec.head}' is a {type(head).__name__}; it must "
-                             "be the final nn.Linear classifier")
-        return head
-
     @property
     def num_stages(self) -> int:
         return len(self._stages)
@@ -92,19 +80,8 @@ class PatchedModel(nn.Module):
         return self._fingerprint
 
     def stage_shapes(self) -> list[StageShape]:
-        """Channels in/out and sub-block count per stage, from one small probe forward."""
-        if self._shapes is None:
-            size = min(self.preprocess.size, 64)
-            shapes = []
-            with torch.no_grad():
-                h = run_steps(self.backbone, self.spec.stem, torch.zeros(1, 3, size, size))
-                for s, stage in enumerate(self._stages):
-                    h = run_steps(self.backbone, self.spec.transitions.get(s, ()), h)
-                    out = stage(h)
-                    shapes.append(StageShape(h.shape[1], out.shape[1], len(list(stage))))
-                    h = out
-            self._shapes = shapes
-        return self._shapes
+        """Channels in/out and sub-block count per stage, measured by the spec check's probe."""
+        return list(self._shapes)
 
     def resolve_stages(self, stages: int | str | Sequence[int | str]) -> list[int]:
         """Δ(n) as an int (the last n stages), or explicit 0-based indices / stage names."""
@@ -259,15 +236,16 @@ class PatchedModel(nn.Module):
         if patches is not None:
             if len(patches) != x.shape[0]:
                 raise ValueError(f"{len(patches)} patch names for a batch of {x.shape[0]}")
-            return self._routed(x, list(patches))
+            return self._routed(x, _group_rows(list(patches), BASE))
         name = patch if patch is not None else self.active
         if name is None or name == BASE:
             return self.backbone(x)
-        return self._routed(x, [name] * x.shape[0])
+        return self._routed(x, _group_rows([name] * x.shape[0], name))
 
     def features(self, x: Tensor, patch: str | None = None) -> Tensor:
         """Pre-logit features (the head's input) of the base path or of one patch."""
-        return self._routed(x, [patch or BASE] * x.shape[0], head=False)
+        name = patch or BASE
+        return self._routed(x, _group_rows([name] * x.shape[0], name), head=False)
 
     def lambdas(self, x: Tensor, patch: str | None = None) -> dict[int, Tensor]:
         """Λ per patched stage: ``{stage index: (N, k(k+1)/2)}`` in [0, 1] for the Δ gate."""
@@ -275,7 +253,7 @@ class PatchedModel(nn.Module):
         if name is None:
             raise PatchError("lambdas() needs a patch: pass patch=NAME or set_patch(NAME)")
         record: dict[str, dict[int, Tensor]] = {}
-        self._routed(x, [name] * x.shape[0], record=record)
+        self._routed(x, _group_rows([name] * x.shape[0], name), record=record)
         return record.get(name, {})
 
     def stage_input(self, x: Tensor, stage: int) -> Tensor:
@@ -285,10 +263,10 @@ class PatchedModel(nn.Module):
         (:mod:`deltapatch.cache`); ``forward`` itself runs ``forward_from(stage_input(x, s), s)``."""
         if not 0 <= stage <= self.num_stages:
             raise ValueError(f"stage {stage} out of range 0..{self.num_stages}")
-        h = run_steps(self.backbone, self.spec.stem, x)
-        for s in range(stage):
-            h = self._stages[s](run_steps(self.backbone, self.spec.transitions.get(s, ()), h))
-        return run_steps(self.backbone, self.spec.transitions.get(stage, ()), h)
+        return self.spec.stage_input(self.backbone, x, stage, self._run_stage)
+
+    def _run_stage(self, s: int, h: Tensor) -> Tensor:
+        return self._stages[s](h)
 
     def first_patched_stage(self, names: Sequence[str]) -> int:
         """The earliest stage any of ``names`` patches (``num_stages`` for head-only / base)."""
@@ -314,7 +292,8 @@ class PatchedModel(nn.Module):
         :meth:`first_residual`) skips recomputing F_1(h_0); it needs every row on one patch
         that patches stage ``start``.
         """
-        names = list(patches) if patches is not None else [patch or self.active or BASE] * len(h)
+        one = patch or self.active or BASE
+        names = list(patches) if patches is not None else [one] * len(h)
         first = self.first_patched_stage(names)
         if start > first:
             raise ValueError(f"forward_from(start={start}) would skip patched stage {first}")
@@ -322,11 +301,11 @@ class PatchedModel(nn.Module):
                                            or start >= self.num_stages):
             raise ValueError("first_residual needs all rows on one patch that patches stage "
                              f"{start}")
-        return self._finish(h, start, _group_rows(names), head, first_residual=first_residual)
+        groups = _group_rows(names, BASE if patches is not None else one)
+        return self._finish(h, start, groups, head, first_residual=first_residual)
 
-    def _routed(self, x: Tensor, names: list[str], head: bool = True,
+    def _routed(self, x: Tensor, groups: dict[str, Tensor], head: bool = True,
                 record: dict[str, dict[int, Tensor]] | None = None) -> Tensor:
-        groups = _group_rows(names)
         if set(groups) == {BASE} and head:
             return self.backbone(x)
         start = self.first_patched_stage(list(groups))
@@ -338,14 +317,15 @@ class PatchedModel(nn.Module):
         """Stages ``start``.. on ``h`` (stage ``start``'s input), routed per row group: each stage
         runs once for all rows not patched there, and per patch only on that patch's rows."""
         patches = {n: self.get_patch(n) for n in groups if n != BASE}
-        for s in range(start, self.num_stages):
-            if s > start:
-                h = run_steps(self.backbone, self.spec.transitions.get(s, ()), h)
+
+        def run_stage(s: int, h: Tensor) -> Tensor:
             deltas = {n: p.delta(s) for n, p in patches.items() if p.delta(s) is not None}
-            stage = self._stages[s]
+            if not deltas:
+                return self._stages[s](h)
             r1 = first_residual if s == start else None
-            h = self._stage(h, s, stage, deltas, groups, record, r1) if deltas else stage(h)
-        feats = run_steps(self.backbone, self.spec.pre_logits, h)
+            return self._stage(h, s, self._stages[s], deltas, groups, record, r1)
+
+        feats = self.spec.features_from(self.backbone, h, start, run_stage)
         if not head:
             return feats
         heads = {n: (self._head if n == BASE else patches[n].head) for n in groups}
@@ -378,10 +358,14 @@ def _delta_fn(delta: nn.Module, blocks: list, stage: int, record: dict | None,
     return run
 
 
-def _group_rows(names: list[str]) -> dict[str, Tensor]:
+def _group_rows(names: list[str], empty: str) -> dict[str, Tensor]:
+    """Row indices per task name. An empty batch is one empty group of task ``empty``, so it
+    runs the same path as any batch and gives an empty result of that task's width."""
     rows: dict[str, list[int]] = {}
     for r, n in enumerate(names):
         rows.setdefault(n, []).append(r)
+    if not rows:
+        return {empty: torch.zeros(0, dtype=torch.long)}
     return {n: torch.tensor(r, dtype=torch.long) for n, r in rows.items()}
 
 

@@ -59,9 +59,12 @@ def test_residual_split_matches_block_forward(backbone):
     model = dp.PatchedModel(backbone)
     model.add_patch("same", 1000, stages=[2, 4], gate="existing", norm="none")
     model.get_patch("same").head.load_state_dict(model._head.state_dict())
+    model.add_patch("all", 1000, stages=[2, 4], gate="fixed", norm="none")
+    model.get_patch("all").head.load_state_dict(model._head.state_dict())
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.allclose(model(x, patch="same"), backbone(x), atol=1e-5, rtol=1e-4)
+        assert not torch.allclose(model(x, patch="all"), backbone(x), atol=1e-3, rtol=1e-3)
 
 
 def test_imagenet_preprocessing_is_tf_lite(backbone):

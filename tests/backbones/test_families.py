@@ -4,6 +4,7 @@ forward and backward at a small input size with the backbone untouched."""
 from __future__ import annotations
 
 import importlib.util
+import time
 
 import pytest
 import torch
@@ -67,16 +68,30 @@ def test_unknown_backbone_and_model_errors_say_what_to_provide():
         dp.PatchedModel(Odd())
 
 
-def test_imagenet_weights_offline_error_names_weights_path(monkeypatch):
-    from deltapatch.backbones import registry
+@pytest.mark.parametrize("name", ["resnet18", "timm/resnet18"])
+def test_imagenet_weights_offline_fail_at_once_naming_weights_path(monkeypatch, name):
+    """Offline (the probe says so) and not cached: the error comes before any download try."""
+    if name.startswith("timm/") and not importlib.util.find_spec("timm"):
+        pytest.skip("needs timm")
+    from deltapatch.backbones import hub
 
-    def no_net(**kw):
-        raise OSError("network unreachable")
-    monkeypatch.setitem(BACKBONES, "resnet18", registry.BackboneEntry(
-        build=BACKBONES["resnet18"].build, preprocess=BACKBONES["resnet18"].preprocess,
-        named_weights={"imagenet": registry._imagenet_download(no_net)}))
+    def no_download(*args, **kwargs):
+        raise AssertionError("must not try to download when offline")
+    monkeypatch.setattr(hub, "host_reachable", lambda host, timeout=2.0: False)
+    monkeypatch.setattr(hub, "cached_weights", lambda family, name: False)
+    monkeypatch.setattr("torch.hub.load_state_dict_from_url", no_download)
+    start = time.perf_counter()
     with pytest.raises(dp.BackboneError, match="--weights PATH"):
-        dp.load_backbone("resnet18", weights="imagenet")
+        dp.load_backbone(name, weights="imagenet")
+    assert time.perf_counter() - start < 5
+
+
+def test_connectivity_probe_is_bounded():
+    from deltapatch.backbones import hub
+
+    start = time.perf_counter()
+    hub.host_reachable("deltapatch-no-such-host.invalid", timeout=0.5)
+    assert time.perf_counter() - start < 1.5
 
 
 def test_weights_from_files(tmp_path):

@@ -1,4 +1,5 @@
-"""Backbones by name: how to build each (random init), its preprocessing, and its named weights."""
+"""Backbones by name: how to build each (random init), its preprocessing, and its named weights;
+and ``load_backbone``, which also takes a user's model factory (``file.py:build``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from torch import nn
 
 from ..errors import BackboneError
 from ..preprocess import Preprocess
+from ..registry import Registry
 from ..weights import load_state_dict_file
+from .factory import build_from_factory, is_factory_ref
+from .hub import imagenet_download
 
 
 @dataclass(frozen=True)
@@ -24,25 +28,13 @@ class BackboneEntry:
     named_weights: Mapping[str, Callable[[], nn.Module]] = field(default_factory=dict)
 
 
-BACKBONES: dict[str, BackboneEntry] = {}
+BACKBONES: Registry[str, BackboneEntry] = Registry("backbone")
 
 
-def register_backbone(name: str, entry: BackboneEntry) -> None:
-    BACKBONES[name] = entry
-
-
-def _imagenet_download(builder: Callable[..., nn.Module], **kw) -> Callable[[], nn.Module]:
-    def load() -> nn.Module:
-        try:
-            return builder(**kw)
-        except Exception as err:  # offline: URLError, socket errors, hub errors
-            raise BackboneError(
-                f"could not get ImageNet weights ({type(err).__name__}: {err}). This machine "
-                "seems offline: download the weights elsewhere and pass them as a file with "
-                "--weights PATH (weights='path/to/file.safetensors' in Python)."
-            ) from None
-
-    return load
+def register_backbone(name: str, entry: BackboneEntry, override: bool = False) -> None:
+    """Make ``load_backbone(name)`` build ``entry``; an existing name raises unless
+    ``override=True``."""
+    BACKBONES.register(name, entry, override=override)
 
 
 def _register_torchvision() -> None:
@@ -58,7 +50,8 @@ def _register_torchvision() -> None:
         register_backbone(name, BackboneEntry(
             build=lambda fn=fn: fn(weights=None),
             preprocess=Preprocess(224),
-            named_weights={"imagenet": _imagenet_download(fn, weights="DEFAULT")},
+            named_weights={"imagenet": imagenet_download(lambda fn=fn: fn(weights="DEFAULT"),
+                                                         "torchvision", name)},
         ))
 
 
@@ -76,8 +69,8 @@ def _register_timm() -> None:
         register_backbone(f"timm/{name}", BackboneEntry(
             build=lambda name=name: timm.create_model(name, pretrained=False),
             preprocess=Preprocess(224),
-            named_weights={"imagenet": _imagenet_download(timm.create_model, model_name=name,
-                                                          pretrained=True)},
+            named_weights={"imagenet": imagenet_download(
+                lambda name=name: timm.create_model(name, pretrained=True), "timm", name)},
         ))
 
 
@@ -116,37 +109,54 @@ def load_backbone(name: str, weights: str | Path | None = None) -> nn.Module:
 
     Args:
         name: a registered name (``deltapatch.list_backbones()``), e.g. ``resnet18``,
-            ``timm/convnext_tiny``, ``cifar_resnet56``.
-        weights: ``None`` for random init; a file (``.safetensors``, or a torch file read with
-            ``weights_only=True``); or a named set such as ``"imagenet"`` or ``"cifar10"``.
+            ``timm/convnext_tiny``, ``cifar_resnet56``; or a model factory
+            ``path/to/file.py:function`` / ``package.module:function`` (see
+            :mod:`deltapatch.backbones.factory`). A factory file is executed: pass only files
+            you trust.
+        weights: ``None`` for random init (or the factory's own); a file (``.safetensors``, or
+            a torch file read with ``weights_only=True``); or a named set such as
+            ``"imagenet"`` or ``"cifar10"``. Named sets that need a download fail at once,
+            naming ``--weights PATH``, when the machine is offline.
     """
-    if name not in BACKBONES:
-        raise BackboneError(f"unknown backbone '{name}'. Known: {', '.join(sorted(BACKBONES))}. "
-                            "For another CNN, wrap it with PatchedModel(model, spec=StageSpec(...)).")
-    entry = BACKBONES[name]
-    if weights is None:
-        model = entry.build()
-    elif str(weights) in entry.named_weights:
-        model = entry.named_weights[str(weights)]()
-    elif Path(weights).exists():
-        model = entry.build()
-        state = load_state_dict_file(Path(weights))
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as err:
-            raise BackboneError(f"{weights} does not fit backbone '{name}': {err}") from None
+    if name in BACKBONES:
+        entry = BACKBONES[name]
+        named, preprocess = entry.named_weights, entry.preprocess
+        if weights is not None and str(weights) in named:
+            model = named[str(weights)]()
+        else:
+            model = _with_weights_file(entry.build(), weights, name, named)
+    elif is_factory_ref(name):
+        model = _with_weights_file(build_from_factory(name), weights, name, {})
+        preprocess = getattr(model, "deltapatch_preprocess", Preprocess(224))
     else:
-        named = ", ".join(entry.named_weights) or "none"
-        raise BackboneError(f"weights '{weights}' is neither a file nor a named set for '{name}' "
-                            f"(named sets: {named}).")
+        raise BackboneError(f"unknown backbone '{name}'. Known: {', '.join(BACKBONES.names())}; "
+                            "or a model factory PATH.py:FUNCTION (docs/BRING_YOUR_OWN.md).")
     model.eval()
     model.deltapatch_name = name
-    model.deltapatch_preprocess = entry.preprocess
+    model.deltapatch_preprocess = preprocess
+    return model
+
+
+def _with_weights_file(model: nn.Module, weights: str | Path | None, name: str,
+                       named: Mapping[str, object]) -> nn.Module:
+    """``model`` with the state dict in file ``weights`` loaded (``None``: as it is)."""
+    if weights is None:
+        return model
+    if not Path(weights).is_file():
+        sets = ", ".join(named) or "none"
+        raise BackboneError(f"weights '{weights}' is neither a file nor a named set for '{name}' "
+                            f"(named sets: {sets}).")
+    state = load_state_dict_file(Path(weights))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise BackboneError(f"{weights} does not fit backbone '{name}': "
+                            f"{str(err).splitlines()[0]}") from None
     return model
 
 
 def list_backbones() -> list[str]:
-    return sorted(BACKBONES)
+    return BACKBONES.names()
 
 
 def default_preprocess(model: nn.Module) -> Preprocess:

@@ -7,8 +7,8 @@ those pieces are in a model (module paths, or small callables for functional glu
 
     h_j = post(residual(h_{j-1}) + shortcut(h_{j-1}))
 
-The built-in families use exactly this mechanism; a user brings their own CNN the same way (see the
-README, "Bring your own CNN"). Nothing here copies or rewires the model: the base path always runs
+The built-in families use exactly this mechanism; a user brings their own CNN the same way (see
+docs/BRING_YOUR_OWN.md). Nothing here copies or rewires the model: the base path always runs
 the untouched module's own ``forward``.
 """
 
@@ -21,6 +21,8 @@ from typing import Union
 
 import torch
 from torch import Tensor, nn
+
+from ..registry import Registry
 
 Step = Union[str, Callable[[Tensor], Tensor]]
 """One step of a spec: a dotted module path in the model, or a callable on the tensor."""
@@ -41,21 +43,27 @@ class BlockSplit:
     post: BlockFn = _identity
 
 
-_BLOCKS: dict[type, BlockSplit] = {}
+BLOCKS: Registry[type, BlockSplit] = Registry("block split")
 
 
-def register_block(
-    cls: type, *, residual: BlockFn, shortcut: BlockFn = _identity, post: BlockFn = _identity
-) -> None:
-    """Tell deltapatch how sub-blocks of type ``cls`` split (subclasses inherit it)."""
-    _BLOCKS[cls] = BlockSplit(residual=residual, shortcut=shortcut, post=post)
+def register_block(cls: type, *, residual: BlockFn, shortcut: BlockFn = _identity,
+                   post: BlockFn = _identity, override: bool = False) -> None:
+    """Tell deltapatch how sub-blocks of type ``cls`` split (subclasses inherit it).
+
+    A second registration of the same type raises :class:`~deltapatch.registry.RegistryError`
+    unless ``override=True``: a silently replaced split changes the patched outputs of models
+    already built.
+    """
+    BLOCKS.register(cls, BlockSplit(residual=residual, shortcut=shortcut, post=post),
+                    override=override)
 
 
 def block_split(block: nn.Module) -> BlockSplit:
     """The registered split of ``block``, looked up along its class hierarchy."""
     for cls in type(block).__mro__:
-        if cls in _BLOCKS:
-            return _BLOCKS[cls]
+        split = BLOCKS.find(cls)
+        if split is not None:
+            return split
     raise TypeError(
         f"deltapatch does not know how a {type(block).__module__}.{type(block).__qualname__} "
         "sub-block splits into residual branch, shortcut and post-activation. Register it with "
@@ -63,9 +71,26 @@ def block_split(block: nn.Module) -> BlockSplit:
     )
 
 
+RunStage = Callable[[int, Tensor], Tensor]
+"""``run_stage(s, h)``: how a walk runs stage ``s`` on its input (default: the stage's forward)."""
+
+
 @dataclass(frozen=True)
 class StageSpec:
-    """Where stem, stages, transitions and head sit in one model.
+    """Where stem, stages, transitions and head sit in one model, and the walk through them.
+
+    The walk methods take the network as an argument, so one spec serves the backbone itself
+    and any module laid out like it (a fine-tuned deep copy, say). With ``h_s`` the input of
+    stage ``s`` (after its transition steps)::
+
+        stage_input(net, x, s)          = h_s      (s == num_stages: the last stage's output)
+        run_from(net, h_a, a, b)        = h_b      (so run_from(net, stage_input(net, x, 0), 0, s)
+                                                    == stage_input(net, x, s))
+        features_from(net, h_a, a)      = the head's input (pre-logit features)
+        logits(net, x)                  = head(features_from(net, stage_input(net, x, 0), 0))
+
+    ``PatchedModel`` proves on a probe batch that ``logits(backbone, x) == backbone(x)`` bit for
+    bit (:func:`deltapatch.backbones.check.check_spec`).
 
     Attributes:
         stem: steps from the input to the first stage's input.
@@ -75,7 +100,7 @@ class StageSpec:
         pre_logits: steps from the last stage's output to the head's input (pool, flatten, norm).
         head: dotted path of the classifier (an ``nn.Linear``).
         transitions: steps run before stage ``i`` that belong to no stage (ConvNeXt's
-            downsampling layers, an EfficientNet block without a skip).
+            downsampling layers, a block without a skip); keys are 0 .. num_stages - 1.
         names: optional display names of the stages (default: the paths).
     """
 
@@ -86,33 +111,100 @@ class StageSpec:
     transitions: Mapping[int, Sequence[Step]] = field(default_factory=dict)
     names: Sequence[str] | None = None
 
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
     def stage_names(self) -> list[str]:
         return list(self.names) if self.names is not None else list(self.stages)
 
+    def stage_module(self, net: nn.Module, stage: int) -> nn.Module:
+        """Stage ``stage`` of ``net`` (a submodule, or a view for a slice path)."""
+        return stage_module(net, self.stages[stage])
 
-_SPECS: dict[type, Callable[[nn.Module], StageSpec]] = {}
+    def head_module(self, net: nn.Module) -> nn.Module:
+        return resolve(net, self.head)
+
+    def transition(self, stage: int) -> Sequence[Step]:
+        """The steps run just before stage ``stage`` (none for most stages)."""
+        return self.transitions.get(stage, ())
+
+    def stage_input(self, net: nn.Module, x: Tensor, stage: int,
+                    run_stage: RunStage | None = None) -> Tensor:
+        """h_stage: stem, stages before ``stage`` with their transitions, then ``stage``'s own
+        transition. ``stage == num_stages`` gives the last stage's output."""
+        h = run_steps(net, self.stem, x)
+        return self.run_from(net, run_steps(net, self.transition(0), h), 0, stage, run_stage)
+
+    def run_from(self, net: nn.Module, h: Tensor, start: int, stop: int | None = None,
+                 run_stage: RunStage | None = None) -> Tensor:
+        """From h_start (stage ``start``'s input) to h_stop: stages ``start .. stop-1`` and the
+        transitions after them (``stop`` defaults to ``num_stages``: the last stage's output).
+
+        ``run_stage(s, h)`` replaces a stage's own forward (a patched stage, a cached module).
+        """
+        n = self.num_stages
+        stop = n if stop is None else stop
+        if not 0 <= start <= stop <= n:
+            raise ValueError(f"stages {start}..{stop} out of range 0..{n}")
+        for s in range(start, stop):
+            h = run_stage(s, h) if run_stage is not None else self.stage_module(net, s)(h)
+            if s + 1 < n:
+                h = run_steps(net, self.transition(s + 1), h)
+        return h
+
+    def features_from(self, net: nn.Module, h: Tensor, start: int,
+                      run_stage: RunStage | None = None) -> Tensor:
+        """Pre-logit features (the head's input) from h_start onwards."""
+        return run_steps(net, self.pre_logits, self.run_from(net, h, start, None, run_stage))
+
+    def features(self, net: nn.Module, x: Tensor) -> Tensor:
+        """Pre-logit features of ``net`` on images ``x``, walked stage by stage."""
+        return self.features_from(net, self.stage_input(net, x, 0), 0)
+
+    def logits(self, net: nn.Module, x: Tensor) -> Tensor:
+        """``net``'s logits through the spec; equals ``net(x)`` for a correct spec."""
+        return self.head_module(net)(self.features(net, x))
+
+    def suffix_paths(self, start: int) -> list[str]:
+        """Module paths run from h_start to the head's input: the stages (slice paths as
+        written), later transitions and pre-logit steps that are paths (callables left out)."""
+        paths = list(self.stages[start:])
+        for s in range(start + 1, self.num_stages):
+            paths += [p for p in self.transition(s) if isinstance(p, str)]
+        return paths + [p for p in self.pre_logits if isinstance(p, str)]
 
 
-def register_spec(cls: type) -> Callable[[Callable[[nn.Module], StageSpec]], Callable]:
-    """Decorator: ``fn(model) -> StageSpec`` describes every model of type ``cls``."""
+SpecFn = Callable[[nn.Module], StageSpec]
+SPECS: Registry[type, SpecFn] = Registry("stage spec")
 
-    def deco(fn: Callable[[nn.Module], StageSpec]) -> Callable[[nn.Module], StageSpec]:
-        _SPECS[cls] = fn
+
+def register_spec(cls: type, override: bool = False) -> Callable[[SpecFn], SpecFn]:
+    """Decorator: ``fn(model) -> StageSpec`` describes every model of type ``cls``. A second
+    registration for the same type raises unless ``override=True``."""
+
+    def deco(fn: SpecFn) -> SpecFn:
+        SPECS.register(cls, fn, override=override)
         return fn
 
     return deco
 
 
 def spec_for(model: nn.Module) -> StageSpec:
-    """The registered spec of ``model`` (looked up along its class hierarchy)."""
+    """The spec of ``model``: its ``deltapatch_spec`` attribute (set by a model factory, see
+    docs/BRING_YOUR_OWN.md), else the one registered for its type or a base class."""
+    own = getattr(model, "deltapatch_spec", None)
+    if isinstance(own, StageSpec):
+        return own
     for cls in type(model).__mro__:
-        if cls in _SPECS:
-            return _SPECS[cls](model)
+        fn = SPECS.find(cls)
+        if fn is not None:
+            return fn(model)
     raise TypeError(
         f"deltapatch has no stage spec for {type(model).__qualname__}. Pass one: "
         "PatchedModel(model, spec=deltapatch.StageSpec(stem=[...], stages=[...], "
         "pre_logits=[...], head='fc')) and register its sub-block type with "
-        "deltapatch.register_block (README: 'Bring your own CNN')."
+        "deltapatch.register_block (docs/BRING_YOUR_OWN.md)."
     )
 
 
@@ -131,11 +223,13 @@ _SLICE = re.compile(r"^(?P<path>[\w.]+)\[(?P<start>\d*):(?P<stop>\d*)\]$")
 
 def stage_module(model: nn.Module, path: str) -> nn.Module:
     """The stage at ``path``: a submodule, or for ``"path[i:j]"`` a view of blocks i..j-1 of a
-    flat block list. The view is an ``nn.Sequential`` that shares (never copies) the blocks and
-    is not registered in ``model``, so the model's ``state_dict`` and forward stay untouched."""
+    flat block list. A view (also made for an ``nn.ModuleList`` stage, which has no forward) is
+    an ``nn.Sequential`` that shares (never copies) the blocks and is not registered in
+    ``model``, so the model's ``state_dict`` and forward stay untouched."""
     match = _SLICE.match(path)
     if match is None:
-        return resolve(model, path)
+        stage = resolve(model, path)
+        return nn.Sequential(*stage) if isinstance(stage, nn.ModuleList) else stage
     blocks = list(resolve(model, match["path"]))
     start = int(match["start"]) if match["start"] else None
     stop = int(match["stop"]) if match["stop"] else None

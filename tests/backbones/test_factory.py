@@ -1,0 +1,81 @@
+"""Bring your own CNN from the CLI: ``load_backbone("file.py:function")``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import deltapatch as dp
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = f"{ROOT / 'examples' / 'my_cnn.py'}:build"
+
+
+def test_example_factory_loads_wraps_and_patches():
+    backbone = dp.load_backbone(EXAMPLE)
+    assert backbone.deltapatch_name == EXAMPLE and not backbone.training
+    assert backbone.deltapatch_preprocess == dp.Preprocess(32)
+    model = dp.PatchedModel(backbone)  # the spec comes from backbone.deltapatch_spec
+    assert model.stage_names == ["s1", "s2"] and model.backbone_name == EXAMPLE
+    model.add_patch("p", 10, stages=2)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        patched, base = model(x, patch="p"), model(x)
+        assert patched.shape == base.shape and not torch.equal(patched, base)
+        assert torch.equal(base, backbone(x))
+
+
+def test_factory_is_imported_once_and_weights_files_load(tmp_path):
+    from safetensors.torch import save_file
+
+    first = dp.load_backbone(EXAMPLE)  # a second import would re-register InvertedResidual
+    save_file(first.state_dict(), str(tmp_path / "w.safetensors"))
+    second = dp.load_backbone(EXAMPLE, weights=tmp_path / "w.safetensors")
+    assert type(second) is type(first)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(second(x), first(x))
+
+
+def test_relative_file_reference(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert dp.load_backbone("examples/my_cnn.py:build").deltapatch_name == "examples/my_cnn.py:build"
+
+
+def test_module_reference(tmp_path, monkeypatch):
+    (tmp_path / "user_pkg_dp").mkdir()
+    (tmp_path / "user_pkg_dp" / "__init__.py").write_text("")
+    (tmp_path / "user_pkg_dp" / "nets.py").write_text(
+        "import deltapatch as dp\n"
+        "def build():\n"
+        "    return dp.load_backbone('cifar_resnet20')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = dp.load_backbone("user_pkg_dp.nets:build")
+    assert model.deltapatch_name == "user_pkg_dp.nets:build"
+    dp.PatchedModel(model)  # spec found in the registry by type
+
+
+@pytest.mark.parametrize("source, ref, message", [
+    (None, "{d}/missing.py:build", r"file '.*missing\.py' not found.*PATH\.py:FUNCTION"),
+    ("def other():\n    pass\n", "{d}/f.py:build", r"has no function 'build'.*defines: other"),
+    ("import torch\nraise RuntimeError('boom')\n", "{d}/f.py:build",
+     r"running '.*f\.py' failed: RuntimeError: boom at line 2"),
+    ("def build():\n    raise ValueError('bad\\nsecond line')\n", "{d}/f.py:build",
+     r"factory '.*' raised ValueError: bad at line 2$"),
+    ("def build():\n    return 3\n", "{d}/f.py:build", r"returned a int"),
+    (None, "no_such_module_dp.sub:build", r"cannot import module 'no_such_module_dp\.sub'"),
+    (None, "nonsense_name", r"unknown backbone 'nonsense_name'.*PATH\.py:FUNCTION"),
+])
+def test_factory_errors_are_one_actionable_line(tmp_path, source, ref, message):
+    if source is not None:
+        (tmp_path / "f.py").write_text(source)
+    with pytest.raises(dp.BackboneError, match=message) as err:
+        dp.load_backbone(ref.format(d=tmp_path))
+    assert "\n" not in str(err.value)
+
+
+def test_factory_weights_must_be_a_file():
+    with pytest.raises(dp.BackboneError, match="neither a file"):
+        dp.load_backbone(EXAMPLE, weights="imagenet")
