@@ -6,7 +6,6 @@ import torch
 from helpers import snapshot
 
 from deltapatch.methods import METHODS, MethodContext
-from deltapatch.methods.copies import trunk_features
 from deltapatch.methods.finetune import finetune_copy
 from deltapatch.methods.paint import EvalTask, interpolate, paint_sequential_step
 
@@ -65,4 +64,4 @@ def test_sequential_step_carries_weights(tiny_model, tiny_backbone, tiny_task, t
     assert at_zero.choice.alpha == 0  # α=0 of a step is exactly the previous step's network
     assert all(torch.equal(at_zero.net.state_dict()[k], v) for k, v in prev.items())
     x = torch.randn(2, 3, 16, 16)
-    assert step2.head(trunk_features(step2.net, tiny_model.spec, x)).shape == (2, 3)
+    assert step2.head(tiny_model.spec.features(step2.net, x)).shape == (2, 3)

@@ -1,8 +1,7 @@
-"""Networks the baselines own: deep copies of the backbone (fine-tuning, PAINT, PNC's clone),
-and the stage walk that runs such a copy through the backbone's :class:`StageSpec`.
-
-The baselines keep what they train outside the user's backbone, so the base task keeps running
-the untouched backbone bit for bit.
+"""Networks the baselines own: deep copies of the backbone (fine-tuning, PAINT, PNC's clone).
+They run through the backbone's own :class:`~deltapatch.StageSpec` walk (``spec.features(net,
+x)``), the same one :class:`~deltapatch.PatchedModel` uses. The baselines keep what they train
+outside the user's backbone, so the base task keeps running the untouched backbone bit for bit.
 """
 
 from __future__ import annotations
@@ -11,38 +10,6 @@ import copy
 from collections.abc import Iterable
 
 from torch import Tensor, nn
-
-from ..backbones.spec import StageSpec, run_steps, stage_module
-
-
-def stage_input(net: nn.Module, spec: StageSpec, x: Tensor, stage: int) -> Tensor:
-    """The input of stage ``stage`` (after its transition steps) when ``net`` sees ``x``."""
-    h = run_steps(net, spec.stem, x)
-    for s in range(stage):
-        h = stage_module(net, spec.stages[s])(run_steps(net, spec.transitions.get(s, ()), h))
-    return run_steps(net, spec.transitions.get(stage, ()), h)
-
-
-def suffix_features(net: nn.Module, spec: StageSpec, h: Tensor, stage: int) -> Tensor:
-    """Pre-logit features of ``net`` from the input ``h`` of stage ``stage`` onwards."""
-    for s in range(stage, len(spec.stages)):
-        if s > stage:
-            h = run_steps(net, spec.transitions.get(s, ()), h)
-        h = stage_module(net, spec.stages[s])(h)
-    return run_steps(net, spec.pre_logits, h)
-
-
-def trunk_features(net: nn.Module, spec: StageSpec, x: Tensor) -> Tensor:
-    """Pre-logit features of any network laid out like ``spec`` (e.g. a fine-tuned copy)."""
-    return suffix_features(net, spec, stage_input(net, spec, x, 0), 0)
-
-
-def suffix_paths(spec: StageSpec, stage: int) -> list[str]:
-    """Module paths run from the input of stage ``stage`` to the head's input."""
-    paths = list(spec.stages[stage:])
-    for s in range(stage + 1, len(spec.stages)):
-        paths += [p for p in spec.transitions.get(s, ()) if isinstance(p, str)]
-    return paths + [p for p in spec.pre_logits if isinstance(p, str)]
 
 
 def trainable_copy(backbone: nn.Module, frozen: Iterable[str] = ()) -> nn.Module:

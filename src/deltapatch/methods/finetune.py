@@ -20,7 +20,7 @@ from ..patch import PatchConfig
 from ..train import FitResult, TrainConfig, fit
 from .artefact import new_head, prefixed, save_task, unprefixed
 from .base import Method, MethodContext, MethodOutcome, register_method
-from .copies import count_trainable, restored_copy, trainable_copy, trunk_features
+from .copies import count_trainable, restored_copy, trainable_copy
 
 
 class FineTuned(nn.Module):
@@ -33,7 +33,7 @@ class FineTuned(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """The new task's logits."""
-        return self.head(trunk_features(self.net, self.spec, x))
+        return self.head(self.spec.features(self.net, x))
 
     def base(self, x: Tensor) -> Tensor:
         """The base task's logits: the fine-tuned trunk through the old head."""

@@ -33,7 +33,7 @@ from ..preprocess import Preprocess
 from ..train import FitResult, TrainConfig, evaluate
 from .artefact import new_head, prefixed, save_task, unprefixed
 from .base import BaseTask, Method, MethodContext, MethodOutcome, register_method
-from .copies import count_trainable, restored_copy, trunk_features
+from .copies import count_trainable, restored_copy
 from .finetune import finetune_copy
 from .sequence import final_scores
 
@@ -94,7 +94,7 @@ def task_forward(net: nn.Module, spec: StageSpec, head: nn.Module | None
     """Logits of one task on ``net``: its own head for the base task, else ``head``."""
     if head is None:
         return net
-    return lambda x: head(trunk_features(net, spec, x))
+    return lambda x: head(spec.features(net, x))
 
 
 def alpha_sweep(net: nn.Module, spec: StageSpec, theta_0: dict[str, Tensor],

@@ -41,7 +41,7 @@ from ..patch import PatchConfig
 from ..train import fit, predict
 from .artefact import new_head, prefixed, save_task, unprefixed
 from .base import Method, MethodContext, MethodOutcome, register_method
-from .copies import count_trainable, restored_copy, stage_input, suffix_features, suffix_paths
+from .copies import count_trainable, restored_copy
 from .finetune import FineTuned, finetune_copy
 
 
@@ -72,14 +72,14 @@ class ClonedBranch(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         model, source = self._model[0], self._source[0]
         with torch.no_grad():
-            h = stage_input(model.backbone, model.spec, x, self.stage)
+            h = model.spec.stage_input(model.backbone, x, self.stage)
         h = self.adapter(h)
-        return source.head(suffix_features(source.net, model.spec, h, self.stage))
+        return source.head(model.spec.features_from(source.net, h, self.stage))
 
     def clone_tensors(self) -> dict[str, Tensor]:
         """What the inserted module stores: the source suffix's tensors and the new head."""
         net = self._source[0].net
-        paths = suffix_paths(self._model[0].spec, self.stage)
+        paths = self._model[0].spec.suffix_paths(self.stage)
         state = net.state_dict()
         out = {k: v for k, v in state.items() if any(k.startswith(p + ".") for p in paths)}
         return {**prefixed("clone", out), **prefixed("head", self._source[0].head.state_dict())}
@@ -133,7 +133,7 @@ def train(ctx: MethodContext) -> MethodOutcome:
     nbytes = save_task(ctx, "pnc", tensors,
                        trainable_params=source_params + count_trainable(branch.adapter),
                        options={"insert_stage": stage,
-                                "cloned_paths": suffix_paths(model.spec, stage)})
+                                "cloned_paths": model.spec.suffix_paths(stage)})
     adapter_params = count_trainable(branch.adapter)
     clone_params = sum(v.numel() for k, v in tensors.items()
                        if not k.startswith("adapter.") and "running_" not in k
@@ -164,7 +164,7 @@ def load(model: PatchedModel, config: PatchConfig, tensors: dict[str, Tensor]) -
     if not 0 <= stage < model.num_stages:
         raise ValueError(f"insert_stage {stage} is not a stage of this backbone")
     net = restored_copy(model.backbone, unprefixed("clone", tensors),
-                        paths=suffix_paths(model.spec, stage))
+                        paths=model.spec.suffix_paths(stage))
     source = FineTuned(net, new_head(model, config, tensors), model.spec).eval()
     adapter = InsertAdapter(model.stage_shapes()[stage].in_channels)
     adapter.load_state_dict(unprefixed("adapter", tensors))
