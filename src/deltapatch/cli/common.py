@@ -53,15 +53,17 @@ def _type_of(annotation: str) -> type:
 
 
 def add_options(p: argparse.ArgumentParser, cls, names: Iterable[str],
-                defaults: dict | None = None) -> None:
+                defaults: dict | None = None, required: Iterable[str] = (),
+                more_help: dict[str, str] | None = None) -> None:
     """Flags for fields ``names`` of dataclass ``cls``, typed, bounded and documented by the
-    fields themselves: a bool that defaults to True becomes ``--no-NAME``."""
+    fields themselves: a bool that defaults to True becomes ``--no-NAME``. ``required`` flags
+    have no default; ``more_help`` appends to a field's help (e.g. the registered names)."""
     by_name = {f.name: f for f in fields(cls)}
     for name in names:
         f = by_name[name]
         flag = "--" + name.replace("_", "-")
         default = (defaults or {}).get(name, f.default if f.default is not MISSING else None)
-        help_text = f.metadata.get("help", "")
+        help_text = f.metadata.get("help", "") + (more_help or {}).get(name, "")
         kind = _type_of(str(f.type))
         if kind is bool:
             if default:
@@ -69,6 +71,10 @@ def add_options(p: argparse.ArgumentParser, cls, names: Iterable[str],
                                help=help_text)
             else:
                 p.add_argument(flag, dest=name, action="store_true", help=help_text)
+            continue
+        if name in required:
+            p.add_argument(flag, dest=name, type=kind, required=True,
+                           choices=f.metadata.get("choices"), help=help_text)
             continue
         shown = "" if default is None else f" (default: {default})"
         p.add_argument(flag, dest=name, type=kind, default=default,

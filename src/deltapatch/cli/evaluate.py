@@ -19,10 +19,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patch", required=True, type=Path,
                    help="a task folder written by train (any method)")
     add_options(p, RunSpec, ("data", "base_data", "image_size", "max_test", "seed"),
-                defaults={"data": None})
-    for action in p._actions:
-        if action.dest == "data":
-            action.required = True
+                required={"data"})
 
 
 @command("eval", "score a saved task folder (any method) on a task's test split and the base "

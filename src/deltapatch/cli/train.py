@@ -22,14 +22,10 @@ TRAIN_FLAGS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "momen
 
 def arguments(p: argparse.ArgumentParser) -> None:
     backbone_args(p)
-    add_options(p, RunSpec, RUN_FLAGS, defaults={"data": None})
+    add_options(p, RunSpec, RUN_FLAGS, required={"data"},
+                more_help={"data": f" ({', '.join(list_builtins())})",
+                           "method": f": {', '.join(METHODS.names())}"})
     add_options(p, TrainConfig, TRAIN_FLAGS, defaults={"lr": None})
-    for action in p._actions:  # --data is required; --method lists the registry
-        if action.dest == "data":
-            action.required = True
-            action.help += f" ({', '.join(list_builtins())})"
-        if action.dest == "method":
-            action.help += f": {', '.join(METHODS.names())}"
     p.add_argument("--out", required=True, type=Path,
                    help="task folder to write (run/ inside holds the checkpoint and per-epoch "
                         "metrics; the same command again resumes an interrupted run)")
