@@ -41,6 +41,7 @@ def progress_bar(iterable: Iterable[T], *, total: int | None = None, desc: str =
         return iterable
     kw.setdefault("leave", False)
     kw.setdefault("dynamic_ncols", True)
+    kw["disable"] = False  # decided above; tqdm would read TQDM_DISABLE again at import time
     return tqdm(iterable, total=total, desc=desc, file=sys.stderr, **kw)
 
 
