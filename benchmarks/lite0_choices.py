@@ -21,7 +21,7 @@ import torch
 
 import deltapatch as dp
 from deltapatch.data import load_data
-from deltapatch.data.paths import shared_data_file
+from deltapatch.paths import shared_data_file
 from deltapatch.preprocess import Preprocess
 from deltapatch.train import TrainConfig, evaluate, fit_patch
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deltapatch.data.paths import shared_data_dir
+from deltapatch.paths import shared_data_dir
 
 needs_shared = pytest.mark.skipif(
     shared_data_dir() is None,

@@ -98,3 +98,27 @@ def test_bad_input_is_a_clear_error(setup, capsys, tmp_path):
     assert code == 2 and "neither a file" in err
     code, _, err = _run(capsys, "info", tmp_path)
     assert code == 2 and "not a patch folder" in err
+
+
+def test_own_model_factory_works_from_every_command(setup, tmp_path, capsys):
+    """README's bring-your-own promise from the CLI: train, eval, predict and verify take
+    ``--backbone file.py:function``, and verify proves the base path on the user's own CNN."""
+    from pathlib import Path
+
+    factory = str(Path(__file__).resolve().parents[1] / "examples" / "my_cnn.py") + ":build"
+    weights = tmp_path / "own.safetensors"  # one set of weights, as a user's trained CNN has
+    save_file(dp.load_backbone(factory).state_dict(), str(weights))
+    bb = ["--backbone", factory, "--weights", weights]
+    out = tmp_path / "own"
+    code, _, err = _run(capsys, "train", *bb, "--data", setup / "task.npz", "--out", out,
+                        "--epochs", "1", "--batch-size", "16", "--no-augment", "--no-progress",
+                        "--image-size", "32")
+    assert code == 0, err
+    code, stdout, err = _run(capsys, "eval", *bb, "--patch", out, "--data", setup / "task.npz")
+    assert code == 0 and 0 <= json.loads(stdout)["patch_top1"] <= 1, err
+    img = setup / "img.png"
+    Image.fromarray(np.full((16, 16, 3), 200, np.uint8)).save(img)
+    code, stdout, _ = _run(capsys, "predict", *bb, "--patch", out, img)
+    assert code == 0 and len(json.loads(stdout)["top"]) == 3
+    code, stdout, _ = _run(capsys, "verify", *bb, "--patch", out, "-n", "4")
+    assert code == 0 and json.loads(stdout)["ok"]

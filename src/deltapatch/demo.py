@@ -23,12 +23,11 @@ import torch
 from torch import Tensor
 
 from .backbones import load_backbone
-from .backbones.registry import count_parameters, state_bytes
 from .data import load_data
 from .data.sets import TaskData, to_image_tensor
 from .errors import DeltaPatchError
 from .hardware import describe
-from .metrics import folder_bytes
+from .metrics import count_params, folder_bytes, tensor_bytes
 from .model import BASE, PatchedModel
 from .preprocess import Preprocess
 from .train import TrainConfig, evaluate, fit_patch
@@ -225,7 +224,7 @@ def _run(out: Path, cfg: DemoConfig, progress: bool, command_line: str) -> dict:
         rows += task_rows
 
     print("[3/5] sizes and reload check")
-    b_params, b_bytes = count_parameters(backbone), state_bytes(backbone)
+    b_params, b_bytes = count_params(backbone), tensor_bytes(backbone.state_dict().values())
     print(f"  backbone {BACKBONE}: {b_params:,} parameters, {b_bytes:,} bytes")
     for r in rows:
         print(f"  patch {Path(r.patch).name:<22} {r.trainable_params:>9,} trainable params "

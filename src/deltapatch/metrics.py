@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+
+import torch
+from torch import nn
 
 
 def harmonic_mean(*accuracies: float) -> float:
@@ -11,6 +15,22 @@ def harmonic_mean(*accuracies: float) -> float:
     if not accuracies or min(accuracies) <= 0:
         return 0.0
     return len(accuracies) / sum(1.0 / a for a in accuracies)
+
+
+def count_params(module: nn.Module, trainable: bool = False) -> int:
+    """Parameters of ``module`` (only those that require grad with ``trainable``)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
+
+
+def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of tensor data, as a weights file holds them (less its header)."""
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def learned_values(tensors: dict[str, torch.Tensor]) -> int:
+    """Values in a state dict that are learned, not BatchNorm statistics or counters."""
+    return sum(t.numel() for k, t in tensors.items()
+               if "running_" not in k and "num_batches" not in k)
 
 
 def folder_bytes(folder: Path) -> int:

@@ -19,6 +19,7 @@ from .backbones.check import check_spec
 from .backbones.registry import backbone_name, default_preprocess
 from .backbones.spec import StageSpec, block_split, spec_for
 from .errors import PatchError
+from .metrics import count_params, tensor_bytes
 from .patch import (
     Patch,
     PatchConfig,
@@ -202,18 +203,17 @@ class PatchedModel(nn.Module):
     # ----------------------------------------------------------------- parameters
     def trainable_parameters(self, name: str) -> int:
         """Number of parameters patch ``name`` trains (its Δ-stages, norms and head)."""
-        return sum(p.numel() for p in self.get_patch(name).parameters() if p.requires_grad)
+        return count_params(self.get_patch(name), trainable=True)
 
     def patch_bytes(self, name: str) -> int:
         """Bytes of the patch's tensors (what its safetensors file stores, less the header)."""
-        return sum(t.numel() * t.element_size() for t in self.get_patch(name).state_dict().values())
+        return tensor_bytes(self.get_patch(name).state_dict().values())
 
     def print_trainable_parameters(self, name: str | None = None) -> None:
         name = name or self.active
         if name is None:
             raise PatchError("no patch given and none active")
-        total = sum(p.numel() for p in self.backbone.parameters()) + sum(
-            p.numel() for p in self.get_patch(name).parameters())
+        total = count_params(self.backbone) + count_params(self.get_patch(name))
         n = self.trainable_parameters(name)
         print(f"trainable params: {n:,} || all params: {total:,} || "
               f"trainable%: {100 * n / total:.4f}")

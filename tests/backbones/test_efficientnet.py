@@ -123,7 +123,7 @@ def test_tf_lite_normalization_beats_imagenet_mean_std(backbone):
     import numpy as np
     from PIL import Image
 
-    from deltapatch.data.paths import shared_data_dir
+    from deltapatch.paths import shared_data_dir
     from deltapatch.preprocess import Preprocess
 
     root = shared_data_dir()

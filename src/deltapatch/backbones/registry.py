@@ -8,7 +8,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from ..errors import BackboneError
@@ -75,7 +74,7 @@ def _register_timm() -> None:
 
 
 def _register_cifar() -> None:
-    from ..data.paths import shared_data_file
+    from ..paths import shared_data_file
     from .cifar import CifarResNet
 
     for depth in (20, 32, 44, 56, 110):
@@ -166,13 +165,3 @@ def default_preprocess(model: nn.Module) -> Preprocess:
 
 def backbone_name(model: nn.Module) -> str:
     return getattr(model, "deltapatch_name", type(model).__qualname__)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def state_bytes(model: nn.Module) -> int:
-    """Bytes of all parameters and buffers, as a weights file would hold them."""
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values()
-               if isinstance(t, torch.Tensor))

@@ -37,9 +37,8 @@ def train_full(spec: RunSpec, out: Path) -> dict:
     owned.eval()
     top1 = evaluate(forward, data.test, model.preprocess)
     return metrics.report(method="full", data=spec.data, patch_top1=top1, base_top1=None,
-                          trainable_params=sum(p.numel() for p in owned.parameters()),
-                          patch_bytes=sum(t.numel() * t.element_size()
-                                          for t in owned.state_dict().values()),
+                          trainable_params=metrics.count_params(owned),
+                          patch_bytes=metrics.tensor_bytes(owned.state_dict().values()),
                           n_test=len(data.test), seed=spec.seed, best_epoch=result.best_epoch,
                           val_top1=result.best_val_top1, delta_stages=spec.stages,
                           wall_seconds=round(time.perf_counter() - t0, 2))

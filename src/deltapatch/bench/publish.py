@@ -7,9 +7,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..hardware import describe
 from .claims import claims_section
 from .report import UNSTAMPED, not_run_section, table_sections
-from .runner import build_jobs, code_version, command_line, hardware, run_jobs, write_results
+from .runner import build_jobs, code_version, command_line, run_jobs, write_results
 from .suite import Suite, load_suite
 
 
@@ -40,7 +41,7 @@ def run_suite(req: BenchRequest) -> dict:
     only = ",".join(sorted(req.only)) if req.only else None
     meta = {"suite": suite.name, "suite_file": suite_file(suite),
             "command": command_line(req.suite, req.out, req.seeds, only),
-            "hardware": hardware(), "code": code_version(), "seeds": req.seeds or suite.seeds,
+            "hardware": describe(), "code": code_version(), "seeds": req.seeds or suite.seeds,
             "note": req.note, "this_invocation_seconds": round(time.perf_counter() - t0, 1),
             "written": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     write_results(records, req.out, meta)

@@ -80,10 +80,6 @@ def code_version() -> str:
                                           if commit else "")
 
 
-def hardware() -> str:
-    return describe()
-
-
 def _stored(file: Path, job: Job) -> dict | None:
     """The finished run in ``file`` if it still answers ``job`` (same data protocol, same
     settings), with the job's current context (its table tag) over the stored one. A stale
@@ -100,7 +96,7 @@ def run_jobs(jobs: list[Job], out: Path, progress: bool = True, max_jobs: int | 
              shard: tuple[int, int] | None = None) -> list[dict]:
     """Run (or reload) every job; returns one record per job with ``status`` ok / skipped /
     failed / pending (``max_jobs`` reached, or another ``shard``'s run not finished yet)."""
-    records, started, code, hw = [], 0, code_version(), hardware()
+    records, started, code, hw = [], 0, code_version(), describe()
     order = {k: i for i, k in enumerate(dict.fromkeys(j.key for j in jobs))}
     for i, job in enumerate(progress_bar(jobs, desc="bench", enabled=progress, unit="run")):
         file = out / RUNS / f"{job.key}.json"

@@ -23,8 +23,7 @@ def run(args: argparse.Namespace) -> int:
     out = read_config_json(args.patch)
     out.update({
         "tensors": len(tensors),
-        "parameters": sum(t.numel() for k, t in tensors.items() if "running_" not in k
-                          and "num_batches" not in k),
+        "parameters": metrics.learned_values(tensors),
         "tensor_bytes": (args.patch / TENSORS_FILE).stat().st_size,
         "patch_bytes": metrics.folder_bytes(args.patch),
     })

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ..metrics import count_params
 from ..model import PatchedModel
 from ..patch import PatchConfig
 from ..train import fit
 from .artefact import new_head, save_task
 from .base import Method, MethodContext, MethodOutcome, register_method
-from .copies import count_trainable
 from .taskhooks import TaskModules, adapted_convs, batchnorms
 
 
@@ -48,11 +48,11 @@ def train_hooked(ctx: MethodContext, method: str, mode: str | None) -> MethodOut
     result = fit(task, modules, ctx.data, model.preprocess, ctx.train, ctx.out / "run")
     modules.eval()
     nbytes = save_task(ctx, method, modules.state_dict(),
-                       trainable_params=count_trainable(modules),
+                       trainable_params=count_params(modules, trainable=True),
                        options={"batchnorms": bns, "adapted_convs": convs, "adapter_mode": mode})
     return MethodOutcome(
         patch_forward=task, base_forward=lambda x: model(x),
-        trainable_params=count_trainable(modules), patch_bytes=nbytes,
+        trainable_params=count_params(modules, trainable=True), patch_bytes=nbytes,
         extra={"best_epoch": result.best_epoch, "val_top1": result.best_val_top1,
                "train_seconds": round(result.seconds, 2), "n_batchnorms": len(bns),
                "n_adapters": len(convs)},

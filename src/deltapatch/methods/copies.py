@@ -32,7 +32,3 @@ def restored_copy(backbone: nn.Module, state: dict[str, Tensor], paths: list[str
     if lost:
         raise KeyError(f"missing tensors {lost[:3]}")
     return net
-
-
-def count_trainable(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -15,12 +15,13 @@ from torch import Tensor, nn
 
 from ..backbones.spec import StageSpec
 from ..data.sets import TaskData
+from ..metrics import count_params
 from ..model import PatchedModel
 from ..patch import PatchConfig
 from ..train import FitResult, TrainConfig, fit
 from .artefact import new_head, prefixed, save_task, unprefixed
 from .base import Method, MethodContext, MethodOutcome, register_method
-from .copies import count_trainable, restored_copy, trainable_copy
+from .copies import restored_copy, trainable_copy
 
 
 class FineTuned(nn.Module):
@@ -65,9 +66,9 @@ def train(ctx: MethodContext) -> MethodOutcome:
     run = finetune_copy(ctx.model, ctx.data, ctx.train, ctx.out / "run")
     ft = run.model
     tensors = {**prefixed("net", ft.net.state_dict()), **prefixed("head", ft.head.state_dict())}
-    nbytes = save_task(ctx, "finetune", tensors, trainable_params=count_trainable(ft))
+    nbytes = save_task(ctx, "finetune", tensors, trainable_params=count_params(ft, trainable=True))
     return MethodOutcome(
-        patch_forward=ft, base_forward=ft.base, trainable_params=count_trainable(ft),
+        patch_forward=ft, base_forward=ft.base, trainable_params=count_params(ft, trainable=True),
         patch_bytes=nbytes,
         extra={"best_epoch": run.fit.best_epoch, "val_top1": run.fit.best_val_top1,
                "train_seconds": round(run.fit.seconds, 2)},

@@ -26,14 +26,14 @@ from torch import Tensor, nn
 
 from ..backbones.spec import StageSpec
 from ..data.sets import ImageSet, TaskData
-from ..metrics import harmonic_mean
+from ..metrics import count_params, harmonic_mean, tensor_bytes
 from ..model import PatchedModel
 from ..patch import PatchConfig
 from ..preprocess import Preprocess
 from ..train import FitResult, TrainConfig, evaluate
 from .artefact import new_head, prefixed, save_task, unprefixed
 from .base import BaseTask, Method, MethodContext, MethodOutcome, register_method
-from .copies import count_trainable, restored_copy
+from .copies import restored_copy
 from .finetune import finetune_copy
 from .sequence import final_scores
 
@@ -162,7 +162,7 @@ def paint_sequential_step(model: PatchedModel, previous: nn.Module | None,
     all_tasks = [*tasks, EvalTask(name, data.val, run.model.head, data.test)]
     choice = alpha_sweep(net, model.spec, theta_0, theta_1, all_tasks, model.preprocess,
                          alphas, score)
-    trained = count_trainable(run.model)
+    trained = count_params(run.model, trainable=True)
     return PaintStep(net, run.model.head.requires_grad_(False), choice, run.fit, trained)
 
 
@@ -240,7 +240,7 @@ def sequential(model: PatchedModel, contexts: list[MethodContext], base: BaseTas
             "alpha_by_step": [s.choice.alpha for s in steps], "alpha": last.alpha,
             "alpha_table": _rounded(last.table),
             "trainable_params": max(s.trainable_params for s in steps),
-            "patch_bytes": sum(p.numel() * p.element_size() for p in stored),
+            "patch_bytes": tensor_bytes(stored),
             "n_test": {ctx.name: len(ctx.data.test) for ctx in contexts}}
 
 

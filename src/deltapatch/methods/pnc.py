@@ -36,12 +36,13 @@ import torch
 from torch import Tensor, nn
 
 from ..data.sets import ImageSet
+from ..metrics import count_params, learned_values
 from ..model import PatchedModel
 from ..patch import PatchConfig
 from ..train import fit, predict
 from .artefact import new_head, prefixed, save_task, unprefixed
 from .base import Method, MethodContext, MethodOutcome, register_method
-from .copies import count_trainable, restored_copy
+from .copies import restored_copy
 from .finetune import FineTuned, finetune_copy
 
 
@@ -121,7 +122,7 @@ def train(ctx: MethodContext) -> MethodOutcome:
     base_test = ctx.base_data.test if ctx.base_data is not None else None
     before = predict(model, base_test, model.preprocess) if base_test is not None else None
     source_run = finetune_copy(model, ctx.data, ctx.train, ctx.out / "run" / "source")
-    source_params = count_trainable(source_run.model)
+    source_params = count_params(source_run.model, trainable=True)
     source = source_run.model.requires_grad_(False).eval()
     positions = [int(s) for s in opts.get("pnc_positions", range(model.num_stages))]
     search_epochs = int(opts.get("pnc_search_epochs", 1))
@@ -131,13 +132,12 @@ def train(ctx: MethodContext) -> MethodOutcome:
     branch, val = _train_branch(model, source, stage, ctx, ctx.train.epochs, "adapter")
     tensors = {**prefixed("adapter", branch.adapter.state_dict()), **branch.clone_tensors()}
     nbytes = save_task(ctx, "pnc", tensors,
-                       trainable_params=source_params + count_trainable(branch.adapter),
+                       trainable_params=source_params + count_params(branch.adapter, trainable=True),
                        options={"insert_stage": stage,
                                 "cloned_paths": model.spec.suffix_paths(stage)})
-    adapter_params = count_trainable(branch.adapter)
-    clone_params = sum(v.numel() for k, v in tensors.items()
-                       if not k.startswith("adapter.") and "running_" not in k
-                       and "num_batches" not in k)
+    adapter_params = count_params(branch.adapter, trainable=True)
+    clone_params = learned_values({k: v for k, v in tensors.items()
+                                   if not k.startswith("adapter.")})
     extra = {"insert_stage": stage, "insert_stage_name": model.stage_names[stage],
              "search_val_top1": {str(s): round(v, 6) for s, v in scores.items()},
              "val_top1": val, "source_val_top1": source_run.fit.best_val_top1,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import DataError
+from .errors import DataError
 
 
 def shared_data_dir() -> Path | None:

@@ -1,0 +1,52 @@
+"""A suite file's keys come from the same definitions as the CLI's flags: a typo is an error
+that names the valid keys, never a silently ignored setting or a silently skipped run."""
+
+from __future__ import annotations
+
+import pytest
+
+from deltapatch.bench.suite import SETTING_KEYS, load_suite
+from deltapatch.errors import DeltaPatchError
+from deltapatch.train import TrainConfig
+
+SUITE = """
+name = "t"
+[defaults]
+{defaults}
+[backbones.r20]
+name = "cifar_resnet20"
+[tasks.digits]
+data = "digits"
+[variants.v]
+method = "{method}"
+[[scenarios]]
+kind = "single"
+backbones = ["r20"]
+tasks = ["digits"]
+variants = ["v"]
+"""
+
+
+def _suite(tmp_path, defaults="epochs = 1", method="delta"):
+    path = tmp_path / "s.toml"
+    path.write_text(SUITE.format(defaults=defaults, method=method))
+    return load_suite(str(path))
+
+
+def test_valid_suite_loads(tmp_path):
+    assert _suite(tmp_path).defaults == {"epochs": 1}
+
+
+def test_every_training_field_is_a_suite_key():
+    from dataclasses import fields
+    assert {f.name for f in fields(TrainConfig)} - {"seed", "progress"} <= SETTING_KEYS
+
+
+def test_misspelt_key_is_refused_naming_the_valid_ones(tmp_path):
+    with pytest.raises(DeltaPatchError, match="unknown key.*epoch.*valid: .*epochs"):
+        _suite(tmp_path, defaults="epoch = 1")
+
+
+def test_misspelt_method_is_refused_naming_the_valid_ones(tmp_path):
+    with pytest.raises(DeltaPatchError, match="unknown method 'detla'.*delta"):
+        _suite(tmp_path, method="detla")

@@ -1,0 +1,68 @@
+"""The package is layered (README, "Development"): each layer imports only the layers before it,
+and nothing imports the CLI. Checked on the source, so a new import that breaks it fails here."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "src" / "deltapatch"
+LAYERS = [  # lowest first; a module may import its own layer and those before it
+    {"errors", "registry", "options", "progress", "preprocess", "weights", "metrics", "hardware",
+     "paths", "tensorfile", "store"},
+    {"backbones"},
+    {"delta", "patch", "model"},
+    {"data", "train", "cache"},
+    {"methods"},
+    {"run"},
+    {"bench", "demo", "demo_report"},
+    {"cli", "__main__", "__init__"},
+]
+
+
+def _layer(top: str) -> int:
+    return next(i for i, names in enumerate(LAYERS) if top in names)
+
+
+def _imports(file: Path) -> set[str]:
+    """Top-level deltapatch modules that ``file`` imports (absolute or relative)."""
+    rel = file.relative_to(PKG).with_suffix("")
+    depth = len(rel.parts) - 1  # package depth of the file
+    found = set()
+    for node in ast.walk(ast.parse(file.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                if node.module and node.module.startswith("deltapatch."):
+                    found.add(node.module.split(".")[1])
+                continue
+            base = list(rel.parts[:depth])[: max(0, depth - (node.level - 1))]
+            parts = base + (node.module.split(".") if node.module else [])
+            if parts:
+                found.add(parts[0])
+            else:
+                found.update(a.name for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[1] for a in node.names
+                         if a.name.startswith("deltapatch."))
+    return {n for n in found if (PKG / n).is_dir() or (PKG / f"{n}.py").is_file()}
+
+
+SOURCES = sorted(p for p in PKG.rglob("*.py"))
+
+
+@pytest.mark.parametrize("file", SOURCES, ids=lambda p: str(p.relative_to(PKG)))
+def test_imports_follow_the_layers(file):
+    top = file.relative_to(PKG).parts[0].removesuffix(".py")
+    if top == "__init__":
+        return  # the package's face re-exports from the layers below
+    own = _layer(top)
+    for name in _imports(file) - {top}:
+        assert _layer(name) <= own, f"{file.relative_to(PKG)} ({LAYERS[own]}) imports {name}"
+
+
+def test_nothing_imports_the_cli():
+    for file in SOURCES:
+        if file.relative_to(PKG).parts[0] not in ("cli", "__main__.py"):
+            assert "cli" not in _imports(file), file
