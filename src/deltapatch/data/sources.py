@@ -15,11 +15,11 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..paths import shared_data_file
 from ..progress import log
 from ..registry import Registry
 from .checks import SPLITS, check_data_options, describe_scales, label_arrays, pixel_scales
 from .images import IMAGE_EXTS, decode_image, read_image_tree
-from ..paths import shared_data_file
 from .sets import ImageSet, TaskData, check_labels, make_set, seeded_subset, split_off
 
 __all__ = ["BUILTINS", "IMAGE_EXTS", "builtin", "decode_image", "list_builtins", "load_data",
