@@ -304,6 +304,48 @@ class PatchedModel(nn.Module):
         groups = _group_rows(names, BASE if patches is not None else one)
         return self._finish(h, start, groups, head, first_residual=first_residual)
 
+    def fanout(self, x: Tensor, patches: Sequence[str]) -> dict[str, Tensor]:
+        """Logits of every task in ``patches`` on every row: ``{name: (N, classes)}``.
+
+        Serving several tasks on one image should not pay for the frozen trunk once per task.
+        The base chain runs once from the earliest patched stage (stage inputs h_s kept); each
+        patch starts from the h_s of its own first stage, and patches starting at the same stage
+        share F_1(h_s), the first block's residual branch (frozen weights, so task-independent).
+        Every result equals ``self(x, patch=name)`` bit for bit: the same modules run on the
+        same tensors. ``"__base__"`` alone is ``backbone(x)`` itself; next to patches it is the
+        spec path's head, which :func:`~deltapatch.backbones.check.check_spec` proves equal to
+        ``backbone(x)`` (tests/test_fanout.py checks it on every family at several batch sizes).
+        Names repeated in ``patches`` are computed once.
+        """
+        names = list(dict.fromkeys(patches))
+        for n in names:
+            if n != BASE:
+                self.get_patch(n)
+        if not names:
+            return {}
+        if names == [BASE]:
+            return {BASE: self.backbone(x)}
+        n_stages = self.num_stages
+        first = {n: self.first_patched_stage([n]) for n in names}
+        start = min(first.values())
+        stop = max(first.values())
+        hs = {start: self.stage_input(x, start)}
+        for s in range(start, stop):  # the base chain, only as far as some task needs it
+            hs[s + 1] = self.spec.run_from(self.backbone, hs[s], s, s + 1, self._run_stage)
+        feats = (self.spec.features_from(self.backbone, hs[n_stages], n_stages)
+                 if stop == n_stages else None)
+        starts = [first[n] for n in names if first[n] < n_stages]
+        shared = {s: self.first_residual(hs[s], s) for s in set(starts) if starts.count(s) > 1}
+        out: dict[str, Tensor] = {}
+        for n in names:
+            if first[n] == n_stages:  # the base task and head-only patches: features are shared
+                out[n] = (self._head if n == BASE else self.get_patch(n).head)(feats)
+                continue
+            groups = {n: torch.arange(x.shape[0])}
+            out[n] = self._finish(hs[first[n]], first[n], groups,
+                                  first_residual=shared.get(first[n]))
+        return out
+
     def _routed(self, x: Tensor, groups: dict[str, Tensor], head: bool = True,
                 record: dict[str, dict[int, Tensor]] | None = None) -> Tensor:
         if set(groups) == {BASE} and head:
