@@ -18,8 +18,12 @@ from .common import backbone_args, command, print_json
 
 def arguments(p: argparse.ArgumentParser) -> None:
     backbone_args(p)
-    p.add_argument("--patch", type=Path, nargs="+", required=True,
+    p.add_argument("--patch", type=Path, nargs="*", default=[],
                    help="task folder(s) written by train (any method)")
+    p.add_argument("--onnx", type=Path, default=None,
+                   help="instead: run this exported graph in onnxruntime and compare every "
+                        "output with PyTorch (base logits to 1e-5, patches to 1e-4, relative "
+                        "to the logits' scale); --patch gives the graph's patches")
     p.add_argument("--data", default=None, help="take inputs from this data's test split "
                    "(default: random normal inputs)")
     p.add_argument("-n", type=int, default=16, help="number of inputs (default 16, at most 4096)")
@@ -39,11 +43,15 @@ def _inputs(args: argparse.Namespace, backbone) -> torch.Tensor:
     return torch.randn(args.n, 3, size, size, generator=torch.Generator().manual_seed(args.seed))
 
 
-@command("verify", "prove base outputs are bit-identical with and without task folders loaded; "
-                   "exit 1 if not", arguments)
+@command("verify", "prove base outputs are bit-identical with and without task folders loaded "
+                   "(or an ONNX export equal to PyTorch); exit 1 if not", arguments)
 def run(args: argparse.Namespace) -> int:
     backbone = load_backbone(args.backbone, args.weights)
     x = _inputs(args, backbone)
+    if args.onnx is not None:
+        return _verify_onnx(args, backbone, x)
+    if not args.patch:
+        raise ValueError("give --patch DIR... (or --onnx FILE)")
     with torch.inference_mode():
         before, fp_before = backbone(x), fingerprint(backbone)
         model = PatchedModel(backbone).eval()
@@ -65,4 +73,20 @@ def run(args: argparse.Namespace) -> int:
     print_json({"ok": ok, "n_inputs": int(x.shape[0]),
                 "tasks": [t.config.name for t in tasks],
                 "methods": [t.config.method for t in tasks], "checks": checks})
+    return 0 if ok else 1
+
+
+def _verify_onnx(args: argparse.Namespace, backbone, x: torch.Tensor) -> int:
+    from ..export import verify_onnx
+
+    if not args.onnx.is_file():
+        raise ValueError(f"no ONNX file {args.onnx}")
+    model = PatchedModel(backbone).eval()
+    for folder in args.patch:
+        load_task(model, folder)
+    checks = verify_onnx(args.onnx, model, x)
+    ok = all(c.ok for c in checks)
+    print_json({"ok": ok, "onnx": str(args.onnx), "n_inputs": int(x.shape[0]),
+                "outputs": {c.name: {"max_abs_diff": c.max_abs_diff, "logit_scale": c.scale,
+                                     "tolerance": c.tolerance, "ok": c.ok} for c in checks}})
     return 0 if ok else 1

@@ -1,0 +1,42 @@
+"""``deltapatch export``: the base model and task folders as one ONNX graph (fan-out)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..export import OPSET, export_onnx, task_names
+from ..methods import load_task
+from .common import backbone_args, command, load_model, print_json
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
+    backbone_args(p)
+    p.add_argument("--patch", type=Path, nargs="*", default=[],
+                   help="Δ-patch folder(s); none exports the base model alone")
+    p.add_argument("--only", action="store_true",
+                   help="leave the base task's output out (the patches alone)")
+    p.add_argument("--out", required=True, type=Path, help="the .onnx file to write")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="input size of the example batch (the batch size stays dynamic)")
+    p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
+
+
+@command("export", "export the base model and patches as one ONNX graph (outputs '__base__' "
+                   "and each patch's name; dynamic batch)", arguments)
+def run(args: argparse.Namespace) -> int:
+    if args.image_size is not None and not 8 <= args.image_size <= 4096:
+        raise ValueError(f"--image-size must be in 8..4096, got {args.image_size}")
+    if args.out.exists() and args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a folder; give a file name such as model.onnx")
+    model = load_model(args)
+    for folder in args.patch:
+        task = load_task(model, folder)
+        if task.config.name not in model.patches:
+            raise ValueError(f"{folder} holds a '{task.config.method}' task; only Δ-patches "
+                             "(delta, linear, the skip ablations) export into the fan-out graph")
+    names = task_names(model, args.only)
+    out = export_onnx(model, args.out, names, args.image_size, args.opset)
+    print_json({"onnx": str(out), "outputs": names, "opset": args.opset,
+                "bytes": out.stat().st_size})
+    return 0

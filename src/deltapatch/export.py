@@ -1,0 +1,156 @@
+"""ONNX export of a patched model, and its verification in onnxruntime against PyTorch.
+
+One graph serves every task it was exported with: its outputs are named ``"__base__"`` and each
+patch's name, one image input with a dynamic batch size. With patches the graph is the library's
+fan-out (:meth:`~deltapatch.PatchedModel.fanout`): the frozen trunk up to the earliest patched
+stage runs once per image, then each patch's own stages. Class names, preprocessing and the
+backbone's fingerprint are written as ONNX metadata, so a consumer needs nothing else.
+
+Exporter: torch's TorchScript-based ``torch.onnx.export(..., dynamo=False)`` at opset 17; it
+traces the routed forward into a static graph (the routing is decided by the task list at export
+time, not per input). ``onnx`` and ``onnxruntime`` are an optional extra (``pip install
+'deltapatch[onnx]'``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .errors import DeltaPatchError
+from .model import BASE, PatchedModel
+
+OPSET = 17
+INPUT = "image"
+BASE_TOLERANCE = 1e-5
+PATCH_TOLERANCE = 1e-4
+
+
+class TaskGraph(nn.Module):
+    """The module that is exported: image batch in, one logits tensor per task out."""
+
+    def __init__(self, model: PatchedModel, names: Sequence[str]) -> None:
+        super().__init__()
+        self.model, self.names = model, list(names)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        if len(self.names) == 1:  # one task alone: its own forward, nothing else in the graph
+            return (self.model(x, patch=self.names[0]),)
+        out = self.model.fanout(x, self.names)
+        return tuple(out[n] for n in self.names)
+
+
+def _require_onnx():
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError:
+        raise DeltaPatchError("ONNX export needs onnx and onnxruntime: pip install "
+                              "'deltapatch[onnx]'") from None
+    return onnx, onnxruntime
+
+
+def task_names(model: PatchedModel, only: bool = False) -> list[str]:
+    """The graph's outputs: the base task, then every loaded patch (``only``: the patches)."""
+    names = list(model.patches)
+    if only and not names:
+        raise DeltaPatchError("--only exports patches alone, but no --patch was given")
+    return names if only else [BASE, *names]
+
+
+def metadata(model: PatchedModel, names: Sequence[str]) -> dict[str, str]:
+    """What a consumer needs besides the graph: per output its classes, and the preprocessing."""
+    tasks = {}
+    for n in names:
+        if n == BASE:
+            tasks[n] = {"num_classes": model._head.out_features, "class_names": None,
+                        "preprocess": model.preprocess.to_dict()}
+        else:
+            cfg = model.get_patch(n).config
+            tasks[n] = {"num_classes": cfg.num_classes, "class_names": cfg.class_names,
+                        "preprocess": cfg.preprocess.to_dict(), "method": cfg.method,
+                        "stages": cfg.stages}
+    from . import __version__
+    return {"deltapatch.version": __version__, "deltapatch.backbone": model.backbone_name,
+            "deltapatch.fingerprint": model.fingerprint, "deltapatch.input": INPUT,
+            "deltapatch.tasks": json.dumps(tasks),
+            "deltapatch.input_layout": "NCHW float32, RGB, resized to preprocess.size, then "
+                                       "(x / 255 - mean) / std"}
+
+
+def export_onnx(model: PatchedModel, out: str | Path, names: Sequence[str],
+                size: int | None = None, opset: int = OPSET) -> Path:
+    """Write ``model``'s tasks ``names`` as one ONNX graph at ``out`` (atomically)."""
+    onnx, _ = _require_onnx()
+    out = Path(out)
+    size = size or model.preprocess.size
+    graph = TaskGraph(model.eval(), names).eval()
+    example = torch.zeros(2, 3, size, size)
+    dynamic = {INPUT: {0: "batch"}, **{n: {0: "batch"} for n in names}}
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer warnings about Python control flow
+            torch.onnx.export(graph, (example,), str(tmp), input_names=[INPUT],
+                              output_names=list(names), dynamic_axes=dynamic,
+                              opset_version=opset, dynamo=False)
+        proto = onnx.load(str(tmp))
+        for key, value in metadata(model, names).items():
+            proto.metadata_props.add(key=key, value=value)
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+@dataclass
+class OutputCheck:
+    name: str
+    max_abs_diff: float
+    scale: float
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= self.tolerance * self.scale
+
+
+def verify_onnx(path: str | Path, model: PatchedModel, x: Tensor) -> list[OutputCheck]:
+    """Run the graph in onnxruntime (CPU) on ``x`` and compare every output with PyTorch.
+
+    An output passes when its largest absolute difference is at most the tolerance (1e-5 for
+    the base task, 1e-4 for patches) times ``max(1, max |logit|)``: float32 rounding grows with
+    the size of the logits, so a fixed absolute bound would fail large logits that match to 7
+    significant digits.
+    """
+    _, ort = _require_onnx()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    missing = [n for n in names if n != BASE and n not in model.patches]
+    if missing:
+        raise DeltaPatchError(f"{path} has outputs {missing} for patches not given with --patch")
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.inference_mode():
+        want = TaskGraph(model.eval(), names)(x)
+    checks = []
+    for n, g, w in zip(names, got, want, strict=True):
+        diff = float((torch.from_numpy(g) - w).abs().max()) if w.numel() else 0.0
+        scale = max(1.0, float(w.abs().max())) if w.numel() else 1.0
+        checks.append(OutputCheck(n, diff, scale,
+                                  BASE_TOLERANCE if n == BASE else PATCH_TOLERANCE))
+    return checks
+
+
+def graph_outputs(path: str | Path) -> list[str]:
+    _, ort = _require_onnx()
+    return [o.name for o in ort.InferenceSession(str(path)).get_outputs()]

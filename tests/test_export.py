@@ -1,0 +1,96 @@
+"""ONNX export: every exported graph runs in onnxruntime and matches PyTorch on every output (the
+base task to 1e-5 of the logits' scale), with or without patches in the graph; the batch size is
+dynamic and the metadata says what a consumer needs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import deltapatch as dp
+from deltapatch.export import export_onnx, task_names, verify_onnx
+
+ort = pytest.importorskip("onnxruntime", reason="needs the 'onnx' extra")
+onnx = pytest.importorskip("onnx", reason="needs the 'onnx' extra")
+
+FACTORY = str(Path(__file__).resolve().parents[1] / "examples" / "my_cnn.py") + ":build"
+FAMILIES = [("cifar_resnet20", 32), ("resnet18", 64), ("efficientnet_lite0", 64), (FACTORY, 32)]
+
+
+def _model(name: str, size: int) -> dp.PatchedModel:
+    torch.manual_seed(0)
+    model = dp.PatchedModel(dp.load_backbone(name)).eval()
+    model.preprocess = model.preprocess.with_size(size)
+    model.add_patch("one", 5, stages=1, class_names=list("abcde"))
+    model.add_patch("all", 3, stages=model.num_stages)
+    with torch.no_grad():  # trained-looking patches: every tensor away from its init
+        for t in (*model.get_patch("one").state_dict().values(),
+                  *model.get_patch("all").state_dict().values()):
+            if t.is_floating_point():
+                t.add_(torch.rand_like(t) * 0.1)
+    return model
+
+
+def _run(path, x: torch.Tensor) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(None, {"image": x.numpy()}), strict=True))
+
+
+@pytest.mark.parametrize("name,size", FAMILIES, ids=["cifar_resnet", "resnet18", "lite0", "own"])
+def test_every_graph_verifies_and_keeps_the_base_output(name, size, tmp_path):
+    model = _model(name, size)
+    x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(1))
+    base_only = export_onnx(model, tmp_path / "base.onnx", [dp.BASE])
+    fan = export_onnx(model, tmp_path / "fan.onnx", task_names(model))
+    only = export_onnx(model, tmp_path / "only.onnx", ["one"])
+    for path in (base_only, fan, only):
+        checks = verify_onnx(path, model, x)
+        assert all(c.ok for c in checks), [(c.name, c.max_abs_diff) for c in checks]
+    got = _run(fan, x)
+    assert list(got) == ["__base__", "one", "all"]
+    assert not np.allclose(got["one"][:, :3], got["__base__"][:, :3])  # patches really act
+    # the base output with patches in the graph is the base-only graph's to float tolerance
+    # (onnxruntime picks kernels per graph, so bit-equality across graphs is not promised)
+    assert np.allclose(got["__base__"], _run(base_only, x)["__base__"], rtol=1e-5, atol=1e-5)
+    for batch in (1, 5):  # the batch size is dynamic
+        y = _run(fan, torch.randn(batch, 3, size, size))
+        assert all(v.shape[0] == batch for v in y.values())
+
+
+def test_metadata_names_classes_and_preprocessing(tmp_path):
+    model = _model("cifar_resnet20", 32)
+    path = export_onnx(model, tmp_path / "m.onnx", task_names(model))
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    tasks = json.loads(meta["deltapatch.tasks"])
+    assert tasks["one"]["class_names"] == list("abcde") and tasks["all"]["num_classes"] == 3
+    assert tasks["__base__"]["preprocess"]["size"] == 32
+    assert meta["deltapatch.fingerprint"] == model.fingerprint
+
+
+def test_export_and_verify_from_the_cli(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from deltapatch.cli import main
+
+    torch.manual_seed(0)
+    save_file(dp.load_backbone("cifar_resnet20").state_dict(), str(tmp_path / "w.safetensors"))
+    model = dp.PatchedModel(dp.load_backbone("cifar_resnet20", tmp_path / "w.safetensors"))
+    model.add_patch("p", 4, stages=1)
+    model.save_patch("p", tmp_path / "p")
+    model.get_patch("p").head.bias.data += 1.0  # the same patch name, other weights
+    model.save_patch("p", tmp_path / "p2")
+    bb = ["--backbone", "cifar_resnet20", "--weights", str(tmp_path / "w.safetensors")]
+    out = str(tmp_path / "m.onnx")
+    assert main(["export", *bb, "--patch", str(tmp_path / "p"), "--out", out]) == 0
+    assert json.loads(capsys.readouterr().out)["outputs"] == ["__base__", "p"]
+    assert main(["verify", *bb, "--patch", str(tmp_path / "p"), "--onnx", out, "-n", "4"]) == 0
+    assert json.loads(capsys.readouterr().out)["ok"]
+    # a graph checked against other weights than it was exported with fails the check: exit 1
+    assert main(["verify", *bb, "--patch", str(tmp_path / "p2"), "--onnx", out, "-n", "4"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert not report["ok"] and report["outputs"]["__base__"]["ok"]
