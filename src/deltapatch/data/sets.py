@@ -158,7 +158,8 @@ def make_set(x: np.ndarray | Tensor, y: np.ndarray | Tensor, size: int, where: s
 
 
 def check_labels(data: TaskData) -> TaskData:
-    """Refuse labels outside 0..C-1 and a training set missing classes."""
+    """Refuse labels outside 0..C-1 and a training set missing classes (unless the data set is
+    an evaluation set, ``info["eval_only"]``: a base task is scored, never trained on)."""
     c = data.num_classes
     for split in ("train", "val", "test"):
         s = getattr(data, split)
@@ -169,7 +170,7 @@ def check_labels(data: TaskData) -> TaskData:
             raise DataError(f"{data.name}: {split} labels span {lo}..{hi}, but there are {c} "
                             "classes; labels must be 0..C-1")
     missing = sorted(set(range(c)) - set(data.train.labels.tolist()))
-    if missing:
+    if missing and not data.info.get("eval_only"):
         raise DataError(f"{data.name}: classes {missing[:10]} have no training image")
     return data
 

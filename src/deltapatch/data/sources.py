@@ -105,6 +105,28 @@ def _cifar10(only: str | None = None):
     return read_image_tree(shared_data_file("cifar10_jpeg.zip"), CIFAR10_SIZE, only)
 
 
+IMAGENET_PHOTOS = "imagenet_nips17_dev_224_jpeg.npz"
+
+
+@builtin("imagenet_photos")
+def _imagenet_photos():
+    """1,000 ImageNet-compatible photos (224 px centre crops) labelled with torchvision's 1,000
+    ImageNet class indices: the base task of an ImageNet backbone. A seeded (seed 0) 500 / 500
+    validation / test split; there is no training split (the base task is never trained on),
+    so ``x_train`` holds the validation photos too and ``x_val`` keeps them apart."""
+    d = _read_npz(shared_data_file(IMAGENET_PHOTOS))
+    offsets = d["offsets"]
+    images = np.stack([decode_image(d["jpeg_bytes"][offsets[i]:offsets[i + 1]].tobytes(),
+                                    f"{IMAGENET_PHOTOS} photo {i}")
+                       for i in range(len(offsets) - 1)])
+    order = np.random.default_rng(0).permutation(len(images))
+    val, test = np.sort(order[:500]), np.sort(order[500:])
+    y = d["y"].astype(np.int64)
+    raw = {"x_train": images[val], "y_train": y[val], "x_val": images[val], "y_val": y[val],
+           "x_test": images[test], "y_test": y[test], "eval_only": np.array(True)}
+    return raw, [str(c) for c in d["class_names"]]
+
+
 def _read_npz(path: Path) -> Raw:
     """All arrays of an ``.npz``; never unpickles (``allow_pickle=False``)."""
     try:
@@ -205,6 +227,8 @@ def load_data(spec: str, size: int, *, val_fraction: float = 0.1, seed: int = 0,
         train, val = split_off(train, val_fraction, seed)
     test = make_set(raw["x_test"], raw["y_test"], size, f"{spec} test", scale=scales["x_test"])
     data = TaskData(label, train, val, test, names, hflip)
+    if "eval_only" in raw:
+        data.info["eval_only"] = bool(raw["eval_only"])
     if describe_scales(scales):  # say how non-uint8 pixels were read, once per data set
         data.info["pixels"] = describe_scales(scales)
         log(f"{spec}: pixels {data.info['pixels']}")
