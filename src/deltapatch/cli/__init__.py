@@ -10,7 +10,7 @@ import torch
 
 from .. import __version__
 from ..errors import DeltaPatchError
-from . import bench, demo, evaluate, info, predict, train, verify  # noqa: F401  (register commands)
+from . import bench, demo, evaluate, info, predict, serve, train, verify  # noqa: F401
 from .common import COMMANDS
 
 
