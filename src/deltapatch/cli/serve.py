@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 from pathlib import Path
 
@@ -68,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from ..serve.inputs import Limits
     from ..serve.registry import PatchRegistry
 
+    server_cls = _server_class()
     model = load_model(args).eval()
     registry = PatchRegistry(model)
     names = registry.load_dir(args.patches)
@@ -76,6 +78,25 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(registry, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                      max_queue=args.max_queue, api_key=key, exact_base=not args.batch_base,
                      limits=Limits(max_image_pixels=args.max_image_pixels))
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
-                timeout_graceful_shutdown=30)
-    return 0
+    server = server_cls(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                                    timeout_graceful_shutdown=30))
+    server.run()
+    return 0 if server.started else 1
+
+
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn re-raises SIGINT/SIGTERM after its graceful shutdown, so the process would
+        die by the signal; after a clean drain we exit 0 like every other command."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    getattr(self, "_captured_signals", []).clear()
+
+    return Server
