@@ -78,8 +78,9 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(registry, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                      max_queue=args.max_queue, api_key=key, exact_base=not args.batch_base,
                      limits=Limits(max_image_pixels=args.max_image_pixels))
-    server = server_cls(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
-                                    timeout_graceful_shutdown=30))
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                            timeout_graceful_shutdown=30)
+    server = server_cls(config)
     server.run()
     return 0 if server.started else 1
 
