@@ -149,6 +149,7 @@ def _bad_uploads(backbone, tmp_path) -> dict[str, dict]:
         "foreign fingerprint": files((foreign / "config.json").read_bytes(),
                                      (foreign / "patch.safetensors").read_bytes()),
         "another method": files(finetune, tensors),
+        "an unknown method": files(json.dumps({**cfg, "method": "magic"}).encode(), tensors),
         "config not json": files(b"{nope", tensors),
         "missing tensors": {"config.json": ("config.json", config)},
         "an extra file": {**files(config, tensors), "run.sh": ("run.sh", b"rm -rf /")},
@@ -204,6 +205,8 @@ def test_bad_input_is_a_4xx_with_an_error_never_a_5xx(registry):
         (400, dict(json={"image": b64(png(0)), "top_k": 0})),
         (400, dict(json={"image": b64(png(0)), "top_k": "many"})),
         (400, dict(files={"picture": ("x.png", png(0))})),
+        (400, dict(files={"image": ("x.png", png(0))}, data={"patches": "[" * 100_000})),
+        (400, dict(files={"image": ("x.png", png(0))}, data={"patches": "[1, 2]"})),
         (404, dict(json={"image": b64(png(0)), "patch": "nope"})),
         (413, dict(content=b"x" * 300_000, headers={"content-type": "application/json"})),
         (413, dict(json={"image": b64(big)})),  # over max_image_pixels

@@ -22,12 +22,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..errors import PatchError
+from ..errors import DeltaPatchError
 from ..patch import CONFIG_FILE, TENSORS_FILE
 from .batcher import Batcher, Closed, QueueFull
 from .inputs import HTTPFail, Limits, image_tensor, media_type, predict_input, read_body
 from .metrics import CONTENT_TYPE, ServeMetrics
-from .registry import DuplicatePatch, NotBatchable, PatchInfo, PatchRegistry, UnknownPatch
+from .registry import DuplicatePatch, PatchInfo, PatchRegistry, UnknownPatch
 
 log = logging.getLogger("deltapatch.serve")
 RETRY_AFTER_S = 1
@@ -104,7 +104,7 @@ def create_app(registry: PatchRegistry, *, max_batch: int = 32, max_wait_ms: flo
             name = await asyncio.to_thread(registry.add, tmp)
         except DuplicatePatch as err:
             raise HTTPFail(409, str(err)) from None
-        except (NotBatchable, PatchError) as err:
+        except DeltaPatchError as err:  # NotBatchable, PatchError, ...
             raise HTTPFail(422, str(err).replace(str(tmp), "the upload")) from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

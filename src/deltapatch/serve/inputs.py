@@ -120,7 +120,7 @@ def _form_list(values: list[str]) -> list[str]:
         if text.startswith("["):
             try:
                 return json.loads(text)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise HTTPFail(400, "'patches' is not a valid JSON list") from None
         return [v.strip() for v in text.split(",") if v.strip()]
     return values

@@ -21,6 +21,7 @@ from ..metrics import folder_bytes
 from ..model import BASE, PatchedModel
 from ..patch import CONFIG_FILE, PatchConfig, read_config
 from ..preprocess import Preprocess
+from ..registry import RegistryError
 
 
 class UnknownPatch(PatchError):
@@ -64,7 +65,11 @@ def base_labels(num_classes: int) -> list[str]:
 
 def check_batchable(config: PatchConfig) -> None:
     """Only tasks that load as patches of the shared model can join a routed batch."""
-    if get_method(config.method).load is not _delta_family_load:
+    try:
+        method = get_method(config.method)
+    except RegistryError as err:
+        raise NotBatchable(f"task '{config.name}': {err}") from None
+    if method.load is not _delta_family_load:
         raise NotBatchable(
             f"task '{config.name}' was made with method '{config.method}'; this server batches "
             "Δ-family patches only (delta, linear and the skip ablations). Serve other methods "
