@@ -22,13 +22,20 @@ def body(seed: int, **fields) -> dict:
 def test_mixed_requests_land_in_one_batch_and_match_the_library(registry, library):
     tasks = ["a", "b", "__base__", "a", "b", "__base__"]
 
+    routed: list[int] = []  # rows of each call of the model's own forward (the routed path)
+    hook = registry.model.register_forward_pre_hook(lambda _m, args: routed.append(len(args[0])))
+
     async def go(client, app):
         rs = await asyncio.gather(*(client.post("/v1/predict", json=body(i, patch=t))
                                     for i, t in enumerate(tasks)))
         return [r.json() for r in rs], list(app.state.batcher.recent), \
             (await client.get("/metrics")).text
 
-    answers, batches, metrics = run_async(registry, go, max_batch=6, max_wait_ms=2000)
+    try:
+        answers, batches, metrics = run_async(registry, go, max_batch=6, max_wait_ms=2000)
+    finally:
+        hook.remove()
+    assert routed == [4]  # one routed forward for the four patched rows of two patches
     assert len(batches) == 1  # all six rode in one batch (in the order their images decoded)
     assert sorted(batches[0]) == sorted((t,) for t in tasks)
     assert "deltapatch_batch_patches_sum 3.0" in metrics
