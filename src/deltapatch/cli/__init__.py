@@ -10,7 +10,17 @@ import torch
 
 from .. import __version__
 from ..errors import DeltaPatchError
-from . import bench, demo, evaluate, export, info, predict, train, verify  # noqa: F401  (register commands)
+from . import (  # noqa: F401  (register commands)
+    bench,
+    demo,
+    evaluate,
+    export,
+    info,
+    predict,
+    serve,
+    train,
+    verify,
+)
 from .common import COMMANDS
 
 

@@ -32,8 +32,8 @@ def command(name: str, help: str, arguments: Callable[[argparse.ArgumentParser],
     return deco
 
 
-def backbone_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backbone", required=True,
+def backbone_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--backbone", required=required,
                    help="backbone name, or your model factory as path/to/file.py:function or "
                         f"package.module:function (names: {', '.join(list_backbones())})")
     p.add_argument("--weights", default=None,

@@ -1,5 +1,6 @@
 """``deltapatch predict``: classify image files with a task folder (any method) or the base
-task; one JSON line per image."""
+task; one JSON line per image. With ``--server URL`` a running ``deltapatch serve`` answers
+instead, and ``--patch`` names a task loaded there."""
 
 from __future__ import annotations
 
@@ -17,9 +18,12 @@ from .common import backbone_args, command, load_model, print_json
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
-    backbone_args(p)
+    backbone_args(p, required=False)
     p.add_argument("--patch", type=Path, default=None,
-                   help="a task folder written by train (default: the base task)")
+                   help="a task folder written by train (default: the base task); with --server "
+                        "the name of a patch the server has loaded")
+    p.add_argument("--server", default=None,
+                   help="URL of a running `deltapatch serve` (then --backbone is not needed)")
     p.add_argument("--top", type=int, default=5, help="how many classes per image (default 5)")
     p.add_argument("images", nargs="+", type=Path, help="image files")
 
@@ -32,6 +36,10 @@ def run(args: argparse.Namespace) -> int:
     missing = [str(p) for p in args.images if not p.is_file()]
     if missing:
         raise DataError(f"no image file {', '.join(missing[:3])}")
+    if args.server is not None:
+        return _remote(args)
+    if args.backbone is None:
+        raise ValueError("--backbone is required (or --server URL)")
     model = load_model(args).eval()
     name, names, pre, forward = BASE, None, model.preprocess, model
     if args.patch is not None:
@@ -47,4 +55,18 @@ def run(args: argparse.Namespace) -> int:
                 {"class": int(i), "name": names[int(i)] if names else None,
                  "prob": round(float(p), 5)}
                 for p, i in zip(top.values, top.indices, strict=True)]})
+    return 0
+
+
+def _remote(args: argparse.Namespace) -> int:
+    """The same JSON lines, answered by a server."""
+    from ..serve.client import Client
+
+    client = Client(args.server)
+    name = str(args.patch) if args.patch is not None else BASE
+    for path in args.images:
+        answer = client.predict(path.read_bytes(), patch=name, top_k=args.top)
+        print_json({"image": str(path), "task": answer["patch"], "top": [
+            {"class": t["index"], "name": t["label"], "prob": round(t["score"], 5)}
+            for t in answer["top_k"]]})
     return 0

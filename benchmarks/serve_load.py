@@ -1,0 +1,213 @@
+"""Load test of ``deltapatch serve``: a real uvicorn server in a subprocess on 127.0.0.1, concurrent
+clients sending real JPEG photos (the shared ImageNet photos if present, else scikit-image's),
+traffic spread uniformly over 1, 16 and 128 Δ(1) patches (and base-only traffic for reference).
+Prints throughput, p50/p99 latency, batch sizes and the server's RSS; every phase is bounded in
+requests and seconds, and every server is stopped (SIGTERM, then SIGKILL) before the next.
+
+    PYTHONPATH=src python benchmarks/serve_load.py              # ~2.5 min on 2 shared cores
+    PYTHONPATH=src python benchmarks/serve_load.py --seconds 5  # quicker, noisier
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import random
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+from _common import header
+from safetensors.torch import save_file
+
+from deltapatch import PatchedModel, load_backbone
+from deltapatch.data.paths import shared_data_dir
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def photos(n: int) -> list[bytes]:
+    """JPEG files: ImageNet photos (NIPS'17 dev set, 224 px) or scikit-image's sample photos."""
+    root = shared_data_dir()
+    npz = root / "imagenet_nips17_dev_224_jpeg.npz" if root else None
+    if npz is not None and npz.is_file():
+        d = np.load(npz, allow_pickle=False)
+        blob, off = d["jpeg_bytes"], d["offsets"]
+        return [blob[off[i]:off[i + 1]].tobytes() for i in range(min(n, len(off) - 1))]
+    import io
+
+    from PIL import Image
+    from skimage import data as skdata
+
+    out = []
+    for name in ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left"):
+        buf = io.BytesIO()
+        Image.fromarray(getattr(skdata, name)()).convert("RGB").save(buf, "JPEG")
+        out.append(buf.getvalue())
+    return out
+
+
+def make_patches(root: Path, n: int) -> Path:
+    """Random-init ResNet-18 weights and ``n`` Δ(1) patches (10 classes) saved under ``root``."""
+    torch.manual_seed(0)
+    backbone = load_backbone("resnet18")
+    save_file(backbone.state_dict(), str(root / "resnet18.safetensors"))
+    model = PatchedModel(backbone)
+    for i in range(n):
+        model.add_patch(f"p{i:03d}", 10, stages=1)
+        model.save_patch(f"p{i:03d}", root / "all" / f"p{i:03d}")
+        model.remove_patch(f"p{i:03d}")
+    return root / "resnet18.safetensors"
+
+
+def subset(root: Path, n: int) -> Path:
+    folder = root / f"set{n}"
+    folder.mkdir(exist_ok=True)
+    for i in range(n):
+        link = folder / f"p{i:03d}"
+        if not link.exists():
+            link.symlink_to(root / "all" / f"p{i:03d}")
+    return folder
+
+
+def rss_mb(pid: int) -> float:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+)", text)[1]) / 1024
+
+
+class Server:
+    """``deltapatch serve`` in a subprocess; always stopped on exit."""
+
+    def __init__(self, weights: Path, patches: Path, threads: int, max_batch: int,
+                 max_wait_ms: float, batch_base: bool = False) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "deltapatch", "--threads", str(threads), "serve",
+             "--backbone", "resnet18", "--weights", str(weights), "--patches", str(patches),
+             "--port", str(self.port), "--max-batch", str(max_batch),
+             "--max-wait-ms", str(max_wait_ms), "--max-queue", "1024",
+             *(["--batch-base"] if batch_base else [])],
+            env={**os.environ, "PYTHONPATH": str(SRC)}, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True)
+
+    def __enter__(self) -> Server:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server died: {self.proc.stderr.read()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.__exit__()
+        raise RuntimeError("server not ready after 180 s")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+async def traffic(url: str, names: list[str], images: list[bytes], clients: int,
+                  seconds: float, max_requests: int, seed: int) -> dict:
+    """``clients`` concurrent loops, each sending one request at a time, until ``seconds`` or
+    ``max_requests``; a short warm-up first (not counted)."""
+    bodies = [base64.b64encode(im).decode() for im in images]
+    rng = random.Random(seed)
+    plan = [(rng.randrange(len(bodies)), rng.choice(names)) for _ in range(max_requests)]
+    lat: list[float] = []
+    codes: dict[int, int] = {}
+    state = {"next": 0}
+
+    async def one(client: httpx.AsyncClient, deadline: float, record: bool) -> None:
+        while time.monotonic() < deadline and state["next"] < len(plan):
+            i, name = plan[state["next"]]
+            state["next"] += 1
+            t0 = time.perf_counter()
+            r = await client.post("/v1/predict", json={"image": bodies[i], "patch": name,
+                                                       "top_k": 5})
+            if record:
+                lat.append(time.perf_counter() - t0)
+                codes[r.status_code] = codes.get(r.status_code, 0) + 1
+
+    limits = httpx.Limits(max_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        warm = time.monotonic() + min(3.0, seconds / 3)
+        await asyncio.gather(*(one(client, warm, False) for _ in range(clients)))
+        state["next"] = 0
+        t0 = time.monotonic()
+        await asyncio.gather(*(one(client, t0 + seconds, True) for _ in range(clients)))
+        elapsed = time.monotonic() - t0
+        metrics = (await client.get("/metrics")).text
+    ok = codes.get(200, 0)
+    q = statistics.quantiles(lat, n=100) if len(lat) >= 2 else [float("nan")] * 99
+    size_sum = float(re.search(r"deltapatch_batch_size_sum ([\d.e+]+)", metrics)[1])
+    size_n = float(re.search(r"deltapatch_batch_size_count ([\d.e+]+)", metrics)[1])
+    return {"n": len(lat), "ok": ok, "codes": codes, "seconds": elapsed, "rps": ok / elapsed,
+            "p50_ms": q[49] * 1e3, "p99_ms": q[98] * 1e3, "mean_batch": size_sum / size_n}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--mixes", type=int, nargs="+", default=[0, 1, 16, 128],
+                   help="patches in the traffic mix; 0 = base task only (default 0 1 16 128)")
+    p.add_argument("--seconds", type=float, default=15.0, help="measured seconds per mix")
+    p.add_argument("--max-requests", type=int, default=3000, help="cap per mix")
+    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the server")
+    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--max-wait-ms", type=float, default=10.0)
+    p.add_argument("--images", type=int, default=64)
+    p.add_argument("--batch-base", action="store_true", help="serve with --batch-base")
+    a = p.parse_args()
+    header("deltapatch serve load test (ResNet-18 random init, Δ(1) patches, 224 px JPEGs)")
+    images = photos(a.images)
+    print(f"# {len(images)} photos, {a.clients} clients, {a.seconds:g} s per mix "
+          f"(cap {a.max_requests} requests), server --threads {a.threads} --max-batch "
+          f"{a.max_batch} --max-wait-ms {a.max_wait_ms:g}"
+          f"{' --batch-base' if a.batch_base else ''}, seed 0")
+    with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
+        root = Path(tmp)
+        weights = make_patches(root, max(a.mixes + [1]))
+        print("| patches loaded | traffic | requests (200) | req/s | p50 ms | p99 ms | "
+              "mean batch | RSS after start MB | RSS after load MB |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for n in a.mixes:
+            folder = subset(root, max(n, 0))
+            names = [f"p{i:03d}" for i in range(n)] or ["__base__"]
+            with Server(weights, folder, a.threads, a.max_batch, a.max_wait_ms,
+                        a.batch_base) as server:
+                start_rss = rss_mb(server.proc.pid)
+                r = asyncio.run(traffic(server.url, names, images, a.clients, a.seconds,
+                                        a.max_requests, seed=0))
+                load_rss = rss_mb(server.proc.pid)
+            mix = "base only" if n == 0 else f"uniform over {n}"
+            print(f"| {n} | {mix} | {r['n']} ({r['ok']}) | {r['rps']:.1f} | {r['p50_ms']:.0f} | "
+                  f"{r['p99_ms']:.0f} | {r['mean_batch']:.1f} | {start_rss:.0f} | "
+                  f"{load_rss:.0f} |", flush=True)
+            if set(r["codes"]) != {200}:
+                print(f"#   status codes: {r['codes']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""``deltapatch serve``: serve the base task and every Δ-patch under --patches over HTTP
+(docs/SERVING.md)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+from pathlib import Path
+
+from ..errors import DeltaPatchError
+from .common import backbone_args, command, load_model
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
+    backbone_args(p)
+    p.add_argument("--patches", type=Path, required=True,
+                   help="folder of patch folders (each train --out of a Δ-family method); all "
+                        "are loaded at start, and a bad one stops the start")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--max-batch", type=int, default=32, help="requests per batch (default 32)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long a request waits for others to share its batch (default 5)")
+    p.add_argument("--max-queue", type=int, default=256,
+                   help="waiting requests before new ones get 503 + Retry-After (default 256)")
+    p.add_argument("--api-key-file", type=Path, default=None,
+                   help="file holding the key that admin endpoints (upload, delete) require as "
+                        "'Authorization: Bearer KEY'; without it they are open")
+    p.add_argument("--batch-base", action="store_true",
+                   help="batch base-task requests too (faster; their logits may then differ "
+                        "from the plain backbone's on one image in the last bits)")
+    p.add_argument("--max-image-pixels", type=int, default=40_000_000,
+                   help="largest image accepted, in pixels (default 40,000,000)")
+
+
+def _api_key(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        key = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DeltaPatchError(f"cannot read --api-key-file {path}: {err}") from None
+    if len(key) < 16:
+        raise DeltaPatchError(f"--api-key-file {path} holds a key of {len(key)} characters; use "
+                              "at least 16 (e.g. `python -c 'import secrets; "
+                              "print(secrets.token_urlsafe(32))' > key.txt`)")
+    return key
+
+
+@command("serve", "serve the base task and Δ-patches over HTTP with dynamic batching", arguments)
+def run(args: argparse.Namespace) -> int:
+    missing = [m for m in ("fastapi", "uvicorn", "prometheus_client", "multipart")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        raise DeltaPatchError(f"serve needs {', '.join(missing)}: pip install 'deltapatch[serve]'")
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be 1..65535, got {args.port}")
+    if args.max_batch < 1 or args.max_queue < 1 or not 0 <= args.max_wait_ms <= 10_000:
+        raise ValueError("--max-batch and --max-queue must be ≥ 1, --max-wait-ms 0..10000")
+    if args.max_image_pixels < 4:
+        raise ValueError("--max-image-pixels must be ≥ 4")
+    if not args.patches.is_dir():
+        raise DeltaPatchError(f"--patches {args.patches} is not a folder")
+    key = _api_key(args.api_key_file)
+    import uvicorn
+
+    from ..serve.app import create_app
+    from ..serve.inputs import Limits
+    from ..serve.registry import PatchRegistry
+
+    server_cls = _server_class()
+    model = load_model(args).eval()
+    registry = PatchRegistry(model)
+    names = registry.load_dir(args.patches)
+    print(f"deltapatch serve: {len(names)} patches loaded from {args.patches}; "
+          f"http://{args.host}:{args.port}", flush=True)
+    app = create_app(registry, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                     max_queue=args.max_queue, api_key=key, exact_base=not args.batch_base,
+                     limits=Limits(max_image_pixels=args.max_image_pixels))
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                            timeout_graceful_shutdown=30)
+    server = server_cls(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn re-raises SIGINT/SIGTERM after its graceful shutdown, so the process would
+        die by the signal; after a clean drain we exit 0 like every other command."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    getattr(self, "_captured_signals", []).clear()
+
+    return Server

@@ -1,0 +1,208 @@
+"""The HTTP API of ``deltapatch serve`` (DESIGN.md, "Interfaces added in the second round").
+
+Routes parse and check input (:mod:`.inputs`), hold the named patches in the registry for the
+request's whole life, and hand the image to the batcher. Every failure is ``{"error": ...}`` with
+a 4xx status that says whose fault it is; a 5xx means a bug or a shutdown (503), never bad input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import shutil
+import tempfile
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ..errors import DeltaPatchError
+from ..patch import CONFIG_FILE, TENSORS_FILE
+from .batcher import Batcher, Closed, QueueFull
+from .inputs import HTTPFail, Limits, image_tensor, media_type, predict_input, read_body
+from .metrics import CONTENT_TYPE, ServeMetrics
+from .registry import DuplicatePatch, PatchInfo, PatchRegistry, UnknownPatch
+
+log = logging.getLogger("deltapatch.serve")
+RETRY_AFTER_S = 1
+
+
+def create_app(registry: PatchRegistry, *, max_batch: int = 32, max_wait_ms: float = 5.0,
+               max_queue: int = 256, api_key: str | None = None, exact_base: bool = True,
+               limits: Limits | None = None) -> FastAPI:
+    """The ASGI app serving ``registry``'s model (patches already loaded into it)."""
+    limits = limits or Limits()
+    metrics = ServeMetrics()
+    metrics.loaded.set(len(registry))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.batcher = Batcher(registry.model, metrics, max_batch, max_wait_ms, max_queue,
+                                    exact_base)
+        app.state.batcher.start()
+        app.state.ready = True
+        try:
+            yield
+        finally:  # graceful: refuse new work, answer everything queued
+            app.state.ready = False
+            await app.state.batcher.close()
+
+    app = FastAPI(title="deltapatch", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.ready = False
+    app.state.registry, app.state.metrics = registry, metrics
+    _errors(app, metrics)
+
+    def admin(request: Request) -> None:
+        if api_key is None:
+            return
+        auth = request.headers.get("authorization", "")
+        if not auth.lower().startswith("bearer "):
+            raise HTTPFail(401, "admin endpoint: send 'Authorization: Bearer KEY'",
+                           {"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(auth[7:].strip().encode(), api_key.encode()):
+            raise HTTPFail(403, "admin endpoint: the key is wrong")
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready():
+        if not app.state.ready:
+            raise HTTPFail(503, "not ready (starting or shutting down)",
+                           {"Retry-After": str(RETRY_AFTER_S)})
+        return {"status": "ready", "patches": len(registry)}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(metrics.text(), media_type=CONTENT_TYPE)
+
+    @app.get("/v1/patches")
+    async def list_patches():
+        return {"patches": [i.public() for i in registry.infos()]}
+
+    @app.post("/v1/patches", status_code=201)
+    async def upload(request: Request):
+        admin(request)
+        if media_type(request) != "multipart/form-data":
+            raise HTTPFail(415, "upload a patch as multipart/form-data with files "
+                                f"{CONFIG_FILE} and {TENSORS_FILE}")
+        await read_body(request, limits.max_upload_bytes)
+        form = await request.form(max_files=2, max_fields=0, max_part_size=1 << 20)
+        files = _patch_files(form)
+        tmp = Path(tempfile.mkdtemp(prefix="deltapatch-upload-"))
+        try:
+            for fixed, upload_file in files.items():  # our names, never the client's
+                (tmp / fixed).write_bytes(await upload_file.read())
+            name = await asyncio.to_thread(registry.add, tmp)
+        except DuplicatePatch as err:
+            raise HTTPFail(409, str(err)) from None
+        except DeltaPatchError as err:  # NotBatchable, PatchError, ...
+            raise HTTPFail(422, str(err).replace(str(tmp), "the upload")) from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        metrics.loaded.set(len(registry))
+        log.info("patch %s added", name)
+        return JSONResponse({"name": name}, status_code=201)
+
+    @app.delete("/v1/patches/{name}")
+    async def delete(name: str, request: Request):
+        admin(request)
+        try:
+            await asyncio.to_thread(registry.remove, name)  # waits for requests holding it
+        except UnknownPatch as err:
+            raise HTTPFail(404, str(err)) from None
+        metrics.forget(name)
+        metrics.loaded.set(len(registry))
+        log.info("patch %s removed", name)
+        return {"removed": name}
+
+    @app.post("/v1/predict")
+    async def predict(request: Request):
+        t0 = time.perf_counter()
+        req = await predict_input(request, limits)
+        try:
+            infos = registry.acquire(req.names)
+        except UnknownPatch as err:
+            raise HTTPFail(404, str(err)) from None
+        queued = None
+        try:
+            pre = infos[0].preprocess
+            if any(i.preprocess != pre for i in infos):
+                raise HTTPFail(422, "a fan-out needs tasks with the same input preprocessing; "
+                                    "these differ: " + ", ".join(i.name for i in infos))
+            x = await asyncio.to_thread(image_tensor, req.image, pre, limits)
+            try:
+                queued = app.state.batcher.submit(x, req.names, req.fanout)
+            except (QueueFull, Closed) as err:
+                raise HTTPFail(503, str(err), {"Retry-After": str(RETRY_AFTER_S)}) from None
+            queued.add_done_callback(lambda _: registry.release(req.names))
+            rows = await asyncio.shield(queued)  # a client that leaves does not unqueue its job
+        finally:
+            if queued is None:
+                registry.release(req.names)
+        metrics.answered(list(req.names), time.perf_counter() - t0)
+        answers = {i.name: _answer(rows[i.name], i, req.top_k, req.return_logits) for i in infos}
+        if req.fanout:
+            return {"results": answers}
+        return {"patch": infos[0].name, **answers[infos[0].name]}
+
+    return app
+
+
+def _patch_files(form) -> dict[str, UploadFile]:
+    """The two files of a patch folder, found by field name or file name; nothing else."""
+    found: dict[str, UploadFile] = {}
+    for key, value in form.multi_items():
+        if not isinstance(value, UploadFile):
+            continue
+        which = key if key in (CONFIG_FILE, TENSORS_FILE) else value.filename
+        if which not in (CONFIG_FILE, TENSORS_FILE) or which in found:
+            raise HTTPFail(400, f"a patch upload holds exactly the files {CONFIG_FILE} and "
+                                f"{TENSORS_FILE}; got '{value.filename or key}'")
+        found[which] = value
+    missing = [f for f in (CONFIG_FILE, TENSORS_FILE) if f not in found]
+    if missing:
+        raise HTTPFail(400, f"the upload lacks {' and '.join(missing)} (send a patch folder's "
+                            f"files {CONFIG_FILE} and {TENSORS_FILE})")
+    return found
+
+
+def _answer(row, info: PatchInfo, k: int, with_logits: bool) -> dict:
+    """Top-k of one task's logits, computed as ``deltapatch predict`` computes them."""
+    logits = row[:info.num_classes]  # routed batches pad narrower heads with -inf
+    probs = logits[None].softmax(1)[0]
+    top = probs.topk(min(k, info.num_classes))
+    out = {"top_k": [{"index": int(i), "label": info.labels[int(i)], "score": float(p)}
+                     for p, i in zip(top.values, top.indices, strict=True)]}
+    if with_logits:
+        out["logits"] = [float(v) for v in logits]
+    return out
+
+
+def _errors(app: FastAPI, metrics: ServeMetrics) -> None:
+    """Every failure as ``{"error": ...}``; counted by status."""
+
+    def fail(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+        metrics.errors.labels(status=str(status)).inc()
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    @app.exception_handler(HTTPFail)
+    async def _fail(_request: Request, err: HTTPFail):
+        return fail(err.status, err.message, err.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, err: StarletteHTTPException):
+        return fail(err.status_code, str(err.detail), getattr(err, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _bug(_request: Request, err: Exception):
+        log.exception("unexpected error")
+        return fail(500, f"internal error ({type(err).__name__}); see the server log")
