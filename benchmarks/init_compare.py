@@ -109,7 +109,8 @@ def write_md(rows: list[dict], args: argparse.Namespace, seconds: float) -> None
         top = [cell_text([r["patch_top1"] for r in sel[i]]) for i in INITS]
         lines.append(f"| {task} | {stages} | {red} | {'/'.join(map(str, params))} | "
                      + " | ".join(hm + top) + " |")
-    lines += ["", f"Command: `{' '.join(['python'] + sys.argv)}`; {len(rows)} runs, "
+    command = " ".join(a for a in ["python"] + sys.argv if a != "--table-only")
+    lines += ["", f"Command: `{command}`; {len(rows)} runs, "
               f"{wall:.0f} s of run wall time in all. Hardware: {describe()}."]
     args.md.write_text("\n".join(lines) + "\n")
 
