@@ -20,6 +20,14 @@ import torch
 from torch import Tensor, nn
 
 from .backbones.spec import block_split
+from .baseinit import (
+    DEFAULT_INIT,
+    LEGACY_INIT,
+    GatedBatchNorm,
+    check_init,
+    clip_unit,
+    existing_targets,
+)
 from .registry import Registry
 
 
@@ -42,9 +50,13 @@ class DeltaModule(nn.Module):
 
     ``r = 4`` is DESIGN.md's module. ``r = 2`` reproduces 11 of the 12 parameter counts of the
     paper's tables (ResNet-50, ConvNeXt-T, ResNet-18 Δ(2)/Δ(4)); see the README's table.
+    ``init="base"``: Λ = clip(t + Linear(·)) with the Linear zeroed, so Λ starts at the base
+    network's targets t (see :mod:`deltapatch.baseinit`); the convs keep their random init.
     """
 
-    def __init__(self, channels: int, k: int, reduction: int = 4) -> None:
+    base_init = True
+
+    def __init__(self, channels: int, k: int, reduction: int = 4, init: str = "random") -> None:
         super().__init__()
         c2, c4 = max(channels // 2, 1), max(channels // reduction, 1)
         self.features = nn.Sequential(
@@ -53,20 +65,33 @@ class DeltaModule(nn.Module):
             nn.AdaptiveAvgPool2d(1), nn.Flatten(1),
         )
         self.fc = nn.Linear(c4, num_skips(k))
+        self.init = init
+        if init == "base":
+            nn.init.zeros_(self.fc.weight)
+            nn.init.zeros_(self.fc.bias)
+            self.register_buffer("target", existing_targets(k), persistent=False)
 
     def forward(self, h0: Tensor) -> Tensor:
-        return torch.sigmoid(self.fc(self.features(h0)))
+        z = self.fc(self.features(h0))
+        return clip_unit(self.target + z) if self.init == "base" else torch.sigmoid(z)
 
 
 class LearnedGate(nn.Module):
-    """Ablation "all skips (learnable)": one learned weight per skip, the same for every input."""
+    """Ablation "all skips (learnable)": one learned weight per skip, the same for every input.
+    ``init="random"`` (the ablation as published here): every weight starts at 1, unbounded;
+    ``init="base"``: weights start at the base targets and Λ = clip(weight) stays in [0, 1]."""
 
-    def __init__(self, channels: int, k: int, init: float = 1.0) -> None:
+    base_init = True
+
+    def __init__(self, channels: int, k: int, init: str = "random") -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.full((num_skips(k),), init))
+        self.init = init
+        start = existing_targets(k) if init == "base" else torch.ones(num_skips(k))
+        self.weight = nn.Parameter(start)
 
     def forward(self, h0: Tensor) -> Tensor:
-        return self.weight.expand(h0.shape[0], -1)
+        w = clip_unit(self.weight) if self.init == "base" else self.weight
+        return w.expand(h0.shape[0], -1)
 
 
 class FixedGate(nn.Module):
@@ -93,21 +118,27 @@ class RandomGate(nn.Module):
 
 class ExistingSkipGate(nn.Module):
     """Ablation "learnable skip connections": a learned scalar on each existing shortcut, no
-    new skips (their weights stay 0)."""
+    new skips (their weights stay 0). It starts at the base network either way; ``init="base"``
+    also bounds the scalars to [0, 1] (clip), as the paper's Λ is."""
 
-    def __init__(self, channels: int, k: int) -> None:
+    base_init = True
+
+    def __init__(self, channels: int, k: int, init: str = "random") -> None:
         super().__init__()
-        self.k = k
+        self.k, self.init = k, init
         self.weight = nn.Parameter(torch.ones(k))
         self.register_buffer("index", torch.tensor(existing_skips(k)), persistent=False)
 
     def forward(self, h0: Tensor) -> Tensor:
         lam = h0.new_zeros(h0.shape[0], num_skips(self.k))
-        return lam.index_copy(1, self.index, self.weight.expand(h0.shape[0], -1))
+        w = clip_unit(self.weight) if self.init == "base" else self.weight
+        return lam.index_copy(1, self.index, w.expand(h0.shape[0], -1))
 
 
 GateFactory = Callable[..., nn.Module]
-"""``factory(channels, k) -> gate``, a module mapping h_0 (N, C, H, W) to Λ (N, k(k+1)/2)."""
+"""``factory(channels, k) -> gate``, a module mapping h_0 (N, C, H, W) to Λ (N, k(k+1)/2).
+A factory with a true ``base_init`` attribute also takes ``init="base"`` (start at the base
+network's Λ); the others are only ever called the plain way."""
 
 GATES: Registry[str, GateFactory] = Registry("gate")
 
@@ -125,25 +156,43 @@ for _name, _factory in [("delta", DeltaModule), ("learned", LearnedGate), ("fixe
 NORMS = ("output", "skip", "none")
 
 
+def supports_base_init(gate: str) -> bool:
+    return bool(getattr(GATES[gate], "base_init", False))
+
+
+def resolve_init(init: str | None, gate: str) -> str:
+    """``None`` is the measured default (docs/INIT.md) for a gate that can start at the base
+    network, and the paper's random start for a gate that fixes Λ itself."""
+    if init is not None:
+        return init
+    return DEFAULT_INIT if gate in GATES and supports_base_init(gate) else LEGACY_INIT
+
+
 class DeltaStage(nn.Module):
     """The task-owned part of one patched stage: a gate giving Λ and one BatchNorm.
 
     ``norm`` says where the BatchNorm sits: on the stage output h_k (``"output"``), on the
     weighted skip sum entering every sub-block (``"skip"``, one BN shared by the stage), or
     nowhere (``"none"``). DESIGN.md leaves the place open; docs/RESULTS.md has the measurement.
+    ``init`` says how gate and norm start (:mod:`deltapatch.baseinit`): ``"base"`` gives the
+    base network exactly (Λ at its targets, the norm a :class:`GatedBatchNorm` at identity).
     """
 
     def __init__(self, in_channels: int, out_channels: int, k: int, gate: str = "delta",
-                 norm: str = "output", reduction: int = 4) -> None:
+                 norm: str = "output", reduction: int = 4, init: str = "random") -> None:
         super().__init__()
         if gate not in GATES:
             raise ValueError(f"unknown gate '{gate}'; choose from {GATES.names()}")
         if norm not in NORMS:
             raise ValueError(f"unknown norm '{norm}'; choose from {NORMS}")
+        check_init(init, gate, supports_base_init(gate))
         self.k, self.norm_at = k, norm
         extra = {"reduction": reduction} if gate == "delta" else {}
+        if init == "base":
+            extra["init"] = init
         self.gate = GATES[gate](in_channels, k, **extra)
-        self.norm = nn.BatchNorm2d(out_channels) if norm != "none" else nn.Identity()
+        bn = GatedBatchNorm if init == "base" else nn.BatchNorm2d
+        self.norm = bn(out_channels) if norm != "none" else nn.Identity()
 
     def forward(self, h0: Tensor, blocks: Sequence[nn.Module],
                 first_residual: Tensor | None = None) -> tuple[Tensor, Tensor]:

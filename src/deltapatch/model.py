@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from .backbones.check import check_spec
 from .backbones.registry import backbone_name, default_preprocess
 from .backbones.spec import StageSpec, block_split, spec_for
+from .delta import resolve_init
 from .errors import PatchError
 from .metrics import count_params, tensor_bytes
 from .patch import (
@@ -107,14 +108,16 @@ class PatchedModel(nn.Module):
     # ----------------------------------------------------------------- patches
     def add_patch(self, name: str, num_classes: int, stages: int | Sequence[int | str] = 1, *,
                   gate: str = "delta", norm: str = "output", reduction: int = 4,
-                  class_names: Sequence[str] | None = None,
+                  init: str | None = None, class_names: Sequence[str] | None = None,
                   preprocess: Preprocess | None = None, method: str = "delta") -> Patch:
         """Add a new, randomly initialised patch for a ``num_classes``-way task.
 
         ``stages`` is Δ(n): an int for the last n stages (0 gives a head-only patch, the
         FC baseline), or a list of 0-based stage indices or names. ``gate`` and ``norm`` select
         the Table 8 ablations (see :class:`~deltapatch.delta.DeltaStage`); ``reduction`` is the
-        Δ-module's second width C/r.
+        Δ-module's second width C/r. ``init="base"`` starts the patch as exactly the base
+        network, ``"random"`` is the paper's start, ``None`` the measured default for the gate
+        (:func:`~deltapatch.delta.resolve_init`, docs/INIT.md).
         """
         self._check_new_name(name)
         if class_names is not None and len(class_names) != num_classes:
@@ -123,7 +126,7 @@ class PatchedModel(nn.Module):
             name=name, num_classes=int(num_classes), stages=self.resolve_stages(stages),
             backbone=self.backbone_name, fingerprint=self.fingerprint,
             preprocess=preprocess or self.preprocess, gate=gate, norm=norm, reduction=reduction,
-            method=method,
+            method=method, init=resolve_init(init, gate),
             class_names=list(class_names) if class_names is not None else None,
         )
         patch = Patch(config, self.stage_shapes(), self._head.in_features)

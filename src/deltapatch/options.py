@@ -18,7 +18,7 @@ def validate(obj) -> None:
     for f in fields(obj):
         v, flag = getattr(obj, f.name), f.name.replace("_", "-")
         choices = f.metadata.get("choices")
-        if choices and v not in choices:
+        if choices and v is not None and v not in choices:
             raise ValueError(f"{flag} must be one of {', '.join(choices)}, got {v!r}")
         lo, hi = f.metadata.get("min"), f.metadata.get("max")
         if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):

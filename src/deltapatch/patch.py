@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from . import store
+from .baseinit import INITS, LEGACY_INIT
 from .delta import GATES, NORMS, DeltaStage
 from .errors import PatchError
 from .preprocess import Preprocess
@@ -49,6 +50,9 @@ class PatchConfig:
     norm: str = "output"
     reduction: int = 4
     method: str = "delta"
+    init: str = LEGACY_INIT
+    """How the patch started (:mod:`deltapatch.baseinit`); it also fixes the forward's form
+    (clip vs sigmoid, gated vs plain norm), so it is part of what rebuilds the modules."""
     class_names: list[str] | None = None
     trainable_params: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
@@ -62,7 +66,8 @@ class PatchConfig:
                 "class_names": self.class_names, "backbone": self.backbone,
                 "fingerprint": self.fingerprint, "preprocess": self.preprocess.to_dict(),
                 "stages": self.stages, "gate": self.gate, "norm": self.norm,
-                "reduction": self.reduction, "trainable_params": self.trainable_params,
+                "reduction": self.reduction, "init": self.init,
+                "trainable_params": self.trainable_params,
                 "options": self.options}
 
     @classmethod
@@ -95,6 +100,7 @@ class PatchConfig:
             gate=_choice(d, "gate", sorted(GATES), "delta"),
             norm=_choice(d, "norm", NORMS, "output"),
             reduction=_int(d, "reduction", 1, 1024, default=4),
+            init=_choice(d, "init", INITS, LEGACY_INIT),
             method=_str(d, "method", default="delta"), class_names=names,
             trainable_params=None if trainable is None else _int(d, "trainable_params", 0,
                                                                  10**12),
@@ -164,7 +170,8 @@ class Patch(nn.Module):
         self.config = config
         self.deltas = nn.ModuleDict({
             str(s): DeltaStage(shapes[s].in_channels, shapes[s].out_channels, shapes[s].blocks,
-                               gate=config.gate, norm=config.norm, reduction=config.reduction)
+                               gate=config.gate, norm=config.norm, reduction=config.reduction,
+                               init=config.init)
             for s in config.stages
         })
         self.head = nn.Linear(feature_dim, config.num_classes)

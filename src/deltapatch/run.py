@@ -21,8 +21,10 @@ import torch
 
 from . import metrics, store
 from .backbones import load_backbone
+from .baseinit import INITS, LEGACY_INIT
 from .data import load_data, load_test
 from .data.sets import ImageSet, TaskData
+from .delta import resolve_init
 from .errors import DeltaPatchError
 from .model import PatchedModel
 from .options import opt, validate
@@ -54,6 +56,10 @@ class RunSpec:
         "where the patch's BatchNorm sits in each Δ-stage", choices=("output", "skip", "none")))
     gate: str = field(default="delta", metadata=opt(
         "where Λ comes from: delta (input-conditioned), learned, fixed, random, existing"))
+    init: str | None = field(default=None, metadata=opt(
+        "how the patch starts: base (exactly the base network at step 0) or random (the "
+        "paper's init); default: the measured one for the gate, docs/INIT.md",
+        choices=INITS))
     base_data: str | None = field(default=None, metadata=opt(
         "base task data; its test split is scored with the backbone's own head"))
     image_size: int | None = field(default=None, metadata=opt(
@@ -83,6 +89,9 @@ class RunSpec:
         """Every setting that shapes the run's numbers (not the progress bar)."""
         d = asdict(self)
         d["train"] = self.train.settings()
+        d["init"] = resolve_init(self.init, self.gate)
+        if d["init"] == LEGACY_INIT:  # run folders from before `init` existed stay resumable
+            del d["init"]
         return d
 
 
@@ -241,7 +250,7 @@ def run_one(spec: RunSpec, out: Path, *, data: TaskData | None = None,
         torch.manual_seed(spec.seed)
         name = spec.name or data.name.replace(".", "_")
         ctx = MethodContext(model=model, name=name, data=data, train=spec.train, out=out,
-                            stages=spec.stages, norm=spec.norm, gate=spec.gate,
+                            stages=spec.stages, norm=spec.norm, gate=spec.gate, init=spec.init,
                             base_data=base_task, options=dict(spec.options))
         outcome = method.train(ctx)
         model.eval()

@@ -28,7 +28,7 @@ def train_full(spec: RunSpec, out: Path) -> dict:
                      val_fraction=spec.val_fraction, max_val=spec.max_val)
     torch.manual_seed(spec.seed)
     model.add_patch("task", data.num_classes, stages=spec.stages, gate=spec.gate,
-                    norm=spec.norm if spec.stages else "none", method="full")
+                    norm=spec.norm if spec.stages else "none", init=spec.init, method="full")
     model.backbone.requires_grad_(True)
     owned = nn.ModuleDict({"backbone": model.backbone, "patch": model.get_patch("task")})
     forward = lambda x: model(x, patch="task")

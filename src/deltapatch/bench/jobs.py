@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..baseinit import LEGACY_INIT
+from ..delta import resolve_init
 from ..registry import Registry
 from ..run import RunSpec
 from .suite import Suite, Task, Variant, data_settings, train_config
@@ -43,10 +45,23 @@ def fingerprint(suite: Suite, bb: str, tasks: list[Task], v: Variant, **extra) -
     """A short hash of what determines a run: backbone, every task's data and settings, the
     variant. A stored run whose fingerprint differs (the suite file changed) is redone, and two
     tables that ask for the same run share one."""
-    blob = {"backbone": asdict(suite.backbones[bb]), "variant": {**asdict(v), "label": None},
+    blob = {"backbone": asdict(suite.backbones[bb]), "variant": _variant_blob(v),
             "tasks": [[t.data, suite.settings(t.settings, v.settings)] for t in tasks], **extra}
     text = json.dumps(blob, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _variant_blob(v: Variant) -> dict:
+    """The variant as the fingerprint sees it. ``init`` enters as the start the run really
+    gets (a default resolved), and only where that is not the start every run before ``init``
+    existed used: those runs keep their fingerprints, and a changed default cannot silently
+    pass old records off as new runs."""
+    d = {**asdict(v), "label": None}
+    del d["init"]
+    init = resolve_init(v.init, v.gate)
+    if init != LEGACY_INIT:
+        d["init"] = init
+    return d
 
 
 SCENARIOS: Registry[str, Callable[[Suite, dict, int], list[Job]]] = Registry("scenario kind")
@@ -63,14 +78,16 @@ def run_spec(suite: Suite, bb_key: str, task: Task, v: Variant, seed: int, **kw)
     bb = suite.backbones[bb_key]
     s = suite.settings(task.settings, v.settings)
     return RunSpec(backbone=bb.name, weights=bb.weights, data=task.data, method=v.method,
-                   stages=v.stages, norm=v.norm, gate=v.gate, base_data=bb.base_data,
+                   stages=v.stages, norm=v.norm, gate=v.gate, init=v.init,
+                   base_data=bb.base_data,
                    seed=seed, train=train_config(s, seed), options=dict(v.options),
                    lambda_images=int(s.get("lambda_images", 0)), name=task.key,
                    **data_settings(s), **kw)
 
 
 def describe(v: Variant) -> dict:
-    return {"name": v.method, "stages": v.stages, "gate": v.gate, "norm": v.norm}
+    d = {"name": v.method, "stages": v.stages, "gate": v.gate, "norm": v.norm}
+    return d if v.init is None else {**d, "init": v.init}
 
 
 def grid(suite: Suite, entry: dict, seeds: int):

@@ -156,7 +156,7 @@ def _run_sequential(suite: Suite, bb_key: str, v: Variant, seed: int, order: lis
         contexts.append(MethodContext(model=model, name=t, data=data,
                                       train=train_config(s, seed), out=out / t,
                                       stages=v.stages, norm=v.norm, gate=v.gate,
-                                      options=dict(v.options)))
+                                      init=v.init, options=dict(v.options)))
     max_test = suite.defaults.get("max_test")
     base = BaseTask(None)
     if bb.base_data:

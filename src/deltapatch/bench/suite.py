@@ -16,6 +16,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser as a package
     except ModuleNotFoundError:
         tomllib = None
 
+from ..baseinit import INITS
 from ..errors import DeltaPatchError
 from ..train import TrainConfig
 
@@ -25,7 +26,7 @@ DATA_KEYS = {"max_train", "max_test", "max_val", "image_size", "val_fraction"}
 SETTING_KEYS = TRAIN_KEYS | DATA_KEYS | {"lambda_images"}
 """Keys a suite's ``[defaults]``, task and variant tables may set: TrainConfig's fields and
 RunSpec's data fields, the same definitions the CLI's flags come from."""
-VARIANT_KEYS = {"method", "label", "stages", "gate", "norm", "options"}
+VARIANT_KEYS = {"method", "label", "stages", "gate", "norm", "init", "options"}
 FULL_TRAINING = {"scratch", "transfer"}  # scenario kinds whose variants name no method
 
 
@@ -56,6 +57,7 @@ class Variant:
     norm: str = "output"
     options: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)  # training overrides (e.g. finetune's lr)
+    init: str | None = None  # how a patch starts (docs/INIT.md); None: the gate's default
 
 
 @dataclass
@@ -119,12 +121,20 @@ def load_suite(name_or_path: str) -> Suite:
         variants[k] = Variant(k, v.get("method", k), v.get("label", k), v.get("stages", 1),
                               v.get("gate", "delta"), v.get("norm", "output"),
                               v.get("options", {}),
-                              {x: y for x, y in v.items() if x not in VARIANT_KEYS})
+                              {x: y for x, y in v.items() if x not in VARIANT_KEYS},
+                              _init(path, k, v.get("init")))
     suite = Suite(raw.get("name", path.stem), path, raw.get("description", ""),
                   int(raw.get("seeds", 1)), raw.get("defaults", {}), backbones, tasks, variants,
                   raw.get("scenarios", []), raw.get("not_implemented", []), text)
     _check(suite)
     return suite
+
+
+def _init(path: Path, variant: str, init) -> str | None:
+    if init is not None and init not in INITS:
+        raise DeltaPatchError(f"{path}: variant '{variant}' sets init = {init!r}; choose from "
+                              f"{', '.join(INITS)}")
+    return init
 
 
 def _check(suite: Suite) -> None:

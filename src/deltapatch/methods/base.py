@@ -34,6 +34,7 @@ class MethodContext:
     stages: int | list[int] = 1
     norm: str = "output"
     gate: str = "delta"
+    init: str | None = None  # None: the measured default for the gate (docs/INIT.md)
     base_data: TaskData | None = None
     options: dict = field(default_factory=dict)
 

@@ -12,10 +12,11 @@ from .sequence import patch_per_task
 
 
 def train_patch(ctx: MethodContext, method: str, stages, gate: str, norm: str) -> MethodOutcome:
-    """Add a fresh patch named ``ctx.name``, train it, save it as ``ctx.out``."""
+    """Add a fresh patch named ``ctx.name`` (started as ``ctx.init`` says), train it, save it
+    as ``ctx.out``."""
     model = ctx.model
     model.add_patch(ctx.name, ctx.data.num_classes, stages=stages, gate=gate, norm=norm,
-                    reduction=int(ctx.options.get("reduction", 4)),
+                    reduction=int(ctx.options.get("reduction", 4)), init=ctx.init,
                     class_names=ctx.data.class_names, method=method)
     result = fit_patch(model, ctx.name, ctx.data, ctx.train, run_dir=ctx.out / "run")
     model.save_patch(ctx.name, ctx.out)

@@ -1,0 +1,83 @@
+"""``init`` as a run setting: a CLI flag and a suite variant key derived like the others; the
+legacy start keeps every stored run's fingerprint and every run folder's settings."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from deltapatch.bench.jobs import fingerprint
+from deltapatch.bench.suite import load_suite
+from deltapatch.cli import train as train_cli
+from deltapatch.errors import DeltaPatchError
+from deltapatch.run import RunSpec
+
+SUITE = """
+name = "t"
+[backbones.bb]
+name = "cifar_resnet20"
+[tasks.digits]
+data = "digits"
+[variants.plain]
+method = "delta"
+[variants.pinned]
+method = "delta"
+init = "random"
+[variants.base]
+method = "delta"
+init = "base"
+[[scenarios]]
+kind = "single"
+backbones = ["bb"]
+tasks = ["digits"]
+variants = ["plain", "pinned", "base"]
+"""
+
+
+def _suite(tmp_path, text: str = SUITE):
+    path = tmp_path / "t.toml"
+    path.write_text(text)
+    return load_suite(str(path))
+
+
+def _fingerprint(tmp_path, init_line: str) -> str:
+    text = SUITE.replace('[variants.plain]\nmethod = "delta"',
+                         f'[variants.plain]\nmethod = "delta"\n{init_line}')
+    suite = _suite(tmp_path, text)
+    return fingerprint(suite, "bb", [suite.tasks["digits"]], suite.variants["plain"])
+
+
+def test_variant_init_key_and_fingerprints(tmp_path):
+    suite = _suite(tmp_path)
+    assert [suite.variants[k].init for k in ("plain", "pinned", "base")] == [None, "random",
+                                                                              "base"]
+    old = _fingerprint(tmp_path, "")
+    assert _fingerprint(tmp_path, 'init = "random"') == old  # the legacy start is the old run
+    assert _fingerprint(tmp_path, 'init = "base"') != old
+
+
+def test_variant_with_unknown_init_is_refused(tmp_path):
+    with pytest.raises(DeltaPatchError, match="init = 'zero'"):
+        _suite(tmp_path, SUITE.replace('init = "base"', 'init = "zero"'))
+
+
+def test_runspec_init_is_checked_and_legacy_start_keeps_settings():
+    spec = RunSpec(backbone="cifar_resnet20", data="digits")
+    assert "init" not in spec.settings()  # run folders from before `init` stay resumable
+    assert "init" not in RunSpec(backbone="b", data="d", init="random").settings()
+    assert RunSpec(backbone="b", data="d", init="base").settings()["init"] == "base"
+    with pytest.raises(ValueError, match="init must be one of"):
+        RunSpec(backbone="b", data="d", init="zero")
+
+
+def test_cli_init_flag():
+    p = argparse.ArgumentParser()
+    train_cli.arguments(p)
+    args = p.parse_args(["--backbone", "cifar_resnet20", "--data", "digits", "--out", "o",
+                         "--init", "base"])
+    assert train_cli.spec_from(args).init == "base"
+    args = p.parse_args(["--backbone", "cifar_resnet20", "--data", "digits", "--out", "o"])
+    assert train_cli.spec_from(args).init is None
+    with pytest.raises(SystemExit):
+        p.parse_args(["--backbone", "x", "--data", "d", "--out", "o", "--init", "zero"])
