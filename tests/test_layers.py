@@ -13,7 +13,7 @@ LAYERS = [  # lowest first; a module may import its own layer and those before i
     {"errors", "registry", "options", "progress", "preprocess", "weights", "metrics", "hardware",
      "paths", "tensorfile", "store"},
     {"backbones"},
-    {"baseinit", "delta", "patch", "model"},
+    {"baseinit", "delta", "patch", "routing", "model"},
     {"data", "train", "cache"},
     {"methods"},
     {"run"},

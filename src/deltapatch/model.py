@@ -33,6 +33,7 @@ from .patch import (
     write_patch,
 )
 from .preprocess import Preprocess
+from .routing import delta_fn, group_rows, scatter_rows
 
 BASE = "__base__"
 """Name that routes a sample to the base task (the backbone's own head)."""
@@ -239,16 +240,16 @@ class PatchedModel(nn.Module):
         if patches is not None:
             if len(patches) != x.shape[0]:
                 raise ValueError(f"{len(patches)} patch names for a batch of {x.shape[0]}")
-            return self._routed(x, _group_rows(list(patches), BASE))
+            return self._routed(x, group_rows(list(patches), BASE))
         name = patch if patch is not None else self.active
         if name is None or name == BASE:
             return self.backbone(x)
-        return self._routed(x, _group_rows([name] * x.shape[0], name))
+        return self._routed(x, group_rows([name] * x.shape[0], name))
 
     def features(self, x: Tensor, patch: str | None = None) -> Tensor:
         """Pre-logit features (the head's input) of the base path or of one patch."""
         name = patch or BASE
-        return self._routed(x, _group_rows([name] * x.shape[0], name), head=False)
+        return self._routed(x, group_rows([name] * x.shape[0], name), head=False)
 
     def lambdas(self, x: Tensor, patch: str | None = None) -> dict[int, Tensor]:
         """Λ per patched stage: ``{stage index: (N, k(k+1)/2)}`` in [0, 1] for the Δ gate."""
@@ -256,7 +257,7 @@ class PatchedModel(nn.Module):
         if name is None:
             raise PatchError("lambdas() needs a patch: pass patch=NAME or set_patch(NAME)")
         record: dict[str, dict[int, Tensor]] = {}
-        self._routed(x, _group_rows([name] * x.shape[0], name), record=record)
+        self._routed(x, group_rows([name] * x.shape[0], name), record=record)
         return record.get(name, {})
 
     def stage_input(self, x: Tensor, stage: int) -> Tensor:
@@ -304,7 +305,7 @@ class PatchedModel(nn.Module):
                                            or start >= self.num_stages):
             raise ValueError("first_residual needs all rows on one patch that patches stage "
                              f"{start}")
-        groups = _group_rows(names, BASE if patches is not None else one)
+        groups = group_rows(names, BASE if patches is not None else one)
         return self._finish(h, start, groups, head, first_residual=first_residual)
 
     def fanout(self, x: Tensor, patches: Sequence[str]) -> dict[str, Tensor]:
@@ -374,7 +375,7 @@ class PatchedModel(nn.Module):
         if not head:
             return feats
         heads = {n: (self._head if n == BASE else patches[n].head) for n in groups}
-        return _scatter_rows(feats, groups, heads, fill=float("-inf"))
+        return scatter_rows(feats, groups, heads, fill=float("-inf"))
 
     def _stage(self, h: Tensor, s: int, stage: nn.Module, deltas: dict, groups: dict,
                record: dict | None, first_residual: Tensor | None = None) -> Tensor:
@@ -382,52 +383,12 @@ class PatchedModel(nn.Module):
         fns = {}
         for n in groups:
             if n in deltas:
-                fns[n] = _delta_fn(deltas[n], blocks, s, record.setdefault(n, {})
+                fns[n] = delta_fn(deltas[n], blocks, s, record.setdefault(n, {})
                                    if record is not None else None, first_residual)
         plain = [n for n in groups if n not in deltas]
         if plain:  # every row that is not patched here shares one base pass through the stage
             idx = torch.cat([groups[n] for n in plain])
             merged = {**{n: groups[n] for n in deltas}, "": idx}
             fns[""] = stage
-            return _scatter_rows(h, merged, fns)
-        return _scatter_rows(h, {n: groups[n] for n in deltas}, fns)
-
-
-def _delta_fn(delta: nn.Module, blocks: list, stage: int, record: dict | None,
-              first_residual: Tensor | None = None):
-    def run(h: Tensor) -> Tensor:
-        out, lam = delta(h, blocks, first_residual)
-        if record is not None:
-            record[stage] = lam
-        return out
-    return run
-
-
-def _group_rows(names: list[str], empty: str) -> dict[str, Tensor]:
-    """Row indices per task name. An empty batch is one empty group of task ``empty``, so it
-    runs the same path as any batch and gives an empty result of that task's width."""
-    rows: dict[str, list[int]] = {}
-    for r, n in enumerate(names):
-        rows.setdefault(n, []).append(r)
-    if not rows:
-        return {empty: torch.zeros(0, dtype=torch.long)}
-    return {n: torch.tensor(r, dtype=torch.long) for n, r in rows.items()}
-
-
-def _scatter_rows(h: Tensor, groups: dict[str, Tensor], fns: dict, fill: float = 0.0) -> Tensor:
-    """Apply ``fns[g]`` to the rows of each group and put results back in row order; outputs of
-    different widths are padded with ``fill``. One group covering all rows skips the indexing."""
-    n_rows = h.shape[0]
-    if len(groups) == 1:
-        (g, idx), = groups.items()
-        if idx.numel() == n_rows:
-            return fns[g](h)
-    outs = {g: fns[g](h.index_select(0, idx)) for g, idx in groups.items()}
-    first = next(iter(outs.values()))
-    width = max(o.shape[1] for o in outs.values())
-    out = first.new_full((n_rows, width, *first.shape[2:]), fill)
-    for g, o in outs.items():
-        if o.shape[1] < width:
-            o = torch.cat([o, o.new_full((o.shape[0], width - o.shape[1], *o.shape[2:]), fill)], 1)
-        out.index_copy_(0, groups[g], o)  # in place: one output buffer, not one per group
-    return out
+            return scatter_rows(h, merged, fns)
+        return scatter_rows(h, {n: groups[n] for n in deltas}, fns)
