@@ -29,10 +29,10 @@ import httpx
 import numpy as np
 import torch
 from _common import header
+from deltapatch.data.paths import shared_data_dir
 from safetensors.torch import save_file
 
 from deltapatch import PatchedModel, load_backbone
-from deltapatch.data.paths import shared_data_dir
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

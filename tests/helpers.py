@@ -22,3 +22,12 @@ def assert_unchanged(module: torch.nn.Module, before: dict[str, torch.Tensor]) -
     assert after.keys() == before.keys()
     for k, v in before.items():
         assert torch.equal(after[k], v), f"backbone tensor {k} changed"
+
+
+def suite_file(tmp_path, text: str):
+    """A suite loaded from ``text`` written to a TOML file (suite tests build their own)."""
+    from deltapatch.bench.suite import load_suite
+
+    path = tmp_path / "suite.toml"
+    path.write_text(text)
+    return load_suite(str(path))

@@ -121,10 +121,10 @@ def test_out_that_is_a_file_or_the_working_directory(tasks, tmp_path, capsys, mo
     _, a, _ = tasks
     file = tmp_path / "file"
     file.write_text("keep me")
-    _refused(capsys, ["train", *FAST, "--data", a, "--out", file], "")
+    _refused(capsys, ["train", *FAST, "--data", a, "--out", file], "is a file, not a folder")
     assert file.read_text() == "keep me"
     monkeypatch.chdir(tmp_path)
-    _refused(capsys, ["train", *FAST, "--data", a, "--out", "."], "")
+    _refused(capsys, ["train", *FAST, "--data", a, "--out", "."], "current folder")
 
 
 def test_second_training_into_a_locked_folder_is_refused(tasks, tmp_path, capsys):

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from .backbones import load_backbone
+from .backbones.registry import imagenet_classes
 from .data import load_data
 from .data.sets import TaskData, to_image_tensor
 from .errors import DeltaPatchError
@@ -92,13 +93,6 @@ class Row:
 def missing_packages() -> list[str]:
     """pip names of the optional packages the demo needs and this environment lacks."""
     return [pip for mod, pip in OPTIONAL.items() if importlib.util.find_spec(mod) is None]
-
-
-def imagenet_classes() -> list[str]:
-    """ImageNet-1k class names in index order; torchvision ships them (no download)."""
-    from torchvision.models import ResNet18_Weights
-
-    return list(ResNet18_Weights.DEFAULT.meta["categories"])
 
 
 def photos(size: int) -> tuple[list[str], Tensor]:

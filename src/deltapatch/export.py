@@ -150,7 +150,3 @@ def verify_onnx(path: str | Path, model: PatchedModel, x: Tensor) -> list[Output
                                   BASE_TOLERANCE if n == BASE else PATCH_TOLERANCE))
     return checks
 
-
-def graph_outputs(path: str | Path) -> list[str]:
-    _, ort = _require_onnx()
-    return [o.name for o in ort.InferenceSession(str(path)).get_outputs()]

@@ -23,13 +23,12 @@ from . import store
 from .baseinit import INITS, LEGACY_INIT
 from .delta import GATES, NORMS, DeltaStage
 from .errors import PatchError
-from .preprocess import Preprocess
+from .preprocess import MAX_SIZE, Preprocess
 from .store import CONFIG_FILE, TENSORS_FILE
 
 FORMAT = "deltapatch.patch/2"
 LEGACY_FORMATS = ("deltapatch.patch/1",)  # Δ-patches written before content hashes
 MAX_CLASSES = 100_000
-MAX_SIZE = 4096
 MAX_NAME = 100
 
 __all__ = ["CONFIG_FILE", "FORMAT", "TENSORS_FILE", "Patch", "PatchConfig", "StageShape",

@@ -7,6 +7,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
+MAX_SIZE = 4096
+"""Largest input side anything accepts (a config, a flag): a batch of 256 float images at
+4096 px is already 51 GB."""
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

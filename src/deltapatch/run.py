@@ -22,7 +22,7 @@ import torch
 from . import metrics, store
 from .backbones import load_backbone
 from .baseinit import INITS, LEGACY_INIT
-from .data import load_data, load_test
+from .data import check_data_options, load_data, load_test
 from .data.sets import ImageSet, TaskData
 from .delta import resolve_init
 from .errors import DeltaPatchError
@@ -63,15 +63,15 @@ class RunSpec:
     base_data: str | None = field(default=None, metadata=opt(
         "base task data; its test split is scored with the backbone's own head"))
     image_size: int | None = field(default=None, metadata=opt(
-        "input size in pixels (default: the backbone's)", min=8, max=4096))
+        "input size in pixels (default: the backbone's)"))
     max_train: int | None = field(default=None, metadata=opt(
-        "seeded subset of the train split", min=1))
+        "seeded subset of the train split"))
     max_test: int | None = field(default=None, metadata=opt(
-        "seeded subset of the test split", min=1))
+        "seeded subset of the test split"))
     max_val: int | None = field(default=None, metadata=opt(
         "cap on the validation split", min=1))
     val_fraction: float = field(default=0.1, metadata=opt(
-        "share of train held out for validation", min=0.0, max=1.0))
+        "share of train held out for validation"))
     name: str | None = field(default=None, metadata=opt("patch name (default: the data's)"))
     seed: int = field(default=0, metadata=opt("seed of splits, init and batch order", min=0))
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -80,10 +80,11 @@ class RunSpec:
         "test images to average Λ over (0: do not record Λ)", min=0))
 
     def __post_init__(self) -> None:
+        """The data options are checked by the loaders' own rule (``check_data_options``), the
+        others by their field bounds; both before anything is loaded."""
+        check_data_options(size=self.image_size, max_train=self.max_train,
+                           max_test=self.max_test, val_fraction=self.val_fraction)
         validate(self)
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val-fraction must lie strictly between 0 and 1, got "
-                             f"{self.val_fraction}")
 
     def settings(self) -> dict:
         """Every setting that shapes the run's numbers (not the progress bar)."""

@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 
 import pytest
+from helpers import suite_file
 
 from deltapatch.bench.jobs import fingerprint
-from deltapatch.bench.suite import load_suite
 from deltapatch.cli import train as train_cli
 from deltapatch.errors import DeltaPatchError
 from deltapatch.run import RunSpec
@@ -36,9 +36,7 @@ variants = ["plain", "pinned", "base"]
 
 
 def _suite(tmp_path, text: str = SUITE):
-    path = tmp_path / "t.toml"
-    path.write_text(text)
-    return load_suite(str(path))
+    return suite_file(tmp_path, text)
 
 
 def _fingerprint(tmp_path, init_line: str) -> str:

@@ -4,8 +4,9 @@ that names the valid keys, never a silently ignored setting or a silently skippe
 from __future__ import annotations
 
 import pytest
+from helpers import suite_file
 
-from deltapatch.bench.suite import SETTING_KEYS, load_suite
+from deltapatch.bench.suite import SETTING_KEYS
 from deltapatch.errors import DeltaPatchError
 from deltapatch.train import TrainConfig
 
@@ -28,9 +29,7 @@ variants = ["v"]
 
 
 def _suite(tmp_path, defaults="epochs = 1", method="delta"):
-    path = tmp_path / "s.toml"
-    path.write_text(SUITE.format(defaults=defaults, method=method))
-    return load_suite(str(path))
+    return suite_file(tmp_path, SUITE.format(defaults=defaults, method=method))
 
 
 def test_valid_suite_loads(tmp_path):

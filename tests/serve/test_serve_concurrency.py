@@ -51,13 +51,18 @@ def test_mixed_requests_land_in_one_batch_and_match_the_library(registry, librar
                 assert torch.allclose(got, alone, rtol=1e-5, atol=1e-6)
 
 
+def _hold_batches(batcher, gate: threading.Event) -> None:
+    """Every batch waits for ``gate`` before its forward: requests pile up behind it."""
+    run = batcher._run
+    batcher._run = lambda batch: (gate.wait(30), run(batch))[1]
+
+
 def test_queue_full_is_503_with_retry_after(registry):
     gate = threading.Event()
 
     async def go(client, app):
         batcher = app.state.batcher
-        run = batcher._run
-        batcher._run = lambda batch: (gate.wait(30), run(batch))[1]
+        _hold_batches(batcher, gate)
         pending = [asyncio.ensure_future(client.post("/v1/predict", json=body(i)))
                    for i in range(3)]
         done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -75,8 +80,7 @@ def test_delete_during_traffic_lets_queued_requests_finish(registry):
 
     async def go(client, app):
         batcher = app.state.batcher
-        run = batcher._run
-        batcher._run = lambda batch: (gate.wait(30), run(batch))[1]
+        _hold_batches(batcher, gate)
         first = [asyncio.ensure_future(client.post("/v1/predict", json=body(i, patch="a")))
                  for i in range(4)]
         while registry._inflight.get("a", 0) < 4 or not batcher.recent:  # all held, one runs

@@ -165,3 +165,10 @@ def default_preprocess(model: nn.Module) -> Preprocess:
 
 def backbone_name(model: nn.Module) -> str:
     return getattr(model, "deltapatch_name", type(model).__qualname__)
+
+
+def imagenet_classes() -> list[str]:
+    """ImageNet-1k class names in index order; torchvision ships them (no download)."""
+    from torchvision.models import ResNet18_Weights
+
+    return list(ResNet18_Weights.DEFAULT.meta["categories"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..data import check_data_options
 from ..export import OPSET, export_onnx, task_names
 from ..methods import load_task
 from .common import backbone_args, command, load_model, print_json
@@ -25,8 +26,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
 @command("export", "export the base model and patches as one ONNX graph (outputs '__base__' "
                    "and each patch's name; dynamic batch)", arguments)
 def run(args: argparse.Namespace) -> int:
-    if args.image_size is not None and not 8 <= args.image_size <= 4096:
-        raise ValueError(f"--image-size must be in 8..4096, got {args.image_size}")
+    check_data_options(size=args.image_size)
     if args.out.exists() and args.out.is_dir():
         raise ValueError(f"--out {args.out} is a folder; give a file name such as model.onnx")
     model = load_model(args)

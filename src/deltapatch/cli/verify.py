@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..backbones import load_backbone
-from ..data import load_test
+from ..data import check_data_options, load_test
 from ..methods import load_task
 from ..model import PatchedModel
 from ..patch import fingerprint
@@ -35,8 +35,7 @@ def _inputs(args: argparse.Namespace, backbone) -> torch.Tensor:
     if not 1 <= args.n <= 4096:
         raise ValueError(f"-n must be in 1..4096, got {args.n}")
     size = args.image_size or backbone.deltapatch_preprocess.size
-    if not 8 <= size <= 4096:
-        raise ValueError(f"--image-size must be in 8..4096, got {size}")
+    check_data_options(size=size)
     if args.data:
         x = load_test(args.data, size, max_test=args.n, seed=args.seed)[0].images
         return backbone.deltapatch_preprocess.normalize(x)

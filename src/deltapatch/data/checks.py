@@ -13,17 +13,20 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..errors import DataError
+from ..preprocess import MAX_SIZE
 
 MIN_SIZE = 8  # smallest side the loaders resize to; below it no backbone here has a feature map
 
 SPLITS = ("train", "val", "test")
 
 
-def _int_option(flag: str, value: object, low: int, hint: str) -> None:
+def _int_option(flag: str, value: object, low: int, hint: str, high: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise DataError(f"{flag} must be a whole number, got {value!r}")
     if value < low:
         raise DataError(f"{flag} must be at least {low}, got {value}; {hint}")
+    if high is not None and value > high:
+        raise DataError(f"{flag} must be at most {high}, got {value}; {hint}")
 
 
 def check_data_options(*, size: int | None = None, max_train: int | None = None,
@@ -34,7 +37,8 @@ def check_data_options(*, size: int | None = None, max_train: int | None = None,
     ``max_train`` / ``max_test`` it means "all images"). Messages name the command-line flag.
     """
     if size is not None:
-        _int_option("--image-size", size, MIN_SIZE, "images are resized to size x size")
+        _int_option("--image-size", size, MIN_SIZE, "images are resized to size x size",
+                    MAX_SIZE)
     if max_train is not None:
         _int_option("--max-train", max_train, 1, "leave it out to use every training image")
     if max_test is not None:

@@ -34,9 +34,17 @@ FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 Raw = dict  # {"x_train", "y_train", "x_test", "y_test", ...}
 
 
-def _bomb(where: str, pixels: int) -> DataError:
-    return DataError(f"image {where} has {pixels:,} pixels, more than the limit {MAX_IMAGE_PIXELS:,} "
-                     "(deltapatch.data.images.MAX_IMAGE_PIXELS); shrink it first")
+class ImageTooLarge(DataError):
+    """More pixels than the caller's limit (a server answers 413)."""
+
+
+class NotAnImage(DataError):
+    """Bytes that no allowed format reads (a server answers 415)."""
+
+
+def _bomb(where: str, pixels: int, limit: int) -> DataError:
+    return ImageTooLarge(f"image {where} has {pixels:,} pixels, more than the limit {limit:,}; "
+                         "shrink it first")
 
 
 def _gray16(im: Image.Image, where: str) -> np.ndarray:
@@ -70,26 +78,30 @@ def _to_rgb(im: Image.Image, where: str) -> np.ndarray:
     return np.asarray(im.convert("RGB"))  # RGB, L, 1, P, CMYK, YCbCr, LAB, HSV
 
 
-def decode_image(data: bytes, where: str) -> np.ndarray:
-    """Image file bytes → uint8 (H, W, 3); ``where`` names the file in errors.
+def decode_image(data: bytes, where: str, max_pixels: int | None = None) -> np.ndarray:
+    """Image file bytes → uint8 (H, W, 3); ``where`` names the file in errors, ``max_pixels``
+    is the caller's limit (default ``MAX_IMAGE_PIXELS``).
 
     The size is checked from the header before any pixel is decoded. PIL's own guard
     (``Image.MAX_IMAGE_PIXELS``) raises ``DecompressionBombError`` past twice its limit and
     warns past it; both come back as the same ``DataError`` (the warning too, where warnings
     are errors).
     """
+    max_pixels = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     try:
         with Image.open(io.BytesIO(data), formats=FORMATS) as im:
             w, h = im.size
-            if w * h > MAX_IMAGE_PIXELS:
-                raise _bomb(where, w * h)
+            if w * h > max_pixels:
+                raise _bomb(where, w * h, max_pixels)
             if min(w, h) < MIN_IMAGE_SIDE:
                 raise DataError(f"image {where} is {w}x{h} pixels; images need at least "
                                 f"{MIN_IMAGE_SIDE} pixels a side (remove or replace it)")
             return _to_rgb(im, where)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise DataError(f"image {where} is too large to decode safely ({err})") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise ImageTooLarge(f"image {where} is too large to decode safely ({err})") from None
+    except UnidentifiedImageError as err:
+        raise NotAnImage(f"cannot read image {where}: {err}") from None
+    except (OSError, ValueError, SyntaxError) as err:
         raise DataError(f"cannot read image {where}: {err}") from None
 
 

@@ -1,25 +1,23 @@
 """Untrusted HTTP input → checked values, or an :class:`HTTPFail` with the status that fits.
 
 Every size is bounded before it is allocated: the body is read in chunks and refused past its
-limit (413) whatever ``Content-Length`` claims; an image's pixel count is read from its header
-before any pixel is decoded (413); decoding itself is :func:`deltapatch.data.images.decode_image`,
-which refuses PIL bombs and formats outside a small allow-list.
+limit (413) whatever ``Content-Length`` claims; decoding is :func:`deltapatch.data.images.decode_image`
+with the server's pixel limit: it reads the pixel count from the header before any pixel is
+decoded (413) and refuses PIL bombs and formats outside a small allow-list (415).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 from dataclasses import dataclass
 
-from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from torch import Tensor
 
-from ..data.images import FORMATS, decode_image
+from ..data.images import ImageTooLarge, NotAnImage, decode_image
 from ..data.sets import to_image_tensor
 from ..errors import DataError
 from ..model import BASE
@@ -159,18 +157,12 @@ def _flag(value: object) -> bool:
 def image_tensor(data: bytes, pre: Preprocess, limits: Limits) -> Tensor:
     """Image file bytes → one normalized (3, S, S) tensor, as ``deltapatch predict`` makes it."""
     try:
-        with Image.open(io.BytesIO(data), formats=FORMATS) as im:
-            w, h = im.size
-    except Exception:  # noqa: BLE001  (any failure to read a header: not an image we take)
+        pixels = decode_image(data, "upload", limits.max_image_pixels)
+    except ImageTooLarge as err:
+        raise HTTPFail(413, str(err)) from None
+    except NotAnImage:
         raise HTTPFail(415, "the image is not a readable PNG, JPEG, BMP, GIF, TIFF, WebP or "
                             "PPM file") from None
-    if w * h > limits.max_image_pixels:
-        raise HTTPFail(413, f"the image has {w * h:,} pixels, over the limit of "
-                            f"{limits.max_image_pixels:,}")
-    try:
-        pixels = decode_image(data, "upload")
-    except DataError as err:
-        text = str(err)
-        status = 413 if "pixels, more than" in text or "too large" in text else 422
-        raise HTTPFail(status, text) from None
+    except DataError as err:  # readable header, undecodable or degenerate pixels
+        raise HTTPFail(422, str(err)) from None
     return pre.normalize(to_image_tensor(pixels[None], pre.size))[0]

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..backbones.registry import imagenet_classes
 from ..errors import PatchError
 from ..methods import get_method, load_task
 from ..methods.patching import load_patch as _delta_family_load
@@ -57,9 +58,7 @@ class PatchInfo:
 def base_labels(num_classes: int) -> list[str]:
     """ImageNet class names for a 1000-way head (torchvision ships them), else indices."""
     if num_classes == 1000:
-        from torchvision.models import ResNet18_Weights
-
-        return list(ResNet18_Weights.DEFAULT.meta["categories"])
+        return imagenet_classes()
     return [str(i) for i in range(num_classes)]
 
 
