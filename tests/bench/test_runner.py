@@ -13,7 +13,7 @@ from deltapatch.errors import DeltaPatchError
 
 def _jobs(calls: list[str], config: str = "c1") -> list[Job]:
     def job(key: str, table: str) -> Job:
-        def run(out, key=key):
+        def run(out, lr=None, key=key):
             calls.append(key)
             return {"patch_top1": 0.5, "wall_seconds": 1.0}
         return Job(key, "single", table, "bb", "t", "v", "V", 0, run, {"name": "delta"}, config)

@@ -49,3 +49,25 @@ def test_misspelt_key_is_refused_naming_the_valid_ones(tmp_path):
 def test_misspelt_method_is_refused_naming_the_valid_ones(tmp_path):
     with pytest.raises(DeltaPatchError, match="unknown method 'detla'.*delta"):
         _suite(tmp_path, method="detla")
+
+
+def test_lr_grid_is_a_suite_key_and_must_be_positive_rates(tmp_path):
+    from deltapatch.bench.runner import build_jobs
+    suite = _suite(tmp_path, "lr_grid = [1e-3, 1e-2]")
+    jobs = build_jobs(suite)
+    assert jobs[0].lr_grid == [1e-3, 1e-2] and jobs[0].tunes
+    for bad in ("lr_grid = []", "lr_grid = [0.01, -1]", 'lr_grid = "0.01"', "lr_grid = [true]"):
+        with pytest.raises(DeltaPatchError, match="lr_grid must be a non-empty list"):
+            _suite(tmp_path, bad)
+
+
+def test_zsda_takes_the_fully_trained_network_as_a_variant(tmp_path):
+    text = SUITE.replace('[[scenarios]]\nkind = "single"', '[[scenarios]]\nkind = "zsda"\n'
+                         'source = "digits"\ntarget = "digits"').replace(
+        'tasks = ["digits"]\nvariants', 'variants')
+    suite = suite_file(tmp_path, text.format(defaults="epochs = 1", method="full"))
+    assert suite.variants["v"].method == "full"
+    bad = text.replace('kind = "zsda"\nsource = "digits"\ntarget = "digits"',
+                       'kind = "single"\ntasks = ["digits"]')
+    with pytest.raises(DeltaPatchError, match="unknown method 'full'"):
+        suite_file(tmp_path, bad.format(defaults="epochs = 1", method="full"))

@@ -10,16 +10,19 @@ import torch
 from torch import nn
 
 from .. import metrics
+from ..data.sets import ImageSet
 from ..run import RunSpec, build_model, task_data
 from ..train import evaluate, fit
-from .jobs import Job, describe, fingerprint, grid, run_spec, scenario
+from .jobs import Job, describe, fingerprint, grid, lr_grid, run_spec, scenario
 from .suite import Suite
 
 
-def train_full(spec: RunSpec, out: Path) -> dict:
+def train_full(spec: RunSpec, out: Path, extra_tests: dict[str, ImageSet] | None = None
+               ) -> dict:
     """Train every weight of the backbone (random init: from scratch; pretrained: plain
     fine-tuning) with a new head, and with ``spec.stages`` > 0 Δ-stages trained jointly.
-    The backbone's BatchNorms train too: this is ordinary training, not patching."""
+    The backbone's BatchNorms train too: this is ordinary training, not patching.
+    ``extra_tests`` are scored too (``top1_by_test``: the ZSDA target domain)."""
     t0 = time.perf_counter()
     torch.manual_seed(spec.seed)
     model = build_model(spec.backbone, spec.weights, spec.image_size)
@@ -36,12 +39,17 @@ def train_full(spec: RunSpec, out: Path) -> dict:
                  set_mode=owned.train)
     owned.eval()
     top1 = evaluate(forward, data.test, model.preprocess)
+    extra = {}
+    if extra_tests:
+        extra["top1_by_test"] = {k: round(evaluate(forward, t, model.preprocess), 6)
+                                 for k, t in extra_tests.items()}
+        extra["n_by_test"] = {k: len(t) for k, t in extra_tests.items()}
     return metrics.report(method="full", data=spec.data, patch_top1=top1, base_top1=None,
                           trainable_params=metrics.count_params(owned),
                           patch_bytes=metrics.tensor_bytes(owned.state_dict().values()),
                           n_test=len(data.test), seed=spec.seed, best_epoch=result.best_epoch,
                           val_top1=result.best_val_top1, delta_stages=spec.stages,
-                          wall_seconds=round(time.perf_counter() - t0, 2))
+                          wall_seconds=round(time.perf_counter() - t0, 2), **extra)
 
 
 def _full(kind: str):
@@ -51,15 +59,16 @@ def _full(kind: str):
             for t in entry["tasks"]:
                 task = suite.tasks[t]
 
-                def run(out: Path, bb=bb, task=task, v=v, seed=seed) -> dict:
-                    spec = run_spec(suite, bb, task, v, seed)
+                def run(out: Path, lr=None, bb=bb, task=task, v=v, seed=seed) -> dict:
+                    spec = run_spec(suite, bb, task, v, seed, lr)
                     if kind == "scratch":
                         spec.weights = None
                     return train_full(spec, out)
 
                 jobs.append(Job(f"{kind}/{bb}/{t}/{v.key}/seed{seed}", kind, kind, bb, t,
                                 v.key, v.label, seed, run, describe(v),
-                                fingerprint(suite, bb, [task], v)))
+                                fingerprint(suite, bb, [task], v),
+                                lr_grid(suite, task, v)))
         return jobs
     return build
 

@@ -14,6 +14,7 @@ from ..delta import resolve_init
 from ..registry import Registry
 from ..run import RunSpec
 from .suite import Suite, Task, Variant, data_settings, train_config
+from .tuning import TUNE_SEED
 
 
 class Skip(Exception):
@@ -30,9 +31,29 @@ class Job:
     variant: str
     label: str
     seed: int
-    run: Callable[[Path], dict] = field(repr=False)
+    run: Callable[[Path, float | list[float] | None], dict] = field(repr=False)
     method: dict = field(default_factory=dict)  # the variant: method, stages, gate, norm
     config: str = ""  # fingerprint of every setting that shapes the run's numbers
+    lr_grid: list[float] = field(default_factory=list)  # the suite's lr_grid (empty: untuned)
+    lr_from: list[str] = field(default_factory=list)  # runs whose chosen rate this one uses
+
+    def __post_init__(self) -> None:
+        if self.lr_grid and not self.lr_from:  # its own cell's run at the tuning seed
+            self.lr_from = [self.tuning_key]
+
+    @property
+    def cell(self) -> str:
+        """The key without its seed: every seed of one (backbone, task, variant)."""
+        return self.key.rsplit("/seed", 1)[0]
+
+    @property
+    def tuning_key(self) -> str:
+        return f"{self.cell}/seed{TUNE_SEED}"
+
+    @property
+    def tunes(self) -> bool:
+        """Whether this run searches the grid itself (rather than reusing a choice)."""
+        return self.lr_from == [self.key]
 
     def context(self) -> dict:
         return {"key": self.key, "scenario": self.scenario, "table": self.table,
@@ -74,15 +95,22 @@ def scenario(kind: str):
     return deco
 
 
-def run_spec(suite: Suite, bb_key: str, task: Task, v: Variant, seed: int, **kw) -> RunSpec:
+def run_spec(suite: Suite, bb_key: str, task: Task, v: Variant, seed: int,
+             lr: float | None = None, **kw) -> RunSpec:
+    """The run of one cell at one seed; ``lr`` (a rate of the suite's grid) overrides the
+    settings' rate."""
     bb = suite.backbones[bb_key]
-    s = suite.settings(task.settings, v.settings)
+    s = suite.settings(task.settings, v.settings, {} if lr is None else {"lr": lr})
     return RunSpec(backbone=bb.name, weights=bb.weights, data=task.data, method=v.method,
                    stages=v.stages, norm=v.norm, gate=v.gate, init=v.init,
                    base_data=bb.base_data,
                    seed=seed, train=train_config(s, seed), options=dict(v.options),
                    lambda_images=int(s.get("lambda_images", 0)), name=task.key,
                    **data_settings(s), **kw)
+
+
+def lr_grid(suite: Suite, task: Task, v: Variant) -> list[float]:
+    return list(suite.settings(task.settings, v.settings).get("lr_grid", []))
 
 
 def describe(v: Variant) -> dict:

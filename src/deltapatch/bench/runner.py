@@ -22,6 +22,7 @@ from ..run import DATA_PROTOCOL
 from . import full, scenarios  # noqa: F401  (register the scenario kinds)
 from .jobs import SCENARIOS, Job, Skip
 from .suite import Suite
+from .tuning import Pending, chosen_rate, search
 
 RUNS = "runs"
 
@@ -48,8 +49,10 @@ def build_jobs(suite: Suite, seeds: int | None = None, only: set[str] | None = N
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """'I/N' -> (I, N): this process runs every N-th distinct run starting at the I-th, so N
-    processes (e.g. one per core, each with one thread) share a suite and one output folder."""
+    """'I/N' -> (I, N): this process runs every N-th cell (every seed of one backbone, task and
+    variant) starting at the I-th, so N processes (e.g. one per core, each with one thread)
+    share a suite and one output folder, and a cell's learning-rate search comes before its
+    later seeds in the same process."""
     if not text:
         return None
     try:
@@ -97,21 +100,21 @@ def run_jobs(jobs: list[Job], out: Path, progress: bool = True, max_jobs: int | 
     """Run (or reload) every job; returns one record per job with ``status`` ok / skipped /
     failed / pending (``max_jobs`` reached, or another ``shard``'s run not finished yet)."""
     records, started, code, hw = [], 0, code_version(), describe()
-    order = {k: i for i, k in enumerate(dict.fromkeys(j.key for j in jobs))}
+    order = {c: i for i, c in enumerate(dict.fromkeys(j.cell for j in jobs))}
     for i, job in enumerate(progress_bar(jobs, desc="bench", enabled=progress, unit="run")):
         file = out / RUNS / f"{job.key}.json"
         old = _stored(file, job)
         if old is not None:
             records.append(old)
             continue
-        mine = shard is None or order[job.key] % shard[1] == shard[0]
+        mine = shard is None or order[job.cell] % shard[1] == shard[0]
         if not mine or (max_jobs is not None and started >= max_jobs):
             records.append({**job.context(), "status": "pending"})
             continue
         started += 1
         record = {**job.context(), "code": code, "hardware": hw, "data_protocol": DATA_PROTOCOL}
         try:
-            result = job.run(_fresh_dir(out / RUNS / job.key, job.config))
+            result = execute(job, out)
             record.update(status="ok", finished=time.strftime("%Y-%m-%d %H:%M:%S"),
                           result=result)
             file.parent.mkdir(parents=True, exist_ok=True)
@@ -120,6 +123,9 @@ def run_jobs(jobs: list[Job], out: Path, progress: bool = True, max_jobs: int | 
             os.replace(tmp, file)
         except Skip as why:
             record.update(status="skipped", reason=str(why))
+        except Pending as why:
+            started -= 1
+            record.update(status="pending", reason=str(why))
         except Exception as err:  # noqa: BLE001 — one broken cell must not stop the grid
             record.update(status="failed", reason=f"{type(err).__name__}: {err}")
             log(f"FAILED {job.key}: {record['reason']}\n{traceback.format_exc()}")
@@ -128,6 +134,28 @@ def run_jobs(jobs: list[Job], out: Path, progress: bool = True, max_jobs: int | 
                 + (f" ({record['result'].get('wall_seconds')} s)" if "result" in record else ""))
         records.append(record)
     return records
+
+
+def execute(job: Job, out: Path) -> dict:
+    """Run one job: untuned, as the tuning run of its cell (the whole ``lr_grid``), or at the
+    rate(s) its ``lr_from`` runs chose (``Pending`` until they have)."""
+    if not job.lr_grid:
+        return job.run(_fresh_dir(out / RUNS / job.key, job.config), None)
+    if job.tunes:
+        return search(job.run, _fresh_dir(out / RUNS / job.key, job.config), job.lr_grid)
+    rates = [chosen_rate(_read(out / RUNS / f"{key}.json"), key, job.lr_grid)
+             for key in job.lr_from]
+    lr = rates[0] if job.lr_from == [job.tuning_key] else rates  # borrowed: one per task
+    result = job.run(_fresh_dir(out / RUNS / job.key, job.config), lr)
+    return {**result, "lr": lr, "lr_search": {"grid": job.lr_grid, "chosen": lr,
+                                              "from": job.lr_from}}
+
+
+def _read(file: Path) -> dict | None:
+    if not file.exists():
+        return None
+    record = json.loads(file.read_text())
+    return record if record.get("data_protocol", 1) == DATA_PROTOCOL else None
 
 
 def _fresh_dir(run_dir: Path, config: str = "") -> Path:
@@ -146,7 +174,7 @@ def _fresh_dir(run_dir: Path, config: str = "") -> Path:
 CSV_FIELDS = ["key", "scenario", "table", "backbone", "task", "variant", "label", "seed",
               "status", "patch_top1", "base_top1", "harmonic_mean", "mean_top1",
               "joint_harmonic_mean", "target_top1", "trainable_params", "patch_bytes", "n_test",
-              "wall_seconds", "reason"]
+              "lr", "wall_seconds", "reason"]
 
 
 def csv_row(record: dict) -> dict:
@@ -154,7 +182,7 @@ def csv_row(record: dict) -> dict:
     r = record.get("result", {})
     row = {k: record.get(k) for k in CSV_FIELDS}
     for k in ("patch_top1", "base_top1", "harmonic_mean", "mean_top1", "joint_harmonic_mean",
-              "trainable_params", "patch_bytes", "wall_seconds"):
+              "trainable_params", "patch_bytes", "lr", "wall_seconds"):
         row[k] = r.get(k)
     n = r.get("n_test")
     row["n_test"] = n if not isinstance(n, dict) else sum(n.values())

@@ -15,8 +15,9 @@ import torch
 from ..data.sets import ImageSet, TaskData
 from ..metrics import harmonic_mean
 from ..run import base_task_data, build_model, input_size, run_one, task_data, test_split
-from .jobs import Job, Skip, describe, fingerprint, grid, run_spec, scenario
+from .jobs import Job, Skip, describe, fingerprint, grid, lr_grid, run_spec, scenario
 from .suite import Suite, Variant, train_config
+from .tuning import TUNE_SEED
 
 
 # ---------------------------------------------------------------- single-task patching
@@ -29,12 +30,12 @@ def single(suite: Suite, entry: dict, seeds: int) -> list[Job]:
         for t in entry["tasks"]:
             task = suite.tasks[t]
 
-            def run(out: Path, bb=bb, task=task, v=v, seed=seed) -> dict:
-                return run_one(run_spec(suite, bb, task, v, seed), out)
+            def run(out: Path, lr=None, bb=bb, task=task, v=v, seed=seed) -> dict:
+                return run_one(run_spec(suite, bb, task, v, seed, lr), out)
 
             jobs.append(Job(f"single/{bb}/{t}/{v.key}/seed{seed}", "single", table, bb, t,
                             v.key, v.label, seed, run, describe(v),
-                            fingerprint(suite, bb, [task], v)))
+                            fingerprint(suite, bb, [task], v), lr_grid(suite, task, v)))
     return jobs
 
 
@@ -46,17 +47,20 @@ def zsda(suite: Suite, entry: dict, seeds: int) -> list[Job]:
     src, tgt = suite.tasks[entry["source"]], suite.tasks[entry["target"]]
     jobs = []
     for bb, v, seed in grid(suite, entry, seeds):
-        def run(out: Path, bb=bb, v=v, seed=seed) -> dict:
-            spec = run_spec(suite, bb, src, v, seed)
+        def run(out: Path, lr=None, bb=bb, v=v, seed=seed) -> dict:
+            spec = run_spec(suite, bb, src, v, seed, lr)
             size = input_size(spec)
-            target = test_split(tgt.data, size, seed=seed,
-                                max_test=suite.settings(tgt.settings).get("max_test"))
-            return run_one(spec, out, extra_tests={"target": target})
+            target = {"target": test_split(tgt.data, size, seed=seed,
+                                           max_test=suite.settings(tgt.settings).get("max_test"))}
+            if v.method == "full":  # the fully trained network ± Δ (paper Table 6)
+                from .full import train_full
+                return train_full(spec, out, extra_tests=target)
+            return run_one(spec, out, extra_tests=target)
 
         name = f"{src.key}→{tgt.key}"
         jobs.append(Job(f"zsda/{bb}/{src.key}-{tgt.key}/{v.key}/seed{seed}", "zsda", "zsda", bb,
                         name, v.key, v.label, seed, run, describe(v),
-                        fingerprint(suite, bb, [src, tgt], v)))
+                        fingerprint(suite, bb, [src, tgt], v), lr_grid(suite, src, v)))
     return jobs
 
 
@@ -86,9 +90,9 @@ def joint(suite: Suite, entry: dict, seeds: int) -> list[Job]:
     jobs = []
     for bb, v, seed in grid(suite, entry, seeds):
         for group in entry["groups"]:
-            def run(out: Path, bb=bb, v=v, seed=seed, group=tuple(group)) -> dict:
+            def run(out: Path, lr=None, bb=bb, v=v, seed=seed, group=tuple(group)) -> dict:
                 tasks = [suite.tasks[t] for t in group]
-                spec = run_spec(suite, bb, tasks[0], v, seed)
+                spec = run_spec(suite, bb, tasks[0], v, seed, lr)
                 spec.name, spec.data = "joint", "+".join(group)
                 size = input_size(spec)
                 parts = [task_data(t.data, size, seed=seed,
@@ -106,7 +110,8 @@ def joint(suite: Suite, entry: dict, seeds: int) -> list[Job]:
             name = "+".join(group)
             jobs.append(Job(f"joint/{bb}/{name}/{v.key}/seed{seed}", "joint", "joint", bb, name,
                             v.key, v.label, seed, run, describe(v),
-                            fingerprint(suite, bb, [suite.tasks[t] for t in group], v)))
+                            fingerprint(suite, bb, [suite.tasks[t] for t in group], v),
+                            lr_grid(suite, suite.tasks[group[0]], v)))
     return jobs
 
 
@@ -125,19 +130,23 @@ def sequential(suite: Suite, entry: dict, seeds: int) -> list[Job]:
     jobs = []
     for bb, v, seed in grid(suite, entry, seeds):
         for order in entry["orders"]:
-            def run(out: Path, bb=bb, v=v, seed=seed, order=tuple(order)) -> dict:
-                return _run_sequential(suite, bb, v, seed, list(order), out)
+            def run(out: Path, lr=None, bb=bb, v=v, seed=seed, order=tuple(order)) -> dict:
+                return _run_sequential(suite, bb, v, seed, list(order), out, lr)
 
             name = "→".join(order)
+            grid_ = lr_grid(suite, suite.tasks[order[0]], v)
             jobs.append(Job(f"sequential/{bb}/{'-'.join(order)}/{v.key}/seed{seed}",
                             "sequential", "sequential", bb, name, v.key, v.label, seed, run,
                             describe(v),
-                            fingerprint(suite, bb, [suite.tasks[t] for t in order], v)))
+                            fingerprint(suite, bb, [suite.tasks[t] for t in order], v), grid_,
+                            [f"single/{bb}/{t}/{v.key}/seed{TUNE_SEED}" for t in order]
+                            if grid_ else []))
     return jobs
 
 
 def _run_sequential(suite: Suite, bb_key: str, v: Variant, seed: int, order: list[str],
-                    out: Path) -> dict:
+                    out: Path, lrs: list[float] | None = None) -> dict:
+    """``lrs``: each task's rate (from its single-task cell's tuning), else the settings'."""
     from ..methods import BaseTask, MethodContext, get_method
 
     fn = get_method(v.method).sequential
@@ -149,9 +158,9 @@ def _run_sequential(suite: Suite, bb_key: str, v: Variant, seed: int, order: lis
     model = build_model(bb.name, bb.weights)
     size = model.preprocess.size
     contexts = []
-    for t in order:
+    for i, t in enumerate(order):
         task = suite.tasks[t]
-        s = suite.settings(task.settings, v.settings)
+        s = suite.settings(task.settings, v.settings, {"lr": lrs[i]} if lrs else {})
         data = task_data(task.data, size, seed=seed, **_sizes(s))
         contexts.append(MethodContext(model=model, name=t, data=data,
                                       train=train_config(s, seed), out=out / t,

@@ -23,11 +23,13 @@ from ..train import TrainConfig
 SUITES_DIR = Path(__file__).with_name("suites")
 TRAIN_KEYS = {f.name for f in fields(TrainConfig)} - {"seed", "progress"}
 DATA_KEYS = {"max_train", "max_test", "max_val", "image_size", "val_fraction"}
-SETTING_KEYS = TRAIN_KEYS | DATA_KEYS | {"lambda_images"}
+TUNING_KEYS = {"lr_grid"}  # one learning-rate grid for every method (bench/tuning.py)
+SETTING_KEYS = TRAIN_KEYS | DATA_KEYS | TUNING_KEYS | {"lambda_images"}
 """Keys a suite's ``[defaults]``, task and variant tables may set: TrainConfig's fields and
-RunSpec's data fields, the same definitions the CLI's flags come from."""
+RunSpec's data fields, the same definitions the CLI's flags come from, and ``lr_grid``."""
 VARIANT_KEYS = {"method", "label", "stages", "gate", "norm", "init", "options"}
 FULL_TRAINING = {"scratch", "transfer"}  # scenario kinds whose variants name no method
+FULL_ALLOWED = {"zsda"}  # kinds that also take method = "full" (the whole network ± Δ)
 
 
 @dataclass
@@ -151,11 +153,18 @@ def _check(suite: Suite) -> None:
         if unknown:
             raise DeltaPatchError(f"{suite.path}: [{where}] sets unknown key(s) "
                                   f"{', '.join(unknown)}; valid: {', '.join(sorted(SETTING_KEYS))}")
+        grid = layer.get("lr_grid")
+        if grid is not None and (not isinstance(grid, list) or not grid or not all(
+                isinstance(x, int | float) and not isinstance(x, bool) and x > 0 for x in grid)):
+            raise DeltaPatchError(f"{suite.path}: [{where}] lr_grid must be a non-empty list of "
+                                  f"positive learning rates, got {grid!r}")
     for sc in suite.scenarios:
         if sc.get("kind") in FULL_TRAINING:  # trains the whole network, no method
             continue
         for v in (suite.variants.get(k) for k in sc.get("variants", [])):
-            if v is not None and v.method not in METHODS:
+            if v is None or (v.method == "full" and sc.get("kind") in FULL_ALLOWED):
+                continue
+            if v.method not in METHODS:
                 raise DeltaPatchError(f"{suite.path}: variant '{v.key}' names unknown method "
                                       f"'{v.method}'; choose from {', '.join(METHODS.names())}")
     pools = {"backbones": suite.backbones, "tasks": suite.tasks, "variants": suite.variants}
