@@ -80,3 +80,47 @@ def test_stale_run_dirs_are_wiped(tmp_path):
     assert (_fresh_dir(old, "abc") / "run").exists() is False  # other settings: wiped
     (old / "run").mkdir()
     assert (_fresh_dir(old, "abc") / "run").exists()
+
+
+def test_depth_claim_compares_the_deepest_patch_with_delta1_in_every_cell():
+    from deltapatch.bench.claims import depth_order
+    recs = [_rec("d1", "delta", 0, 0.70, gate="delta", stages=1),
+            _rec("d2", "delta", 0, 0.72, gate="delta", stages=2),
+            _rec("d3", "delta", 0, 0.50, gate="delta", stages=3)]
+    text = depth_order(recs)
+    assert "d3 > d1 on harmonic mean in 0/1" in text  # not adjacent: still compared
+    assert "d2 > d1" in text and "d3 > d2" in text
+
+
+def test_zsda_claim_is_the_fine_tuned_network_with_and_without_delta():
+    from deltapatch.bench.claims import CLAIMS
+
+    def zsda(variant, method, target, stages):
+        r = _rec(variant, method, 0, None, table="zsda", stages=stages)
+        r["result"]["top1_by_test"] = {"target": target}
+        return r
+    recs = [zsda("ft", "full", 0.40, 0), zsda("ft-d3", "full", 0.45, 3),
+            zsda("fc", "linear", 0.30, 0), zsda("d3", "delta", 0.10, 3)]
+    check = dict(CLAIMS)[next(c for c, _ in CLAIMS if c.startswith("Δ helps zero-shot"))]
+    assert "ft-d3 > ft on target-domain top-1 in 1/1" in check(recs)
+    assert "d3" not in check(recs).replace("ft-d3", "")  # patches are judged apart
+
+
+def test_guarantees_are_reported_apart_from_claims():
+    recs = [_rec("d1", "delta", 0, 0.7, gate="delta", stages=1), _rec("fc", "linear", 0, 0.6)]
+    text = claims_section(recs)
+    claims, guarantees = text.split("### Guarantees")
+    assert "base task is untouched" in guarantees and "base task is untouched" not in claims
+    assert "Zero drop" not in claims
+
+
+def test_lr_section_lists_each_search_and_left_out_scenarios_say_why():
+    from deltapatch.bench.report import lr_section, not_run_section
+    r = _rec("d1", "delta", 0, 0.7, gate="delta", stages=1)
+    assert lr_section([r]) is None
+    r["result"]["lr_search"] = {"grid": [1e-3, 1e-2], "chosen": 1e-2,
+                                "val_score": {"0.001": 0.5, "0.01": 0.625}}
+    assert "| single | r20 | mnist | d1 | 0.01 | 0.001: 50.0 · 0.01: 62.5 |" in lr_section([r])
+    text = not_run_section([], [], [{"kind": "joint", "skip": "not rerun yet (time)",
+                                     "backbones": ["r20"], "groups": [["a", "b"]]}])
+    assert "**joint** (joint; r20; a+b): left out of this run — not rerun yet (time)" in text

@@ -120,7 +120,9 @@ def render(records: list[dict], meta: dict, suite: Suite, sections: dict[str, st
     pics = "\n".join(f"![{p.stem}]({_rel(p, relative_to)})" for p in plots)
     return (head + "\n## Tables\n\n" + (body or "(no finished runs yet)\n") +
             "\n## Plots\n\n" + (pics or "(none yet)") + "\n" + plot_note + "\n" +
-            claims_section(records) + "\n" + not_run_section(records, suite.not_implemented))
+            claims_section(records) + "\n" +
+            not_run_section(records, suite.not_implemented,
+                            [sc for sc in suite.scenarios if sc.get("skip")]))
 
 
 def _rel(path: Path, base: Path) -> str:

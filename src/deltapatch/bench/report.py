@@ -161,7 +161,32 @@ def table_sections(records: list[dict], meta: dict) -> dict[str, str]:
     seq = sequential_detail(records)
     if seq:
         out["table4_sequential_detail.md"] = seq
+    lr = lr_section(records)
+    if lr:
+        out["lr_choice.md"] = lr
     return out
+
+
+def lr_section(records: list[dict]) -> str | None:
+    """Every learning-rate search: the grid's validation scores and the rate kept, per cell."""
+    rows, seen = [], set()
+    for r in records:
+        found = r.get("result", {}).get("lr_search", {})
+        if r.get("status") != "ok" or "val_score" not in found or r["key"] in seen:
+            continue
+        seen.add(r["key"])
+        scores = " · ".join(f"{lr}: {100 * v:.1f}" for lr, v in found["val_score"].items())
+        rows.append([r["table"], r["backbone"], r["task"], r["label"], f"{found['chosen']:g}",
+                     scores])
+    if not rows:
+        return None
+    return ("### Learning rate per cell (one grid for every method)\n\n"
+            "Each cell trained once per rate at seed 0 and kept the rate with the best "
+            "validation score (best-epoch validation top-1; PAINT: the validation harmonic mean "
+            "that also picks α); later seeds, and sequential patching's tasks, use that rate. "
+            "Scores in %.\n\n"
+            + markdown(["table", "backbone", "task", "method", "lr chosen",
+                        "validation score per lr"], rows) + "\n")
 
 
 def _alpha_table(result: dict) -> dict | None:
@@ -214,8 +239,17 @@ def sequential_detail(records: list[dict]) -> str | None:
                       "drop since trained (points)"], rows) + "\n")
 
 
-def not_run_section(records: list[dict], suite_not_implemented: list[dict]) -> str:
+def not_run_section(records: list[dict], suite_not_implemented: list[dict],
+                    left_out: list[dict] = ()) -> str:
+    """Runs not started, skipped or failed; scenarios the suite leaves out (``skip``, with its
+    reason) and kinds it does not implement."""
     lines = ["### Not run / not implemented\n"]
+    for sc in left_out:
+        what = ", ".join(sc.get("tasks", []) + ["→".join(o) for o in sc.get("orders", [])]
+                         + ["+".join(g) for g in sc.get("groups", [])])
+        lines.append(f"- scenario **{sc.get('table', sc['kind'])}** ({sc['kind']}; "
+                     f"{', '.join(sc.get('backbones', []))}; {what}): left out of this run — "
+                     f"{sc['skip'] if isinstance(sc['skip'], str) else 'skip = true'}")
     pending: dict[str, int] = {}
     for r in records:
         if r.get("status") == "pending":
