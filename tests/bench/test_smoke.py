@@ -52,7 +52,13 @@ def test_smoke_suite_writes_every_table_and_plot(tmp_path, capsys):
 
     # resumable: nothing finished is redone
     before = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.json")}
+    preface = tmp_path / "preface.md"
+    preface.write_text("## Protocol history\n\nwhy the numbers moved\n")
     assert main(["bench", "--suite", "smoke", "--out", str(out), "--no-progress",
-                 "--report-only"]) == 0
+                 "--report-only", "--results-md", str(md), "--preface", str(preface)]) == 0
     after = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.json")}
     assert before == after
+    text = md.read_text()  # the preface sits between the header and the tables
+    assert text.index("- Written:") < text.index("why the numbers moved") < text.index("## Tables")
+    assert main(["bench", "--suite", "smoke", "--out", str(out), "--report-only",
+                 "--preface", str(tmp_path / "missing.md")]) == 2

@@ -26,6 +26,7 @@ class BenchRequest:
     shard: tuple[int, int] | None = None
     report_only: bool = False
     results_md: Path | None = None
+    preface: Path | None = None  # hand-written Markdown placed after the results file's header
     note: str | None = None
     progress: bool = True
 
@@ -45,7 +46,8 @@ def run_suite(req: BenchRequest) -> dict:
             "note": req.note, "this_invocation_seconds": round(time.perf_counter() - t0, 1),
             "written": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     write_results(records, req.out, meta)
-    files = write_report(records, meta, suite, req.out, req.results_md)
+    preface = req.preface.read_text() if req.preface else ""
+    files = write_report(records, meta, suite, req.out, req.results_md, preface)
     status = {r["key"]: r.get("status") for r in records}  # a run shared by tables counts once
     counts = {s: sum(v == s for v in status.values())
               for s in ("ok", "skipped", "failed", "pending")}
@@ -62,8 +64,10 @@ def suite_file(suite: Suite) -> str:
 
 
 def write_report(records: list[dict], meta: dict, suite: Suite, out: Path,
-                 results_md: Path | None = None) -> list[Path]:
-    """tables/*.md, plots/*.png and REPORT.md (tables, plots, claims, what did not run)."""
+                 results_md: Path | None = None, preface: str = "") -> list[Path]:
+    """tables/*.md, plots/*.png and REPORT.md (tables, plots, claims, what did not run);
+    ``results_md`` gets the same with ``preface`` (what the numbers mean, their history) after
+    the header."""
     tables_dir, plots_dir = out / "tables", out / "plots"
     tables_dir.mkdir(parents=True, exist_ok=True)
     plots_dir.mkdir(parents=True, exist_ok=True)
@@ -88,13 +92,13 @@ def write_report(records: list[dict], meta: dict, suite: Suite, out: Path,
         results_md.parent.mkdir(parents=True, exist_ok=True)
         results_md.write_text(render(records, meta, suite, sections,
                                      [f for f in files if f.suffix == ".png"],
-                                     results_md.parent, plot_note))
+                                     results_md.parent, plot_note, preface))
         files.append(results_md)
     return files
 
 
 def render(records: list[dict], meta: dict, suite: Suite, sections: dict[str, str],
-           plots: list[Path], relative_to: Path, plot_note: str = "") -> str:
+           plots: list[Path], relative_to: Path, plot_note: str = "", preface: str = "") -> str:
     ok = list({r["key"]: r for r in records if r.get("status") == "ok"}.values())  # one per run
     wall = sum(r["result"].get("wall_seconds", 0) or 0 for r in ok)
     runs = len({r["key"] for r in records})
@@ -118,7 +122,8 @@ def render(records: list[dict], meta: dict, suite: Suite, sections: dict[str, st
             f"this run folder; rerun the command to reproduce or resume.\n")
     body = "\n".join(sections.values())
     pics = "\n".join(f"![{p.stem}]({_rel(p, relative_to)})" for p in plots)
-    return (head + "\n## Tables\n\n" + (body or "(no finished runs yet)\n") +
+    return (head + (f"\n{preface.strip()}\n" if preface.strip() else "") +
+            "\n## Tables\n\n" + (body or "(no finished runs yet)\n") +
             "\n## Plots\n\n" + (pics or "(none yet)") + "\n" + plot_note + "\n" +
             claims_section(records) + "\n" +
             not_run_section(records, suite.not_implemented,

@@ -31,6 +31,9 @@ def arguments(p: argparse.ArgumentParser) -> None:
                    help="run nothing; rebuild the report from finished runs")
     p.add_argument("--results-md", type=Path, default=None,
                    help="also write the report to this file (e.g. docs/RESULTS.md)")
+    p.add_argument("--preface", type=Path, default=None,
+                   help="a Markdown file placed after the header of --results-md (what the "
+                        "numbers mean, the protocol's history)")
     p.add_argument("--note", default=None,
                    help="a line for the report header, e.g. how the runs were scheduled")
     p.add_argument("--no-progress", action="store_true")
@@ -43,10 +46,13 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None and value < (0 if flag == "max_runs" else 1):
             raise ValueError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+    if args.preface is not None and not args.preface.is_file():
+        raise ValueError(f"--preface {args.preface}: no such file")
     summary = run_suite(BenchRequest(
         suite=args.suite, out=args.out, seeds=args.seeds,
         only=set(args.only.split(",")) if args.only else None, max_runs=args.max_runs,
         shard=parse_shard(args.shard), report_only=args.report_only,
-        results_md=args.results_md, note=args.note, progress=not args.no_progress))
+        results_md=args.results_md, preface=args.preface, note=args.note,
+        progress=not args.no_progress))
     print_json(summary)
     return 0 if summary["runs"]["failed"] == 0 else 1
