@@ -45,6 +45,8 @@ TABLES: list[TableSpec] = [
               _r("locality_merged"), "share of base test predictions unchanged when the "
               "method's module is merged into one network (PNC's own locality; methods that "
               "route by task id leave the base untouched, see base top-1)"),
+    TableSpec("init_hm.md", "How a patch starts: init=random vs init=base (docs/INIT.md)",
+              "init", _r("harmonic_mean"), "harmonic mean of base and patch top-1"),
     TableSpec("table8_ablation_top1.md", "Skip-connection and BN ablation (paper Table 8)",
               "ablation", _r("patch_top1"), "patch-task top-1"),
     TableSpec("table8_ablation_hm.md", "Skip-connection and BN ablation, harmonic mean",
