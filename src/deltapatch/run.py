@@ -64,6 +64,9 @@ class RunSpec:
         "base task data; its test split is scored with the backbone's own head"))
     image_size: int | None = field(default=None, metadata=opt(
         "input size in pixels (default: the backbone's)"))
+    base_image_size: int | None = field(default=None, metadata=opt(
+        "size the base task is scored at (default: the backbone's own, e.g. 224 for an "
+        "ImageNet base, whatever --image-size the patch task uses)", min=8, max=4096))
     max_train: int | None = field(default=None, metadata=opt(
         "seeded subset of the train split"))
     max_test: int | None = field(default=None, metadata=opt(
@@ -144,10 +147,18 @@ def build_model(backbone: str, weights: str | None, image_size: int | None = Non
 def input_size(spec: RunSpec) -> int:
     """The run's image size: ``spec.image_size`` or the backbone's own, looked up once per
     backbone in a process (building a model only to read its size would load weights per run)."""
-    if spec.image_size:
-        return spec.image_size
-    return cached(("size", spec.backbone, spec.weights),
-                  lambda: build_model(spec.backbone, spec.weights).preprocess.size)
+    return spec.image_size or native_size(spec.backbone, spec.weights)
+
+
+def native_size(backbone: str, weights: str | None) -> int:
+    return cached(("size", backbone, weights),
+                  lambda: build_model(backbone, weights).preprocess.size)
+
+
+def base_size(spec: RunSpec) -> int:
+    """The base task is the backbone's own task: scored at its own size unless told otherwise,
+    so patching at a smaller size (a cheaper patch task) does not change how the base scores."""
+    return spec.base_image_size or native_size(spec.backbone, spec.weights)
 
 
 def data_fingerprint(data: TaskData) -> str:
@@ -246,7 +257,7 @@ def run_one(spec: RunSpec, out: Path, *, data: TaskData | None = None,
                                "data_fingerprint": data_fingerprint(data)})
         base_task = None
         if spec.base_data and method.needs_base_data:
-            base_task = base_task_data(spec.base_data, size, seed=spec.seed,
+            base_task = base_task_data(spec.base_data, base_size(spec), seed=spec.seed,
                                        max_test=spec.max_test, val_fraction=spec.val_fraction)
         torch.manual_seed(spec.seed)
         name = spec.name or data.name.replace(".", "_")
@@ -259,7 +270,8 @@ def run_one(spec: RunSpec, out: Path, *, data: TaskData | None = None,
         base_top1 = None
         extra = dict(outcome.extra)
         if spec.base_data:
-            base = test_split(spec.base_data, size, seed=spec.seed, max_test=spec.max_test)
+            base = test_split(spec.base_data, base_size(spec), seed=spec.seed,
+                              max_test=spec.max_test)
             base_top1 = evaluate(outcome.base_forward, base, model.preprocess)
             extra["n_base_test"] = len(base)
         if extra_tests:

@@ -14,7 +14,7 @@ import torch
 
 from ..data.sets import ImageSet, TaskData
 from ..metrics import harmonic_mean
-from ..run import base_task_data, build_model, input_size, run_one, task_data, test_split
+from ..run import base_task_data, build_model, input_size, native_size, run_one, task_data, test_split
 from .jobs import Job, Skip, describe, fingerprint, grid, lr_grid, run_spec, scenario
 from .suite import Suite, Variant, train_config
 from .tuning import TUNE_SEED
@@ -155,8 +155,9 @@ def _run_sequential(suite: Suite, bb_key: str, v: Variant, seed: int, order: lis
     t0 = time.perf_counter()
     bb = suite.backbones[bb_key]
     torch.manual_seed(seed)
-    model = build_model(bb.name, bb.weights)
+    model = build_model(bb.name, bb.weights, suite.defaults.get("image_size"))
     size = model.preprocess.size
+    base_size = suite.defaults.get("base_image_size") or native_size(bb.name, bb.weights)
     contexts = []
     for i, t in enumerate(order):
         task = suite.tasks[t]
@@ -169,8 +170,9 @@ def _run_sequential(suite: Suite, bb_key: str, v: Variant, seed: int, order: lis
     max_test = suite.defaults.get("max_test")
     base = BaseTask(None)
     if bb.base_data:
-        base = BaseTask(test_split(bb.base_data, size, seed=seed, max_test=max_test),
-                       lambda: base_task_data(bb.base_data, size, seed=seed, max_test=max_test))
+        base = BaseTask(test_split(bb.base_data, base_size, seed=seed, max_test=max_test),
+                       lambda: base_task_data(bb.base_data, base_size, seed=seed,
+                                              max_test=max_test))
     torch.manual_seed(seed)
     result = fn(model, contexts, base)
     top1 = dict(result["final_top1"])

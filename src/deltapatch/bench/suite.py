@@ -22,7 +22,8 @@ from ..train import TrainConfig
 
 SUITES_DIR = Path(__file__).with_name("suites")
 TRAIN_KEYS = {f.name for f in fields(TrainConfig)} - {"seed", "progress"}
-DATA_KEYS = {"max_train", "max_test", "max_val", "image_size", "val_fraction"}
+DATA_KEYS = {"max_train", "max_test", "max_val", "image_size", "base_image_size",
+             "val_fraction"}
 TUNING_KEYS = {"lr_grid"}  # one learning-rate grid for every method (bench/tuning.py)
 SETTING_KEYS = TRAIN_KEYS | DATA_KEYS | TUNING_KEYS | {"lambda_images"}
 """Keys a suite's ``[defaults]``, task and variant tables may set: TrainConfig's fields and

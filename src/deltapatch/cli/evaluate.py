@@ -18,16 +18,18 @@ def arguments(p: argparse.ArgumentParser) -> None:
     backbone_args(p)
     p.add_argument("--patch", required=True, type=Path,
                    help="a task folder written by train (any method)")
-    add_options(p, RunSpec, ("data", "base_data", "image_size", "max_test", "seed"),
-                required={"data"})
+    add_options(p, RunSpec, ("data", "base_data", "image_size", "base_image_size", "max_test",
+                             "seed"), required={"data"})
 
 
 @command("eval", "score a saved task folder (any method) on a task's test split and the base "
                  "task; prints JSON", arguments)
 def run(args: argparse.Namespace) -> int:
     RunSpec(backbone=args.backbone, data=args.data, image_size=args.image_size,
-            max_test=args.max_test, seed=args.seed)  # bounds-checks the flags
+            base_image_size=args.base_image_size, max_test=args.max_test,
+            seed=args.seed)  # bounds-checks the flags
     model = load_model(args)
+    own_size = model.preprocess.size  # the base task's, unless --base-image-size says
     task = load_task(model, args.patch)
     pre = task.config.preprocess.with_size(args.image_size)
     test, _ = load_test(args.data, pre.size, max_test=args.max_test, seed=args.seed)
@@ -35,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     patch_top1 = evaluate(task.outcome.patch_forward, test, pre)
     base_top1 = None
     if args.base_data:
-        base, _ = load_test(args.base_data, pre.size, max_test=args.max_test, seed=args.seed)
+        base, _ = load_test(args.base_data, args.base_image_size or own_size,
+                            max_test=args.max_test, seed=args.seed)
         base_top1 = evaluate(task.outcome.base_forward, base, pre)
     facts = {"alpha": task.config.options["alpha"]} if "alpha" in task.config.options else {}
     print_json(metrics.report(data=args.data, patch_top1=patch_top1, base_top1=base_top1,

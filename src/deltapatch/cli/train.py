@@ -13,7 +13,7 @@ from ..run import RunSpec, run_one
 from ..train import TrainConfig
 from .common import add_options, backbone_args, command, parse_options, parse_stages, print_json
 
-RUN_FLAGS = ("data", "base_data", "image_size", "max_train", "max_test", "max_val",
+RUN_FLAGS = ("data", "base_data", "image_size", "base_image_size", "max_train", "max_test", "max_val",
              "val_fraction", "method", "norm", "gate", "init", "name", "seed")
 TRAIN_FLAGS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "momentum",
                "warmup_epochs", "augment", "eval_batch_size", "cache_features", "cache_dtype",
