@@ -124,10 +124,17 @@ def test_cli_train_eval_verify(weights, tmp_path, capsys):
     scored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert scored["patch_top1"] == trained["patch_top1"]
     assert scored["trainable_params"] == trained["trainable_params"]
+    # verify beside a Δ patch of the same task name (both named "digits")
+    delta = tmp_path / "delta"
+    assert main(["train", *common, "--max-train", "160", "--epochs", "1", "--no-augment",
+                 "--no-progress", "--out", str(delta)]) == 0
+    capsys.readouterr()
     assert main(["verify", "--backbone", "cifar_resnet20", "--weights", str(weights),
-                 "--patch", str(out), "-n", "4", "--image-size", "16"]) == 0
+                 "--patch", str(out), str(delta), "-n", "4", "--image-size", "16"]) == 0
     checks = json.loads(capsys.readouterr().out)
-    assert checks["ok"] and checks["methods"] == ["lora"] and all(checks["checks"].values())
+    assert checks["ok"] and checks["methods"] == ["lora", "delta"]
+    assert {"base_after_running_digits#0", "base_after_running_digits#1",
+            "base_with_digits#1_disabled"} <= set(checks["checks"])
 
 
 @pytest.mark.parametrize("option,match", [
@@ -152,3 +159,20 @@ def test_missing_peft_is_a_clear_error(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "never").exists()
     with pytest.raises(DeltaPatchError, match="needs the peft package"):
         get_method("lora").check(None, 1, {})
+
+
+def test_sequential_tasks_are_separate_and_the_base_stays(tiny_model, tiny_backbone, tiny_task,
+                                                          tiny_base, tiny_config, tmp_path):
+    """Each task gets its own adapters on its own shared copy: training the second leaves the
+    first's accuracy and the base task's exactly where they were."""
+    from deltapatch.methods import BaseTask
+    from deltapatch.train import evaluate
+
+    before = snapshot(tiny_backbone)
+    contexts = [_ctx(tiny_model, tiny_task, tiny_config, tmp_path / n) for n in ("a", "b")]
+    contexts[1].name = "b"
+    result = get_method("lora").sequential(tiny_model, contexts, BaseTask(tiny_base.test))
+    assert result["drop_by_task"] == {"tiny": 0.0, "b": 0.0}
+    base = evaluate(lambda x: tiny_backbone(x), tiny_base.test, tiny_model.preprocess)
+    assert result["final_top1"]["base"] == round(base, 6)
+    assert_unchanged(tiny_backbone, before)
