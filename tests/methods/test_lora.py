@@ -176,3 +176,21 @@ def test_sequential_tasks_are_separate_and_the_base_stays(tiny_model, tiny_backb
     base = evaluate(lambda x: tiny_backbone(x), tiny_base.test, tiny_model.preprocess)
     assert result["final_top1"]["base"] == round(base, 6)
     assert_unchanged(tiny_backbone, before)
+
+
+def test_only_convs_peft_can_rebuild_are_targeted():
+    """PEFT builds A and B with the layer's own class and nn.Conv2d's arguments: a subclass
+    with another constructor (EfficientNet-Lite's static-same-padding conv) or a grouped conv
+    would fail inside PEFT, so neither is offered; a subclass that only overrides forward is."""
+    from deltapatch.methods.lora import _lora_convs
+
+    class OwnInit(torch.nn.Conv2d):
+        def __init__(self, c: int, image_size: int) -> None:
+            super().__init__(c, c, 1)
+
+    class OwnForward(torch.nn.Conv2d):
+        pass
+
+    plain, forward = torch.nn.Conv2d(4, 4, 3), OwnForward(4, 4, 1)
+    net = torch.nn.Sequential(plain, torch.nn.Conv2d(4, 4, 3, groups=4), OwnInit(4, 32), forward)
+    assert _lora_convs(net) == [plain, forward]

@@ -12,7 +12,8 @@
   of the Δ-patch the same run would train on the same stages (head excluded, counted on a
   throwaway :class:`~deltapatch.patch.Patch`), so Δ and LoRA compare at equal trainable
   parameters; ``rank_scale=2`` doubles it (the "one higher rank" of a comparison).
-- Grouped (depthwise) convolutions are not targeted: PEFT needs the rank divisible by groups.
+- Grouped (depthwise) convolutions are not targeted: PEFT needs the rank divisible by groups;
+  nor are Conv2d subclasses with their own constructor (see :func:`_lora_convs`).
 """
 
 from __future__ import annotations
@@ -96,7 +97,11 @@ def lora_options(options: dict) -> LoraOptions:
 
 # ---------------------------------------------------------------- targets and ranks
 def _lora_convs(module: nn.Module) -> list[nn.Conv2d]:
-    return [m for m in module.modules() if isinstance(m, nn.Conv2d) and m.groups == 1]
+    """The convs PEFT can adapt: ungrouped, and of a class built like ``nn.Conv2d`` (PEFT builds
+    A and B with the layer's own class and nn.Conv2d's arguments, which breaks subclasses with
+    other constructors, e.g. efficientnet_lite_pytorch's Conv2dStaticSamePadding)."""
+    return [m for m in module.modules() if isinstance(m, nn.Conv2d) and m.groups == 1
+            and type(m).__init__ is nn.Conv2d.__init__]
 
 
 def stage_convs(model: PatchedModel, stages: list[int]) -> list[str]:
@@ -111,8 +116,10 @@ def resolve_targets(model: PatchedModel, stages: list[int], wanted: tuple[str, .
     way PEFT's ``target_modules`` does (the full name, or a dotted suffix like ``conv1``)."""
     convs = stage_convs(model, stages)
     if not convs:
-        raise ValueError(f"lora: no Conv2d to adapt in stages {stages} of "
-                         f"{model.backbone_name}; choose --stages")
+        raise ValueError(f"lora: no Conv2d that PEFT can adapt in stages {stages} of "
+                         f"{model.backbone_name} (ungrouped, built like nn.Conv2d; ConvNeXt and "
+                         "EfficientNet-Lite have none, docs/METHODS.md); choose other --stages "
+                         "or another method")
     if wanted is None:
         return convs
     unknown = [t for t in wanted if not any(n == t or n.endswith("." + t) for n in convs)]
