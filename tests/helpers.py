@@ -31,3 +31,15 @@ def suite_file(tmp_path, text: str):
     path = tmp_path / "suite.toml"
     path.write_text(text)
     return load_suite(str(path))
+
+
+def refused(capsys, argv, match: str, code: int = 2) -> str:
+    """Run the CLI on ``argv`` and assert it refused: exit ``code``, one line on stderr that
+    contains ``match``, no traceback. Returns that line."""
+    from deltapatch.cli import main
+
+    assert main([str(a) for a in argv]) == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert match in err, err
+    return err

@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from helpers import refused
 
 from deltapatch.cli import main
 
@@ -45,14 +46,6 @@ def _tree(folder) -> dict:
             if p.is_file()}
 
 
-def _refused(capsys, argv, match: str, code: int = 2) -> str:
-    assert main([str(a) for a in argv]) == code
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    assert match in err, err
-    return err
-
-
 @pytest.mark.parametrize("flag,value,match", [
     ("--epochs", "0", "epochs must be"), ("--epochs", "-3", "epochs must be"),
     ("--batch-size", "0", "batch-size must be"), ("--image-size", "0", "image-size must be"),
@@ -63,14 +56,14 @@ def _refused(capsys, argv, match: str, code: int = 2) -> str:
 def test_nonsense_options_are_refused_before_anything_runs(flag, value, match, tasks, capsys):
     root, a, _ = tasks
     out = root / f"never-{flag.strip('-')}-{value}"
-    _refused(capsys, ["train", *FAST, "--data", a, "--out", out, flag, value], match)
+    refused(capsys, ["train", *FAST, "--data", a, "--out", out, flag, value], match)
     assert not out.exists()
 
 
 def test_threads_and_verify_bounds(tasks, finished, capsys):
-    _refused(capsys, ["--threads", "-1", "info", finished], "threads must be")
+    refused(capsys, ["--threads", "-1", "info", finished], "threads must be")
     for n in ("0", "-5"):
-        _refused(capsys, ["verify", "--backbone", "cifar_resnet20", "--patch", finished,
+        refused(capsys, ["verify", "--backbone", "cifar_resnet20", "--patch", finished,
                           "-n", n], "-n must be")
 
 
@@ -78,9 +71,9 @@ def test_out_holding_another_run_is_refused_naming_the_difference(tasks, finishe
     """The MNIST-into-USPS case: a copy of a finished run used as --out for other data."""
     _, _, b = tasks
     before = _tree(finished)
-    err = _refused(capsys, ["train", *FAST, "--data", b, "--out", finished], "another run")
+    err = refused(capsys, ["train", *FAST, "--data", b, "--out", finished], "another run")
     assert "data" in err
-    err = _refused(capsys, ["train", *FAST, "--data", tasks[1], "--out", finished,
+    err = refused(capsys, ["train", *FAST, "--data", tasks[1], "--out", finished,
                             "--method", "linear"], "another run")
     assert "method" in err
     assert _tree(finished) == before
@@ -95,7 +88,7 @@ def test_same_command_again_finishes_without_change(tasks, finished, capsys):
     assert (finished / "patch.safetensors").read_bytes() == tensors
 
 
-def test_folder_of_unknown_run_is_refused(tasks, finished, tmp_path, capsys):
+def test_folder_of_unknown_run_isrefused(tasks, finished, tmp_path, capsys):
     """A patch folder without its run record (copied by hand) is not trained over."""
     _, a, _ = tasks
     out = tmp_path / "copy"
@@ -103,7 +96,7 @@ def test_folder_of_unknown_run_is_refused(tasks, finished, tmp_path, capsys):
     for f in ("config.json", "patch.safetensors"):
         (out / f).write_bytes((finished / f).read_bytes())
     before = _tree(out)
-    _refused(capsys, ["train", *FAST, "--data", a, "--out", out], "unknown settings")
+    refused(capsys, ["train", *FAST, "--data", a, "--out", out], "unknown settings")
     assert _tree(out) == before
 
 
@@ -114,26 +107,26 @@ def test_planted_or_truncated_checkpoint_is_a_clear_error(content, tasks, finish
     out = tmp_path / "run"
     os.system(f"cp -r {finished} {out}")
     (out / "run" / "checkpoint.pt").write_bytes(content)
-    _refused(capsys, ["train", *FAST, "--data", a, "--out", out], "checkpoint.pt is unreadable")
+    refused(capsys, ["train", *FAST, "--data", a, "--out", out], "checkpoint.pt is unreadable")
 
 
 def test_out_that_is_a_file_or_the_working_directory(tasks, tmp_path, capsys, monkeypatch):
     _, a, _ = tasks
     file = tmp_path / "file"
     file.write_text("keep me")
-    _refused(capsys, ["train", *FAST, "--data", a, "--out", file], "is a file, not a folder")
+    refused(capsys, ["train", *FAST, "--data", a, "--out", file], "is a file, not a folder")
     assert file.read_text() == "keep me"
     monkeypatch.chdir(tmp_path)
-    _refused(capsys, ["train", *FAST, "--data", a, "--out", "."], "current folder")
+    refused(capsys, ["train", *FAST, "--data", a, "--out", "."], "current folder")
 
 
-def test_second_training_into_a_locked_folder_is_refused(tasks, tmp_path, capsys):
+def test_second_training_into_a_locked_folder_isrefused(tasks, tmp_path, capsys):
     from deltapatch.store import FolderLock
 
     _, a, _ = tasks
     out = tmp_path / "busy"
     with FolderLock(out):  # another process training into it
-        _refused(capsys, ["train", *FAST, "--data", a, "--out", out], "another process")
+        refused(capsys, ["train", *FAST, "--data", a, "--out", out], "another process")
 
 
 @pytest.mark.parametrize("edit,match", [
@@ -161,7 +154,7 @@ def test_malformed_configs_are_refused_by_every_reader(edit, match, tasks, finis
     for argv in (["info", bad],
                  ["eval", "--backbone", "cifar_resnet20", "--patch", bad, "--data", a],
                  ["predict", "--backbone", "cifar_resnet20", "--patch", bad, a]):
-        _refused(capsys, argv, match)
+        refused(capsys, argv, match)
 
 
 def test_num_classes_is_checked_against_the_tensors_before_allocating(tasks, finished, tmp_path,
@@ -173,11 +166,11 @@ def test_num_classes_is_checked_against_the_tensors_before_allocating(tasks, fin
     config = json.loads((bad / "config.json").read_text())
     config.update(num_classes=90_000, class_names=None)
     (bad / "config.json").write_text(json.dumps(config))
-    _refused(capsys, ["eval", "--backbone", "cifar_resnet20", "--patch", bad, "--data", a],
+    refused(capsys, ["eval", "--backbone", "cifar_resnet20", "--patch", bad, "--data", a],
              "head.weight")
 
 
-def test_non_finite_patch_is_refused(tasks, finished, tmp_path, capsys):
+def test_non_finite_patch_isrefused(tasks, finished, tmp_path, capsys):
     from safetensors.torch import load_file, save_file
 
     from deltapatch.store import content_hash
@@ -190,5 +183,5 @@ def test_non_finite_patch_is_refused(tasks, finished, tmp_path, capsys):
     config = json.loads((bad / "config.json").read_text())
     config["content_hash"] = content_hash(bad / "patch.safetensors")  # a consistent forgery
     (bad / "config.json").write_text(json.dumps(config))
-    _refused(capsys, ["verify", "--backbone", "cifar_resnet20", "--patch", bad], "head.bias")
+    refused(capsys, ["verify", "--backbone", "cifar_resnet20", "--patch", bad], "head.bias")
     assert torch.isnan(tensors["head.bias"][0])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,9 +221,11 @@ def check_head(config: PatchConfig, tensors: dict[str, torch.Tensor], feature_di
                          "classes on this backbone")
 
 
-def check_tensors(module: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    """Refuse tensors whose names, shapes or dtypes differ from what ``module`` holds."""
-    expected = module.state_dict()
+def check_tensors(module: nn.Module | Mapping[str, torch.Tensor],
+                  tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse tensors whose names, shapes or dtypes differ from what ``module`` holds (a module,
+    or the state dict a method expects)."""
+    expected = module.state_dict() if isinstance(module, nn.Module) else module
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:

@@ -248,6 +248,8 @@ def run_one(spec: RunSpec, out: Path, *, data: TaskData | None = None,
         t0 = time.perf_counter()
         torch.manual_seed(spec.seed)  # a random-init backbone is the same for every run of a seed
         model = build_model(spec.backbone, spec.weights, spec.image_size)
+        if method.check is not None:
+            method.check(model, spec.stages, spec.options)
         size = model.preprocess.size
         if data is None:
             data = task_data(spec.data, size, seed=spec.seed, max_train=spec.max_train,

@@ -54,24 +54,28 @@ def run(args: argparse.Namespace) -> int:
     with torch.inference_mode():
         before, fp_before = backbone(x), fingerprint(backbone)
         model = PatchedModel(backbone).eval()
-        tasks = [load_task(model, p) for p in args.patch]
+        tasks = []  # each task with the patch names it attached to `model` (Δ-family only)
+        for folder in args.patch:
+            known = set(model.patches)
+            tasks.append((load_task(model, folder), set(model.patches) - known))
         checks = {"base_with_tasks_loaded": torch.equal(model(x), before)}
-        for task in tasks:
-            name = task.config.name
+        names = [task.config.name for task, _ in tasks]
+        for i, (task, attached) in enumerate(tasks):
+            label = names[i] if names.count(names[i]) == 1 else f"{names[i]}#{i}"
             task.outcome.patch_forward(x)  # exercise every task, then the base again
-            checks[f"base_after_running_{name}"] = torch.equal(model(x), before)
-            if name in model.patches:
+            checks[f"base_after_running_{label}"] = torch.equal(model(x), before)
+            for name in attached:
                 model.set_patch(name)
                 with model.disable_patch():
-                    checks[f"base_with_{name}_disabled"] = torch.equal(model(x), before)
+                    checks[f"base_with_{label}_disabled"] = torch.equal(model(x), before)
                 model.set_patch(None)
                 model.remove_patch(name)
         checks["base_after_removal"] = torch.equal(model(x), before)
         checks["backbone_weights_unchanged"] = fingerprint(backbone) == fp_before
     ok = all(checks.values())
     print_json({"ok": ok, "n_inputs": int(x.shape[0]),
-                "tasks": [t.config.name for t in tasks],
-                "methods": [t.config.method for t in tasks], "checks": checks})
+                "tasks": names, "methods": [t.config.method for t, _ in tasks],
+                "checks": checks})
     return 0 if ok else 1
 
 

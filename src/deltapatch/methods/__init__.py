@@ -1,6 +1,6 @@
 """Adaptation methods: one :class:`Method` object each, registered by name in ``METHODS``."""
 
-from . import ablations, adapters, bn_adapt, finetune, paint, patching, pnc  # noqa: F401
+from . import ablations, adapters, bn_adapt, finetune, lora, paint, patching, pnc  # noqa: F401
 from .artefact import LoadedTask, load_task, save_task
 from .base import (
     METHODS,

@@ -62,6 +62,7 @@ class BaseTask:
 Train = Callable[[MethodContext], MethodOutcome]
 Load = Callable[[PatchedModel, PatchConfig, dict[str, Tensor]], MethodOutcome]
 Sequential = Callable[[PatchedModel, list[MethodContext], BaseTask], dict]
+Check = Callable[[PatchedModel, "int | list", dict], None]
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,9 @@ class Method:
         default_lr: small freshly initialised modules want 1e-2; methods that move pretrained
             weights 1e-3.
         sequential: patches tasks one after another (``None``: not supported).
+        check: refuses bad ``stages`` / options on the built model with a ``ValueError`` (or
+            a missing optional dependency with a ``DeltaPatchError``) before a run claims its
+            folder, so bad input changes nothing on disk; ``train`` checks them again.
     """
 
     name: str
@@ -86,6 +90,7 @@ class Method:
     needs_base_data: bool = False
     default_lr: float = 1e-2
     sequential: Sequential | None = None
+    check: Check | None = None
 
 
 METHODS: Registry[str, Method] = Registry("method")

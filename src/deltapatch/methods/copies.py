@@ -1,4 +1,5 @@
-"""Networks the baselines own: deep copies of the backbone (fine-tuning, PAINT, PNC's clone).
+"""Networks the baselines own: deep copies of the backbone (fine-tuning, PAINT, PNC's clone) and
+structural copies that share its tensors (LoRA's injected network).
 They run through the backbone's own :class:`~deltapatch.StageSpec` walk (``spec.features(net,
 x)``), the same one :class:`~deltapatch.PatchedModel` uses. The baselines keep what they train
 outside the user's backbone, so the base task keeps running the untouched backbone bit for bit.
@@ -32,3 +33,15 @@ def restored_copy(backbone: nn.Module, state: dict[str, Tensor], paths: list[str
     if lost:
         raise KeyError(f"missing tensors {lost[:3]}")
     return net
+
+
+def shared_copy(backbone: nn.Module) -> nn.Module:
+    """A structural copy of ``backbone`` whose parameters and buffers ARE the backbone's tensors.
+
+    A method that rewires modules (PEFT swaps each targeted Conv2d for a LoRA layer) does it on
+    this copy, so the user's module tree, and with it the base path, stays untouched, while no
+    weight memory is duplicated. The shared tensors must then never be written: keep the copy
+    in eval mode (its BatchNorms would update the backbone's running statistics) and frozen.
+    """
+    memo = {id(t): t for t in (*backbone.parameters(), *backbone.buffers())}
+    return copy.deepcopy(backbone, memo)
