@@ -71,3 +71,14 @@ def test_zsda_takes_the_fully_trained_network_as_a_variant(tmp_path):
                        'kind = "single"\ntasks = ["digits"]')
     with pytest.raises(DeltaPatchError, match="unknown method 'full'"):
         suite_file(tmp_path, bad.format(defaults="epochs = 1", method="full"))
+
+
+@pytest.mark.parametrize("name", ["smoke", "cpu", "paper", "imagenet"])
+def test_every_shipped_suite_loads_and_builds_its_grid(name):
+    from deltapatch.bench.runner import build_jobs
+    from deltapatch.bench.suite import load_suite
+    suite = load_suite(name)
+    jobs = build_jobs(suite)
+    assert jobs and len({j.key for j in jobs}) <= len(jobs)
+    if "lr_grid" in suite.defaults:  # one grid for every cell that tunes
+        assert {tuple(j.lr_grid) for j in jobs} == {tuple(suite.defaults["lr_grid"])}
