@@ -6,6 +6,12 @@ requests and seconds, and every server is stopped (SIGTERM, then SIGKILL) before
 
     PYTHONPATH=src python benchmarks/serve_load.py              # ~2.5 min on 2 shared cores
     PYTHONPATH=src python benchmarks/serve_load.py --seconds 5  # quicker, noisier
+    PYTHONPATH=src python benchmarks/serve_load.py --mixes 128 --open-loop 0.7
+
+``--open-loop F``: after a mix's closed-loop phase measures its maximum throughput T, the same
+server gets open-loop traffic at F·T requests/s (Poisson arrivals, seeded), and latency is
+counted from each request's scheduled arrival, so a slow server cannot hide its queue by
+slowing the senders down (no coordinated omission).
 """
 
 from __future__ import annotations
@@ -29,10 +35,10 @@ import httpx
 import numpy as np
 import torch
 from _common import header
-from deltapatch.data.paths import shared_data_dir
 from safetensors.torch import save_file
 
 from deltapatch import PatchedModel, load_backbone
+from deltapatch.paths import shared_data_dir
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -167,6 +173,39 @@ async def traffic(url: str, names: list[str], images: list[bytes], clients: int,
             "p50_ms": q[49] * 1e3, "p99_ms": q[98] * 1e3, "mean_batch": size_sum / size_n}
 
 
+async def open_loop(url: str, names: list[str], images: list[bytes], rate: float,
+                    seconds: float, max_requests: int, seed: int) -> dict:
+    """Requests sent at Poisson arrival times of ``rate`` per second for ``seconds`` (at most
+    ``max_requests``); latency from the scheduled arrival to the answer."""
+    bodies = [base64.b64encode(im).decode() for im in images]
+    rng = random.Random(seed)
+    arrivals, t = [], 0.0
+    while len(arrivals) < max_requests:
+        t += rng.expovariate(rate)
+        if t > seconds:
+            break
+        arrivals.append((t, rng.randrange(len(bodies)), rng.choice(names)))
+    lat: list[float] = []
+    codes: dict[int, int] = {}
+    limits = httpx.Limits(max_connections=512)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+
+        async def send(at: float, i: int, name: str) -> None:
+            await asyncio.sleep(max(0.0, t0 + at - loop.time()))
+            r = await client.post("/v1/predict", json={"image": bodies[i], "patch": name,
+                                                       "top_k": 5})
+            lat.append(loop.time() - (t0 + at))
+            codes[r.status_code] = codes.get(r.status_code, 0) + 1
+
+        await asyncio.gather(*(send(*a) for a in arrivals))
+        elapsed = loop.time() - t0
+    q = statistics.quantiles(lat, n=100) if len(lat) >= 2 else [float("nan")] * 99
+    return {"n": len(lat), "ok": codes.get(200, 0), "codes": codes, "rate": rate,
+            "rps": codes.get(200, 0) / elapsed, "p50_ms": q[49] * 1e3, "p99_ms": q[98] * 1e3}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--mixes", type=int, nargs="+", default=[0, 1, 16, 128],
@@ -179,6 +218,8 @@ def main() -> None:
     p.add_argument("--max-wait-ms", type=float, default=10.0)
     p.add_argument("--images", type=int, default=64)
     p.add_argument("--batch-base", action="store_true", help="serve with --batch-base")
+    p.add_argument("--open-loop", type=float, default=None, metavar="F",
+                   help="after each mix, open-loop traffic at F × its measured max req/s")
     a = p.parse_args()
     header("deltapatch serve load test (ResNet-18 random init, Δ(1) patches, 224 px JPEGs)")
     images = photos(a.images)
@@ -201,12 +242,21 @@ def main() -> None:
                 r = asyncio.run(traffic(server.url, names, images, a.clients, a.seconds,
                                         a.max_requests, seed=0))
                 load_rss = rss_mb(server.proc.pid)
+                if a.open_loop:
+                    o = asyncio.run(open_loop(server.url, names, images, a.open_loop * r["rps"],
+                                              a.seconds, a.max_requests, seed=1))
             mix = "base only" if n == 0 else f"uniform over {n}"
             print(f"| {n} | {mix} | {r['n']} ({r['ok']}) | {r['rps']:.1f} | {r['p50_ms']:.0f} | "
                   f"{r['p99_ms']:.0f} | {r['mean_batch']:.1f} | {start_rss:.0f} | "
                   f"{load_rss:.0f} |", flush=True)
             if set(r["codes"]) != {200}:
                 print(f"#   status codes: {r['codes']}")
+            if a.open_loop:
+                print(f"#   open loop at {a.open_loop:g} × {r['rps']:.2f} = {o['rate']:.2f} req/s "
+                      f"(Poisson, seed 1): {o['n']} requests ({o['ok']} ok), {o['rps']:.2f} "
+                      f"answered/s, p50 {o['p50_ms']:.0f} ms, p99 {o['p99_ms']:.0f} ms, "
+                      f"p99/p50 {o['p99_ms'] / o['p50_ms']:.2f}; codes {o['codes']}",
+                      flush=True)
 
 
 if __name__ == "__main__":
