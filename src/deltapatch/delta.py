@@ -204,27 +204,41 @@ class DeltaStage(nn.Module):
         if len(blocks) != self.k:
             raise ValueError(f"Δ-stage built for {self.k} sub-blocks, stage has {len(blocks)}")
         lam = self.gate(h0)
-        hs: list[Tensor] = [h0]
-        s1_h0: Tensor | None = None  # S_1(h_0), shared by every skip h_0 → h_j
-        for j, block in enumerate(blocks, start=1):
-            split = block_split(block)
-            h_prev = hs[-1]
-            skip = None
-            for i, h_i in enumerate(hs):
-                if i == j - 1:
-                    p = split.shortcut(block, h_prev)
-                    if i == 0:
-                        s1_h0 = p
-                elif i == 0 and s1_h0 is not None and h_i.shape != s1_h0.shape:
-                    p = s1_h0
-                else:
-                    p = h_i
-                term = lam[:, skip_index(i, j)].view(-1, 1, 1, 1) * p
-                skip = term if skip is None else skip + term
-            if self.norm_at == "skip":
-                skip = self.norm(skip)
-            known = first_residual if j == 1 else None
-            residual = known if known is not None else split.residual(block, h_prev)
-            hs.append(split.post(block, residual + skip))
-        out = hs[-1]
+        skip_norm = self.norm if self.norm_at == "skip" else None
+        out = weighted_blocks(h0, blocks, lam, first_residual, skip_norm)
         return (self.norm(out) if self.norm_at == "output" else out), lam
+
+
+def weighted_blocks(h0: Tensor, blocks: Sequence[nn.Module], lam: Tensor,
+                    first_residual: Tensor | None = None,
+                    skip_norm: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """The frozen ``blocks`` with every skip weighted per row by ``lam`` (N, k(k+1)/2); h_k.
+
+    Rows whose Λ is the base network's (1 on the existing shortcuts, 0 elsewhere) get exactly
+    the backbone's block outputs: each skip sum ends with the existing shortcut (1·S = S, and
+    adding the ±0 terms before it changes no finite value), and ``residual + skip`` is the
+    block's own ``residual + shortcut``. That is what lets one pass serve a batch mixing patches
+    and the base task (``PatchedModel`` routing)."""
+    hs: list[Tensor] = [h0]
+    s1_h0: Tensor | None = None  # S_1(h_0), shared by every skip h_0 → h_j
+    for j, block in enumerate(blocks, start=1):
+        split = block_split(block)
+        h_prev = hs[-1]
+        skip = None
+        for i, h_i in enumerate(hs):
+            if i == j - 1:
+                p = split.shortcut(block, h_prev)
+                if i == 0:
+                    s1_h0 = p
+            elif i == 0 and s1_h0 is not None and h_i.shape != s1_h0.shape:
+                p = s1_h0
+            else:
+                p = h_i
+            term = lam[:, skip_index(i, j)].view(-1, 1, 1, 1) * p
+            skip = term if skip is None else skip + term
+        if skip_norm is not None:
+            skip = skip_norm(skip)
+        known = first_residual if j == 1 else None
+        residual = known if known is not None else split.residual(block, h_prev)
+        hs.append(split.post(block, residual + skip))
+    return hs[-1]

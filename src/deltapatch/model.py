@@ -33,7 +33,7 @@ from .patch import (
     write_patch,
 )
 from .preprocess import Preprocess
-from .routing import delta_fn, group_rows, scatter_rows
+from .routing import delta_fn, group_rows, mixed_stage, scatter_rows
 
 BASE = "__base__"
 """Name that routes a sample to the base task (the backbone's own head)."""
@@ -379,16 +379,11 @@ class PatchedModel(nn.Module):
 
     def _stage(self, h: Tensor, s: int, stage: nn.Module, deltas: dict, groups: dict,
                record: dict | None, first_residual: Tensor | None = None) -> Tensor:
+        """One patch on every row: its Δ-stage; rows of several tasks: one pass of the stage's
+        blocks with a per-row Λ (:func:`~deltapatch.routing.mixed_stage`)."""
         blocks = list(stage)
-        fns = {}
-        for n in groups:
-            if n in deltas:
-                fns[n] = delta_fn(deltas[n], blocks, s, record.setdefault(n, {})
-                                   if record is not None else None, first_residual)
-        plain = [n for n in groups if n not in deltas]
-        if plain:  # every row that is not patched here shares one base pass through the stage
-            idx = torch.cat([groups[n] for n in plain])
-            merged = {**{n: groups[n] for n in deltas}, "": idx}
-            fns[""] = stage
-            return scatter_rows(h, merged, fns)
-        return scatter_rows(h, {n: groups[n] for n in deltas}, fns)
+        if len(groups) == 1 and len(deltas) == 1:
+            (n, d), = deltas.items()
+            return delta_fn(d, blocks, s, record.setdefault(n, {}) if record is not None
+                            else None, first_residual)(h)
+        return mixed_stage(h, s, blocks, deltas, groups, record, first_residual)

@@ -1,11 +1,21 @@
 """Per-row routing of a mixed batch: rows grouped by task, each group through its own function,
 results put back in row order (padded to the widest output). What :class:`~deltapatch.PatchedModel`
-uses to serve several tasks in one forward."""
+uses to serve several tasks in one forward.
+
+A Δ-stage's rows differ only in their Λ, their task norm and their head, so a stage that several
+tasks (or the base task) share in one batch runs its frozen blocks ONCE for all rows with a
+per-row Λ (:func:`mixed_stage`): each patch's gate on its own rows, the base network's Λ on every
+other row. Base rows then get exactly the backbone's outputs (see ``delta.weighted_blocks``).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
+
+from .delta import DeltaStage, existing_skips, num_skips, weighted_blocks
 
 
 def delta_fn(delta: nn.Module, blocks: list, stage: int, record: dict | None,
@@ -46,3 +56,39 @@ def scatter_rows(h: Tensor, groups: dict[str, Tensor], fns: dict, fill: float = 
             o = torch.cat([o, o.new_full((o.shape[0], width - o.shape[1], *o.shape[2:]), fill)], 1)
         out.index_copy_(0, groups[g], o)  # in place: one output buffer, not one per group
     return out
+
+
+def mixed_stage(h: Tensor, s: int, blocks: list, deltas: dict[str, DeltaStage],
+                groups: dict[str, Tensor], record: dict | None,
+                first_residual: Tensor | None = None) -> Tensor:
+    """Stage ``s`` for a batch whose rows belong to several tasks, in one pass of its blocks.
+
+    Λ starts as the base network's for every row (1 on the existing shortcuts, 0 on the new
+    skips); each patched task's gate fills its own rows. Task norms apply to their own rows
+    only, where the task puts them (``norm="skip"`` or ``"output"``)."""
+    k = len(blocks)
+    lam = h.new_zeros(h.shape[0], num_skips(k))
+    lam[:, existing_skips(k)] = 1.0
+    for n, d in deltas.items():
+        rows = d.gate(h.index_select(0, groups[n]))
+        lam = lam.index_copy(0, groups[n], rows.to(lam.dtype))
+        if record is not None:
+            record.setdefault(n, {})[s] = rows
+    skip = {n: d.norm for n, d in deltas.items() if d.norm_at == "skip"}
+    out = {n: d.norm for n, d in deltas.items() if d.norm_at == "output"}
+    h = weighted_blocks(h, blocks, lam, first_residual, on_rows(groups, skip) if skip else None)
+    return on_rows(groups, out)(h) if out else h
+
+
+def on_rows(groups: dict[str, Tensor], fns: dict[str, nn.Module]) -> Callable[[Tensor], Tensor]:
+    """``fns[n]`` on group ``n``'s rows, every other row unchanged."""
+    def apply(t: Tensor) -> Tensor:
+        taken = torch.zeros(t.shape[0], dtype=torch.bool)
+        for n in fns:
+            taken[groups[n]] = True
+        rest = (~taken).nonzero().flatten()
+        parts = {n: groups[n] for n in fns}
+        if rest.numel():
+            parts[""] = rest
+        return scatter_rows(t, parts, {**fns, "": nn.Identity()})
+    return apply
