@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -10,6 +12,13 @@ from deltapatch.paths import shared_data_dir
 needs_shared = pytest.mark.skipif(
     shared_data_dir() is None,
     reason="../shared/data not found (set DELTAPATCH_DATA to run real-data tests)")
+
+FAMILIES = ["cifar_resnet20", "resnet18", "resnet50", "convnext_tiny"]
+"""One backbone of every registered family (optional ones where their package is installed)."""
+if importlib.util.find_spec("timm"):
+    FAMILIES += ["timm/resnet18"]
+if importlib.util.find_spec("efficientnet_lite_pytorch"):
+    FAMILIES += ["efficientnet_lite0"]
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:

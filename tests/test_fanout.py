@@ -3,19 +3,12 @@ forward bit for bit, and the base equals the plain backbone's on every family.""
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
+from helpers import FAMILIES
 
 import deltapatch as dp
 from deltapatch.errors import PatchError
-
-FAMILIES = ["cifar_resnet20", "resnet18", "resnet50", "convnext_tiny"]
-if importlib.util.find_spec("timm"):
-    FAMILIES += ["timm/resnet18"]
-if importlib.util.find_spec("efficientnet_lite_pytorch"):
-    FAMILIES += ["efficientnet_lite0"]
 
 
 def _model(name: str) -> dp.PatchedModel:

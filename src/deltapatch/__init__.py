@@ -21,3 +21,6 @@ __all__ = ["BASE", "BackboneError", "BlockSplit", "DataError", "DeltaPatchError"
            "PatchConfig", "PatchError", "PatchedModel", "Preprocess", "SpecError", "StageSpec",
            "__version__", "list_backbones", "load_backbone", "read_config", "register_backbone",
            "register_block", "register_gate", "register_spec"]
+
+# Registers the detection and segmentation head kinds, so their patch folders load anywhere.
+from . import dense  # noqa: E402, F401, I001

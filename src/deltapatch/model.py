@@ -22,6 +22,7 @@ from .delta import resolve_init
 from .errors import PatchError
 from .metrics import count_params, tensor_bytes
 from .patch import (
+    CLASSIFICATION,
     Patch,
     PatchConfig,
     StageShape,
@@ -110,7 +111,8 @@ class PatchedModel(nn.Module):
     def add_patch(self, name: str, num_classes: int, stages: int | Sequence[int | str] = 1, *,
                   gate: str = "delta", norm: str = "output", reduction: int = 4,
                   init: str | None = None, class_names: Sequence[str] | None = None,
-                  preprocess: Preprocess | None = None, method: str = "delta") -> Patch:
+                  preprocess: Preprocess | None = None, method: str = "delta",
+                  task: str = CLASSIFICATION, options: dict | None = None) -> Patch:
         """Add a new, randomly initialised patch for a ``num_classes``-way task.
 
         ``stages`` is Δ(n): an int for the last n stages (0 gives a head-only patch, the
@@ -118,7 +120,9 @@ class PatchedModel(nn.Module):
         the Table 8 ablations (see :class:`~deltapatch.delta.DeltaStage`); ``reduction`` is the
         Δ-module's second width C/r. ``init="base"`` starts the patch as exactly the base
         network, ``"random"`` is the paper's start, ``None`` the measured default for the gate
-        (:func:`~deltapatch.delta.resolve_init`, docs/INIT.md).
+        (:func:`~deltapatch.delta.resolve_init`, docs/INIT.md). ``task`` names the head kind
+        (:data:`~deltapatch.patch.HEADS`; dense heads: :func:`deltapatch.dense.add_dense_patch`),
+        sized by ``options``.
         """
         self._check_new_name(name)
         if class_names is not None and len(class_names) != num_classes:
@@ -129,6 +133,7 @@ class PatchedModel(nn.Module):
             preprocess=preprocess or self.preprocess, gate=gate, norm=norm, reduction=reduction,
             method=method, init=resolve_init(init, gate),
             class_names=list(class_names) if class_names is not None else None,
+            task=task, options=dict(options or {}),
         )
         patch = Patch(config, self.stage_shapes(), self._head.in_features)
         self.patches[name] = patch.train(self.training)
@@ -324,7 +329,7 @@ class PatchedModel(nn.Module):
         names = list(dict.fromkeys(patches))
         for n in names:
             if n != BASE:
-                self.get_patch(n)
+                self.classifier(n)
         if not names:
             return {}
         if names == [BASE]:
@@ -343,7 +348,7 @@ class PatchedModel(nn.Module):
         out: dict[str, Tensor] = {}
         for n in names:
             if first[n] == n_stages:  # the base task and head-only patches: features are shared
-                out[n] = (self._head if n == BASE else self.get_patch(n).head)(feats)
+                out[n] = (self._head if n == BASE else self.classifier(n).head)(feats)
                 continue
             groups = {n: torch.arange(x.shape[0])}
             out[n] = self._finish(hs[first[n]], first[n], groups,
@@ -362,20 +367,47 @@ class PatchedModel(nn.Module):
                 first_residual: Tensor | None = None) -> Tensor:
         """Stages ``start``.. on ``h`` (stage ``start``'s input), routed per row group: each stage
         runs once for all rows not patched there, and per patch only on that patch's rows."""
-        patches = {n: self.get_patch(n) for n in groups if n != BASE}
+        patches = {n: self.classifier(n) for n in groups if n != BASE}
+        run_stage = self._stage_runner(patches, groups, start, record, first_residual)
+        feats = self.spec.features_from(self.backbone, h, start, run_stage)
+        if not head:
+            return feats
+        heads = {n: (self._head if n == BASE else patches[n].head) for n in groups}
+        return scatter_rows(feats, groups, heads, fill=float("-inf"))
 
+    def _stage_runner(self, patches: dict[str, Patch], groups: dict[str, Tensor], start: int,
+                      record: dict | None = None, first_residual: Tensor | None = None):
+        """``run_stage(s, h)`` for a spec walk: the frozen stage where no patch has a Δ-stage,
+        else the routed Δ-stage."""
         def run_stage(s: int, h: Tensor) -> Tensor:
             deltas = {n: p.delta(s) for n, p in patches.items() if p.delta(s) is not None}
             if not deltas:
                 return self._stages[s](h)
             r1 = first_residual if s == start else None
             return self._stage(h, s, self._stages[s], deltas, groups, record, r1)
+        return run_stage
 
-        feats = self.spec.features_from(self.backbone, h, start, run_stage)
-        if not head:
-            return feats
-        heads = {n: (self._head if n == BASE else patches[n].head) for n in groups}
-        return scatter_rows(feats, groups, heads, fill=float("-inf"))
+    def classifier(self, name: str) -> Patch:
+        """Patch ``name``, refused if its head is not a classifier: a detection or
+        segmentation patch answers through :mod:`deltapatch.dense`, not through logits."""
+        patch = self.get_patch(name)
+        if patch.config.task != CLASSIFICATION:
+            raise PatchError(f"patch '{name}' is a {patch.config.task} patch; run it with "
+                             "deltapatch.dense.DenseTask (or `deltapatch predict`), not as a "
+                             "classifier")
+        return patch
+
+    def pyramid(self, x: Tensor, patch: str | None = None) -> dict[str, Tensor]:
+        """Every stage's output ``{stage name: (N, C_s, H_s, W_s)}`` in stage order, for the base
+        network or one patch (any kind): the multi-scale features a detector or segmenter reads.
+        The base pyramid is the frozen stages' own outputs; a patch replaces only its Δ-stages."""
+        name = patch or BASE
+        groups = group_rows([name] * x.shape[0], name)
+        runner = None
+        if name != BASE:
+            runner = self._stage_runner({name: self.get_patch(name)}, groups, 0)
+        outs = self.spec.pyramid(self.backbone, x, runner)
+        return dict(zip(self.stage_names, outs, strict=True))
 
     def _stage(self, h: Tensor, s: int, stage: nn.Module, deltas: dict, groups: dict,
                record: dict | None, first_residual: Tensor | None = None) -> Tensor:

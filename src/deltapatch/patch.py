@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from .baseinit import INITS, LEGACY_INIT
 from .delta import GATES, NORMS, DeltaStage
 from .errors import PatchError
 from .preprocess import MAX_SIZE, Preprocess
+from .registry import Registry
 from .store import CONFIG_FILE, TENSORS_FILE
 
 FORMAT = "deltapatch.patch/2"
@@ -32,8 +33,11 @@ LEGACY_FORMATS = ("deltapatch.patch/1",)  # Δ-patches written before content ha
 MAX_CLASSES = 100_000
 MAX_NAME = 100
 
-__all__ = ["CONFIG_FILE", "FORMAT", "TENSORS_FILE", "Patch", "PatchConfig", "StageShape",
-           "check_head", "fingerprint", "read_config", "read_patch", "write_patch"]
+CLASSIFICATION = "classification"
+
+__all__ = ["CLASSIFICATION", "CONFIG_FILE", "FORMAT", "HEADS", "TENSORS_FILE", "Patch",
+           "PatchConfig", "StageShape", "check_head", "fingerprint", "read_config", "read_patch",
+           "register_head", "write_patch"]
 
 
 @dataclass
@@ -57,6 +61,9 @@ class PatchConfig:
     trainable_params: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
     """Method-specific facts (PAINT's α, the BatchNorms an adapter hooks, ...)."""
+    task: str = CLASSIFICATION
+    """The kind of head (:data:`HEADS`): a classifier, or a detection / segmentation head
+    (:mod:`deltapatch.dense`) that reads the patched feature pyramid."""
 
     def to_json(self) -> dict:
         from . import __version__
@@ -68,7 +75,7 @@ class PatchConfig:
                 "stages": self.stages, "gate": self.gate, "norm": self.norm,
                 "reduction": self.reduction, "init": self.init,
                 "trainable_params": self.trainable_params,
-                "options": self.options}
+                "options": self.options, "task": self.task}
 
     @classmethod
     def from_json(cls, d: Any) -> PatchConfig:
@@ -104,7 +111,7 @@ class PatchConfig:
             method=_str(d, "method", default="delta"), class_names=names,
             trainable_params=None if trainable is None else _int(d, "trainable_params", 0,
                                                                  10**12),
-            options=options)
+            options=options, task=_choice(d, "task", HEADS.names(), CLASSIFICATION))
 
 
 def check_name(name: str) -> str:
@@ -174,10 +181,24 @@ class Patch(nn.Module):
                                init=config.init)
             for s in config.stages
         })
-        self.head = nn.Linear(feature_dim, config.num_classes)
+        self.head = HEADS.get(config.task)(config, shapes, feature_dim)
 
     def delta(self, stage: int) -> DeltaStage | None:
         return self.deltas[str(stage)] if str(stage) in self.deltas else None
+
+
+HeadBuilder = Callable[[PatchConfig, list[StageShape], int], nn.Module]
+"""``build(config, stage shapes, pre-logit width)``: a task's head, sized by its config. A
+builder bounds every size it reads from the config: configs come from untrusted files."""
+
+HEADS: Registry[str, HeadBuilder] = Registry("task head")
+
+
+def register_head(task: str, build: HeadBuilder, *, override: bool = False) -> HeadBuilder:
+    return HEADS.register(task, build, override=override)
+
+
+register_head(CLASSIFICATION, lambda config, _shapes, dim: nn.Linear(dim, config.num_classes))
 
 
 def fingerprint(model: nn.Module) -> str:
@@ -212,7 +233,10 @@ def read_patch(path: str | Path) -> tuple[PatchConfig, dict[str, torch.Tensor]]:
 
 def check_head(config: PatchConfig, tensors: dict[str, torch.Tensor], feature_dim: int) -> None:
     """The stored head must be ``num_classes × feature_dim``: checked before any module is
-    built, so a config cannot make us allocate what its tensors do not hold."""
+    built, so a config cannot make us allocate what its tensors do not hold. Other heads are
+    bounded by their builders and checked tensor by tensor after building."""
+    if config.task != CLASSIFICATION:
+        return
     w = tensors.get("head.weight")
     if w is None or tuple(w.shape) != (config.num_classes, feature_dim):
         got = None if w is None else tuple(w.shape)

@@ -79,6 +79,10 @@ class RunSpec:
     seed: int = field(default=0, metadata=opt("seed of splits, init and batch order", min=0))
     train: TrainConfig = field(default_factory=TrainConfig)
     options: dict = field(default_factory=dict, metadata=opt("method options"))
+    task: str = field(default="classification", metadata=opt(
+        "what the patch's head does: classification, or detection / segmentation "
+        "(deltapatch.dense, data with boxes and masks such as pennfudan)",
+        choices=("classification", "detection", "segmentation")))
     lambda_images: int = field(default=0, metadata=opt(
         "test images to average Λ over (0: do not record Λ)", min=0))
 
@@ -96,6 +100,8 @@ class RunSpec:
         d["init"] = resolve_init(self.init, self.gate)
         if d["init"] == LEGACY_INIT:  # run folders from before `init` existed stay resumable
             del d["init"]
+        if d["task"] == "classification":  # likewise for folders from before dense tasks
+            del d["task"]
         return d
 
 

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 import deltapatch as dp
 from deltapatch.data.sets import to_image_tensor
 from deltapatch.data.sources import decode_image
+from deltapatch.dense import add_dense_patch, save_dense
 from deltapatch.serve.app import create_app
 from deltapatch.serve.inputs import Limits
 
@@ -139,6 +140,9 @@ def _bad_uploads(backbone, tmp_path) -> dict[str, dict]:
     other = dp.load_backbone("cifar_resnet20")  # other random weights: another fingerprint
     foreign = save_patch(other, tmp_path / "foreign", "c", 4, 2)
     finetune = json.dumps({**cfg, "method": "finetune"}).encode()
+    donor = dp.PatchedModel(backbone)
+    dense = add_dense_patch(donor, "seg", "segmentation", 2, stages=1, size=32)
+    seg = save_dense(donor, dense, tmp_path / "seg")
 
     def files(c: bytes, t: bytes) -> dict:
         return {"config.json": ("config.json", c), "patch.safetensors": ("patch.safetensors", t)}
@@ -150,6 +154,8 @@ def _bad_uploads(backbone, tmp_path) -> dict[str, dict]:
                                      (foreign / "patch.safetensors").read_bytes()),
         "another method": files(finetune, tensors),
         "an unknown method": files(json.dumps({**cfg, "method": "magic"}).encode(), tensors),
+        "a segmentation patch": files((seg / "config.json").read_bytes(),
+                                      (seg / "patch.safetensors").read_bytes()),
         "config not json": files(b"{nope", tensors),
         "missing tensors": {"config.json": ("config.json", config)},
         "an extra file": {**files(config, tensors), "run.sh": ("run.sh", b"rm -rf /")},
@@ -169,6 +175,8 @@ def test_bad_uploads_are_refused_and_nothing_changes(registry, backbone, tmp_pat
             assert [p["name"] for p in c.get("/v1/patches").json()["patches"]] == ["a", "b"]
         r = c.post("/v1/patches", files=_bad_uploads(backbone, tmp_path)["another method"])
         assert r.status_code == 422 and "batches Δ-family patches only" in r.json()["error"]
+        r = c.post("/v1/patches", files=_bad_uploads(backbone, tmp_path)["a segmentation patch"])
+        assert r.status_code == 422 and "segmentation patch" in r.json()["error"]
         assert c.post("/v1/patches", json={"x": 1}).status_code == 415
     assert torch.equal(registry.model(x), base)
 

@@ -153,6 +153,21 @@ class StageSpec:
                 h = run_steps(net, self.transition(s + 1), h)
         return h
 
+    def pyramid(self, net: nn.Module, x: Tensor, run_stage: RunStage | None = None
+                ) -> list[Tensor]:
+        """Every stage's output on images ``x`` (before the next stage's transition): the
+        multi-scale features a detector or segmenter reads. Walked by the same steps as
+        :meth:`stage_input`, so with ``run_stage=None`` each equals what the stage module
+        itself returns inside ``net(x)``."""
+        h = run_steps(net, self.transition(0), run_steps(net, self.stem, x))
+        outs = []
+        for s in range(self.num_stages):
+            h = run_stage(s, h) if run_stage is not None else self.stage_module(net, s)(h)
+            outs.append(h)
+            if s + 1 < self.num_stages:
+                h = run_steps(net, self.transition(s + 1), h)
+        return outs
+
     def features_from(self, net: nn.Module, h: Tensor, start: int,
                       run_stage: RunStage | None = None) -> Tensor:
         """Pre-logit features (the head's input) from h_start onwards."""

@@ -1,5 +1,6 @@
 """``deltapatch eval``: score a saved task folder of any method on a test split (and the base
-task) through the method's own forwards; prints JSON."""
+task) through the method's own forwards; prints JSON. Detection / segmentation folders are scored
+by box mAP / IoU (:mod:`deltapatch.dense`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from .. import metrics
 from ..data import load_test
 from ..methods import load_task
+from ..patch import CLASSIFICATION, read_config
 from ..run import RunSpec
 from ..train import evaluate
 from .common import add_options, backbone_args, command, load_model, print_json
@@ -29,6 +31,11 @@ def run(args: argparse.Namespace) -> int:
             base_image_size=args.base_image_size, max_test=args.max_test,
             seed=args.seed)  # bounds-checks the flags
     model = load_model(args)
+    if read_config(args.patch).task != CLASSIFICATION:
+        from ..dense.run import evaluate_folder
+
+        print_json(evaluate_folder(model, args.patch, args.data, max_test=args.max_test))
+        return 0
     own_size = model.preprocess.size  # the base task's, unless --base-image-size says
     task = load_task(model, args.patch)
     pre = task.config.preprocess.with_size(args.image_size)

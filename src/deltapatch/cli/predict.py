@@ -14,6 +14,7 @@ from ..data.sources import decode_image
 from ..errors import DataError
 from ..methods import load_task
 from ..model import BASE
+from ..patch import CLASSIFICATION, read_config
 from .common import backbone_args, command, load_model, print_json
 
 
@@ -25,6 +26,9 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server", default=None,
                    help="URL of a running `deltapatch serve` (then --backbone is not needed)")
     p.add_argument("--top", type=int, default=5, help="how many classes per image (default 5)")
+    p.add_argument("--draw", type=Path, default=Path("predictions"),
+                   help="folder for the pictures of a detection / segmentation task's "
+                        "predictions (boxes or masks drawn; default: ./predictions)")
     p.add_argument("images", nargs="+", type=Path, help="image files")
 
 
@@ -41,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
     if args.backbone is None:
         raise ValueError("--backbone is required (or --server URL)")
     model = load_model(args).eval()
+    if args.patch is not None and read_config(args.patch).task != CLASSIFICATION:
+        return _dense(model, args)
     name, names, pre, forward = BASE, None, model.preprocess, model
     if args.patch is not None:
         task = load_task(model, args.patch)
@@ -69,4 +75,19 @@ def _remote(args: argparse.Namespace) -> int:
         print_json({"image": str(path), "task": answer["patch"], "top": [
             {"class": t["index"], "name": t["label"], "prob": round(t["score"], 5)}
             for t in answer["top_k"]]})
+    return 0
+
+
+def _dense(model, args: argparse.Namespace) -> int:
+    """Boxes or mask shares as JSON, and a picture of each in ``--draw``."""
+    from ..dense.draw import predict_one, save_png
+    from ..dense.task import load_dense
+
+    task = load_dense(model, args.patch)
+    for path in args.images:
+        image = torch.from_numpy(decode_image(path.read_bytes(), str(path)).copy())
+        answer, drawn = predict_one(task, image.permute(2, 0, 1).contiguous())
+        picture = save_png(drawn, args.draw / f"{path.stem}.png")
+        print_json({"image": str(path), "task": task.config.name, "kind": task.kind,
+                    **answer, "picture": str(picture)})
     return 0

@@ -1,4 +1,5 @@
-"""``deltapatch train``: one run (:func:`deltapatch.run.run_one`) from flags; prints its JSON."""
+"""``deltapatch train``: one run (:func:`deltapatch.run.run_one`, or for ``--task detection|
+segmentation`` :func:`deltapatch.dense.run.run_dense`) from flags; prints its JSON."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from pathlib import Path
 
 from ..data import list_builtins
 from ..methods import METHODS, get_method
+from ..patch import CLASSIFICATION
 from ..run import RunSpec, run_one
 from ..train import TrainConfig
 from .common import add_options, backbone_args, command, parse_options, parse_stages, print_json
 
 RUN_FLAGS = ("data", "base_data", "image_size", "base_image_size", "max_train", "max_test", "max_val",
-             "val_fraction", "method", "norm", "gate", "init", "name", "seed")
+             "val_fraction", "method", "norm", "gate", "init", "name", "seed", "task")
+DENSE_BATCH, DENSE_LR = 4, 1e-3  # dense heads: a few photos a step, AdamW
 TRAIN_FLAGS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "momentum",
                "warmup_epochs", "augment", "eval_batch_size", "cache_features", "cache_dtype",
                "progress")
@@ -25,7 +28,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
     add_options(p, RunSpec, RUN_FLAGS, required={"data"},
                 more_help={"data": f" ({', '.join(list_builtins())})",
                            "method": f": {', '.join(METHODS.names())}"})
-    add_options(p, TrainConfig, TRAIN_FLAGS, defaults={"lr": None})
+    add_options(p, TrainConfig, TRAIN_FLAGS, defaults={"lr": None, "batch_size": None})
     p.add_argument("--out", required=True, type=Path,
                    help="task folder to write (run/ inside holds the checkpoint and per-epoch "
                         "metrics; the same command again resumes an interrupted run)")
@@ -40,9 +43,12 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 def spec_from(args: argparse.Namespace) -> RunSpec:
     """The run the flags describe; every value is checked here, before anything is loaded."""
-    method = get_method(args.method)
+    dense = args.task != CLASSIFICATION
+    default_lr = DENSE_LR if dense else get_method(args.method).default_lr
     train = {k: getattr(args, k) for k in TRAIN_FLAGS}
-    train["lr"] = method.default_lr if train["lr"] is None else train["lr"]
+    train["lr"] = default_lr if train["lr"] is None else train["lr"]
+    if train["batch_size"] is None:  # detection batches are a few photos, not 128 thumbnails
+        train["batch_size"] = DENSE_BATCH if dense else TrainConfig().batch_size
     config = TrainConfig(seed=args.seed, **train)
     if args.reduction < 1:
         raise ValueError(f"--reduction must be ≥ 1, got {args.reduction}")
@@ -56,7 +62,12 @@ def spec_from(args: argparse.Namespace) -> RunSpec:
          arguments)
 def run(args: argparse.Namespace) -> int:
     spec = spec_from(args)
-    result = run_one(spec, args.out)
+    if spec.task == CLASSIFICATION:
+        result = run_one(spec, args.out)
+    else:
+        from ..dense.run import run_dense
+
+        result = run_dense(spec, args.out)
     tmp = args.out / "metrics.json.tmp"
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     os.replace(tmp, args.out / "metrics.json")

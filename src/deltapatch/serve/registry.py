@@ -20,7 +20,7 @@ from ..methods import get_method, load_task
 from ..methods.patching import load_patch as _delta_family_load
 from ..metrics import folder_bytes
 from ..model import BASE, PatchedModel
-from ..patch import CONFIG_FILE, PatchConfig, read_config
+from ..patch import CLASSIFICATION, CONFIG_FILE, PatchConfig, read_config
 from ..preprocess import Preprocess
 from ..registry import RegistryError
 
@@ -63,7 +63,11 @@ def base_labels(num_classes: int) -> list[str]:
 
 
 def check_batchable(config: PatchConfig) -> None:
-    """Only tasks that load as patches of the shared model can join a routed batch."""
+    """Only classification tasks that load as patches of the shared model can join a routed
+    batch."""
+    if config.task != CLASSIFICATION:
+        raise NotBatchable(f"task '{config.name}' is a {config.task} patch; this server answers "
+                           "classification patches. Run it with `deltapatch predict --patch DIR`.")
     try:
         method = get_method(config.method)
     except RegistryError as err:

@@ -1,0 +1,113 @@
+"""One dense run (``deltapatch train --task detection|segmentation``): settings in
+(:class:`~deltapatch.run.RunSpec`), the task folder and JSON metrics out.
+
+Methods: ``delta`` with ``--stages N`` (Δ-stages + heads; ``--stages 0``, or ``linear``, trains
+the heads alone on the frozen backbone) and ``finetune`` (heads + a trained copy of the whole
+backbone). The run checks that the base task did not move: the backbone's fingerprint and its
+logits on a probe batch are the same after training as before.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from .. import metrics, store
+from ..errors import DeltaPatchError
+from ..model import PatchedModel
+from ..progress import log
+from ..run import RunSpec, build_model, claim_run_folder
+from .data import load_dense_data
+from .heads import DETECTION
+from .task import (
+    FINETUNE,
+    DenseTask,
+    add_dense_patch,
+    dense_config,
+    finetuned_task,
+    head_bytes,
+    save_dense,
+)
+from .train import evaluate_dense, fit_dense
+
+METHODS = ("delta", "linear", FINETUNE)
+DEFAULT_SIZE = {DETECTION: 320, "segmentation": 320}
+
+
+def check_spec(spec: RunSpec) -> None:
+    if spec.method not in METHODS:
+        raise DeltaPatchError(f"--method {spec.method} does not train {spec.task} heads; use "
+                              f"{', '.join(METHODS)}")
+    if spec.base_data:
+        raise DeltaPatchError("--base-data scores a classification base task; a dense run "
+                              "checks the base logits itself (base_unchanged)")
+
+
+def build_task(model: PatchedModel, spec: RunSpec, num_classes: int, class_names: list[str]
+               ) -> DenseTask:
+    size = spec.image_size or DEFAULT_SIZE[spec.task]
+    channels = int(spec.options.get("channels", 64))
+    levels = spec.options.get("levels")
+    name = spec.name or f"{spec.data}_{spec.task}"
+    if spec.method == FINETUNE:
+        config = dense_config(model, name, spec.task, num_classes, levels=levels,
+                              channels=channels, size=size, class_names=class_names)
+        return finetuned_task(model, config)
+    stages = 0 if spec.method == "linear" else spec.stages
+    return add_dense_patch(model, name, spec.task, num_classes, stages, levels=levels,
+                           channels=channels, size=size, init=spec.init,
+                           class_names=class_names, method=spec.method)
+
+
+def run_dense(spec: RunSpec, out: Path) -> dict:
+    """Train, save, score; returns the JSON metrics ``train`` prints."""
+    check_spec(spec)
+    out = Path(out)
+    store.check_writable(out)
+    with store.FolderLock(out):
+        store.recover(out)
+        t0 = time.perf_counter()
+        torch.manual_seed(spec.seed)
+        model = build_model(spec.backbone, spec.weights)
+        data = load_dense_data(spec.data, max_train=spec.max_train, max_test=spec.max_test)
+        claim_run_folder(out, {**spec.settings(), "backbone_fingerprint": model.fingerprint})
+        probe = torch.Generator().manual_seed(0)
+        x = torch.randn(4, 3, model.preprocess.size, model.preprocess.size, generator=probe)
+        with torch.inference_mode():
+            base_before = model(x)
+        torch.manual_seed(spec.seed)
+        task = build_task(model, spec, data.num_classes, data.class_names)
+        cfg = spec.train
+        history = fit_dense(task, data, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                            seed=spec.seed, weight_decay=cfg.weight_decay, augment=cfg.augment,
+                            progress=cfg.progress, log=log)
+        scores = evaluate_dense(task, data.test)
+        save_dense(model, task, out)
+        with torch.inference_mode():
+            base_same = bool(torch.equal(model(x), base_before))
+        trainable = metrics.count_params(task.owned, trainable=True)
+        head = head_bytes(task)
+        return {"task": spec.task, "method": spec.method, "data": spec.data,
+                "backbone": spec.backbone, **scores, "base_unchanged": base_same,
+                "trainable_params": trainable, "patch_bytes": metrics.folder_bytes(out),
+                "head_bytes": head,
+                "backbone_bytes": metrics.tensor_bytes(model.backbone.state_dict().values()),
+                "n_train": len(data.train), "seed": spec.seed, "epochs": cfg.epochs,
+                "lr": cfg.lr, "size": task.config.options["size"],
+                "levels": task.config.options["levels"], "history": history,
+                "wall_seconds": round(time.perf_counter() - t0, 2)}
+
+
+def evaluate_folder(model: PatchedModel, folder: Path, data: str, *,
+                    max_test: int | None = None) -> dict:
+    """``deltapatch eval`` of a dense task folder."""
+    from .task import load_dense
+
+    task = load_dense(model, folder)
+    samples = load_dense_data(data, max_test=max_test).test
+    return {"task": task.kind, "method": task.config.method, "data": data,
+            **evaluate_dense(task, samples),
+            "trainable_params": int(task.config.trainable_params or 0),
+            "patch_bytes": metrics.folder_bytes(folder)}
