@@ -54,6 +54,38 @@ def dense_options(config: PatchConfig, shapes: list[StageShape]) -> tuple[list[i
     return levels, channels, size
 
 
+class PyramidBody(nn.Module):
+    """A patched backbone as the body of any torchvision detection or segmentation model.
+
+    ``forward(x)`` gives an ordered dict of the ``levels``' feature maps of ``model`` (the base
+    network, or patch ``patch``), keyed ``"0", "1", ...`` or by ``names`` (DeepLabV3 and FCN
+    read ``{"out": ...}``); ``out_channels`` lists their widths. With ``fpn_channels`` an FPN
+    (plus a max-pooled level) follows and ``out_channels`` is that width, as
+    ``BackboneWithFPN`` gives it, so ``FasterRCNN(PyramidBody(model, "p", fpn_channels=256),
+    ...)`` works. Training it trains the patch's Δ-stages and the FPN; the backbone stays
+    frozen and in eval mode (``PatchedModel.train`` keeps it so).
+    """
+
+    def __init__(self, model: nn.Module, patch: str | None = None,
+                 levels: list[int] | None = None, *, names: list[str] | None = None,
+                 fpn_channels: int | None = None, probe_size: int = 224) -> None:
+        super().__init__()
+        self.model, self.patch = model, patch
+        self.levels = levels or pick_levels(level_sizes(model.pyramid, probe_size))
+        self.names = names or [str(i) for i in range(len(self.levels))]
+        if len(self.names) != len(self.levels):
+            raise ValueError(f"{len(self.names)} names for {len(self.levels)} levels")
+        widths = [model.stage_shapes()[s].out_channels for s in self.levels]
+        self.fpn = (FeaturePyramidNetwork(widths, fpn_channels, extra_blocks=LastLevelMaxPool())
+                    if fpn_channels else None)
+        self.out_channels = fpn_channels or widths
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        maps = list(self.model.pyramid(x, self.patch).values())
+        feats = OrderedDict((n, maps[s]) for n, s in zip(self.names, self.levels, strict=True))
+        return self.fpn(feats) if self.fpn is not None else feats
+
+
 class PyramidFPN(nn.Module):
     """A detection body as torchvision wants it (``out_channels`` and an ordered dict of maps):
     an FPN over the feature maps ``features`` gives for the images it is called on."""
