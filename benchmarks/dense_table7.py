@@ -6,6 +6,7 @@ and is skipped when that record exists; the report (``--report``) reads only tho
 
     python benchmarks/dense_table7.py --out /work/runs/dense --seeds 0          # run (resumes)
     python benchmarks/dense_table7.py --out /work/runs/dense --report docs/results/dense.md
+    python benchmarks/dense_table7.py --out /work/runs/dense --figure docs/results/dense.png
 """
 
 from __future__ import annotations
@@ -47,9 +48,9 @@ def record_path(out: Path, backbone: str, task: str, variant: str, seed: int) ->
     return out / "runs" / backbone / task / variant / f"seed{seed}.json"
 
 
-def run_all(out: Path, seeds: list[int]) -> None:
+def run_all(out: Path, seeds: list[int], backbones: list[str]) -> None:
     for seed in seeds:
-        for backbone in BACKBONES:
+        for backbone in backbones:
             for task in TASKS:
                 for variant in VARIANTS:
                     rec = record_path(out, backbone, task, variant, seed)
@@ -100,19 +101,65 @@ def _mean_wall(recs: list[dict]) -> str:
     return f"{statistics.mean(r['wall_seconds'] for r in recs):.0f}" if recs else "–"
 
 
+def figure(out: Path, path: Path, backbone: str = "efficientnet_lite0", seed: int = 0,
+           photos: int = 3) -> Path:
+    """Test photos with the boxes and masks of the Δ(all) and heads-only patches drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from deltapatch.dense import load_dense, load_dense_data
+    from deltapatch.dense.draw import predict_one
+    from deltapatch.run import build_model
+
+    weights = BACKBONES[backbone][0]
+    test = load_dense_data("pennfudan").test[:photos]
+    cells = [(t, v) for t in TASKS for v in ("heads", "delta_all")]
+    fig, axes = plt.subplots(photos, len(cells), figsize=(3.2 * len(cells), 3 * photos))
+    for col, (task, variant) in enumerate(cells):
+        model = build_model(backbone, weights)
+        folder = out / "patches" / backbone / task / variant / f"seed{seed}"
+        dense = load_dense(model, folder)
+        for row, sample in enumerate(test):
+            _, drawn = predict_one(dense, sample.image)
+            ax = axes[row][col]
+            ax.imshow(drawn.permute(1, 2, 0).numpy())
+            ax.axis("off")
+            if row == 0:
+                ax.set_title(f"{task}, {variant}", fontsize=9)
+    fig.suptitle(f"pennfudan test photos, {backbone} ({weights}), seed {seed}; boxes with "
+                 "score ≥ 0.5", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    p.add_argument("--backbones", default=",".join(BACKBONES),
+                   help=f"comma-separated, of {', '.join(BACKBONES)} (default: all)")
     p.add_argument("--report", type=Path, default=None,
                    help="write the Markdown table of the finished runs here; runs nothing")
+    p.add_argument("--figure", type=Path, default=None,
+                   help="draw Lite0's seed-0 predictions on test photos into this PNG; runs nothing")
     args = p.parse_args(argv)
+    if args.figure is not None:
+        print(figure(args.out, args.figure))
+        return 0
     if args.report is not None:
         args.report.write_text(report(args.out))
         print(args.report.read_text())
         return 0
     torch.set_num_threads(1)
-    run_all(args.out, [int(s) for s in args.seeds.split(",")])
+    backbones = args.backbones.split(",")
+    unknown = set(backbones) - set(BACKBONES)
+    if unknown:
+        p.error(f"unknown backbone(s) {', '.join(sorted(unknown))}")
+    run_all(args.out, [int(s) for s in args.seeds.split(",")], backbones)
     return 0
 
 
