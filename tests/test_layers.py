@@ -17,7 +17,7 @@ LAYERS = [  # lowest first; a module may import its own layer and those before i
     {"data", "train", "cache"},
     {"methods"},
     {"run"},
-    {"bench", "demo", "demo_report", "export", "serve"},
+    {"bench", "demo", "demo_report", "export", "serve", "dense"},
     {"cli", "__main__", "__init__"},
 ]
 
