@@ -19,10 +19,11 @@ from deltapatch import distributed
 from deltapatch.train import TrainConfig, fit_patch
 
 WORLD = 2
-CASES = {  # name: (TrainConfig fields, patch stages). SGD: AdamW would blow float noise on
-    # near-zero gradients up to lr-sized steps, hiding what is compared (the gradients).
-    "cached": ({"augment": False, "cache_features": "on", "optimizer": "sgd"}, 2),
-    "augmented": ({"augment": True, "optimizer": "sgd"}, 1),
+CASES = {  # name: (TrainConfig fields, patch stages, init). SGD: AdamW would blow float
+    # noise on near-zero gradients up to lr-sized steps, hiding what is compared (the gradients).
+    # init="base" puts a GatedBatchNorm (a BatchNorm subclass) in the patch.
+    "cached": ({"augment": False, "cache_features": "on", "optimizer": "sgd"}, 2, "random"),
+    "augmented": ({"augment": True, "optimizer": "sgd"}, 1, "base"),
 }
 
 
@@ -36,7 +37,7 @@ def _task():
     return _tiny_task(4)  # 24 train images, batch 8: ranks get uneven shares per batch
 
 
-def _model(stages: int) -> dp.PatchedModel:
+def _model(stages: int, init: str) -> dp.PatchedModel:
     """The conftest backbone (random init, non-trivial BN statistics) with patch "a"."""
     torch.manual_seed(0)
     backbone = dp.load_backbone("cifar_resnet20")
@@ -47,13 +48,13 @@ def _model(stages: int) -> dp.PatchedModel:
             m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
     model = dp.PatchedModel(backbone)
     torch.manual_seed(0)
-    model.add_patch("a", 4, stages=stages)
+    model.add_patch("a", 4, stages=stages, init=init)
     return model
 
 
 def _train(case: str, run_dir: Path | None) -> dict[str, torch.Tensor]:
-    fields, stages = CASES[case]
-    model = _model(stages)
+    fields, stages, init = CASES[case]
+    model = _model(stages, init)
     config = TrainConfig(epochs=2, batch_size=8, lr=1e-2, progress=False, seed=5, **fields)
     fit_patch(model, "a", _task(), config, run_dir)
     return {k: v.detach().clone() for k, v in model.get_patch("a").state_dict().items()}
