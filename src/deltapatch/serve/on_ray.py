@@ -157,7 +157,8 @@ def deployment(replicas: int, max_batch: int = 32, max_wait_ms: float = 5.0):
 
 def run(backbone: str, weights: str | None, patches: Path, *, replicas: int, host: str,
         port: int, max_batch: int = 32, max_wait_ms: float = 5.0, exact_base: bool = True,
-        address: str | None = None, blocking: bool = True) -> None:
+        max_image_pixels: int = 40_000_000, address: str | None = None,
+        blocking: bool = True) -> None:
     """Start (or join, ``address``) Ray, start Serve's HTTP proxy on host:port, deploy."""
     import ray
 
@@ -166,7 +167,8 @@ def run(backbone: str, weights: str | None, patches: Path, *, replicas: int, hos
         ray.init(address=address, include_dashboard=False)
     serve.start(http_options={"host": host, "port": port})
     app = deployment(replicas, max_batch, max_wait_ms).bind(
-        backbone, weights, str(Path(patches).resolve()), max_batch, max_wait_ms, exact_base)
+        backbone, weights, str(Path(patches).resolve()), max_batch, max_wait_ms, exact_base,
+        SYNC_S, max_image_pixels)
     serve.run(app, name="deltapatch", route_prefix="/", blocking=False)
     print(f"deltapatch serve --ray: {replicas} replicas; http://{host}:{port}", flush=True)
     while blocking:
