@@ -103,10 +103,10 @@ def wait_ready(url: str, replicas: int, timeout: float = 300) -> None:
     while time.monotonic() < deadline:
         try:
             app = serve.status().applications.get("deltapatch")
-            running = [d.replica_states.get("RUNNING", 0) for d in app.deployments.values()]
-            if running == [replicas] and httpx.get(url + "/health", timeout=5).status_code == 200:
+            running = app.deployments["DeltaPatchServe"].replica_states.get("RUNNING", 0)
+            if running == replicas and httpx.get(url + "/health", timeout=5).status_code == 200:
                 return
-        except (httpx.HTTPError, AttributeError):
+        except (httpx.HTTPError, AttributeError, KeyError):
             pass
         time.sleep(1)
     raise RuntimeError(f"{replicas} replicas not running after {timeout} s")
@@ -116,7 +116,7 @@ def kill_one_replica() -> None:
     import ray
 
     names = [a for a in ray.util.list_named_actors(all_namespaces=True)
-             if "SERVE_REPLICA" in a["name"]]
+             if "SERVE_REPLICA" in a["name"] and "DeltaPatchServe" in a["name"]]
     actor = ray.get_actor(names[0]["name"], namespace=names[0]["namespace"])
     ray.kill(actor, no_restart=False)
     print(f"  killed replica {names[0]['name']}", flush=True)

@@ -112,7 +112,7 @@ def test_two_ray_serve_replicas_answer_and_share_new_patches(weights, backbone, 
                 for _ in range(8)]  # spread over both replicas by Serve
             assert codes == [200] * 8
             replicas = serve.status().applications["deltapatch"].deployments
-            assert [d.replica_states.get("RUNNING") for d in replicas.values()] == [2]
+            assert replicas["DeltaPatchServe"].replica_states.get("RUNNING") == 2
     finally:
         serve.shutdown()
         ray.shutdown()

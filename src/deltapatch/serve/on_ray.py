@@ -30,6 +30,7 @@ from ..model import PatchedModel
 from ..patch import CONFIG_FILE, read_config
 
 SYNC_S = 1.0
+RETRIES = 3  # model replicas an ingress tries for one request before answering 503
 
 
 def _ray_serve():
@@ -135,11 +136,38 @@ class PatchReplica:
         return (await self.predict_rows([job]))[0]
 
 
+def _request(method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes):
+    """A Starlette request rebuilt from what the ingress forwarded (the parsers need one)."""
+    from starlette.requests import Request
+
+    sent = False
+
+    async def receive() -> dict:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    scope = {"type": "http", "method": method, "path": path, "headers": headers,
+             "query_string": b"", "root_path": ""}
+    return Request(scope, receive)
+
+
 def deployment(replicas: int, max_batch: int = 32, max_wait_ms: float = 5.0):
-    """The Ray Serve deployment class: ``replicas`` copies of :class:`PatchReplica`, one CPU
-    each, its requests batched by ``@serve.batch`` (any patches in one batch)."""
+    """(ingress, model) Ray Serve deployment classes.
+
+    The model deployment: ``replicas`` copies of :class:`PatchReplica`, one CPU each, requests
+    batched by ``@serve.batch`` (any patches in one batch). The ingress (no CPU reserved) reads
+    each HTTP request and hands it to a model replica through a deployment handle, and hands it
+    to another when that replica dies under it (a predict is idempotent), so killing a replica
+    loses no request.
+    """
     serve = _ray_serve()
+    from ray.exceptions import RayActorError
     from starlette.responses import JSONResponse
+
+    from .inputs import HTTPFail, Limits, read_body
 
     @serve.deployment(num_replicas=replicas, ray_actor_options={"num_cpus": 1},
                       max_ongoing_requests=max(64, 4 * max_batch))
@@ -148,11 +176,33 @@ def deployment(replicas: int, max_batch: int = 32, max_wait_ms: float = 5.0):
         async def batched(self, jobs: list) -> list[dict]:
             return await self.predict_rows(jobs)
 
-        async def __call__(self, request):
-            status, body = await self.handle(request)
-            return JSONResponse(body, status_code=status)
+        async def answer(self, method: str, path: str, headers: list, body: bytes):
+            return await self.handle(_request(method, path, headers, body))
 
-    return DeltaPatchServe
+    @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0},
+                      max_ongoing_requests=1024)
+    class DeltaPatchIngress:
+        def __init__(self, model) -> None:
+            self.model = model
+            self.limit = Limits().max_request_bytes
+
+        async def __call__(self, request):
+            try:
+                body = await read_body(request, self.limit)
+            except HTTPFail as err:
+                return JSONResponse({"error": err.message}, status_code=err.status)
+            headers = [(k.encode(), v.encode()) for k, v in request.headers.items()]
+            for attempt in range(1, RETRIES + 1):
+                try:
+                    status, payload = await self.model.answer.remote(
+                        request.method, request.url.path, headers, body)
+                    return JSONResponse(payload, status_code=status)
+                except RayActorError:  # the replica died while holding it: another one
+                    if attempt == RETRIES:
+                        return JSONResponse({"error": "no model replica answered; retry"},
+                                            status_code=503, headers={"Retry-After": "1"})
+
+    return DeltaPatchIngress, DeltaPatchServe
 
 
 def run(backbone: str, weights: str | None, patches: Path, *, replicas: int, host: str,
@@ -166,9 +216,9 @@ def run(backbone: str, weights: str | None, patches: Path, *, replicas: int, hos
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False)
     serve.start(http_options={"host": host, "port": port})
-    app = deployment(replicas, max_batch, max_wait_ms).bind(
-        backbone, weights, str(Path(patches).resolve()), max_batch, max_wait_ms, exact_base,
-        SYNC_S, max_image_pixels)
+    ingress, model = deployment(replicas, max_batch, max_wait_ms)
+    app = ingress.bind(model.bind(backbone, weights, str(Path(patches).resolve()), max_batch,
+                                  max_wait_ms, exact_base, SYNC_S, max_image_pixels))
     serve.run(app, name="deltapatch", route_prefix="/", blocking=False)
     print(f"deltapatch serve --ray: {replicas} replicas; http://{host}:{port}", flush=True)
     while blocking:
