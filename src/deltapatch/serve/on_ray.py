@@ -21,8 +21,8 @@ the single server's request and answer shapes).
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
-import time
 from pathlib import Path
 
 from ..errors import DeltaPatchError, PatchError
@@ -213,7 +213,8 @@ def run(backbone: str, weights: str | None, patches: Path, *, replicas: int, hos
     import ray
 
     serve = _ray_serve()
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    if started:
         ray.init(address=address, include_dashboard=False)
     serve.start(http_options={"host": host, "port": port})
     ingress, model = deployment(replicas, max_batch, max_wait_ms)
@@ -221,5 +222,16 @@ def run(backbone: str, weights: str | None, patches: Path, *, replicas: int, hos
                                   max_wait_ms, exact_base, SYNC_S, max_image_pixels))
     serve.run(app, name="deltapatch", route_prefix="/", blocking=False)
     print(f"deltapatch serve --ray: {replicas} replicas; http://{host}:{port}", flush=True)
-    while blocking:
-        time.sleep(3600)
+    if not blocking:
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:  # the deployment, Serve and (when we started it) Ray go with us
+        serve.delete("deltapatch")
+        serve.shutdown()
+        if started:
+            ray.shutdown()
