@@ -24,6 +24,8 @@ CASES = {  # name: (TrainConfig fields, patch stages, init). SGD: AdamW would bl
     # init="base" puts a GatedBatchNorm (a BatchNorm subclass) in the patch.
     "cached": ({"augment": False, "cache_features": "on", "optimizer": "sgd"}, 2, "random"),
     "augmented": ({"augment": True, "optimizer": "sgd"}, 1, "base"),
+    # global batch 3: a rank often holds 0 or 1 of a batch's rows (BatchNorm still global)
+    "uneven": ({"augment": False, "optimizer": "sgd", "batch_size": 3}, 1, "random"),
 }
 
 
@@ -55,7 +57,8 @@ def _model(stages: int, init: str) -> dp.PatchedModel:
 def _train(case: str, run_dir: Path | None) -> dict[str, torch.Tensor]:
     fields, stages, init = CASES[case]
     model = _model(stages, init)
-    config = TrainConfig(epochs=2, batch_size=8, lr=1e-2, progress=False, seed=5, **fields)
+    config = TrainConfig(**{"epochs": 2, "batch_size": 8, "lr": 1e-2, "progress": False,
+                            "seed": 5, **fields})
     fit_patch(model, "a", _task(), config, run_dir)
     return {k: v.detach().clone() for k, v in model.get_patch("a").state_dict().items()}
 
@@ -112,6 +115,7 @@ def test_two_processes_train_the_patch_one_process_does(tmp_path):
     # one spawn (starting a process costs seconds here): the stopped run is resumed from
     # rank 0's checkpoint by fresh models in the same processes
     wait = _spawn(tmp_path, [("augmented", str(tmp_path / "two-augmented"), False),
+                             ("uneven", str(tmp_path / "two-uneven"), False),
                              ("cached", str(tmp_path / "two-cached"), True),
                              ("cached", str(tmp_path / "two-cached"), False)])
     torch.set_num_threads(1)

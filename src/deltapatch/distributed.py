@@ -47,7 +47,7 @@ from .errors import DeltaPatchError
 ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Session:
     """This process's place in a torchrun job."""
 
@@ -56,6 +56,7 @@ class Session:
     local_rank: int
     backend: str
     stats_group: object  # the process group BatchNorm statistics are reduced on
+    row_weight: Tensor | None = None  # set during a forward: 0 marks a stand-in row
 
     @property
     def main(self) -> bool:
@@ -134,12 +135,15 @@ class GlobalStats(_BatchNorm):
             return super().forward(x)
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
-        count = torch.tensor([x.numel() / max(1, x.shape[1])], dtype=x.dtype)
-        total = _SumAll.apply(torch.cat([x.sum(dims), count]), s.stats_group)
+        w = s.row_weight if s.row_weight is not None and len(s.row_weight) == len(x) else None
+        w = torch.ones(len(x), dtype=x.dtype) if w is None else w.to(x.dtype)
+        w = w.view(-1, *[1] * (x.dim() - 1))  # stand-in rows (weight 0) join no statistic
+        count = (w.sum() * (x[0, 0].numel() if len(x) else 0)).reshape(1)
+        total = _SumAll.apply(torch.cat([(x * w).sum(dims), count]), s.stats_group)
         n = total[-1].detach()
         mean = total[:-1] / n
         centred = x - mean.view(shape)
-        var = _SumAll.apply((centred * centred).sum(dims), s.stats_group) / n
+        var = _SumAll.apply((centred * centred * w).sum(dims), s.stats_group) / n
         if self.track_running_stats and self.running_mean is not None:
             self._update_running(mean.detach(), var.detach(), float(n))
         out = centred * torch.rsqrt(var + self.eps).view(shape)
@@ -241,25 +245,50 @@ class Shard:
                        val=data.val.subset(self._owned(len(data.val))))
 
     def batches(self, train: ImageSet, batch_size: int, g: torch.Generator,
-                augment: Callable[[Tensor], Tensor] | None) -> Iterator[tuple[Tensor, Tensor, int]]:
-        """(this rank's rows, their labels, the global batch size) for each global batch of the
-        single-process order; ``augment`` (using ``g``) sees the whole global batch."""
+                augment: Callable[[Tensor], Tensor] | None
+                ) -> Iterator[tuple[Tensor, Tensor, int, Tensor | None]]:
+        """(this rank's rows, their labels, the global batch size, row weights) for each global
+        batch of the single-process order; ``augment`` (using ``g``) sees the whole global batch.
+
+        A rank that holds none of a batch's images (a tail batch smaller than the world, or bad
+        luck with a tiny batch) gets one of its own images as a stand-in of weight 0: it still
+        runs the forward and backward, so every collective of the step happens on every rank,
+        and the stand-in changes no loss, gradient or statistic."""
         rank, world = self.session.rank, self.session.world
         order = torch.randperm(self.n_train, generator=g)
         for start in range(0, self.n_train, batch_size):
             idx = order[start:start + batch_size]
             mine = idx % world == rank
-            if augment is not None:
-                assert not self.local, "augmentation needs every image (no feature cache)"
-                x = augment(train.images[idx])[mine]
-            else:
-                x = train.images[idx[mine] // world if self.local else idx[mine]]
             rows = idx[mine] // world if self.local else idx[mine]
-            yield x, train.labels[rows], len(idx)
+            if augment is None:
+                x = train.images[rows]
+            elif self.local:
+                raise ValueError("augmentation draws for the whole global batch need every "
+                                 "image; a per-rank feature cache has only this rank's")
+            else:
+                x = augment(train.images[idx])[mine]  # draws for all rows, as one process
+            weight = None
+            if len(rows) == 0:
+                rows = torch.tensor([0 if self.local else rank])  # global index `rank` is ours
+                x, weight = train.images[rows], torch.zeros(1)
+            yield x, train.labels[rows], len(idx), weight
 
-    def loss(self, logits: Tensor, y: Tensor, n_global: int) -> Tensor:
-        """This rank's share of the global batch's mean loss, times world (DDP averages)."""
-        return F.cross_entropy(logits, y, reduction="sum") * (self.session.world / n_global)
+    def step(self, step: Callable, preprocess, batch: tuple) -> tuple[Tensor, float, int, int]:
+        """Forward one of :meth:`batches`; (loss to backward: this rank's share of the global
+        batch's mean loss times world, as DDP averages; its part of the summed loss; correct;
+        rows counted)."""
+        x, y, n_global, weight = batch
+        self.session.row_weight = weight
+        try:
+            logits = step(preprocess.normalize(x))
+        finally:
+            self.session.row_weight = None
+        losses = F.cross_entropy(logits, y, reduction="none")
+        right = logits.argmax(1) == y
+        if weight is not None:
+            losses, right = losses * weight, right & (weight > 0)
+        loss = losses.sum() * (self.session.world / n_global)
+        return loss, float(losses.detach().sum()), int(right.sum()), len(y) if weight is None else 0
 
     def wrap(self, owned: nn.Module, forward: Callable) -> Callable:
         """DDP over ``owned``'s trainable parameters (replicas made equal to rank 0's now)."""
@@ -312,6 +341,9 @@ def shard_for(data: TaskData, local: bool = False) -> Shard | None:
     s = session()
     if s is None:
         return None
+    if len(data.train) < s.world:
+        raise DeltaPatchError(f"{len(data.train)} training images for {s.world} processes: "
+                              "every process needs at least one; use fewer processes")
     return Shard(s, len(data.train), len(data.val), local)
 
 

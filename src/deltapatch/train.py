@@ -173,18 +173,16 @@ def fit(forward: Forward, owned: nn.Module, data: TaskData, preprocess: Preproce
                     x = random_crop_flip(x, g, hflip=data.hflip)
                 logits = forward(preprocess.normalize(x))
                 loss = F.cross_entropy(logits, y)
-                batch_loss = float(loss.detach()) * len(y)
+                batch_loss, right, n = (float(loss.detach()) * len(y),
+                                        int((logits.argmax(1) == y).sum()), len(y))
             else:  # this rank's rows of the global batch; DDP averages the gradients
-                x, y, n_global = batch
-                logits = step(preprocess.normalize(x))
-                loss = shard.loss(logits, y, n_global)
-                batch_loss = float(loss.detach()) * n_global / shard.session.world
+                loss, batch_loss, right, n = shard.step(step, preprocess, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             loss_sum += batch_loss
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
+            correct += right
+            seen += n
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
         set_mode(False)
