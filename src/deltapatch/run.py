@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from . import metrics, store
+from . import distributed, metrics, store
 from .backbones import load_backbone
 from .baseinit import INITS, LEGACY_INIT
 from .data import check_data_options, load_data, load_test
@@ -246,7 +246,7 @@ def run_one(spec: RunSpec, out: Path, *, data: TaskData | None = None,
     """
     from .methods import MethodContext, get_method
 
-    out = Path(out)
+    out = distributed.private_out(Path(out))  # under torchrun only rank 0 writes ``out``
     method = get_method(spec.method)
     store.check_writable(out)
     with store.FolderLock(out):

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import distributed
 from .data.augment import random_crop_flip
 from .data.sets import ImageSet, TaskData
 from .errors import DeltaPatchError
@@ -118,7 +119,8 @@ def predict(forward: Forward, data: ImageSet, preprocess: Preprocess,
 
 def fit(forward: Forward, owned: nn.Module, data: TaskData, preprocess: Preprocess,
         config: TrainConfig, run_dir: str | Path | None = None,
-        set_mode: Callable[[bool], object] | None = None) -> FitResult:
+        set_mode: Callable[[bool], object] | None = None,
+        shard: distributed.Shard | None = None) -> FitResult:
     """Train the parameters of ``owned`` that require grad so that ``forward`` fits ``data``.
 
     Args:
@@ -128,18 +130,28 @@ def fit(forward: Forward, owned: nn.Module, data: TaskData, preprocess: Preproce
             the backbone in eval mode.
         run_dir: where checkpoint.pt, metrics.csv and metrics.jsonl go; an existing checkpoint
             there is resumed.
+        shard: this rank's part under torchrun (default: found from the environment; None
+            without it, the plain path). :mod:`deltapatch.distributed` says how N processes
+            train what one does.
     """
     set_mode = set_mode or owned.train
+    shard = shard or distributed.shard_for(data)
     params = [p for p in owned.parameters() if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: the owned module has no parameter requiring grad")
     opt = OPTIMIZERS[config.optimizer](params, config)
-    steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
+    n_train = shard.n_train if shard else len(data.train)
+    steps_per_epoch = math.ceil(n_train / config.batch_size)
     total = steps_per_epoch * config.epochs
     warmup = int(round(config.warmup_epochs * steps_per_epoch))
-    run = Path(run_dir) if run_dir is not None else None
-    settings = _settings(config, len(data.train))
-    state = _resume(run, owned, opt, settings) if run is not None else None
+    run = Path(run_dir) if run_dir is not None and (shard is None or shard.main) else None
+    settings = _settings(config, n_train)
+    if shard is None:
+        state = _resume(run, owned, opt, settings) if run is not None else None
+    else:
+        state = _resume_shared(shard, run, owned, opt, settings)
+        step, norms = shard.wrap(owned, forward), distributed.swap_norms(owned)
+        shard.seed(config.seed)
     start, history = (state["epoch"], state["history"]) if state else (0, [])
     best = state["best"] if state else {"epoch": 0, "val_top1": -1.0, "state": None}
     t0 = time.perf_counter() - (state["seconds"] if state else 0.0)
@@ -147,25 +159,38 @@ def fit(forward: Forward, owned: nn.Module, data: TaskData, preprocess: Preproce
         set_mode(True)
         g = _epoch_generator(config.seed, epoch)
         loss_sum = correct = seen = 0
-        bar = progress_bar(data.train.batches(config.batch_size, g), total=steps_per_epoch,
-                           desc=f"epoch {epoch + 1}/{config.epochs}", enabled=config.progress)
-        for i, (x, y) in enumerate(bar):
+        batches = (data.train.batches(config.batch_size, g) if shard is None else
+                   shard.batches(data.train, config.batch_size, g,
+                                 distributed.augmenter(config, data.hflip, g)))
+        bar = progress_bar(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
+                           enabled=config.progress and (shard is None or shard.main))
+        for i, batch in enumerate(bar):
             for group in opt.param_groups:
                 group["lr"] = lr_at(epoch * steps_per_epoch + i, total, warmup, config.lr)
-            if config.augment:
-                x = random_crop_flip(x, g, hflip=data.hflip)
-            logits = forward(preprocess.normalize(x))
-            loss = F.cross_entropy(logits, y)
+            if shard is None:
+                x, y = batch
+                if config.augment:
+                    x = random_crop_flip(x, g, hflip=data.hflip)
+                logits = forward(preprocess.normalize(x))
+                loss = F.cross_entropy(logits, y)
+                batch_loss, right, n = (float(loss.detach()) * len(y),
+                                        int((logits.argmax(1) == y).sum()), len(y))
+            else:  # this rank's rows of the global batch; DDP averages the gradients
+                loss, batch_loss, right, n = shard.step(step, preprocess, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum += float(loss.detach()) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
+            loss_sum += batch_loss
+            correct += right
+            seen += n
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
         set_mode(False)
-        val = evaluate(forward, data.val, preprocess, config.eval_batch_size)
+        if shard is None:
+            val = evaluate(forward, data.val, preprocess, config.eval_batch_size)
+        else:  # every rank gets the same numbers, so all keep the same best epoch
+            loss_sum, correct, seen = shard.sum(loss_sum, correct, seen)
+            val = shard.evaluate(forward, data.val, preprocess, config.eval_batch_size)
         row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_top1": correct / seen,
                "val_top1": val, "lr": opt.param_groups[0]["lr"],
                "seconds": time.perf_counter() - t0}
@@ -176,9 +201,11 @@ def fit(forward: Forward, owned: nn.Module, data: TaskData, preprocess: Preproce
         if run is not None:
             _write_metrics(run, history)
             _checkpoint(run, owned, opt, epoch + 1, history, best, row["seconds"], settings)
-        if config.progress:  # one line per epoch, on a terminal and in a log file alike
+        if config.progress and (shard is None or shard.main):  # one line per epoch
             log(f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  "
                 f"train {row['train_top1']:.4f}  val {val:.4f}  {row['seconds']:.1f} s")
+    if shard is not None:
+        distributed.restore_norms(norms)
     if best["state"] is not None:
         owned.load_state_dict(best["state"])
     set_mode(False)
@@ -232,6 +259,17 @@ def _resume(run: Path, owned: nn.Module, opt: torch.optim.Optimizer, settings: d
     return state
 
 
+def _resume_shared(shard: distributed.Shard, run: Path | None, owned: nn.Module,
+                   opt: torch.optim.Optimizer, settings: dict) -> dict | None:
+    """Rank 0 resumes from the run folder (or refuses, and every rank with it); the others
+    load the state it broadcasts, so all ranks continue from the same epoch and moments."""
+    state = shard.broadcast(lambda: _resume(run, owned, opt, settings) if run else None)
+    if state is not None and not shard.main:
+        owned.load_state_dict(state["owned"])
+        opt.load_state_dict(state["optimizer"])
+    return state
+
+
 def _write_metrics(run: Path, history: list[dict]) -> None:
     run.mkdir(parents=True, exist_ok=True)
     with open(run / "metrics.jsonl", "w") as f:
@@ -253,7 +291,10 @@ def fit_patch(model, name: str, data: TaskData, config: TrainConfig,
 
     patch = model.get_patch(name)
     forward, pre = (lambda x: model(x, patch=name)), patch.config.preprocess
+    shard = distributed.shard_for(data)
     if use_cache(config.cache_features, config.augment):
+        if shard is not None:  # under torchrun each rank caches only the images it owns
+            data, shard.local = shard.take(data), True
         data, forward, pre = cached_training(model, name, data, pre, config.cache_dtype)
-    return fit(forward, patch, data, pre, config, run_dir, set_mode=model.train)
+    return fit(forward, patch, data, pre, config, run_dir, set_mode=model.train, shard=shard)
 

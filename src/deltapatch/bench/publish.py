@@ -29,6 +29,7 @@ class BenchRequest:
     preface: Path | None = None  # hand-written Markdown placed after the results file's header
     note: str | None = None
     progress: bool = True
+    ray: str | None = None  # a Ray address ("local": start one here): runs become Ray tasks
 
 
 def run_suite(req: BenchRequest) -> dict:
@@ -37,8 +38,15 @@ def run_suite(req: BenchRequest) -> dict:
     suite = load_suite(req.suite)
     jobs = build_jobs(suite, req.seeds, req.only)
     t0 = time.perf_counter()
-    records = run_jobs(jobs, req.out, progress=req.progress,
-                       max_jobs=0 if req.report_only else req.max_runs, shard=req.shard)
+    max_jobs = 0 if req.report_only else req.max_runs
+    if req.ray is not None and max_jobs != 0:
+        from .on_ray import run_jobs_on_ray
+
+        records = run_jobs_on_ray(jobs, req.out, suite_ref(suite, req.suite), req.seeds,
+                                  req.only, req.ray, progress=req.progress, max_jobs=max_jobs)
+    else:
+        records = run_jobs(jobs, req.out, progress=req.progress, max_jobs=max_jobs,
+                           shard=req.shard)
     only = ",".join(sorted(req.only)) if req.only else None
     meta = {"suite": suite.name, "suite_file": suite_file(suite),
             "command": command_line(req.suite, req.out, req.seeds, only),
@@ -53,6 +61,15 @@ def run_suite(req: BenchRequest) -> dict:
               for s in ("ok", "skipped", "failed", "pending")}
     return {"suite": suite.name, "out": str(req.out), "runs": counts,
             "files": sorted(str(f) for f in files)}
+
+
+def suite_ref(suite: Suite, asked: str) -> str:
+    """How another process (a Ray worker) loads the same suite: the shipped name, or the
+    file's absolute path (a worker's working directory is not ours)."""
+    from .suite import SUITES_DIR
+    if suite.path.resolve().parent == SUITES_DIR.resolve():
+        return asked
+    return str(suite.path.resolve())
 
 
 def suite_file(suite: Suite) -> str:

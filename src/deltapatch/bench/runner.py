@@ -111,29 +111,37 @@ def run_jobs(jobs: list[Job], out: Path, progress: bool = True, max_jobs: int | 
         if not mine or (max_jobs is not None and started >= max_jobs):
             records.append({**job.context(), "status": "pending"})
             continue
-        started += 1
-        record = {**job.context(), "code": code, "hardware": hw, "data_protocol": DATA_PROTOCOL}
-        try:
-            result = execute(job, out)
-            record.update(status="ok", finished=time.strftime("%Y-%m-%d %H:%M:%S"),
-                          result=result)
-            file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = file.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(record, indent=1) + "\n")
-            os.replace(tmp, file)
-        except Skip as why:
-            record.update(status="skipped", reason=str(why))
-        except Pending as why:
-            started -= 1
-            record.update(status="pending", reason=str(why))
-        except Exception as err:  # noqa: BLE001 — one broken cell must not stop the grid
-            record.update(status="failed", reason=f"{type(err).__name__}: {err}")
-            log(f"FAILED {job.key}: {record['reason']}\n{traceback.format_exc()}")
+        record = attempt(job, out, code, hw)
+        started += record["status"] != "pending"
         if progress:
             log(f"[{i + 1}/{len(jobs)}] {job.key}: {record['status']}"
                 + (f" ({record['result'].get('wall_seconds')} s)" if "result" in record else ""))
         records.append(record)
     return records
+
+
+def attempt(job: Job, out: Path, code: str, hw: str) -> dict:
+    """Run ``job`` once and return its record; an ``ok`` one is also written (atomically) to
+    ``out/runs/<key>.json``. Skipped, pending and failed runs are only returned. What the
+    sequential loop and each Ray task (``bench/on_ray.py``) do per run."""
+    file = out / RUNS / f"{job.key}.json"
+    record = {**job.context(), "code": code, "hardware": hw, "data_protocol": DATA_PROTOCOL}
+    try:
+        result = execute(job, out)
+        record.update(status="ok", finished=time.strftime("%Y-%m-%d %H:%M:%S"),
+                      result=result)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_suffix(f".json.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+        os.replace(tmp, file)
+    except Skip as why:
+        record.update(status="skipped", reason=str(why))
+    except Pending as why:
+        record.update(status="pending", reason=str(why))
+    except Exception as err:  # noqa: BLE001 — one broken cell must not stop the grid
+        record.update(status="failed", reason=f"{type(err).__name__}: {err}")
+        log(f"FAILED {job.key}: {record['reason']}\n{traceback.format_exc()}")
+    return record
 
 
 def execute(job: Job, out: Path) -> dict:

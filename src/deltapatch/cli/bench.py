@@ -27,6 +27,11 @@ def arguments(p: argparse.ArgumentParser) -> None:
                    help="run only every N-th run starting at the I-th (0-based), so that N "
                         "processes share the suite and --out (e.g. 0/2 and 1/2 with --threads 1 "
                         "each on 2 cores); finish with --report-only for the full report")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run the suite's runs as Ray tasks (one CPU each; retried when a worker "
+                        "dies): on a new local Ray instance, or on the cluster at ADDRESS "
+                        "(auto, host:6379, ray://host:10001); needs pip install "
+                        "'deltapatch[ray]' (docs/BENCH.md)")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing; rebuild the report from finished runs")
     p.add_argument("--results-md", type=Path, default=None,
@@ -46,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None and value < (0 if flag == "max_runs" else 1):
             raise ValueError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+    if args.ray is not None and args.shard:
+        raise ValueError("--ray and --shard both split the suite: use one of them")
     if args.preface is not None and not args.preface.is_file():
         raise ValueError(f"--preface {args.preface}: no such file")
     summary = run_suite(BenchRequest(
@@ -53,6 +60,6 @@ def run(args: argparse.Namespace) -> int:
         only=set(args.only.split(",")) if args.only else None, max_runs=args.max_runs,
         shard=parse_shard(args.shard), report_only=args.report_only,
         results_md=args.results_md, preface=args.preface, note=args.note,
-        progress=not args.no_progress))
+        progress=not args.no_progress, ray=args.ray))
     print_json(summary)
     return 0 if summary["runs"]["failed"] == 0 else 1

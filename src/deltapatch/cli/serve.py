@@ -32,6 +32,13 @@ def arguments(p: argparse.ArgumentParser) -> None:
                         "from the plain backbone's on one image in the last bits)")
     p.add_argument("--max-image-pixels", type=int, default=40_000_000,
                    help="largest image accepted, in pixels (default 40,000,000)")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="serve as a Ray Serve deployment of --replicas replicas, on a new local "
+                        "Ray instance or the cluster at ADDRESS; patches are added and removed "
+                        "by writing / deleting folders under --patches (docs/SERVING.md)")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="Ray Serve replicas, each holding the backbone and every patch "
+                        "(with --ray; default 1)")
 
 
 def _api_key(path: Path | None) -> str | None:
@@ -62,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--max-image-pixels must be ≥ 4")
     if not args.patches.is_dir():
         raise DeltaPatchError(f"--patches {args.patches} is not a folder")
+    if args.ray is not None:
+        return _run_on_ray(args)
     key = _api_key(args.api_key_file)
     import uvicorn
 
@@ -83,6 +92,22 @@ def run(args: argparse.Namespace) -> int:
     server = server_cls(config)
     server.run()
     return 0 if server.started else 1
+
+
+def _run_on_ray(args: argparse.Namespace) -> int:
+    if args.replicas < 1:
+        raise ValueError(f"--replicas must be ≥ 1, got {args.replicas}")
+    if args.api_key_file is not None:
+        raise DeltaPatchError("--ray serves no admin endpoints (patches come from the --patches "
+                              "folder), so --api-key-file has nothing to guard; leave it out")
+    from ..serve import on_ray
+
+    on_ray.run(args.backbone, args.weights, args.patches, replicas=args.replicas,
+               host=args.host, port=args.port, max_batch=args.max_batch,
+               max_wait_ms=args.max_wait_ms, exact_base=not args.batch_base,
+               max_image_pixels=args.max_image_pixels,
+               address=None if args.ray == "local" else args.ray)
+    return 0
 
 
 def _server_class():

@@ -8,7 +8,9 @@ import json
 import os
 from pathlib import Path
 
+from .. import distributed
 from ..data import list_builtins
+from ..errors import DeltaPatchError
 from ..methods import METHODS, get_method
 from ..patch import CLASSIFICATION
 from ..run import RunSpec, run_one
@@ -65,9 +67,14 @@ def run(args: argparse.Namespace) -> int:
     if spec.task == CLASSIFICATION:
         result = run_one(spec, args.out)
     else:
+        if distributed.env_world() is not None:
+            raise DeltaPatchError("torchrun trains classification patches only; run "
+                                  f"--task {spec.task} as one process")
         from ..dense.run import run_dense
 
         result = run_dense(spec, args.out)
+    if not distributed.is_main():  # torchrun: rank 0 alone writes and prints the result
+        return 0
     tmp = args.out / "metrics.json.tmp"
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     os.replace(tmp, args.out / "metrics.json")

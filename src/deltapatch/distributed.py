@@ -1,0 +1,351 @@
+"""Training one patch on several processes with torch.distributed (``torchrun ... -m deltapatch
+train``): DistributedDataParallel over the patch's parameters only, the backbone never wrapped.
+
+The promise is that N processes train **the same patch as one process** with the same global
+batch (to float tolerance), so a user can switch world size, even between a run and its resume.
+That fixes three choices:
+
+* Every rank draws the single-process order: the epoch generator (seed, epoch) is the same on
+  all ranks, so they agree on each global batch, and augmentation draws are made for the whole
+  global batch before each rank keeps its rows. A rank owns the images whose index ≡ rank
+  (mod world), the partition ``DistributedSampler(shuffle=False)`` makes, fixed for the whole run,
+  so the frozen-feature cache of a rank holds only its shard (built once, 1/N of the work and
+  memory). ``DistributedSampler(shuffle=True)`` itself is not used: it re-deals the shards
+  every epoch (a per-rank cache could not follow) and its global batches are not the
+  single-process ones. The price is that a rank's share of a batch varies around B/N.
+* The loss of a rank is its summed loss over the global batch size times N, so DDP's gradient
+  average is exactly the global batch's mean gradient, whatever each rank's share.
+* The patch's BatchNorms in train mode normalise with the global batch's statistics
+  (:class:`GlobalStats`: two autograd all-reduces on a group of their own), as one process
+  would; torch's ``SyncBatchNorm`` refuses CPU tensors.
+
+Without torchrun's environment (``WORLD_SIZE`` > 1) nothing here is used and training is
+unchanged. Rank 0 alone reads and writes the run folder; the other ranks receive its resumed
+state by broadcast and write into a private scratch folder that is deleted at exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .data.augment import random_crop_flip
+from .data.sets import ImageSet, TaskData
+from .errors import DeltaPatchError
+
+ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
+
+
+@dataclass
+class Session:
+    """This process's place in a torchrun job."""
+
+    rank: int
+    world: int
+    local_rank: int
+    backend: str
+    stats_group: object  # the process group BatchNorm statistics are reduced on
+    row_weight: Tensor | None = None  # set during a forward: 0 marks a stand-in row
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+_SESSION: list[Session] = []  # started at most once per process
+
+
+def env_world() -> tuple[int, int, int] | None:
+    """(rank, world, local rank) from torchrun's environment; None without it or for one
+    process (a world of one is the plain, unchanged path)."""
+    if "WORLD_SIZE" not in os.environ:
+        return None
+    try:
+        rank, world, local = (int(os.environ.get(k, "0")) for k in ("RANK", "WORLD_SIZE",
+                                                                     "LOCAL_RANK"))
+    except ValueError:
+        raise DeltaPatchError(f"torchrun environment is malformed: "
+                              f"{ {k: os.environ.get(k) for k in ENV} }") from None
+    return None if world <= 1 else (rank, world, local)
+
+
+def backend_for(device: torch.device) -> str:
+    """NCCL for CUDA tensors, gloo for CPU ones (the trainer keeps tensors on the CPU today)."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def session() -> Session | None:
+    """The torchrun session, its process group started on first use; None when not under
+    torchrun (or with one process)."""
+    if _SESSION:
+        return _SESSION[0]
+    where = env_world()
+    if where is None:
+        return None
+    rank, world, local = where
+    backend = backend_for(torch.device("cpu"))
+    if not dist.is_initialized():
+        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world)
+        atexit.register(_close)
+    _SESSION.append(Session(rank, world, local, backend, dist.new_group(backend=backend)))
+    return _SESSION[0]
+
+
+def _close() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_main() -> bool:
+    """Whether this process prints and writes results: rank 0, or any non-torchrun process."""
+    where = env_world()
+    return where is None or where[0] == 0
+
+
+def private_out(out: Path) -> Path:
+    """``out`` on rank 0; elsewhere a scratch folder deleted at exit, so that only rank 0
+    writes (and locks) the real task folder."""
+    if is_main():
+        return out
+    scratch = Path(tempfile.mkdtemp(prefix=f"deltapatch-rank{env_world()[0]}-"))
+    atexit.register(shutil.rmtree, scratch, True)
+    return scratch / out.name
+
+
+# ---------------------------------------------------------------- BatchNorm on the global batch
+class GlobalStats(_BatchNorm):
+    """Train-mode BatchNorm normalising with the statistics of the rows of all ranks together
+    (mean, then the centred second moment: two passes, as accurate as one process's). Elsewhere
+    (eval mode, no session) it is the class it was mixed into."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = session()
+        if not (self.training and s is not None):
+            return super().forward(x)
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        w = s.row_weight if s.row_weight is not None and len(s.row_weight) == len(x) else None
+        w = torch.ones(len(x), dtype=x.dtype) if w is None else w.to(x.dtype)
+        w = w.view(-1, *[1] * (x.dim() - 1))  # stand-in rows (weight 0) join no statistic
+        count = (w.sum() * (x[0, 0].numel() if len(x) else 0)).reshape(1)
+        total = _SumAll.apply(torch.cat([(x * w).sum(dims), count]), s.stats_group)
+        n = total[-1].detach()
+        mean = total[:-1] / n
+        centred = x - mean.view(shape)
+        var = _SumAll.apply((centred * centred * w).sum(dims), s.stats_group) / n
+        if self.track_running_stats and self.running_mean is not None:
+            self._update_running(mean.detach(), var.detach(), float(n))
+        out = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out
+
+    @torch.no_grad()
+    def _update_running(self, mean: Tensor, var: Tensor, n: float) -> None:
+        """As ``F.batch_norm`` does: momentum (or a cumulative average), unbiased variance."""
+        self.num_batches_tracked.add_(1)
+        m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        self.running_mean.mul_(1 - m).add_(mean, alpha=m)
+        self.running_var.mul_(1 - m).add_(var * (n / max(1.0, n - 1)), alpha=m)
+
+
+class _SumAll(torch.autograd.Function):
+    """Sum over ranks; its gradient is the sum over ranks of the incoming gradients (every
+    rank's loss depends on every rank's rows through the shared statistics)."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor, group) -> Tensor:
+        ctx.group = group
+        t = t.clone()
+        dist.all_reduce(t, group=group)
+        return t
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        grad = grad.clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+_MIXED: dict[type, type] = {}
+
+
+def _global_class(cls: type) -> type:
+    """``cls`` with :class:`GlobalStats` just above ``_BatchNorm`` in its MRO, so a subclass's
+    own forward (e.g. a gated norm calling ``super().forward``) still runs around it."""
+    if cls not in _MIXED:
+        _MIXED[cls] = type(f"Global{cls.__name__}", (cls, GlobalStats), {})
+    return _MIXED[cls]
+
+
+def swap_norms(owned: nn.Module) -> list[tuple[nn.Module, type]]:
+    """Make the BatchNorms of ``owned`` global-batch norms in place (same objects, same state
+    dict keys, still instances of their class); returns what :func:`restore_norms` undoes."""
+    swapped = []
+    for m in owned.modules():
+        if isinstance(m, _BatchNorm) and not isinstance(m, GlobalStats):
+            swapped.append((m, type(m)))
+            m.__class__ = _global_class(type(m))
+    return swapped
+
+
+def restore_norms(swapped: list[tuple[nn.Module, type]]) -> None:
+    for m, cls in swapped:
+        m.__class__ = cls
+
+
+# ---------------------------------------------------------------- the shard of one rank
+class _Step(nn.Module):
+    """What DDP wraps: the trained module (its parameters are DDP's) and the forward that uses
+    it; the backbone is reached through the forward's closure and is never wrapped."""
+
+    def __init__(self, owned: nn.Module, forward: Callable) -> None:
+        super().__init__()
+        self.owned = owned
+        self.fn = forward
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+@dataclass
+class Shard:
+    """One rank's part of a training run.
+
+    ``local`` says whether the train/val sets handed to :meth:`batches` / :meth:`evaluate` hold
+    only this rank's images (rows in index order: global index = row · world + rank; what the
+    per-rank feature cache holds) or all of them."""
+
+    session: Session
+    n_train: int
+    n_val: int
+    local: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.session.main
+
+    def _owned(self, n: int) -> Tensor:
+        return torch.arange(self.session.rank, n, self.session.world)
+
+    def take(self, data: TaskData) -> TaskData:
+        """``data`` with train and val cut to this rank's images (before caching features)."""
+        return replace(data, train=data.train.subset(self._owned(len(data.train))),
+                       val=data.val.subset(self._owned(len(data.val))))
+
+    def batches(self, train: ImageSet, batch_size: int, g: torch.Generator,
+                augment: Callable[[Tensor], Tensor] | None
+                ) -> Iterator[tuple[Tensor, Tensor, int, Tensor | None]]:
+        """(this rank's rows, their labels, the global batch size, row weights) for each global
+        batch of the single-process order; ``augment`` (using ``g``) sees the whole global batch.
+
+        A rank that holds none of a batch's images (a tail batch smaller than the world, or bad
+        luck with a tiny batch) gets one of its own images as a stand-in of weight 0: it still
+        runs the forward and backward, so every collective of the step happens on every rank,
+        and the stand-in changes no loss, gradient or statistic."""
+        rank, world = self.session.rank, self.session.world
+        order = torch.randperm(self.n_train, generator=g)
+        for start in range(0, self.n_train, batch_size):
+            idx = order[start:start + batch_size]
+            mine = idx % world == rank
+            rows = idx[mine] // world if self.local else idx[mine]
+            if augment is None:
+                x = train.images[rows]
+            elif self.local:
+                raise ValueError("augmentation draws for the whole global batch need every "
+                                 "image; a per-rank feature cache has only this rank's")
+            else:
+                x = augment(train.images[idx])[mine]  # draws for all rows, as one process
+            weight = None
+            if len(rows) == 0:
+                rows = torch.tensor([0 if self.local else rank])  # global index `rank` is ours
+                x, weight = train.images[rows], torch.zeros(1)
+            yield x, train.labels[rows], len(idx), weight
+
+    def step(self, step: Callable, preprocess, batch: tuple) -> tuple[Tensor, float, int, int]:
+        """Forward one of :meth:`batches`; (loss to backward: this rank's share of the global
+        batch's mean loss times world, as DDP averages; its part of the summed loss; correct;
+        rows counted)."""
+        x, y, n_global, weight = batch
+        self.session.row_weight = weight
+        try:
+            logits = step(preprocess.normalize(x))
+        finally:
+            self.session.row_weight = None
+        losses = F.cross_entropy(logits, y, reduction="none")
+        right = logits.argmax(1) == y
+        if weight is not None:
+            losses, right = losses * weight, right & (weight > 0)
+        loss = losses.sum() * (self.session.world / n_global)
+        return loss, float(losses.detach().sum()), int(right.sum()), len(y) if weight is None else 0
+
+    def wrap(self, owned: nn.Module, forward: Callable) -> Callable:
+        """DDP over ``owned``'s trainable parameters (replicas made equal to rank 0's now)."""
+        import inspect
+
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        # buffers (BatchNorm statistics) are equal on all ranks by construction: no re-sync
+        quiet = ("forward_sync_buffers" if "forward_sync_buffers" in
+                 inspect.signature(DDP.__init__).parameters else "broadcast_buffers")
+        return DDP(_Step(owned, forward), **{quiet: False})
+
+    def sum(self, *values: float) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    @torch.inference_mode()
+    def evaluate(self, forward: Callable, val: ImageSet, preprocess, batch_size: int) -> float:
+        """Top-1 on the whole validation split: each rank scores its images, counts summed."""
+        mine = val if self.local else val.subset(self._owned(len(val)))
+        correct = 0
+        for x, y in mine.batches(batch_size):
+            correct += int((forward(preprocess.normalize(x)).argmax(1) == y).sum())
+        right, = self.sum(correct)
+        return right / max(1, self.n_val)
+
+    def broadcast(self, make: Callable[[], object]) -> object:
+        """``make()`` run on rank 0, its result (or its DeltaPatchError) given to every rank."""
+        box: list[object] = [None]
+        if self.main:
+            try:
+                box[0] = ("ok", make())
+            except DeltaPatchError as err:
+                box[0] = ("error", str(err))
+        dist.broadcast_object_list(box, src=0)
+        kind, value = box[0]
+        if kind == "error":
+            raise DeltaPatchError(value)
+        return value
+
+    def seed(self, seed: int) -> None:
+        """Per-rank seed of torch's global generator (dropout and the like differ by rank);
+        the batch order and augmentation come from the shared epoch generator."""
+        torch.manual_seed(seed * 1_000_003 + self.session.rank)
+
+
+def shard_for(data: TaskData, local: bool = False) -> Shard | None:
+    """The shard of this rank for ``data`` (whole sets), or None when not under torchrun."""
+    s = session()
+    if s is None:
+        return None
+    if len(data.train) < s.world:
+        raise DeltaPatchError(f"{len(data.train)} training images for {s.world} processes: "
+                              "every process needs at least one; use fewer processes")
+    return Shard(s, len(data.train), len(data.val), local)
+
+
+def augmenter(config, hflip: bool, g: torch.Generator) -> Callable[[Tensor], Tensor] | None:
+    return (lambda x: random_crop_flip(x, g, hflip=hflip)) if config.augment else None
