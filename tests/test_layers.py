@@ -14,7 +14,7 @@ LAYERS = [  # lowest first; a module may import its own layer and those before i
      "paths", "tensorfile", "store"},
     {"backbones"},
     {"baseinit", "delta", "patch", "routing", "model"},
-    {"data", "train", "cache"},
+    {"data", "distributed", "train", "cache"},
     {"methods"},
     {"run"},
     {"bench", "demo", "demo_report", "export", "serve", "dense"},
