@@ -107,7 +107,8 @@ class Server:
              "--port", str(self.port), "--max-batch", str(max_batch),
              "--max-wait-ms", str(max_wait_ms), "--max-queue", "1024",
              *(["--batch-base"] if batch_base else [])],
-            env={**os.environ, "PYTHONPATH": str(SRC)}, stdout=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, text=True)
 
     def __enter__(self) -> Server:
