@@ -264,6 +264,6 @@ def not_run_section(records: list[dict], suite_not_implemented: list[dict],
             lines.append(f"- `{r['key']}`: {r['status']}"
                          + (f" — {r['reason']}" if r.get("reason") else ""))
     for item in suite_not_implemented:
-        lines.append(f"- scenario **{item.get('kind', '?')}**: not yet implemented — "
+        lines.append(f"- scenario **{item.get('kind', '?')}**: not in this suite — "
                      f"{item.get('why', '')}")
     return "\n".join(lines) + "\n" if len(lines) > 1 else ""
