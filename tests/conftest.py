@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-import deltapatch as dp
+from helpers import random_backbone
 
 
 @pytest.fixture(autouse=True)
@@ -16,13 +15,7 @@ def _seed():
 @pytest.fixture
 def backbone():
     """A CIFAR ResNet-20 with random weights and non-trivial BN statistics."""
-    model = dp.load_backbone("cifar_resnet20")
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return model
+    return random_backbone()
 
 
 @pytest.fixture

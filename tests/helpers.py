@@ -21,6 +21,20 @@ if importlib.util.find_spec("efficientnet_lite_pytorch"):
     FAMILIES += ["efficientnet_lite0"]
 
 
+def random_backbone() -> torch.nn.Module:
+    """A CIFAR ResNet-20 with random weights and non-trivial BN statistics (fixed by seed 1), so
+    that a BatchNorm that silently switched to batch statistics would change outputs."""
+    import deltapatch as dp
+
+    model = dp.load_backbone("cifar_resnet20")
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return model
+
+
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A deep copy of every parameter and buffer."""
     return {k: v.detach().clone() for k, v in module.state_dict().items()}

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from helpers import random_backbone
 
 import deltapatch as dp
 from deltapatch import distributed
@@ -42,13 +43,7 @@ def _task():
 def _model(stages: int, init: str) -> dp.PatchedModel:
     """The conftest backbone (random init, non-trivial BN statistics) with patch "a"."""
     torch.manual_seed(0)
-    backbone = dp.load_backbone("cifar_resnet20")
-    g = torch.Generator().manual_seed(1)
-    for m in backbone.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    model = dp.PatchedModel(backbone)
+    model = dp.PatchedModel(random_backbone())
     torch.manual_seed(0)
     model.add_patch("a", 4, stages=stages, init=init)
     return model
