@@ -160,12 +160,15 @@ def supports_base_init(gate: str) -> bool:
     return bool(getattr(GATES[gate], "base_init", False))
 
 
-def resolve_init(init: str | None, gate: str) -> str:
+def resolve_init(init: str | None, gate: str, family_default: str | None = None) -> str:
     """``None`` is the measured default (docs/INIT.md) for a gate that can start at the base
-    network, and the paper's random start for a gate that fixes Λ itself."""
+    network: the backbone family's own where it has one (``StageSpec.default_init``), else the
+    library's; a gate that fixes Λ itself always gets the paper's random start."""
     if init is not None:
         return init
-    return DEFAULT_INIT if gate in GATES and supports_base_init(gate) else LEGACY_INIT
+    if gate in GATES and supports_base_init(gate):
+        return family_default or DEFAULT_INIT
+    return LEGACY_INIT
 
 
 class DeltaStage(nn.Module):

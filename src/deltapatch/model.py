@@ -131,7 +131,7 @@ class PatchedModel(nn.Module):
             name=name, num_classes=int(num_classes), stages=self.resolve_stages(stages),
             backbone=self.backbone_name, fingerprint=self.fingerprint,
             preprocess=preprocess or self.preprocess, gate=gate, norm=norm, reduction=reduction,
-            method=method, init=resolve_init(init, gate),
+            method=method, init=resolve_init(init, gate, self.spec.default_init),
             class_names=list(class_names) if class_names is not None else None,
             task=task, options=dict(options or {}),
         )

@@ -21,6 +21,7 @@ import torch
 
 from . import distributed, metrics, store
 from .backbones import load_backbone
+from .backbones.registry import family_init
 from .baseinit import INITS, LEGACY_INIT
 from .data import check_data_options, load_data, load_test
 from .data.sets import ImageSet, TaskData
@@ -97,7 +98,7 @@ class RunSpec:
         """Every setting that shapes the run's numbers (not the progress bar)."""
         d = asdict(self)
         d["train"] = self.train.settings()
-        d["init"] = resolve_init(self.init, self.gate)
+        d["init"] = resolve_init(self.init, self.gate, family_init(self.backbone))
         if d["init"] == LEGACY_INIT:  # run folders from before `init` existed stay resumable
             del d["init"]
         if d["task"] == "classification":  # likewise for folders from before dense tasks

@@ -79,3 +79,29 @@ def test_cli_init_flag():
     assert train_cli.spec_from(args).init is None
     with pytest.raises(SystemExit):
         p.parse_args(["--backbone", "x", "--data", "d", "--out", "o", "--init", "zero"])
+
+
+def test_a_familys_default_start_enters_settings_and_fingerprints(tmp_path, monkeypatch):
+    """A backbone whose family starts patches at the base network records that start where
+    ``init`` is left out, so its runs cannot pass for the random-start runs made before."""
+    from deltapatch.backbones import registry
+    from deltapatch.bench import jobs
+
+    suite = _suite(tmp_path)
+
+    def prints() -> dict[str, str]:
+        return {k: fingerprint(suite, "bb", [suite.tasks["digits"]], suite.variants[k])
+                for k in ("plain", "pinned", "base")}
+
+    before = prints()
+    monkeypatch.setattr(jobs, "family_init", lambda name: "base")
+    after = prints()
+    assert after["plain"] != before["plain"]  # left out, init now resolves to base
+    assert after["pinned"] == before["pinned"] and after["base"] == before["base"]
+    assert registry.family_init("cifar_resnet20") is None
+    assert "init" not in RunSpec(backbone="cifar_resnet20", data="digits").settings()
+    if registry.family_init("efficientnet_lite0") == "base":  # where its package is installed
+        lite = RunSpec(backbone="efficientnet_lite0", data="digits")
+        assert lite.settings()["init"] == "base"
+        assert "init" not in RunSpec(backbone="efficientnet_lite0", data="digits",
+                                     init="random").settings()

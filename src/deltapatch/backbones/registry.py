@@ -3,11 +3,13 @@ and ``load_backbone``, which also takes a user's model factory (``file.py:build`
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from ..errors import BackboneError
@@ -101,6 +103,20 @@ _register_torchvision()
 _register_timm()
 _register_cifar()
 _register_efficientnet_lite()
+
+
+@functools.lru_cache(maxsize=None)
+def family_init(name: str) -> str | None:
+    """The ``default_init`` of backbone ``name``'s stage spec (docs/INIT.md), for code that
+    knows a backbone by name only (run settings, suite fingerprints). The model is built on the
+    meta device: structure only, no weights, no memory."""
+    from .spec import spec_for
+
+    if name not in BACKBONES and not is_factory_ref(name):
+        return None  # loading it will say what is wrong; settings are not the place
+    with torch.device("meta"):
+        model = BACKBONES[name].build() if name in BACKBONES else build_from_factory(name)
+    return spec_for(model).default_init
 
 
 def load_backbone(name: str, weights: str | Path | None = None) -> nn.Module:

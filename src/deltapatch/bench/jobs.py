@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..backbones.registry import family_init
 from ..baseinit import LEGACY_INIT
 from ..delta import resolve_init
 from ..registry import Registry
@@ -66,20 +67,21 @@ def fingerprint(suite: Suite, bb: str, tasks: list[Task], v: Variant, **extra) -
     """A short hash of what determines a run: backbone, every task's data and settings, the
     variant. A stored run whose fingerprint differs (the suite file changed) is redone, and two
     tables that ask for the same run share one."""
-    blob = {"backbone": asdict(suite.backbones[bb]), "variant": _variant_blob(v),
+    blob = {"backbone": asdict(suite.backbones[bb]),
+            "variant": _variant_blob(v, family_init(suite.backbones[bb].name)),
             "tasks": [[t.data, suite.settings(t.settings, v.settings)] for t in tasks], **extra}
     text = json.dumps(blob, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def _variant_blob(v: Variant) -> dict:
+def _variant_blob(v: Variant, family_default: str | None) -> dict:
     """The variant as the fingerprint sees it. ``init`` enters as the start the run really
     gets (a default resolved), and only where that is not the start every run before ``init``
     existed used: those runs keep their fingerprints, and a changed default cannot silently
     pass old records off as new runs."""
     d = {**asdict(v), "label": None}
     del d["init"]
-    init = resolve_init(v.init, v.gate)
+    init = resolve_init(v.init, v.gate, family_default)
     if init != LEGACY_INIT:
         d["init"] = init
     return d

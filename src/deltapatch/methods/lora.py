@@ -181,7 +181,7 @@ def delta_params(model: PatchedModel, ctx: MethodContext) -> int:
                          backbone=model.backbone_name, fingerprint=model.fingerprint,
                          preprocess=model.preprocess, gate=gate, norm=ctx.norm,
                          reduction=int(ctx.options.get("reduction", 4)),
-                         init=resolve_init(ctx.init, gate))
+                         init=resolve_init(ctx.init, gate, model.spec.default_init))
     patch = Patch(config, model.stage_shapes(), model._head.in_features)
     return count_params(patch, trainable=True) - count_params(patch.head, trainable=True)
 
