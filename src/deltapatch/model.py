@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .backbones.check import check_spec
-from .backbones.registry import backbone_name, default_preprocess
+from .backbones.registry import backbone_name, default_preprocess, family_init
 from .backbones.spec import StageSpec, block_split, spec_for
 from .delta import resolve_init
 from .errors import PatchError
@@ -131,7 +131,7 @@ class PatchedModel(nn.Module):
             name=name, num_classes=int(num_classes), stages=self.resolve_stages(stages),
             backbone=self.backbone_name, fingerprint=self.fingerprint,
             preprocess=preprocess or self.preprocess, gate=gate, norm=norm, reduction=reduction,
-            method=method, init=resolve_init(init, gate, self.spec.default_init),
+            method=method, init=resolve_init(init, gate, family_init(self.backbone_name)),
             class_names=list(class_names) if class_names is not None else None,
             task=task, options=dict(options or {}),
         )

@@ -98,9 +98,6 @@ def _lite_spec(model: nn.Module) -> StageSpec:
         pre_logits=[*tail, "_conv_head", "_bn1", "_swish", "_avg_pooling", flatten, "_dropout"],
         head="_fc",
         names=[f"blocks{a}" if b - a == 1 else f"blocks{a}-{b - 1}" for _, a, b in runs],
-        # patches start as the base network: on the ImageNet base, init=random put Δ(1) 4-33
-        # top-1 points below init=base in every task of the imagenet suite (docs/INIT.md)
-        default_init="base",
     )
 
 
@@ -139,7 +136,9 @@ def register() -> None:
         register_block(MBConvBlock, residual=_mbconv_residual, shortcut=_identity_shortcut)
         register_spec(EfficientNet)(_lite_spec)
     register_backbone("efficientnet_lite0", BackboneEntry(
-        build=build, preprocess=LITE_PREPROCESS, named_weights={"imagenet": imagenet}))
+        build=build, preprocess=LITE_PREPROCESS, named_weights={"imagenet": imagenet},
+        # on its ImageNet base, init=random left Δ(1) and Δ(5) far below init=base (docs/INIT.md)
+        default_init="base"))
 
 
 def _identity_shortcut(block: nn.Module, x: Tensor) -> Tensor:

@@ -3,13 +3,11 @@ and ``load_backbone``, which also takes a user's model factory (``file.py:build`
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from ..errors import BackboneError
@@ -27,6 +25,9 @@ class BackboneEntry:
     build: Callable[[], nn.Module]
     preprocess: Preprocess
     named_weights: Mapping[str, Callable[[], nn.Module]] = field(default_factory=dict)
+    default_init: str | None = None
+    """How its patches start when ``add_patch`` gets no ``init`` (measured per backbone,
+    docs/INIT.md); ``None`` takes the library's default."""
 
 
 BACKBONES: Registry[str, BackboneEntry] = Registry("backbone")
@@ -105,18 +106,12 @@ _register_cifar()
 _register_efficientnet_lite()
 
 
-@functools.lru_cache(maxsize=None)
 def family_init(name: str) -> str | None:
-    """The ``default_init`` of backbone ``name``'s stage spec (docs/INIT.md), for code that
-    knows a backbone by name only (run settings, suite fingerprints). The model is built on the
-    meta device: structure only, no weights, no memory."""
-    from .spec import spec_for
-
-    if name not in BACKBONES and not is_factory_ref(name):
-        return None  # loading it will say what is wrong; settings are not the place
-    with torch.device("meta"):
-        model = BACKBONES[name].build() if name in BACKBONES else build_from_factory(name)
-    return spec_for(model).default_init
+    """How patches of backbone ``name`` start when no ``init`` is given: its entry's measured
+    ``default_init`` (docs/INIT.md); ``None`` (the library's default) for a backbone without
+    one, a model factory or an unregistered name. By name, so that run settings and suite
+    fingerprints resolve it exactly as ``add_patch`` does, without building anything."""
+    return BACKBONES[name].default_init if name in BACKBONES else None
 
 
 def load_backbone(name: str, weights: str | Path | None = None) -> nn.Module:

@@ -102,9 +102,6 @@ class StageSpec:
         transitions: steps run before stage ``i`` that belong to no stage (ConvNeXt's
             downsampling layers, a block without a skip); keys are 0 .. num_stages - 1.
         names: optional display names of the stages (default: the paths).
-        default_init: how this family's patches start when ``add_patch(init=None)``: ``"base"``
-            or ``"random"``, measured per family (docs/INIT.md); ``None`` takes the library's
-            default.
     """
 
     stem: Sequence[Step]
@@ -113,7 +110,6 @@ class StageSpec:
     head: str
     transitions: Mapping[int, Sequence[Step]] = field(default_factory=dict)
     names: Sequence[str] | None = None
-    default_init: str | None = None
 
     @property
     def num_stages(self) -> int:

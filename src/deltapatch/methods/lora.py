@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..backbones.registry import family_init
 from ..delta import resolve_init
 from ..errors import DeltaPatchError, PatchError
 from ..metrics import count_params
@@ -181,7 +182,7 @@ def delta_params(model: PatchedModel, ctx: MethodContext) -> int:
                          backbone=model.backbone_name, fingerprint=model.fingerprint,
                          preprocess=model.preprocess, gate=gate, norm=ctx.norm,
                          reduction=int(ctx.options.get("reduction", 4)),
-                         init=resolve_init(ctx.init, gate, model.spec.default_init))
+                         init=resolve_init(ctx.init, gate, family_init(model.backbone_name)))
     patch = Patch(config, model.stage_shapes(), model._head.in_features)
     return count_params(patch, trainable=True) - count_params(patch.head, trainable=True)
 
