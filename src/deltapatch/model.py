@@ -372,7 +372,10 @@ class PatchedModel(nn.Module):
         feats = self.spec.features_from(self.backbone, h, start, run_stage)
         if not head:
             return feats
-        heads = {n: (self._head if n == BASE else patches[n].head) for n in groups}
+        heads: dict = {n: patches[n].head for n in patches}
+        if BASE in groups:  # the base head on every row, as the backbone runs it: on fewer rows
+            base = self._head(feats)  # a matmul may take another kernel and round otherwise
+            heads[BASE] = lambda _rows, idx=groups[BASE]: base.index_select(0, idx)
         return scatter_rows(feats, groups, heads, fill=float("-inf"))
 
     def _stage_runner(self, patches: dict[str, Patch], groups: dict[str, Tensor], start: int,
