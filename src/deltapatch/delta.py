@@ -162,8 +162,9 @@ def supports_base_init(gate: str) -> bool:
 
 def resolve_init(init: str | None, gate: str, family_default: str | None = None) -> str:
     """``None`` is the measured default (docs/INIT.md) for a gate that can start at the base
-    network: the backbone family's own where it has one (``StageSpec.default_init``), else the
-    library's; a gate that fixes Λ itself always gets the paper's random start."""
+    network: the backbone's own where it has one (``BackboneEntry.default_init``, looked up by
+    the backbone's registered name), else the library's; a gate that fixes Λ itself always gets
+    the paper's random start."""
     if init is not None:
         return init
     if gate in GATES and supports_base_init(gate):
