@@ -59,7 +59,8 @@ class RunSpec:
         "where Λ comes from: delta (input-conditioned), learned, fixed, random, existing"))
     init: str | None = field(default=None, metadata=opt(
         "how the patch starts: base (exactly the base network at step 0) or random (the "
-        "paper's init); default: the measured one for the gate, docs/INIT.md",
+        "paper's init); default: the one measured for the backbone (base for "
+        "efficientnet_lite0, random elsewhere), docs/INIT.md",
         choices=INITS))
     base_data: str | None = field(default=None, metadata=opt(
         "base task data; its test split is scored with the backbone's own head"))
