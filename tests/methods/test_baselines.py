@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from helpers import snapshot
+from helpers import FAMILIES, snapshot
 
 import deltapatch as dp
 from deltapatch.methods import METHODS, MethodContext, load_task
@@ -119,7 +119,8 @@ def test_adapters_start_as_identity(tiny_model, tiny_backbone, x):
 
     from deltapatch.methods.taskhooks import TaskModules, adapted_convs, batchnorms
 
-    convs = adapted_convs(tiny_backbone, ["layer1", "layer2", "layer3"])
+    convs = adapted_convs(tiny_backbone, [tiny_backbone.get_submodule(s)
+                                          for s in ("layer1", "layer2", "layer3")])
     assert len(convs) == 6  # two 3×3 convs per block, one block per stage
     for mode in ("series", "parallel"):
         mods = TaskModules(tiny_backbone, nn.Linear(64, 3), batchnorms(tiny_backbone), convs,
@@ -155,8 +156,42 @@ def test_hooks_removed_after_an_error(tiny_model, tiny_backbone, x):
     from deltapatch.methods.taskhooks import TaskModules, adapted_convs, batchnorms
 
     mods = TaskModules(tiny_backbone, nn.Linear(64, 3), batchnorms(tiny_backbone),
-                       adapted_convs(tiny_backbone, ["layer1"]), "parallel")
+                       adapted_convs(tiny_backbone, [tiny_backbone.layer1]), "parallel")
     with pytest.raises(RuntimeError):
         with mods.active(tiny_backbone):
             raise RuntimeError("boom")
     assert all(not m._forward_hooks for m in tiny_backbone.modules())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_adapters_fit_every_family(family):
+    """Every family gets adapters on its stages' spatial convs, slice stages (Lite0) included;
+    beside a depthwise conv the adapter is depthwise too. They start as the base function, move
+    it once trained, and the base path stays the backbone's own forward."""
+    from torch import nn
+
+    from deltapatch.methods.taskhooks import TaskModules, adapted_convs, batchnorms
+
+    torch.manual_seed(0)
+    model = dp.PatchedModel(dp.load_backbone(family)).eval()
+    net = model.backbone
+    for m in net.modules():  # timm zero-inits each block's last BN, which would hide the adapters
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+    convs = adapted_convs(net, [model.spec.stage_module(net, i) for i in range(model.num_stages)])
+    assert convs and all(max(net.get_submodule(c).kernel_size) > 1 for c in convs)
+    mods = TaskModules(net, nn.Linear(model._head.in_features, 3), batchnorms(net), convs,
+                       "parallel").eval()
+    for c in convs:
+        assert mods.adapters[c.replace(".", "__")].conv.groups == net.get_submodule(c).groups
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = net(x)
+        with mods.active(net):
+            start = model.features(x)
+        assert torch.equal(start, model.features(x))  # zero adapters add exact zeros
+        for a in mods.adapters.values():
+            a.conv.weight.normal_(0, 0.1)
+        with mods.active(net):
+            assert not torch.equal(model.features(x), start)  # ConvNeXt's layer scale: ~1e-6
+        assert torch.equal(model(x), ref)

@@ -41,7 +41,8 @@ def train_hooked(ctx: MethodContext, method: str, mode: str | None) -> MethodOut
     bns = batchnorms(model.backbone)
     if not bns:
         raise ValueError(f"{method} needs BatchNorm layers; {model.backbone_name} has none")
-    convs = adapted_convs(model.backbone, list(model.spec.stages)) if mode else []
+    stages = [model.spec.stage_module(model.backbone, i) for i in range(model.spec.num_stages)]
+    convs = adapted_convs(model.backbone, stages) if mode else []
     modules = TaskModules(model.backbone, nn.Linear(model._head.in_features,
                                                     ctx.data.num_classes), bns, convs, mode)
     task = HookedTask(model, modules)

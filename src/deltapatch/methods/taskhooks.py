@@ -28,12 +28,13 @@ def _key(path: str) -> str:
 
 
 class SeriesAdapter(nn.Module):
-    """After a conv: y ↦ y + BN(conv1x1(y)); BN's γ starts at 0, so it starts as the identity."""
+    """After a conv: y ↦ y + BN(conv1x1(y)); BN's γ starts at 0, so it starts as the identity.
+    The 1×1 keeps the conv's groups: beside a depthwise conv it is a per-channel scale."""
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
         c = conv.out_channels
-        self.conv = nn.Conv2d(c, c, 1, bias=False)
+        self.conv = nn.Conv2d(c, c, 1, groups=conv.groups, bias=False)
         self.bn = nn.BatchNorm2d(c)
         nn.init.zeros_(self.bn.weight)
 
@@ -42,12 +43,14 @@ class SeriesAdapter(nn.Module):
 
 
 class ParallelAdapter(nn.Module):
-    """Beside a conv: y ↦ y + conv1x1(x) with the conv's stride; zero-initialised."""
+    """Beside a conv: y ↦ y + conv1x1(x) with the conv's stride; zero-initialised. It is a
+    trainable centre tap of the k×k kernel, so it keeps the conv's groups too: a depthwise conv
+    (MobileNet / EfficientNet blocks, ConvNeXt) gets a per-channel one, not a dense C×C matrix."""
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
         self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, 1, stride=conv.stride,
-                              bias=False)
+                              groups=conv.groups, bias=False)
         nn.init.zeros_(self.conv.weight)
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
@@ -60,16 +63,15 @@ ADAPTERS: dict[str, Callable[[nn.Conv2d], nn.Module]] = {
 }
 
 
-def adapted_convs(backbone: nn.Module, stage_paths: list[str]) -> list[str]:
-    """Paths of the convs that get an adapter: every dense (groups=1) conv with a kernel larger
-    than 1×1 inside the stages, i.e. the 3×3 convs of the residual branches."""
-    paths = []
-    for stage in stage_paths:
-        for name, m in backbone.get_submodule(stage).named_modules():
-            if isinstance(m, nn.Conv2d) and m.groups == 1 and max(m.kernel_size) > 1:
-                paths.append(f"{stage}.{name}")
+def adapted_convs(backbone: nn.Module, stages: list[nn.Module]) -> list[str]:
+    """Paths in ``backbone`` of the convs that get an adapter: every k×k conv (k > 1) inside
+    ``stages`` (modules, or views for slice stages), i.e. the spatial convs of the residual
+    branches: dense 3×3 in a ResNet, depthwise in an inverted-residual block."""
+    ids = {id(m) for stage in stages for m in stage.modules()
+           if isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1}
+    paths = [n for n, m in backbone.named_modules() if id(m) in ids]
     if not paths:
-        raise ValueError("no dense k×k conv in the stages to attach residual adapters to")
+        raise ValueError("no k×k conv in the stages to attach residual adapters to")
     return paths
 
 
