@@ -27,3 +27,17 @@ def test_benchmark_script_imports(script, monkeypatch):
     finally:
         sys.modules.pop(spec.name, None)
     assert callable(getattr(module, "main", None)), f"{script.name} has no main()"
+
+
+def test_queue_model_follows_the_batcher(monkeypatch):
+    """The simulated batcher: a lone request waits max_wait then is served alone; a burst leaves
+    as soon as max_batch requests are queued; later ones wait for the running batch."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    spec = importlib.util.spec_from_file_location("bench_queue_model", BENCH / "queue_model.py")
+    qm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(qm)
+    lone = qm.simulate(rate=1e-3, c=0.01, s=0.001, max_batch=4, max_wait=0.005, n=5, seed=0)
+    assert lone == pytest.approx([0.016] * 5)
+    burst = qm.simulate(rate=1e6, c=0.01, s=0.001, max_batch=4, max_wait=0.005, n=8, seed=0)
+    assert burst[:4] == pytest.approx([0.014] * 4, abs=1e-4)  # full at once: no wait, 4 rows
+    assert burst[4:] == pytest.approx([0.028] * 4, abs=1e-4)  # queued behind the first batch
