@@ -31,7 +31,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -231,6 +231,7 @@ class Shard:
     n_train: int
     n_val: int
     local: bool = False
+    _norms: list = field(default_factory=list, repr=False)  # what prepare() swapped
 
     @property
     def main(self) -> bool:
@@ -334,6 +335,20 @@ class Shard:
         """Per-rank seed of torch's global generator (dropout and the like differ by rank);
         the batch order and augmentation come from the shared epoch generator."""
         torch.manual_seed(seed * 1_000_003 + self.session.rank)
+
+    # the training loop's side (deltapatch.train.Loop); train.Local is the same for one process
+    def prepare(self, owned: nn.Module, forward: Callable, seed: int) -> Callable:
+        """The step to train with: DDP over ``owned``, its norms global, this rank seeded."""
+        step = self.wrap(owned, forward)
+        self._norms = swap_norms(owned)
+        self.seed(seed)
+        return step
+
+    def epoch(self, data: TaskData, config, g: torch.Generator) -> Iterator[tuple]:
+        return self.batches(data.train, config.batch_size, g, augmenter(config, data.hflip, g))
+
+    def finish(self) -> None:
+        restore_norms(self._norms)
 
 
 def shard_for(data: TaskData, local: bool = False) -> Shard | None:

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -117,6 +117,50 @@ def predict(forward: Forward, data: ImageSet, preprocess: Preprocess,
                       for x, _ in data.batches(batch_size)])
 
 
+class Local:
+    """The single-process side of the training loop, with the interface of
+    :class:`deltapatch.distributed.Shard` (what N torchrun ranks do): ``fit`` runs one loop and
+    the two differ only here."""
+
+    main = True
+
+    def __init__(self, n_train: int) -> None:
+        self.n_train = n_train
+
+    def broadcast(self, make: Callable[[], object]) -> object:
+        return make()
+
+    def prepare(self, owned: nn.Module, forward: Forward, seed: int) -> Forward:
+        return forward
+
+    def epoch(self, data: TaskData, config: TrainConfig, g: torch.Generator
+              ) -> Iterator[tuple[Tensor, Tensor]]:
+        """The epoch's batches in ``g``'s order, each augmented with ``g`` when it is drawn."""
+        for x, y in data.train.batches(config.batch_size, g):
+            yield (random_crop_flip(x, g, hflip=data.hflip) if config.augment else x), y
+
+    def step(self, step: Forward, preprocess: Preprocess, batch: tuple[Tensor, Tensor]
+             ) -> tuple[Tensor, float, int, int]:
+        """(the mean loss to backward, the summed loss, correct, rows)."""
+        x, y = batch
+        logits = step(preprocess.normalize(x))
+        loss = F.cross_entropy(logits, y)
+        return loss, float(loss.detach()) * len(y), int((logits.argmax(1) == y).sum()), len(y)
+
+    def sum(self, *values: float) -> list[float]:
+        return list(values)
+
+    def evaluate(self, forward: Forward, val: ImageSet, preprocess: Preprocess,
+                 batch_size: int) -> float:
+        return evaluate(forward, val, preprocess, batch_size)
+
+    def finish(self) -> None:
+        pass
+
+
+Loop = Local | distributed.Shard
+
+
 def fit(forward: Forward, owned: nn.Module, data: TaskData, preprocess: Preprocess,
         config: TrainConfig, run_dir: str | Path | None = None,
         set_mode: Callable[[bool], object] | None = None,
@@ -130,53 +174,37 @@ def fit(forward: Forward, owned: nn.Module, data: TaskData, preprocess: Preproce
             the backbone in eval mode.
         run_dir: where checkpoint.pt, metrics.csv and metrics.jsonl go; an existing checkpoint
             there is resumed.
-        shard: this rank's part under torchrun (default: found from the environment; None
-            without it, the plain path). :mod:`deltapatch.distributed` says how N processes
-            train what one does.
+        shard: this rank's part under torchrun (default: found from the environment; without
+            it, one process). :mod:`deltapatch.distributed` says how N processes train what
+            one does.
     """
     set_mode = set_mode or owned.train
-    shard = shard or distributed.shard_for(data)
+    loop: Loop = shard or distributed.shard_for(data) or Local(len(data.train))
     params = [p for p in owned.parameters() if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: the owned module has no parameter requiring grad")
     opt = OPTIMIZERS[config.optimizer](params, config)
-    n_train = shard.n_train if shard else len(data.train)
-    steps_per_epoch = math.ceil(n_train / config.batch_size)
+    steps_per_epoch = math.ceil(loop.n_train / config.batch_size)
     total = steps_per_epoch * config.epochs
     warmup = int(round(config.warmup_epochs * steps_per_epoch))
-    run = Path(run_dir) if run_dir is not None and (shard is None or shard.main) else None
-    settings = _settings(config, n_train)
-    if shard is None:
-        state = _resume(run, owned, opt, settings) if run is not None else None
-    else:
-        state = _resume_shared(shard, run, owned, opt, settings)
-        step, norms = shard.wrap(owned, forward), distributed.swap_norms(owned)
-        shard.seed(config.seed)
+    run = Path(run_dir) if run_dir is not None and loop.main else None
+    settings = _settings(config, loop.n_train)
+    state = _resume_shared(loop, run, owned, opt, settings)
+    step = loop.prepare(owned, forward, config.seed)
     start, history = (state["epoch"], state["history"]) if state else (0, [])
     best = state["best"] if state else {"epoch": 0, "val_top1": -1.0, "state": None}
     t0 = time.perf_counter() - (state["seconds"] if state else 0.0)
     for epoch in range(start, config.epochs):
         set_mode(True)
-        g = _epoch_generator(config.seed, epoch)
         loss_sum = correct = seen = 0
-        batches = (data.train.batches(config.batch_size, g) if shard is None else
-                   shard.batches(data.train, config.batch_size, g,
-                                 distributed.augmenter(config, data.hflip, g)))
-        bar = progress_bar(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
-                           enabled=config.progress and (shard is None or shard.main))
+        bar = progress_bar(loop.epoch(data, config, _epoch_generator(config.seed, epoch)),
+                           total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
+                           enabled=config.progress and loop.main)
         for i, batch in enumerate(bar):
             for group in opt.param_groups:
                 group["lr"] = lr_at(epoch * steps_per_epoch + i, total, warmup, config.lr)
-            if shard is None:
-                x, y = batch
-                if config.augment:
-                    x = random_crop_flip(x, g, hflip=data.hflip)
-                logits = forward(preprocess.normalize(x))
-                loss = F.cross_entropy(logits, y)
-                batch_loss, right, n = (float(loss.detach()) * len(y),
-                                        int((logits.argmax(1) == y).sum()), len(y))
-            else:  # this rank's rows of the global batch; DDP averages the gradients
-                loss, batch_loss, right, n = shard.step(step, preprocess, batch)
+            # under torchrun: this rank's rows of the global batch; DDP averages the gradients
+            loss, batch_loss, right, n = loop.step(step, preprocess, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -186,11 +214,9 @@ def fit(forward: Forward, owned: nn.Module, data: TaskData, preprocess: Preproce
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
         set_mode(False)
-        if shard is None:
-            val = evaluate(forward, data.val, preprocess, config.eval_batch_size)
-        else:  # every rank gets the same numbers, so all keep the same best epoch
-            loss_sum, correct, seen = shard.sum(loss_sum, correct, seen)
-            val = shard.evaluate(forward, data.val, preprocess, config.eval_batch_size)
+        # every rank gets the same numbers, so all keep the same best epoch
+        loss_sum, correct, seen = loop.sum(loss_sum, correct, seen)
+        val = loop.evaluate(forward, data.val, preprocess, config.eval_batch_size)
         row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_top1": correct / seen,
                "val_top1": val, "lr": opt.param_groups[0]["lr"],
                "seconds": time.perf_counter() - t0}
@@ -201,11 +227,10 @@ def fit(forward: Forward, owned: nn.Module, data: TaskData, preprocess: Preproce
         if run is not None:
             _write_metrics(run, history)
             _checkpoint(run, owned, opt, epoch + 1, history, best, row["seconds"], settings)
-        if config.progress and (shard is None or shard.main):  # one line per epoch
+        if config.progress and loop.main:  # one line per epoch
             log(f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  "
                 f"train {row['train_top1']:.4f}  val {val:.4f}  {row['seconds']:.1f} s")
-    if shard is not None:
-        distributed.restore_norms(norms)
+    loop.finish()
     if best["state"] is not None:
         owned.load_state_dict(best["state"])
     set_mode(False)
@@ -259,12 +284,12 @@ def _resume(run: Path, owned: nn.Module, opt: torch.optim.Optimizer, settings: d
     return state
 
 
-def _resume_shared(shard: distributed.Shard, run: Path | None, owned: nn.Module,
+def _resume_shared(loop: Loop, run: Path | None, owned: nn.Module,
                    opt: torch.optim.Optimizer, settings: dict) -> dict | None:
-    """Rank 0 resumes from the run folder (or refuses, and every rank with it); the others
-    load the state it broadcasts, so all ranks continue from the same epoch and moments."""
-    state = shard.broadcast(lambda: _resume(run, owned, opt, settings) if run else None)
-    if state is not None and not shard.main:
+    """The main process resumes from the run folder (or refuses, and every rank with it); other
+    ranks load the state it broadcasts, so all continue from the same epoch and moments."""
+    state = loop.broadcast(lambda: _resume(run, owned, opt, settings) if run else None)
+    if state is not None and not loop.main:
         owned.load_state_dict(state["owned"])
         opt.load_state_dict(state["optimizer"])
     return state
