@@ -7,6 +7,7 @@ requests and seconds, and every server is stopped (SIGTERM, then SIGKILL) before
     PYTHONPATH=src python benchmarks/serve_load.py              # ~2.5 min on 2 shared cores
     PYTHONPATH=src python benchmarks/serve_load.py --seconds 5  # quicker, noisier
     PYTHONPATH=src python benchmarks/serve_load.py --mixes 128 --open-loop 0.7
+    PYTHONPATH=src python benchmarks/serve_load.py --mixes 16 --per-task 16  # vs model copies
 
 ``--open-loop F``: after a mix's closed-loop phase measures its maximum throughput T, the same
 server gets open-loop traffic at F·T requests/s (Poisson arrivals, seeded), and latency is
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import os
 import random
 import re
@@ -77,10 +79,11 @@ def make_patches(root: Path, n: int) -> Path:
     return root / "resnet18.safetensors"
 
 
-def subset(root: Path, n: int) -> Path:
-    folder = root / f"set{n}"
+def subset(root: Path, n: int, only: int | None = None) -> Path:
+    """A patches folder with p000..p{n-1}, or with p{only} alone."""
+    folder = root / (f"set{n}" if only is None else f"only{only}")
     folder.mkdir(exist_ok=True)
-    for i in range(n):
+    for i in range(n) if only is None else [only]:
         link = folder / f"p{i:03d}"
         if not link.exists():
             link.symlink_to(root / "all" / f"p{i:03d}")
@@ -90,6 +93,13 @@ def subset(root: Path, n: int) -> Path:
 def rss_mb(pid: int) -> float:
     text = Path(f"/proc/{pid}/status").read_text()
     return int(re.search(r"VmRSS:\s+(\d+)", text)[1]) / 1024
+
+
+def pss_mb(pid: int) -> float:
+    """Proportional set size: shared pages (torch's libraries) split between the processes
+    mapping them, so N processes' PSS add up to the memory they really take."""
+    text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    return int(re.search(r"Pss:\s+(\d+)", text)[1]) / 1024
 
 
 class Server:
@@ -135,12 +145,14 @@ class Server:
                 self.proc.wait()
 
 
-async def traffic(url: str, names: list[str], images: list[bytes], clients: int,
+async def traffic(routes: dict[str, str], images: list[bytes], clients: int,
                   seconds: float, max_requests: int, seed: int) -> dict:
     """``clients`` concurrent loops, each sending one request at a time, until ``seconds`` or
-    ``max_requests``; a short warm-up first (not counted)."""
+    ``max_requests``; a short warm-up first (not counted). ``routes`` maps each patch of the mix
+    to the server that answers it (one server for all, or one per task)."""
     bodies = [base64.b64encode(im).decode() for im in images]
     rng = random.Random(seed)
+    names = list(routes)
     plan = [(rng.randrange(len(bodies)), rng.choice(names)) for _ in range(max_requests)]
     lat: list[float] = []
     codes: dict[int, int] = {}
@@ -151,27 +163,27 @@ async def traffic(url: str, names: list[str], images: list[bytes], clients: int,
             i, name = plan[state["next"]]
             state["next"] += 1
             t0 = time.perf_counter()
-            r = await client.post("/v1/predict", json={"image": bodies[i], "patch": name,
-                                                       "top_k": 5})
+            r = await client.post(routes[name] + "/v1/predict",
+                                  json={"image": bodies[i], "patch": name, "top_k": 5})
             if record:
                 lat.append(time.perf_counter() - t0)
                 codes[r.status_code] = codes.get(r.status_code, 0) + 1
 
     limits = httpx.Limits(max_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
         warm = time.monotonic() + min(3.0, seconds / 3)
         await asyncio.gather(*(one(client, warm, False) for _ in range(clients)))
         state["next"] = 0
         t0 = time.monotonic()
         await asyncio.gather(*(one(client, t0 + seconds, True) for _ in range(clients)))
         elapsed = time.monotonic() - t0
-        metrics = (await client.get("/metrics")).text
+        metrics = [(await client.get(url + "/metrics")).text for url in set(routes.values())]
     ok = codes.get(200, 0)
     q = statistics.quantiles(lat, n=100) if len(lat) >= 2 else [float("nan")] * 99
-    size_sum = float(re.search(r"deltapatch_batch_size_sum ([\d.e+]+)", metrics)[1])
-    size_n = float(re.search(r"deltapatch_batch_size_count ([\d.e+]+)", metrics)[1])
+    size = [sum(float(re.search(rf"deltapatch_batch_size_{k} ([\d.e+]+)", m)[1]) for m in metrics)
+            for k in ("sum", "count")]
     return {"n": len(lat), "ok": ok, "codes": codes, "seconds": elapsed, "rps": ok / elapsed,
-            "p50_ms": q[49] * 1e3, "p99_ms": q[98] * 1e3, "mean_batch": size_sum / size_n}
+            "p50_ms": q[49] * 1e3, "p99_ms": q[98] * 1e3, "mean_batch": size[0] / size[1]}
 
 
 async def open_loop(url: str, names: list[str], images: list[bytes], rate: float,
@@ -209,7 +221,7 @@ async def open_loop(url: str, names: list[str], images: list[bytes], rate: float
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--mixes", type=int, nargs="+", default=[0, 1, 16, 128],
+    p.add_argument("--mixes", type=int, nargs="*", default=[0, 1, 16, 128],
                    help="patches in the traffic mix; 0 = base task only (default 0 1 16 128)")
     p.add_argument("--seconds", type=float, default=15.0, help="measured seconds per mix")
     p.add_argument("--max-requests", type=int, default=3000, help="cap per mix")
@@ -221,6 +233,9 @@ def main() -> None:
     p.add_argument("--batch-base", action="store_true", help="serve with --batch-base")
     p.add_argument("--open-loop", type=float, default=None, metavar="F",
                    help="after each mix, open-loop traffic at F × its measured max req/s")
+    p.add_argument("--per-task", type=int, default=0, metavar="N",
+                   help="then the model-copy alternative: N server processes with one patch "
+                        "each, traffic uniform over the N tasks, each sent to its own process")
     a = p.parse_args()
     header("deltapatch serve load test (ResNet-18 random init, Δ(1) patches, 224 px JPEGs)")
     images = photos(a.images)
@@ -230,7 +245,7 @@ def main() -> None:
           f"{' --batch-base' if a.batch_base else ''}, seed 0")
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
         root = Path(tmp)
-        weights = make_patches(root, max(a.mixes + [1]))
+        weights = make_patches(root, max(a.mixes + [1, a.per_task]))
         print("| patches loaded | traffic | requests (200) | req/s | p50 ms | p99 ms | "
               "mean batch | RSS after start MB | RSS after load MB |")
         print("|---|---|---|---|---|---|---|---|---|")
@@ -239,9 +254,9 @@ def main() -> None:
             names = [f"p{i:03d}" for i in range(n)] or ["__base__"]
             with Server(weights, folder, a.threads, a.max_batch, a.max_wait_ms,
                         a.batch_base) as server:
-                start_rss = rss_mb(server.proc.pid)
-                r = asyncio.run(traffic(server.url, names, images, a.clients, a.seconds,
-                                        a.max_requests, seed=0))
+                start_rss, start_pss = rss_mb(server.proc.pid), pss_mb(server.proc.pid)
+                r = asyncio.run(traffic(dict.fromkeys(names, server.url), images, a.clients,
+                                        a.seconds, a.max_requests, seed=0))
                 load_rss = rss_mb(server.proc.pid)
                 if a.open_loop:
                     o = asyncio.run(open_loop(server.url, names, images, a.open_loop * r["rps"],
@@ -250,6 +265,7 @@ def main() -> None:
             print(f"| {n} | {mix} | {r['n']} ({r['ok']}) | {r['rps']:.1f} | {r['p50_ms']:.0f} | "
                   f"{r['p99_ms']:.0f} | {r['mean_batch']:.1f} | {start_rss:.0f} | "
                   f"{load_rss:.0f} |", flush=True)
+            print(f"#   PSS after start {start_pss:.0f} MB")
             if set(r["codes"]) != {200}:
                 print(f"#   status codes: {r['codes']}")
             if a.open_loop:
@@ -258,6 +274,31 @@ def main() -> None:
                       f"answered/s, p50 {o['p50_ms']:.0f} ms, p99 {o['p99_ms']:.0f} ms, "
                       f"p99/p50 {o['p99_ms'] / o['p50_ms']:.2f}; codes {o['codes']}",
                       flush=True)
+        if a.per_task:
+            per_task(a, root, weights, images)
+
+
+def per_task(a: argparse.Namespace, root: Path, weights: Path, images: list[bytes]) -> None:
+    """One server process per task (the backbone copied N times), all started at once."""
+    with contextlib.ExitStack() as stack:
+        servers = []
+        for i in range(a.per_task):
+            servers.append(Server(weights, subset(root, 1, only=i), a.threads, a.max_batch,
+                                  a.max_wait_ms))
+            stack.callback(servers[-1].__exit__)
+        for server in servers:
+            server.__enter__()
+        start_rss = sum(rss_mb(s.proc.pid) for s in servers)
+        start_pss = sum(pss_mb(s.proc.pid) for s in servers)
+        routes = {f"p{i:03d}": s.url for i, s in enumerate(servers)}
+        r = asyncio.run(traffic(routes, images, a.clients, a.seconds, a.max_requests, seed=0))
+        load_rss = sum(rss_mb(s.proc.pid) for s in servers)
+    print(f"| {a.per_task} × 1 | uniform over {a.per_task}, one process per task | {r['n']} "
+          f"({r['ok']}) | {r['rps']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
+          f"{r['mean_batch']:.1f} | {start_rss:.0f} (all) | {load_rss:.0f} (all) |", flush=True)
+    print(f"#   PSS after start {start_pss:.0f} MB (all {a.per_task} processes)")
+    if set(r["codes"]) != {200}:
+        print(f"#   status codes: {r['codes']}")
 
 
 if __name__ == "__main__":
