@@ -191,50 +191,62 @@ def fit(forward: Forward, owned: nn.Module, data: TaskData, preprocess: Preproce
     settings = _settings(config, loop.n_train)
     state = _resume_shared(loop, run, owned, opt, settings)
     step = loop.prepare(owned, forward, config.seed)
-    start, history = (state["epoch"], state["history"]) if state else (0, [])
-    best = state["best"] if state else {"epoch": 0, "val_top1": -1.0, "state": None}
-    t0 = time.perf_counter() - (state["seconds"] if state else 0.0)
-    for epoch in range(start, config.epochs):
-        set_mode(True)
-        loss_sum = correct = seen = 0
-        bar = progress_bar(loop.epoch(data, config, _epoch_generator(config.seed, epoch)),
-                           total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
-                           enabled=config.progress and loop.main)
-        for i, batch in enumerate(bar):
-            for group in opt.param_groups:
-                group["lr"] = lr_at(epoch * steps_per_epoch + i, total, warmup, config.lr)
-            # under torchrun: this rank's rows of the global batch; DDP averages the gradients
-            loss, batch_loss, right, n = loop.step(step, preprocess, batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += batch_loss
-            correct += right
-            seen += n
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
-        set_mode(False)
-        # every rank gets the same numbers, so all keep the same best epoch
-        loss_sum, correct, seen = loop.sum(loss_sum, correct, seen)
-        val = loop.evaluate(forward, data.val, preprocess, config.eval_batch_size)
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_top1": correct / seen,
-               "val_top1": val, "lr": opt.param_groups[0]["lr"],
-               "seconds": time.perf_counter() - t0}
-        history.append(row)
-        if val > best["val_top1"]:
-            best = {"epoch": epoch + 1, "val_top1": val,
-                    "state": {k: v.detach().clone() for k, v in owned.state_dict().items()}}
-        if run is not None:
-            _write_metrics(run, history)
-            _checkpoint(run, owned, opt, epoch + 1, history, best, row["seconds"], settings)
-        if config.progress and loop.main:  # one line per epoch
-            log(f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  "
-                f"train {row['train_top1']:.4f}  val {val:.4f}  {row['seconds']:.1f} s")
-    loop.finish()
+    try:  # a failed run leaves no swapped norm behind either
+        start, history = (state["epoch"], state["history"]) if state else (0, [])
+        best = state["best"] if state else {"epoch": 0, "val_top1": -1.0, "state": None}
+        t0 = time.perf_counter() - (state["seconds"] if state else 0.0)
+        for epoch in range(start, config.epochs):
+            set_mode(True)
+            loss_sum, correct, seen = _train_epoch(loop, step, opt, data, preprocess, config,
+                                                   epoch, (steps_per_epoch, total, warmup))
+            set_mode(False)
+            # every rank gets the same numbers, so all keep the same best epoch
+            loss_sum, correct, seen = loop.sum(loss_sum, correct, seen)
+            val = loop.evaluate(forward, data.val, preprocess, config.eval_batch_size)
+            row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_top1": correct / seen,
+                   "val_top1": val, "lr": opt.param_groups[0]["lr"],
+                   "seconds": time.perf_counter() - t0}
+            history.append(row)
+            if val > best["val_top1"]:
+                best = {"epoch": epoch + 1, "val_top1": val,
+                        "state": {k: v.detach().clone() for k, v in owned.state_dict().items()}}
+            if run is not None:
+                _write_metrics(run, history)
+                _checkpoint(run, owned, opt, epoch + 1, history, best, row["seconds"], settings)
+            if config.progress and loop.main:  # one line per epoch
+                log(f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  "
+                    f"train {row['train_top1']:.4f}  val {val:.4f}  {row['seconds']:.1f} s")
+    finally:
+        loop.finish()
     if best["state"] is not None:
         owned.load_state_dict(best["state"])
     set_mode(False)
     return FitResult(best["epoch"], best["val_top1"], history, time.perf_counter() - t0)
+
+
+def _train_epoch(loop: Loop, step: Forward, opt: torch.optim.Optimizer, data: TaskData,
+                 preprocess: Preprocess, config: TrainConfig, epoch: int,
+                 schedule: tuple[int, int, int]) -> tuple[float, int, int]:
+    """One pass over this process's batches; (summed loss, correct, rows) seen here."""
+    steps_per_epoch, total, warmup = schedule
+    loss_sum = correct = seen = 0
+    bar = progress_bar(loop.epoch(data, config, _epoch_generator(config.seed, epoch)),
+                       total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
+                       enabled=config.progress and loop.main)
+    for i, batch in enumerate(bar):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(epoch * steps_per_epoch + i, total, warmup, config.lr)
+        # under torchrun: this rank's rows of the global batch; DDP averages the gradients
+        loss, batch_loss, right, n = loop.step(step, preprocess, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_sum += batch_loss
+        correct += right
+        seen += n
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+    return loss_sum, correct, seen
 
 
 def _settings(config: TrainConfig, n_train: int) -> dict:
