@@ -41,7 +41,9 @@ def arguments(p: argparse.ArgumentParser) -> None:
                         "numbers mean, the protocol's history)")
     p.add_argument("--note", default=None,
                    help="a line for the report header, e.g. how the runs were scheduled")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true",
+                   help="quiet: no bar and no line per run, only the JSON summary (bars are "
+                        "drawn only on a terminal anyway; logs get one line per run)")
 
 
 @command("bench", "run a benchmark suite (resumable); writes results, tables and plots",
