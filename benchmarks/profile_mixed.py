@@ -68,6 +68,17 @@ def main() -> None:
         print(f"one grouped conv over the {len(ws)} rows, each with its own patch's weights "
               f"(stacked each call): {stacked:.1f} ms vs {len(ws)} one-row convs "
               f"{len(ws) * one_row(h, w):.1f} ms")
+        if hasattr(torch, "_grouped_mm"):  # weights stacked once, as if stored that way
+            b = torch.stack([v.flatten(1).t() for v in ws[:args.patches]])  # (G, K, N)
+            a = F.unfold(h, 3, padding=1).transpose(1, 2)  # (rows, L, K); row r → patch r mod G
+            order = torch.argsort(torch.arange(args.batch) % args.patches, stable=True)
+            a = a[order].reshape(-1, a.shape[-1]).contiguous()
+            rows = torch.bincount(torch.arange(args.batch) % args.patches)
+            offs = (torch.cumsum(rows, 0) * h.shape[2] * h.shape[3]).to(torch.int32)
+            gmm = per_call_ms(lambda: torch._grouped_mm(a, b, offs=offs), 3)
+            print(f"torch._grouped_mm over the unfolded rows and the {args.patches} patches' "
+                  f"pre-stacked weights: {gmm:.1f} ms vs {len(ws)} one-row convs "
+                  f"{len(ws) * one:.1f} ms")
         print(f"gate conv {tuple(w.shape)} on layer4's input {tuple(h.shape[1:])}: 1 row "
               f"{one:.3f} ms, {args.batch} rows {many:.3f} ms ({many / args.batch:.3f} ms a row); "
               f"weights {w.numel() * 4 / 1e6:.2f} MB")
