@@ -88,3 +88,22 @@ def test_warmup_then_cosine():
     assert lrs[0] == 0.1 and lrs[9] == 1.0
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
     assert lrs[-1] < 0.01
+
+
+def test_one_process_and_a_torchrun_rank_offer_fit_the_same_loop():
+    """fit runs one loop over train.Local or distributed.Shard: a method or property one side
+    gains must exist on the other, with the same parameters."""
+    import inspect
+
+    from deltapatch.distributed import Shard
+    from deltapatch.train import Local
+
+    used = {n for n in vars(Local) if not n.startswith("_")}
+    assert used == {"main", "broadcast", "prepare", "epoch", "step", "sum", "evaluate", "finish"}
+    assert Local(5).n_train == 5 and "n_train" in Shard.__dataclass_fields__
+    for name in used:
+        assert hasattr(Shard, name), f"Shard lacks {name}"
+        ours, theirs = getattr(Local, name), getattr(Shard, name)
+        if callable(ours):
+            assert (list(inspect.signature(ours).parameters)
+                    == list(inspect.signature(theirs).parameters)), name
