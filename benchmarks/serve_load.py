@@ -262,12 +262,7 @@ def main() -> None:
                     o = asyncio.run(open_loop(server.url, names, images, a.open_loop * r["rps"],
                                               a.seconds, a.max_requests, seed=1))
             mix = "base only" if n == 0 else f"uniform over {n}"
-            print(f"| {n} | {mix} | {r['n']} ({r['ok']}) | {r['rps']:.1f} | {r['p50_ms']:.0f} | "
-                  f"{r['p99_ms']:.0f} | {r['mean_batch']:.1f} | {start_rss:.0f} | "
-                  f"{load_rss:.0f} |", flush=True)
-            print(f"#   PSS after start {start_pss:.0f} MB")
-            if set(r["codes"]) != {200}:
-                print(f"#   status codes: {r['codes']}")
+            report(str(n), mix, r, (start_rss, load_rss, start_pss))
             if a.open_loop:
                 print(f"#   open loop at {a.open_loop:g} × {r['rps']:.2f} = {o['rate']:.2f} req/s "
                       f"(Poisson, seed 1): {o['n']} requests ({o['ok']} ok), {o['rps']:.2f} "
@@ -293,10 +288,20 @@ def per_task(a: argparse.Namespace, root: Path, weights: Path, images: list[byte
         routes = {f"p{i:03d}": s.url for i, s in enumerate(servers)}
         r = asyncio.run(traffic(routes, images, a.clients, a.seconds, a.max_requests, seed=0))
         load_rss = sum(rss_mb(s.proc.pid) for s in servers)
-    print(f"| {a.per_task} × 1 | uniform over {a.per_task}, one process per task | {r['n']} "
-          f"({r['ok']}) | {r['rps']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
-          f"{r['mean_batch']:.1f} | {start_rss:.0f} (all) | {load_rss:.0f} (all) |", flush=True)
-    print(f"#   PSS after start {start_pss:.0f} MB (all {a.per_task} processes)")
+    report(f"{a.per_task} × 1", f"uniform over {a.per_task}, one process per task", r,
+           (start_rss, load_rss, start_pss), f" (all {a.per_task} processes)")
+
+
+def report(loaded: str, mix: str, r: dict, memory: tuple[float, float, float],
+           summed: str = "") -> None:
+    """One table row of a closed-loop phase; ``memory`` is (RSS after start, RSS after the
+    load, PSS after start) in MB, summed over the processes when ``summed`` says so."""
+    start_rss, load_rss, start_pss = memory
+    all_ = " (all)" if summed else ""
+    print(f"| {loaded} | {mix} | {r['n']} ({r['ok']}) | {r['rps']:.1f} | {r['p50_ms']:.0f} | "
+          f"{r['p99_ms']:.0f} | {r['mean_batch']:.1f} | {start_rss:.0f}{all_} | "
+          f"{load_rss:.0f}{all_} |", flush=True)
+    print(f"#   PSS after start {start_pss:.0f} MB{summed}")
     if set(r["codes"]) != {200}:
         print(f"#   status codes: {r['codes']}")
 
