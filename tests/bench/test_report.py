@@ -120,7 +120,18 @@ def test_lr_section_lists_each_search_and_left_out_scenarios_say_why():
     assert lr_section([r]) is None
     r["result"]["lr_search"] = {"grid": [1e-3, 1e-2], "chosen": 1e-2,
                                 "val_score": {"0.001": 0.5, "0.01": 0.625}}
-    assert "| single | r20 | mnist | d1 | 0.01 | 0.001: 50.0 · 0.01: 62.5 |" in lr_section([r])
+    assert ("| single | r20 | mnist | d1 | 0.01 (highest in grid) | 0.001: 50.0 · 0.01: 62.5 |"
+            in lr_section([r]))
+    assert "1 of 1 cells kept the lowest or highest rate" in lr_section([r])
     text = not_run_section([], [], [{"kind": "joint", "skip": "not rerun yet (time)",
                                      "backbones": ["r20"], "groups": [["a", "b"]]}])
     assert "**joint** (joint; r20; a+b): left out of this run — not rerun yet (time)" in text
+
+
+def test_grid_edge_names_only_the_ends_of_a_real_grid():
+    from deltapatch.bench.report import grid_edge
+    grid = [1e-3, 3e-3, 1e-2]
+    assert grid_edge(1e-3, grid) == "lowest in grid"
+    assert grid_edge(1e-2, grid) == "highest in grid"
+    assert grid_edge(3e-3, grid) == ""
+    assert grid_edge(1e-2, [1e-2]) == ""  # one rate: nothing was searched

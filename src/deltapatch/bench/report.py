@@ -171,24 +171,37 @@ def table_sections(records: list[dict], meta: dict) -> dict[str, str]:
 
 def lr_section(records: list[dict]) -> str | None:
     """Every learning-rate search: the grid's validation scores and the rate kept, per cell."""
-    rows, seen = [], set()
+    rows, seen, edges = [], set(), 0
     for r in records:
         found = r.get("result", {}).get("lr_search", {})
         if r.get("status") != "ok" or "val_score" not in found or r["key"] in seen:
             continue
         seen.add(r["key"])
         scores = " · ".join(f"{lr}: {100 * v:.1f}" for lr, v in found["val_score"].items())
-        rows.append([r["table"], r["backbone"], r["task"], r["label"], f"{found['chosen']:g}",
-                     scores])
+        edge = grid_edge(found["chosen"], found.get("grid", []))
+        edges += bool(edge)
+        rows.append([r["table"], r["backbone"], r["task"], r["label"],
+                     f"{found['chosen']:g}" + (f" ({edge})" if edge else ""), scores])
     if not rows:
         return None
     return ("### Learning rate per cell (one grid for every method)\n\n"
             "Each cell trained once per rate at seed 0 and kept the rate with the best "
             "validation score (best-epoch validation top-1; PAINT: the validation harmonic mean "
             "that also picks α); later seeds, and sequential patching's tasks, use that rate. "
-            "Scores in %.\n\n"
+            f"Scores in %. {edges} of {len(rows)} cells kept the lowest or highest rate of the "
+            "grid: a rate beyond it was not tried and might score better there.\n\n"
             + markdown(["table", "backbone", "task", "method", "lr chosen",
                         "validation score per lr"], rows) + "\n")
+
+
+def grid_edge(chosen: float, grid: list[float]) -> str:
+    """Which end of the grid the chosen rate sits at ('' inside it): a search that stops at an
+    edge may not have found the method's best rate, which a reader comparing methods must know."""
+    if len(grid) < 2:
+        return ""
+    if chosen == min(grid):
+        return "lowest in grid"
+    return "highest in grid" if chosen == max(grid) else ""
 
 
 def _alpha_table(result: dict) -> dict | None:
