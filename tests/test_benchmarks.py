@@ -41,3 +41,22 @@ def test_queue_model_follows_the_batcher(monkeypatch):
     burst = qm.simulate(rate=1e6, c=0.01, s=0.001, max_batch=4, max_wait=0.005, n=8, seed=0)
     assert burst[:4] == pytest.approx([0.014] * 4, abs=1e-4)  # full at once: no wait, 4 rows
     assert burst[4:] == pytest.approx([0.028] * 4, abs=1e-4)  # queued behind the first batch
+
+
+def test_lr_edge_probe_writes_a_loadable_one_rate_suite(monkeypatch, tmp_path):
+    """The probe's suite is the shipped one cut to the chosen cells, at one rate and seed 0, so
+    its records are comparable with the suite's own (same defaults, tasks and variants)."""
+    from deltapatch.bench.suite import load_suite
+    monkeypatch.syspath_prepend(str(BENCH))
+    spec = importlib.util.spec_from_file_location("bench_lr_probe", BENCH / "lr_edge_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    path = tmp_path / "probe.toml"
+    path.write_text(probe.probe_suite("cpu", "resnet20", ["dtd10"], ["linear", "delta1"], 0.1))
+    suite, shipped = load_suite(str(path)), load_suite("cpu")
+    assert suite.defaults["lr_grid"] == [0.1] and shipped.defaults["lr_grid"] != [0.1]
+    assert suite.seeds == 1
+    assert [s["variants"] for s in suite.scenarios] == [["linear", "delta1"]]
+    assert suite.tasks["dtd10"] == shipped.tasks["dtd10"]
+    assert {k: v for k, v in suite.defaults.items() if k != "lr_grid"} == \
+        {k: v for k, v in shipped.defaults.items() if k != "lr_grid"}

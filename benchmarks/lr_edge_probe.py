@@ -1,0 +1,90 @@
+"""Did a tuned cell stop at the edge of the learning-rate grid? Train it one step past the edge.
+
+A suite with ``lr_grid`` keeps, per cell, the rate with the best validation score. When that is
+the grid's lowest or highest rate (the report's "Learning rate per cell" table marks these), the
+search may not have found the method's best rate. This script writes a copy of a shipped suite
+restricted to the chosen cells, with ``lr_grid = [RATE]`` and seed 0 only, runs it with
+``deltapatch bench`` (resumable like any suite), and prints each cell's validation score per rate
+from the published records beside the probe's, and both test harmonic means.
+
+Runs vary by a point or two between code versions (parameter creation order moves the random
+start), so ``--rate`` at the edge rate itself gives the baseline to compare against.
+
+    PYTHONPATH=src python benchmarks/lr_edge_probe.py --suite cpu --backbone resnet20 \\
+        --tasks gtsrb dtd10 --variants linear delta1 delta3 adapter-parallel --rate 0.1 \\
+        --records docs/results/cpu/results.json --out runs/lr-probe-0.1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from deltapatch.bench.suite import resolve
+
+
+def probe_suite(suite: str, backbone: str, tasks: list[str], variants: list[str],
+                rate: float) -> str:
+    """The suite's TOML up to its first scenario, one rate, one seed, one single-task scenario."""
+    text = resolve(suite).read_text()
+    head = text[:text.index("[[scenarios]]")]
+    head, n = re.subn(r"(?m)^lr_grid = \[.*\]$", f"lr_grid = [{rate!r}]", head)
+    if n != 1:
+        sys.exit(f"expected one lr_grid line in suite {suite}'s defaults, found {n}")
+    head = re.sub(r"(?m)^seeds = \d+$", "seeds = 1", head, count=1)
+    head = re.sub(r'(?m)^name = ".*"$', f'name = "{suite}-lr-probe"', head, count=1)
+    return head + ("\n[[scenarios]]\nkind = \"single\"\ntable = \"single\"\n"
+                   f"backbones = {json.dumps([backbone])}\ntasks = {json.dumps(tasks)}\n"
+                   f"variants = {json.dumps(variants)}\n")
+
+
+def ok_runs(path: Path) -> dict[str, dict]:
+    runs = json.loads(path.read_text())["runs"]
+    return {r["key"]: r for r in runs if r.get("status") == "ok"}
+
+
+def scores(run: dict) -> str:
+    found = run["result"]["lr_search"]["val_score"]
+    return ", ".join(f"{lr}: {100 * v:.1f}" for lr, v in found.items())
+
+
+def compare(records: dict[str, dict], probe: dict[str, dict]) -> None:
+    print("| task | method | recorded: val per lr (kept) | test HM | probe: val | test HM |")
+    print("|---|---|---|---|---|---|")
+    for key, run in probe.items():
+        old = records.get(key)
+        if old is None:
+            print(f"| {run['task']} | {run['label']} | no record | | {scores(run)} | |")
+            continue
+        kept = old["result"]["lr_search"]["chosen"]
+        print(f"| {run['task']} | {run['label']} | {scores(old)} ({kept:g}) | "
+              f"{100 * old['result']['harmonic_mean']:.1f} | {scores(run)} | "
+              f"{100 * run['result']['harmonic_mean']:.1f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--suite", required=True, help="shipped suite name or TOML path")
+    ap.add_argument("--backbone", required=True)
+    ap.add_argument("--tasks", nargs="+", required=True)
+    ap.add_argument("--variants", nargs="+", required=True)
+    ap.add_argument("--rate", type=float, required=True, help="the one rate to train at")
+    ap.add_argument("--records", type=Path, required=True, help="the suite's results.json")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    toml = a.out / "probe.toml"
+    toml.write_text(probe_suite(a.suite, a.backbone, a.tasks, a.variants, a.rate))
+    subprocess.run([sys.executable, "-m", "deltapatch", "--threads", str(a.threads), "bench",
+                    "--suite", str(toml), "--out", str(a.out), "--no-progress"], check=True,
+                   stdout=subprocess.DEVNULL)
+    compare(ok_runs(a.records), ok_runs(a.out / "results.json"))
+
+
+if __name__ == "__main__":
+    main()
