@@ -7,8 +7,8 @@ restricted to the chosen cells, with ``lr_grid = [RATE]`` and seed 0 only, runs 
 ``deltapatch bench`` (resumable like any suite), and prints each cell's validation score per rate
 from the published records beside the probe's, and both test harmonic means.
 
-Runs vary by a point or two between code versions (parameter creation order moves the random
-start), so ``--rate`` at the edge rate itself gives the baseline to compare against.
+Runs can differ by a point or two from records made by older code, so a probe at the edge rate
+itself gives the baseline to compare against.
 
     PYTHONPATH=src python benchmarks/lr_edge_probe.py --suite cpu --backbone resnet20 \\
         --tasks gtsrb dtd10 --variants linear delta1 delta3 adapter-parallel --rate 0.1 \\
