@@ -29,13 +29,19 @@ def test_benchmark_script_imports(script, monkeypatch):
     assert callable(getattr(module, "main", None)), f"{script.name} has no main()"
 
 
+def _script(name: str, monkeypatch):
+    """A benchmarks/ script loaded as a module (its main() does not run)."""
+    monkeypatch.syspath_prepend(str(BENCH))  # scripts import their shared _common
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_queue_model_follows_the_batcher(monkeypatch):
     """The simulated batcher: a lone request waits max_wait then is served alone; a burst leaves
     as soon as max_batch requests are queued; later ones wait for the running batch."""
-    monkeypatch.syspath_prepend(str(BENCH))
-    spec = importlib.util.spec_from_file_location("bench_queue_model", BENCH / "queue_model.py")
-    qm = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(qm)
+    qm = _script("queue_model", monkeypatch)
     lone = qm.simulate(rate=1e-3, c=0.01, s=0.001, max_batch=4, max_wait=0.005, n=5, seed=0)
     assert lone == pytest.approx([0.016] * 5)
     burst = qm.simulate(rate=1e6, c=0.01, s=0.001, max_batch=4, max_wait=0.005, n=8, seed=0)
@@ -47,10 +53,7 @@ def test_lr_edge_probe_writes_a_loadable_one_rate_suite(monkeypatch, tmp_path):
     """The probe's suite is the shipped one cut to the chosen cells, at one rate and seed 0, so
     its records are comparable with the suite's own (same defaults, tasks and variants)."""
     from deltapatch.bench.suite import load_suite
-    monkeypatch.syspath_prepend(str(BENCH))
-    spec = importlib.util.spec_from_file_location("bench_lr_probe", BENCH / "lr_edge_probe.py")
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = _script("lr_edge_probe", monkeypatch)
     path = tmp_path / "probe.toml"
     path.write_text(probe.probe_suite("cpu", "resnet20", ["dtd10"], ["linear", "delta1"], 0.1))
     suite, shipped = load_suite(str(path)), load_suite("cpu")
