@@ -63,3 +63,12 @@ def test_lr_edge_probe_writes_a_loadable_one_rate_suite(monkeypatch, tmp_path):
     assert suite.tasks["dtd10"] == shipped.tasks["dtd10"]
     assert {k: v for k, v in suite.defaults.items() if k != "lr_grid"} == \
         {k: v for k, v in shipped.defaults.items() if k != "lr_grid"}
+
+
+def test_suite_times_counts_every_rate_a_tuned_cell_trained(monkeypatch):
+    times = _script("suite_times", monkeypatch)
+    tuned = {"lr_search": {"wall_seconds": 400.0, "val_score": {"0.001": 0.5, "0.01": 0.6}},
+             "wall_seconds": 150.0}
+    assert times.per_run_seconds(tuned) == (200.0, 2)
+    assert times.per_run_seconds({"lr_search": {"chosen": 0.01}, "wall_seconds": 90.0}) == (90.0, 1)
+    assert times.cell("single/lite0/usps/paint/seed2") == "single/lite0/usps/paint"
