@@ -7,6 +7,16 @@ import torch
 from helpers import random_backbone
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` need a real GPU: without one they skip, saying so."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False here)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -8,8 +8,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch import nn
 
+from ..devices import resolve_device
 from ..errors import BackboneError
 from ..preprocess import Preprocess
 from ..registry import Registry
@@ -114,7 +116,8 @@ def family_init(name: str) -> str | None:
     return BACKBONES[name].default_init if name in BACKBONES else None
 
 
-def load_backbone(name: str, weights: str | Path | None = None) -> nn.Module:
+def load_backbone(name: str, weights: str | Path | None = None,
+                  device: str | torch.device | None = None) -> nn.Module:
     """Build backbone ``name`` in eval mode.
 
     Args:
@@ -127,7 +130,11 @@ def load_backbone(name: str, weights: str | Path | None = None) -> nn.Module:
             a torch file read with ``weights_only=True``); or a named set such as
             ``"imagenet"`` or ``"cifar10"``. Named sets that need a download fail at once,
             naming ``--weights PATH``, when the machine is offline.
+        device: where to put it (``"auto"``, ``"cuda:1"``, a ``torch.device``;
+            :func:`deltapatch.devices.resolve_device`); ``None`` leaves it on the CPU, where
+            its weights were read. Checked before the model is built.
     """
+    target = resolve_device(device) if device is not None else None
     if name in BACKBONES:
         entry = BACKBONES[name]
         named, preprocess = entry.named_weights, entry.preprocess
@@ -144,7 +151,7 @@ def load_backbone(name: str, weights: str | Path | None = None) -> nn.Module:
     model.eval()
     model.deltapatch_name = name
     model.deltapatch_preprocess = preprocess
-    return model
+    return model if target is None else model.to(target)
 
 
 def _with_weights_file(model: nn.Module, weights: str | Path | None, name: str,

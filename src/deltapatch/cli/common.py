@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import MISSING, dataclass, fields
 
 from ..backbones import list_backbones, load_backbone
+from ..devices import DEVICES, PRECISIONS, resolve_device
 from ..model import PatchedModel
 from ..registry import Registry
 
@@ -41,8 +42,21 @@ def backbone_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                         "default: random init")
 
 
+def device_args(p: argparse.ArgumentParser, precision: bool = False) -> None:
+    """``--device`` (every command that runs a model) and, where training runs, ``--precision``."""
+    p.add_argument("--device", default="auto",
+                   help=f"where the model runs: {'|'.join(DEVICES)} (default: auto, which picks "
+                        "cuda, then mps, then cpu); a device that is not there is an error")
+    if precision:
+        p.add_argument("--precision", default="fp32", choices=tuple(PRECISIONS),
+                       help="autocast dtype of the patch path (the base task always runs in the "
+                            "backbone's own dtype; fp16 adds a grad scaler) (default: fp32)")
+
+
 def load_model(args: argparse.Namespace) -> PatchedModel:
-    return PatchedModel(load_backbone(args.backbone, args.weights))
+    """The backbone of ``--backbone``/``--weights`` on ``--device``, wrapped."""
+    device = resolve_device(getattr(args, "device", "auto"))
+    return PatchedModel(load_backbone(args.backbone, args.weights, device=device))
 
 
 def _type_of(annotation: str) -> type:
