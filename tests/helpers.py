@@ -66,3 +66,19 @@ def refused(capsys, argv, match: str, code: int = 2) -> str:
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert match in err, err
     return err
+
+
+def fake_on(module: torch.nn.Module, mode, device: str) -> torch.nn.Module:
+    """Every parameter and buffer of ``module`` as a fake tensor of ``mode`` on ``device``, in
+    place (``FakeTensorMode``: shapes and devices without memory or a GPU). ``module.to`` cannot
+    do this: it swaps tensors, which fake ones refuse. Call inside ``with mode:``. Any tensor the
+    code under test then makes on another device meets these in an op and raises."""
+    for m in module.modules():
+        for key, p in list(m._parameters.items()):
+            if p is not None:
+                m._parameters[key] = torch.nn.Parameter(mode.from_tensor(p).detach().to(device),
+                                                        requires_grad=p.requires_grad)
+        for key, b in list(m._buffers.items()):
+            if b is not None:
+                m._buffers[key] = mode.from_tensor(b).to(device)
+    return module

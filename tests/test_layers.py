@@ -11,7 +11,7 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "src" / "deltapatch"
 LAYERS = [  # lowest first; a module may import its own layer and those before it
     {"errors", "registry", "options", "progress", "preprocess", "weights", "metrics", "hardware",
-     "paths", "tensorfile", "store"},
+     "paths", "tensorfile", "store", "devices"},
     {"backbones"},
     {"baseinit", "delta", "patch", "routing", "model"},
     {"data", "distributed", "train", "cache"},

@@ -113,7 +113,7 @@ class RandomGate(nn.Module):
         self.k = k
 
     def forward(self, h0: Tensor) -> Tensor:
-        return torch.rand(h0.shape[0], num_skips(self.k), dtype=h0.dtype)
+        return torch.rand(h0.shape[0], num_skips(self.k), dtype=h0.dtype, device=h0.device)
 
 
 class ExistingSkipGate(nn.Module):

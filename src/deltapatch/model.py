@@ -19,6 +19,7 @@ from .backbones.check import check_spec
 from .backbones.registry import backbone_name, default_preprocess, family_init
 from .backbones.spec import StageSpec, block_split, spec_for
 from .delta import resolve_init
+from .devices import placement
 from .errors import PatchError
 from .metrics import count_params, tensor_bytes
 from .patch import (
@@ -135,7 +136,7 @@ class PatchedModel(nn.Module):
             class_names=list(class_names) if class_names is not None else None,
             task=task, options=dict(options or {}),
         )
-        patch = Patch(config, self.stage_shapes(), self._head.in_features)
+        patch = self._placed(Patch(config, self.stage_shapes(), self._head.in_features))
         self.patches[name] = patch.train(self.training)
         return patch
 
@@ -143,6 +144,21 @@ class PatchedModel(nn.Module):
         check_name(name)
         if name in self.patches:
             raise PatchError(f"a patch named '{name}' exists; remove_patch('{name}') first")
+
+    def _placed(self, patch: Patch) -> Patch:
+        """``patch`` on the backbone's device and floating dtype, as a PEFT adapter follows its
+        base layer: a patch added or loaded after ``model.to(...)`` runs where the model runs."""
+        device, dtype = placement(self.backbone)
+        return patch.to(device=device, dtype=dtype)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the backbone (and so every patch) lives."""
+        return placement(self.backbone)[0]
+
+    def _apply(self, fn, recurse: bool = True):  # what .to(), .cuda(), .half() all run
+        self.fingerprint  # of the weights as loaded: a later cast must not change what fits
+        return super()._apply(fn, recurse)
 
     def get_patch(self, name: str) -> Patch:
         if name not in self.patches:
@@ -198,7 +214,7 @@ class PatchedModel(nn.Module):
         patch = Patch(config, self.stage_shapes(), self._head.in_features)
         check_tensors(patch, tensors)
         patch.load_state_dict(tensors)
-        self.patches[config.name] = patch.train(self.training)
+        self.patches[config.name] = self._placed(patch).train(self.training)
         return config.name
 
     def check_fits(self, config: PatchConfig) -> None:
@@ -245,16 +261,16 @@ class PatchedModel(nn.Module):
         if patches is not None:
             if len(patches) != x.shape[0]:
                 raise ValueError(f"{len(patches)} patch names for a batch of {x.shape[0]}")
-            return self._routed(x, group_rows(list(patches), BASE))
+            return self._routed(x, group_rows(list(patches), BASE, x.device))
         name = patch if patch is not None else self.active
         if name is None or name == BASE:
             return self.backbone(x)
-        return self._routed(x, group_rows([name] * x.shape[0], name))
+        return self._routed(x, group_rows([name] * x.shape[0], name, x.device))
 
     def features(self, x: Tensor, patch: str | None = None) -> Tensor:
         """Pre-logit features (the head's input) of the base path or of one patch."""
         name = patch or BASE
-        return self._routed(x, group_rows([name] * x.shape[0], name), head=False)
+        return self._routed(x, group_rows([name] * x.shape[0], name, x.device), head=False)
 
     def lambdas(self, x: Tensor, patch: str | None = None) -> dict[int, Tensor]:
         """Λ per patched stage: ``{stage index: (N, k(k+1)/2)}`` in [0, 1] for the Δ gate."""
@@ -262,7 +278,7 @@ class PatchedModel(nn.Module):
         if name is None:
             raise PatchError("lambdas() needs a patch: pass patch=NAME or set_patch(NAME)")
         record: dict[str, dict[int, Tensor]] = {}
-        self._routed(x, group_rows([name] * x.shape[0], name), record=record)
+        self._routed(x, group_rows([name] * x.shape[0], name, x.device), record=record)
         return record.get(name, {})
 
     def stage_input(self, x: Tensor, stage: int) -> Tensor:
@@ -310,7 +326,7 @@ class PatchedModel(nn.Module):
                                            or start >= self.num_stages):
             raise ValueError("first_residual needs all rows on one patch that patches stage "
                              f"{start}")
-        groups = group_rows(names, BASE if patches is not None else one)
+        groups = group_rows(names, BASE if patches is not None else one, h.device)
         return self._finish(h, start, groups, head, first_residual=first_residual)
 
     def fanout(self, x: Tensor, patches: Sequence[str]) -> dict[str, Tensor]:
@@ -350,7 +366,7 @@ class PatchedModel(nn.Module):
             if first[n] == n_stages:  # the base task and head-only patches: features are shared
                 out[n] = (self._head if n == BASE else self.classifier(n).head)(feats)
                 continue
-            groups = {n: torch.arange(x.shape[0])}
+            groups = {n: torch.arange(x.shape[0], device=x.device)}
             out[n] = self._finish(hs[first[n]], first[n], groups,
                                   first_residual=shared.get(first[n]))
         return out
@@ -405,7 +421,7 @@ class PatchedModel(nn.Module):
         network or one patch (any kind): the multi-scale features a detector or segmenter reads.
         The base pyramid is the frozen stages' own outputs; a patch replaces only its Δ-stages."""
         name = patch or BASE
-        groups = group_rows([name] * x.shape[0], name)
+        groups = group_rows([name] * x.shape[0], name, x.device)
         runner = None
         if name != BASE:
             runner = self._stage_runner({name: self.get_patch(name)}, groups, 0)

@@ -24,11 +24,14 @@ class Preprocess:
     std: tuple[float, float, float] = IMAGENET_STD
 
     def normalize(self, x: Tensor) -> Tensor:
-        """uint8 or [0, 1] float images (N, 3, H, W) → normalized float32."""
+        """uint8 or [0, 1] float images (N, 3, H, W) → normalized float32, on ``x``'s device
+        (move uint8 batches first: a quarter of the bytes cross the bus)."""
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
         mean = torch.tensor(self.mean, dtype=x.dtype).view(1, 3, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype).view(1, 3, 1, 1)
+        if x.device.type != "cpu":
+            mean, std = mean.to(x.device, non_blocking=True), std.to(x.device, non_blocking=True)
         return (x - mean) / std
 
     def with_size(self, size: int | None) -> Preprocess:

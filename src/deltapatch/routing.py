@@ -15,7 +15,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from .delta import DeltaStage, existing_skips, num_skips, weighted_blocks
+from .baseinit import existing_targets
+from .delta import DeltaStage, weighted_blocks
 
 
 def delta_fn(delta: nn.Module, blocks: list, stage: int, record: dict | None,
@@ -28,15 +29,24 @@ def delta_fn(delta: nn.Module, blocks: list, stage: int, record: dict | None,
     return run
 
 
-def group_rows(names: list[str], empty: str) -> dict[str, Tensor]:
-    """Row indices per task name. An empty batch is one empty group of task ``empty``, so it
-    runs the same path as any batch and gives an empty result of that task's width."""
+def group_rows(names: list[str], empty: str, device: torch.device | None = None
+               ) -> dict[str, Tensor]:
+    """Row indices per task name, on ``device`` (the batch's). An empty batch is one empty group
+    of task ``empty``, so it runs the same path as any batch and gives an empty result of that
+    task's width. The names live on the host, so the indices are made there and sent ahead
+    without waiting: nothing in routing reads a device value back."""
     rows: dict[str, list[int]] = {}
     for r, n in enumerate(names):
         rows.setdefault(n, []).append(r)
     if not rows:
-        return {empty: torch.zeros(0, dtype=torch.long)}
-    return {n: torch.tensor(r, dtype=torch.long) for n, r in rows.items()}
+        rows = {empty: []}
+    return {n: _on(torch.tensor(r, dtype=torch.long), device) for n, r in rows.items()}
+
+
+def _on(t: Tensor, device: torch.device | None) -> Tensor:
+    if device is None or t.device == device:
+        return t
+    return t.to(device, non_blocking=True)  # a copy from host memory: no device sync
 
 
 def scatter_rows(h: Tensor, groups: dict[str, Tensor], fns: dict, fill: float = 0.0) -> Tensor:
@@ -67,8 +77,7 @@ def mixed_stage(h: Tensor, s: int, blocks: list, deltas: dict[str, DeltaStage],
     skips); each patched task's gate fills its own rows. Task norms apply to their own rows
     only, where the task puts them (``norm="skip"`` or ``"output"``)."""
     k = len(blocks)
-    lam = h.new_zeros(h.shape[0], num_skips(k))
-    lam[:, existing_skips(k)] = 1.0
+    lam = _on(existing_targets(k).to(h.dtype), h.device).expand(h.shape[0], -1).clone()
     for n, d in deltas.items():
         rows = d.gate(h.index_select(0, groups[n]))
         lam = lam.index_copy(0, groups[n], rows.to(lam.dtype))
@@ -81,14 +90,13 @@ def mixed_stage(h: Tensor, s: int, blocks: list, deltas: dict[str, DeltaStage],
 
 
 def on_rows(groups: dict[str, Tensor], fns: dict[str, nn.Module]) -> Callable[[Tensor], Tensor]:
-    """``fns[n]`` on group ``n``'s rows, every other row unchanged."""
+    """``fns[n]`` on group ``n``'s rows, every other row unchanged. The other rows are the
+    other groups' (known on the host), not a mask's ``nonzero``, which would wait for the device."""
+    parts = {n: groups[n] for n in fns}
+    rest = [idx for n, idx in groups.items() if n not in fns]
+    if rest and sum(idx.numel() for idx in rest):
+        parts[""] = torch.cat(rest) if len(rest) > 1 else rest[0]
+
     def apply(t: Tensor) -> Tensor:
-        taken = torch.zeros(t.shape[0], dtype=torch.bool)
-        for n in fns:
-            taken[groups[n]] = True
-        rest = (~taken).nonzero().flatten()
-        parts = {n: groups[n] for n in fns}
-        if rest.numel():
-            parts[""] = rest
         return scatter_rows(t, parts, {**fns, "": nn.Identity()})
     return apply
