@@ -150,3 +150,12 @@ def test_base_answers_stay_bit_identical_after_a_round_trip_through_a_dtype():
     assert torch.equal(model(x), before)
     assert torch.equal(model(x, patches=["__base__", "delta", "__base__", "head"])[[0, 2]],
                        before[[0, 2]])
+
+
+def test_the_base_task_keeps_its_own_dtype_under_autocast():
+    model = _model()
+    x = torch.randn(4, 3, 32, 32)
+    with devices.autocast(torch.device("cpu"), "bf16"):
+        patched, base = model(x, patch="delta"), model(x)
+    assert patched.dtype == torch.bfloat16
+    assert base.dtype == torch.float32 and torch.equal(base, model.backbone(x))

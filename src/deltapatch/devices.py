@@ -102,6 +102,14 @@ def autocast(device: torch.device, precision: str = "fp32") -> contextlib.Abstra
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def own_dtype(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast off inside: the base task runs in the backbone's own dtype even when the caller
+    trains or serves patches under autocast, so its answers stay the backbone's to the bit."""
+    if not torch.is_autocast_enabled(device.type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
 def grad_scaler(device: torch.device, precision: str = "fp32") -> torch.amp.GradScaler:
     """A scaler that is enabled only for fp16 (bf16 and fp32 need none): ``scale``, ``step``
     and ``update`` then pass through unchanged."""

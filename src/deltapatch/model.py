@@ -19,7 +19,7 @@ from .backbones.check import check_spec
 from .backbones.registry import backbone_name, default_preprocess, family_init
 from .backbones.spec import StageSpec, block_split, spec_for
 from .delta import resolve_init
-from .devices import placement
+from .devices import own_dtype, placement
 from .errors import PatchError
 from .metrics import count_params, tensor_bytes
 from .patch import (
@@ -264,7 +264,8 @@ class PatchedModel(nn.Module):
             return self._routed(x, group_rows(list(patches), BASE, x.device))
         name = patch if patch is not None else self.active
         if name is None or name == BASE:
-            return self.backbone(x)
+            with own_dtype(x.device):
+                return self.backbone(x)
         return self._routed(x, group_rows([name] * x.shape[0], name, x.device))
 
     def features(self, x: Tensor, patch: str | None = None) -> Tensor:
