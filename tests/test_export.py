@@ -72,19 +72,26 @@ def test_metadata_names_classes_and_preprocessing(tmp_path):
     assert meta["deltapatch.fingerprint"] == model.fingerprint
 
 
-def test_export_and_verify_from_the_cli(tmp_path, capsys):
+@pytest.fixture
+def saved(tmp_path) -> tuple[list[str], Path]:
+    """Backbone flags for saved CIFAR ResNet-20 weights, and the folder holding patches p (as
+    trained) and p2 (the same name, other weights)."""
     from safetensors.torch import save_file
-
-    from deltapatch.cli import main
 
     torch.manual_seed(0)
     save_file(dp.load_backbone("cifar_resnet20").state_dict(), str(tmp_path / "w.safetensors"))
     model = dp.PatchedModel(dp.load_backbone("cifar_resnet20", tmp_path / "w.safetensors"))
     model.add_patch("p", 4, stages=1)
     model.save_patch("p", tmp_path / "p")
-    model.get_patch("p").head.bias.data += 1.0  # the same patch name, other weights
+    model.get_patch("p").head.bias.data += 1.0
     model.save_patch("p", tmp_path / "p2")
-    bb = ["--backbone", "cifar_resnet20", "--weights", str(tmp_path / "w.safetensors")]
+    return ["--backbone", "cifar_resnet20", "--weights", str(tmp_path / "w.safetensors")], tmp_path
+
+
+def test_export_and_verify_from_the_cli(saved, capsys):
+    from deltapatch.cli import main
+
+    bb, tmp_path = saved
     out = str(tmp_path / "m.onnx")
     assert main(["export", *bb, "--patch", str(tmp_path / "p"), "--out", out]) == 0
     assert json.loads(capsys.readouterr().out)["outputs"] == ["__base__", "p"]
@@ -94,3 +101,55 @@ def test_export_and_verify_from_the_cli(tmp_path, capsys):
     assert main(["verify", *bb, "--patch", str(tmp_path / "p2"), "--onnx", out, "-n", "4"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert not report["ok"] and report["outputs"]["__base__"]["ok"]
+
+
+def test_cli_device_and_provider_are_reported_and_checked(saved, capsys):
+    """``--device cpu --provider cpu`` verifies and says so; a GPU that is not there, a provider
+    this onnxruntime lacks, or ``--provider`` without ``--onnx``: one line, exit 2, no file."""
+    from deltapatch.cli import main
+
+    bb, tmp_path = saved
+    out, patch = str(tmp_path / "m.onnx"), ["--patch", str(tmp_path / "p")]
+    assert main(["export", *bb, *patch, "--out", out, "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["verify", *bb, *patch, "--onnx", out, "-n", "2", "--device", "cpu",
+                 "--provider", "cpu"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and (report["provider"], report["device"]) == ("cpu", "cpu")
+    assert main(["verify", *bb, *patch, "-n", "2", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["device"] == "cpu"
+    bad = [["verify", *bb, *patch, "--provider", "cpu"],
+           ["export", *bb, "--out", str(tmp_path / "gpu.onnx"), "--device", "cuda:7"],
+           ["verify", *bb, *patch, "--device", "cuda:7"]]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        bad.append(["verify", *bb, *patch, "--onnx", out, "--provider", "cuda"])
+    for argv in bad:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "Traceback" not in err, err
+    assert not (tmp_path / "gpu.onnx").exists()
+
+
+def test_cuda_provider_runs_without_tf32_and_refuses_a_silent_cpu_fallback(monkeypatch,
+                                                                            tmp_path):
+    """With onnxruntime-gpu the session asks for CUDA (TF32 off, the CPU only for nodes CUDA
+    lacks); if onnxruntime then starts on the CPU alone, the check refuses to pass as CUDA."""
+    from deltapatch import export
+
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert export.session_providers("cuda", 1) == [
+        ("CUDAExecutionProvider", {"device_id": "1", "use_tf32": "0"}), "CPUExecutionProvider"]
+
+    class FellBack:
+        def __init__(self, path, providers):
+            self.providers = providers
+
+        def get_providers(self):
+            return ["CPUExecutionProvider"]
+
+    monkeypatch.setattr(ort, "InferenceSession", FellBack)
+    with pytest.raises(dp.DeltaPatchError, match="could not start CUDAExecutionProvider"):
+        export.open_session(tmp_path / "m.onnx", "cuda")
+    with pytest.raises(dp.DeltaPatchError, match="choose from cpu, cuda"):
+        export.session_providers("tpu")

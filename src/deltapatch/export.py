@@ -10,20 +10,28 @@ Exporter: torch's TorchScript-based ``torch.onnx.export(..., dynamo=False)`` at 
 traces the routed forward into a static graph (the routing is decided by the task list at export
 time, not per input). ``onnx`` and ``onnxruntime`` are an optional extra (``pip install
 'deltapatch[onnx]'``).
+
+Devices: the graph is traced wherever the model is (the graph itself names no device), and
+:func:`verify_onnx` runs it on onnxruntime's CPU or CUDA execution provider (``onnxruntime-gpu``)
+against the PyTorch model on its own device. Inputs go to onnxruntime as host numpy arrays and
+outputs are compared on the host. On a GPU the PyTorch reference runs with TF32 off, and so does
+onnxruntime's CUDA provider: both then compute in float32, which the tolerances below assume.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from .devices import placement, to_device
 from .errors import DeltaPatchError
 from .model import BASE, PatchedModel
 
@@ -31,6 +39,8 @@ OPSET = 17
 INPUT = "image"
 BASE_TOLERANCE = 1e-5
 PATCH_TOLERANCE = 1e-4
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+"""``verify --provider``: onnxruntime's execution provider for each name."""
 
 
 class TaskGraph(nn.Module):
@@ -92,7 +102,7 @@ def export_onnx(model: PatchedModel, out: str | Path, names: Sequence[str],
     out = Path(out)
     size = size or model.preprocess.size
     graph = TaskGraph(model.eval(), names).eval()
-    example = torch.zeros(2, 3, size, size)
+    example = torch.zeros(2, 3, size, size, device=placement(model)[0])
     dynamic = {INPUT: {0: "batch"}, **{n: {0: "batch"} for n in names}}
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -125,23 +135,70 @@ class OutputCheck:
         return self.max_abs_diff <= self.tolerance * self.scale
 
 
-def verify_onnx(path: str | Path, model: PatchedModel, x: Tensor) -> list[OutputCheck]:
-    """Run the graph in onnxruntime (CPU) on ``x`` and compare every output with PyTorch.
+def session_providers(provider: str = "cpu", device_id: int = 0) -> list:
+    """onnxruntime's ``providers`` argument for ``provider`` (cpu or cuda). CUDA needs the
+    ``onnxruntime-gpu`` build; it runs with TF32 off (full float32, as the tolerances assume)
+    and leaves to the CPU only the nodes it has no kernel for."""
+    _, ort = _require_onnx()
+    if provider not in PROVIDERS:
+        raise DeltaPatchError(f"provider '{provider}': choose from {', '.join(PROVIDERS)}")
+    available = ort.get_available_providers()
+    if PROVIDERS[provider] not in available:
+        raise DeltaPatchError(f"--provider {provider} needs onnxruntime's {PROVIDERS[provider]}, "
+                              f"which this onnxruntime lacks (it has {', '.join(available)}): "
+                              "pip install onnxruntime-gpu, or use --provider cpu")
+    if provider == "cpu":
+        return [PROVIDERS["cpu"]]
+    return [(PROVIDERS["cuda"], {"device_id": str(device_id), "use_tf32": "0"}), PROVIDERS["cpu"]]
+
+
+def open_session(path: str | Path, provider: str = "cpu", device_id: int = 0):
+    """An onnxruntime session on ``provider``; refused when onnxruntime quietly fell back to the
+    CPU (it does so when the CUDA or cuDNN libraries it needs do not load)."""
+    _, ort = _require_onnx()
+    session = ort.InferenceSession(str(path), providers=session_providers(provider, device_id))
+    if PROVIDERS[provider] not in session.get_providers():
+        raise DeltaPatchError(f"onnxruntime could not start {PROVIDERS[provider]} (its CUDA / "
+                              "cuDNN libraries did not load; see onnxruntime's warning above): "
+                              "install the onnxruntime-gpu build that matches them, or use "
+                              "--provider cpu")
+    return session
+
+
+@contextlib.contextmanager
+def full_fp32(device: torch.device) -> Iterator[None]:
+    """TF32 off for the block on a CUDA ``device`` (its matmuls and cuDNN convs otherwise round
+    inputs to 10 mantissa bits, far beyond the 1e-5 the base output is held to); restored after."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def verify_onnx(path: str | Path, model: PatchedModel, x: Tensor,
+                provider: str = "cpu") -> list[OutputCheck]:
+    """Run the graph in onnxruntime on ``provider`` (cpu or cuda) on ``x`` and compare every
+    output with PyTorch on the model's own device.
 
     An output passes when its largest absolute difference is at most the tolerance (1e-5 for
     the base task, 1e-4 for patches) times ``max(1, max |logit|)``: float32 rounding grows with
     the size of the logits, so a fixed absolute bound would fail large logits that match to 7
     significant digits.
     """
-    _, ort = _require_onnx()
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    device = placement(model)[0]
+    session = open_session(path, provider, device.index or 0)  # the same GPU as the model
     names = [o.name for o in session.get_outputs()]
     missing = [n for n in names if n != BASE and n not in model.patches]
     if missing:
         raise DeltaPatchError(f"{path} has outputs {missing} for patches not given with --patch")
-    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-    with torch.inference_mode():
-        want = TaskGraph(model.eval(), names)(x)
+    got = session.run(None, {session.get_inputs()[0].name: x.detach().cpu().numpy()})
+    with torch.inference_mode(), full_fp32(device):
+        want = [w.float().cpu() for w in TaskGraph(model.eval(), names)(to_device(x, device))]
     checks = []
     for n, g, w in zip(names, got, want, strict=True):
         diff = float((torch.from_numpy(g) - w).abs().max()) if w.numel() else 0.0
@@ -149,4 +206,3 @@ def verify_onnx(path: str | Path, model: PatchedModel, x: Tensor) -> list[Output
         checks.append(OutputCheck(n, diff, scale,
                                   BASE_TOLERANCE if n == BASE else PATCH_TOLERANCE))
     return checks
-

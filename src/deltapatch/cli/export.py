@@ -1,4 +1,7 @@
-"""``deltapatch export``: the base model and task folders as one ONNX graph (fan-out)."""
+"""``deltapatch export``: the base model and task folders as one ONNX graph (fan-out).
+
+``--device`` is where the graph is traced; the graph names no device, so it runs on any of
+onnxruntime's providers whatever device traced it."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from pathlib import Path
 from ..data import check_data_options
 from ..export import OPSET, export_onnx, task_names
 from ..methods import load_task
-from .common import backbone_args, command, load_model, print_json
+from .common import backbone_args, command, device_args, load_model, print_json
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
@@ -21,6 +24,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, default=None,
                    help="input size of the example batch (the batch size stays dynamic)")
     p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
+    device_args(p)
 
 
 @command("export", "export the base model and patches as one ONNX graph (outputs '__base__' "

@@ -1,5 +1,9 @@
 """``deltapatch verify``: prove that base outputs stay bit-identical with task folders (any
-method) loaded, used, disabled and removed, and that no backbone tensor changed; exit 1 if not."""
+method) loaded, used, disabled and removed, and that no backbone tensor changed; exit 1 if not.
+
+Every check runs on ``--device``: the inputs are made on the host (seeded, so the same on every
+device) and moved there once. ``--onnx`` compares an exported graph run by onnxruntime on
+``--provider`` with the PyTorch model on ``--device``."""
 
 from __future__ import annotations
 
@@ -10,10 +14,12 @@ import torch
 
 from ..backbones import load_backbone
 from ..data import check_data_options, load_test
+from ..devices import resolve_device, to_device
+from ..export import PROVIDERS, session_providers, verify_onnx
 from ..methods import load_task
 from ..model import PatchedModel
 from ..patch import fingerprint
-from .common import backbone_args, command, print_json
+from .common import backbone_args, command, device_args, print_json
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
@@ -24,6 +30,10 @@ def arguments(p: argparse.ArgumentParser) -> None:
                    help="instead: run this exported graph in onnxruntime and compare every "
                         "output with PyTorch (base logits to 1e-5, patches to 1e-4, relative "
                         "to the logits' scale); --patch gives the graph's patches")
+    p.add_argument("--provider", choices=tuple(PROVIDERS), default=None,
+                   help="with --onnx: onnxruntime's execution provider (default cpu; cuda needs "
+                        "onnxruntime-gpu); the PyTorch side runs on --device")
+    device_args(p)
     p.add_argument("--data", default=None, help="take inputs from this data's test split "
                    "(default: random normal inputs)")
     p.add_argument("-n", type=int, default=16, help="number of inputs (default 16, at most 4096)")
@@ -45,12 +55,18 @@ def _inputs(args: argparse.Namespace, backbone) -> torch.Tensor:
 @command("verify", "prove base outputs are bit-identical with and without task folders loaded "
                    "(or an ONNX export equal to PyTorch); exit 1 if not", arguments)
 def run(args: argparse.Namespace) -> int:
-    backbone = load_backbone(args.backbone, args.weights)
-    x = _inputs(args, backbone)
+    if args.provider is not None and args.onnx is None:
+        raise ValueError("--provider chooses where onnxruntime runs --onnx FILE; without --onnx "
+                         "leave it out (--device places the PyTorch checks)")
+    if args.onnx is None and not args.patch:
+        raise ValueError("give --patch DIR... (or --onnx FILE)")
+    if args.onnx is not None:
+        _onnx_ready(args)
+    device = resolve_device(args.device)
+    backbone = load_backbone(args.backbone, args.weights, device=device)
+    x = to_device(_inputs(args, backbone), device)
     if args.onnx is not None:
         return _verify_onnx(args, backbone, x)
-    if not args.patch:
-        raise ValueError("give --patch DIR... (or --onnx FILE)")
     with torch.inference_mode():
         before, fp_before = backbone(x), fingerprint(backbone)
         model = PatchedModel(backbone).eval()
@@ -73,23 +89,28 @@ def run(args: argparse.Namespace) -> int:
         checks["base_after_removal"] = torch.equal(model(x), before)
         checks["backbone_weights_unchanged"] = fingerprint(backbone) == fp_before
     ok = all(checks.values())
-    print_json({"ok": ok, "n_inputs": int(x.shape[0]),
+    print_json({"ok": ok, "n_inputs": int(x.shape[0]), "device": str(x.device),
                 "tasks": names, "methods": [t.config.method for t, _ in tasks],
                 "checks": checks})
     return 0 if ok else 1
 
 
-def _verify_onnx(args: argparse.Namespace, backbone, x: torch.Tensor) -> int:
-    from ..export import verify_onnx
-
+def _onnx_ready(args: argparse.Namespace) -> None:
+    """The file and the provider, checked before any model is built."""
     if not args.onnx.is_file():
         raise ValueError(f"no ONNX file {args.onnx}")
+    session_providers(args.provider or "cpu")
+
+
+def _verify_onnx(args: argparse.Namespace, backbone, x: torch.Tensor) -> int:
     model = PatchedModel(backbone).eval()
     for folder in args.patch:
         load_task(model, folder)
-    checks = verify_onnx(args.onnx, model, x)
+    provider = args.provider or "cpu"
+    checks = verify_onnx(args.onnx, model, x, provider)
     ok = all(c.ok for c in checks)
     print_json({"ok": ok, "onnx": str(args.onnx), "n_inputs": int(x.shape[0]),
+                "provider": provider, "device": str(x.device),
                 "outputs": {c.name: {"max_abs_diff": c.max_abs_diff, "logit_scale": c.scale,
                                      "tolerance": c.tolerance, "ok": c.ok} for c in checks}})
     return 0 if ok else 1
