@@ -1,26 +1,65 @@
 """Standard training augmentation on uint8 batches: random crop after zero padding, and a
 horizontal flip where it keeps labels. Driven by an explicit generator so that an epoch's
-augmentation depends only on (seed, epoch) — which is what makes resumed runs identical."""
+augmentation depends only on (seed, epoch) — which is what makes resumed runs identical.
+
+The draws (:func:`draw_crops`) come from that host generator; applying them
+(:func:`apply_crops`) is one gather over the whole batch on whatever device the batch is on.
+Cropping and flipping only copy pixels, so the result is the same bit for bit on every device
+and equal to cropping image by image.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 
+@dataclass(frozen=True)
+class Crops:
+    """One batch's draws: top-left offsets into the padded images, and which rows flip."""
+
+    pad: int
+    dy: Tensor  # int64 (N,)
+    dx: Tensor  # int64 (N,)
+    flip: Tensor  # bool (N,)
+
+    def rows(self, keep: Tensor) -> Crops:
+        """The draws of the rows ``keep`` (a torchrun rank applies its own rows' draws)."""
+        return Crops(self.pad, self.dy[keep], self.dx[keep], self.flip[keep])
+
+
+def pad_for(side: int, pad_fraction: float = 0.125) -> int:
+    """Padding of ``pad_fraction`` of the side (4 px at 32 px), at least one pixel."""
+    return max(1, int(round(side * pad_fraction)))
+
+
+def draw_crops(n: int, side: int, generator: torch.Generator, hflip: bool = True,
+               pad_fraction: float = 0.125) -> Crops:
+    """Offsets (rows, then columns) and flips for ``n`` images, drawn from ``generator`` in
+    the order every published run drew them."""
+    pad = pad_for(side, pad_fraction)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    flip = (torch.rand(n, generator=generator) < 0.5) if hflip else torch.zeros(n, dtype=torch.bool)
+    return Crops(pad, dy, dx, flip)
+
+
+def apply_crops(x: Tensor, crops: Crops) -> Tensor:
+    """``x`` (N, C, H, W) padded with zeros and cropped back at ``crops``' offsets, flipped rows
+    mirrored: one indexed copy of the padded batch's sliding windows on ``x``'s device, and no
+    host sync (no loop over images, no boolean mask)."""
+    n, _, h, w = x.shape
+    p, dev = crops.pad, x.device
+    windows = F.pad(x, (p, p, p, p)).unfold(2, h, 1).unfold(3, w, 1)  # (N, C, 2p+1, 2p+1, H, W)
+    out = windows[torch.arange(n, device=dev), :, crops.dy.to(dev), crops.dx.to(dev)]
+    return torch.where(crops.flip.to(dev).view(n, 1, 1, 1), out.flip(-1), out)
+
+
 def random_crop_flip(x: Tensor, generator: torch.Generator, hflip: bool = True,
                      pad_fraction: float = 0.125) -> Tensor:
     """Pad by ``pad_fraction`` of the side (4 px at 32 px), crop back at random offsets, flip
     half the images left-right if ``hflip``."""
-    n, _, h, w = x.shape
-    pad = max(1, int(round(h * pad_fraction)))
-    padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).tolist()
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).tolist()
-    flip = (torch.rand(n, generator=generator) < 0.5).tolist() if hflip else [False] * n
-    out = torch.empty_like(x)
-    for i in range(n):
-        crop = padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
-        out[i] = crop.flip(-1) if flip[i] else crop
-    return out
+    return apply_crops(x, draw_crops(len(x), x.shape[2], generator, hflip, pad_fraction))
