@@ -8,9 +8,11 @@ augmentation they map each image to the same tensors in every epoch, so they are
 part whose result is already known.
 
 :func:`cached_training` is what :func:`deltapatch.train.fit_patch` (``deltapatch train
---cache-features``, the demo, the bench) uses: it caches h_0 and F_1(h_0), keeps the cache in RAM
-or in an unlinked disk memmap when it would take more than a quarter of the free memory, and can
-store float16 (accuracy and speed: docs/PERFORMANCE.md).
+--cache-features``, the demo, the bench) uses: it caches h_0 and F_1(h_0) where the model runs.
+On a GPU the cache lives in the GPU's memory when it takes at most half of what is free there,
+else in pinned host memory (copied to the GPU batch by batch, without blocking); on the CPU it is
+in RAM, or in an unlinked disk memmap when it would take more than a quarter of the free memory.
+It can store float16 or bfloat16 (accuracy and speed: docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
@@ -29,22 +31,28 @@ from torch import Tensor
 from .data.sets import ImageSet, TaskData
 from .model import PatchedModel
 from .preprocess import Preprocess
+from .train import device_of, model_inputs
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MODES = ("auto", "on", "off")
+HOST_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.uint16}
+"""How a memmap holds each cache dtype (numpy has no bfloat16: its bits, viewed back)."""
 
 
 class CachedInput:
     """Stands in for ``fit``'s preprocess on cached rows: they are already normalized and
     through the frozen prefix, so a batch is only unpacked into its parts (each row stores the parts
-    flattened side by side, so that one row index fetches all of them) and cast to float32."""
+    flattened side by side, so that one row index fetches all of them) and cast back to the
+    dtype the model made them in."""
 
-    def __init__(self, shapes: Sequence[tuple[int, ...]]) -> None:
+    def __init__(self, shapes: Sequence[tuple[int, ...]], dtype: torch.dtype = torch.float32
+                 ) -> None:
         self.shapes = [tuple(s) for s in shapes]
+        self.dtype = dtype
 
     def normalize(self, rows: Tensor) -> tuple[Tensor, ...]:
         sizes = [math.prod(s) for s in self.shapes]
-        return tuple(part.reshape(-1, *shape).float()
+        return tuple(part.reshape(-1, *shape).to(self.dtype)
                      for part, shape in zip(rows.split(sizes, dim=1), self.shapes, strict=True))
 
 
@@ -67,19 +75,31 @@ def default_ram_limit() -> int:
         return 2 << 30
 
 
+def device_room(device: torch.device) -> int:
+    """Bytes a cache may take on an accelerator: half of what is free there now (training
+    needs the rest); 0 where that cannot be asked (the cache then stays on the host)."""
+    if device.type != "cuda":
+        return 0
+    free, _ = torch.cuda.mem_get_info(device)
+    return free // 2
+
+
 def _storage(shape: tuple[int, ...], dtype: torch.dtype, max_ram_bytes: int,
-             directory: str | Path | None) -> Tensor:
+             directory: str | Path | None, device: torch.device = torch.device("cpu")) -> Tensor:
+    """Where the cache goes: on ``device`` when it fits there, else on the host (pinned when
+    batches will be copied to a GPU; a disk memmap past ``max_ram_bytes``)."""
     nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    if device.type != "cpu" and nbytes <= device_room(device):
+        return torch.empty(shape, dtype=dtype, device=device)
     if nbytes <= max_ram_bytes:
-        return torch.empty(shape, dtype=dtype)
+        return torch.empty(shape, dtype=dtype, pin_memory=device.type == "cuda")
     fd, name = tempfile.mkstemp(prefix="deltapatch-cache-", suffix=".bin", dir=directory)
     os.close(fd)
     try:
-        np_dtype = np.float16 if dtype == torch.float16 else np.float32
-        mm = np.memmap(name, dtype=np_dtype, mode="w+", shape=shape)
+        mm = np.memmap(name, dtype=HOST_DTYPES[dtype], mode="w+", shape=shape)
     finally:
         os.unlink(name)  # the mapping keeps the data; the disk space goes when it is dropped
-    return torch.from_numpy(mm)
+    return torch.from_numpy(mm).view(dtype)
 
 
 def frozen_parts(model: PatchedModel, x: Tensor, start: int) -> list[Tensor]:
@@ -100,17 +120,20 @@ def cache_features(model: PatchedModel, start: int, images: ImageSet, preprocess
     the Δ-module's first conv, which inference tensors may not be.
     """
     limit = default_ram_limit() if max_ram_bytes is None else max_ram_bytes
+    device = device_of(model)
     out: Tensor | None = None
     shapes: list[tuple[int, ...]] = []
+    made_in = torch.float32
     for i in range(0, len(images), batch_size):
-        parts = frozen_parts(model, preprocess.normalize(images.images[i:i + batch_size]), start)
+        x = model_inputs(images.images[i:i + batch_size], preprocess, device)
+        parts = frozen_parts(model, x, start)
         row = torch.cat([p.flatten(1) for p in parts], 1)
         if out is None:
-            shapes = [tuple(p.shape[1:]) for p in parts]
-            out = _storage((len(images), row.shape[1]), dtype, limit, directory)
+            shapes, made_in = [tuple(p.shape[1:]) for p in parts], row.dtype
+            out = _storage((len(images), row.shape[1]), dtype, limit, directory, device)
         out[i:i + len(row)] = row.to(dtype)
     assert out is not None
-    return ImageSet(out, images.labels), CachedInput(shapes)
+    return ImageSet(out, images.labels.to(out.device)), CachedInput(shapes, made_in)
 
 
 def cached_training(model: PatchedModel, name: str, data: TaskData, preprocess: Preprocess,

@@ -17,7 +17,9 @@ That fixes three choices:
   average is exactly the global batch's mean gradient, whatever each rank's share.
 * The patch's BatchNorms in train mode normalise with the global batch's statistics
   (:class:`GlobalStats`: two autograd all-reduces on a group of their own), as one process
-  would; torch's ``SyncBatchNorm`` refuses CPU tensors.
+  would; torch's ``SyncBatchNorm`` refuses CPU tensors, and one implementation serves both.
+* On CUDA each rank trains on ``cuda:LOCAL_RANK`` (:func:`local_device`) with NCCL, DDP gets
+  ``device_ids`` and every collective's tensor is on the device; on the CPU it is gloo.
 
 Without torchrun's environment (``WORLD_SIZE`` > 1) nothing here is used and training is
 unchanged. Rank 0 alone reads and writes the run folder; the other ranks receive its resumed
@@ -40,9 +42,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .data.augment import random_crop_flip
+from .data.augment import Crops, draw_crops
 from .data.sets import ImageSet, TaskData
 from .errors import DeltaPatchError
+
+CPU = torch.device("cpu")
 
 ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
 
@@ -81,20 +85,36 @@ def env_world() -> tuple[int, int, int] | None:
 
 
 def backend_for(device: torch.device) -> str:
-    """NCCL for CUDA tensors, gloo for CPU ones (the trainer keeps tensors on the CPU today)."""
+    """NCCL for CUDA tensors, gloo for CPU ones."""
     return "nccl" if device.type == "cuda" else "gloo"
 
 
-def session() -> Session | None:
-    """The torchrun session, its process group started on first use; None when not under
-    torchrun (or with one process)."""
+def local_device(device: torch.device) -> torch.device:
+    """Under torchrun a CUDA run trains on ``cuda:LOCAL_RANK`` (one GPU per process, as
+    torchrun hands them out); anything else is ``device`` unchanged."""
+    where = env_world()
+    if where is None or device.type != "cuda":
+        return device
+    count = torch.cuda.device_count()
+    if where[2] >= count:
+        raise DeltaPatchError(f"torchrun local rank {where[2]} has no GPU: this machine has "
+                              f"{count}; start at most {count} processes per node "
+                              "(--nproc-per-node)")
+    return torch.device("cuda", where[2])
+
+
+def session(device: torch.device = CPU) -> Session | None:
+    """The torchrun session, its process group started on first use with the backend of
+    ``device`` (where the model is); None when not under torchrun (or with one process)."""
     if _SESSION:
         return _SESSION[0]
     where = env_world()
     if where is None:
         return None
     rank, world, local = where
-    backend = backend_for(torch.device("cpu"))
+    backend = backend_for(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world)
         atexit.register(_close)
@@ -136,7 +156,7 @@ class GlobalStats(_BatchNorm):
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
         w = s.row_weight if s.row_weight is not None and len(s.row_weight) == len(x) else None
-        w = torch.ones(len(x), dtype=x.dtype) if w is None else w.to(x.dtype)
+        w = torch.ones(len(x), dtype=x.dtype, device=x.device) if w is None else w.to(x)
         w = w.view(-1, *[1] * (x.dim() - 1))  # stand-in rows (weight 0) join no statistic
         count = (w.sum() * (x[0, 0].numel() if len(x) else 0)).reshape(1)
         total = _SumAll.apply(torch.cat([(x * w).sum(dims), count]), s.stats_group)
@@ -145,19 +165,23 @@ class GlobalStats(_BatchNorm):
         centred = x - mean.view(shape)
         var = _SumAll.apply((centred * centred * w).sum(dims), s.stats_group) / n
         if self.track_running_stats and self.running_mean is not None:
-            self._update_running(mean.detach(), var.detach(), float(n))
+            self._update_running(mean.detach(), var.detach(), n)
         out = centred * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             out = out * self.weight.view(shape) + self.bias.view(shape)
         return out
 
     @torch.no_grad()
-    def _update_running(self, mean: Tensor, var: Tensor, n: float) -> None:
-        """As ``F.batch_norm`` does: momentum (or a cumulative average), unbiased variance."""
+    def _update_running(self, mean: Tensor, var: Tensor, n: Tensor) -> None:
+        """As ``F.batch_norm`` does: momentum (or a cumulative average), unbiased variance.
+        The count stays on the device (no host sync); its ratio is taken in float64 and
+        rounded once, as a Python float's would be."""
         self.num_batches_tracked.add_(1)
         m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        n = n.double()
+        unbiased = (n / (n - 1).clamp(min=1.0)).to(var.dtype)
         self.running_mean.mul_(1 - m).add_(mean, alpha=m)
-        self.running_var.mul_(1 - m).add_(var * (n / max(1.0, n - 1)), alpha=m)
+        self.running_var.mul_(1 - m).add_(var * unbiased, alpha=m)
 
 
 class _SumAll(torch.autograd.Function):
@@ -231,6 +255,7 @@ class Shard:
     n_train: int
     n_val: int
     local: bool = False
+    device: torch.device = CPU  # where the trained module is (prepare() reads it)
     _norms: list = field(default_factory=list, repr=False)  # what prepare() swapped
 
     @property
@@ -246,10 +271,11 @@ class Shard:
                        val=data.val.subset(self._owned(len(data.val))))
 
     def batches(self, train: ImageSet, batch_size: int, g: torch.Generator,
-                augment: Callable[[Tensor], Tensor] | None
-                ) -> Iterator[tuple[Tensor, Tensor, int, Tensor | None]]:
-        """(this rank's rows, their labels, the global batch size, row weights) for each global
-        batch of the single-process order; ``augment`` (using ``g``) sees the whole global batch.
+                augment: Callable[[int, int], Crops] | None
+                ) -> Iterator[tuple[Tensor, Tensor, int, Tensor | None, Crops | None]]:
+        """(this rank's rows, their labels, the global batch size, row weights, their crops)
+        for each global batch of the single-process order; ``augment(n, side)`` (drawing from
+        ``g``) draws for the whole global batch, and this rank keeps its rows' draws.
 
         A rank that holds none of a batch's images (a tail batch smaller than the world, or bad
         luck with a tiny batch) gets one of its own images as a stand-in of weight 0: it still
@@ -261,35 +287,39 @@ class Shard:
             idx = order[start:start + batch_size]
             mine = idx % world == rank
             rows = idx[mine] // world if self.local else idx[mine]
-            if augment is None:
-                x = train.images[rows]
-            elif self.local:
+            crops = None
+            if augment is not None and self.local:
                 raise ValueError("augmentation draws for the whole global batch need every "
                                  "image; a per-rank feature cache has only this rank's")
-            else:
-                x = augment(train.images[idx])[mine]  # draws for all rows, as one process
-            weight = None
+            if augment is not None:  # draws for all rows, as one process
+                crops = augment(len(idx), train.images.shape[2]).rows(mine)
+            x, weight = train.images[rows], None
             if len(rows) == 0:
                 rows = torch.tensor([0 if self.local else rank])  # global index `rank` is ours
-                x, weight = train.images[rows], torch.zeros(1)
-            yield x, train.labels[rows], len(idx), weight
+                x, weight, crops = train.images[rows], torch.zeros(1), None
+            yield x, train.labels[rows], len(idx), weight, crops
 
-    def step(self, step: Callable, preprocess, batch: tuple) -> tuple[Tensor, float, int, int]:
+    def step(self, step: Callable, preprocess, batch: tuple) -> tuple[Tensor, Tensor, Tensor, int]:
         """Forward one of :meth:`batches`; (loss to backward: this rank's share of the global
         batch's mean loss times world, as DDP averages; its part of the summed loss; correct;
-        rows counted)."""
-        x, y, n_global, weight = batch
+        rows counted), the sums on the device."""
+        from .train import model_inputs, sum_dtype  # train builds on this module
+
+        x, y, n_global, weight, crops = batch
+        weight = None if weight is None else weight.to(self.device)
         self.session.row_weight = weight
         try:
-            logits = step(preprocess.normalize(x))
+            logits = step(model_inputs(x, preprocess, self.device, crops))
         finally:
             self.session.row_weight = None
+        y = y.to(self.device)
         losses = F.cross_entropy(logits, y, reduction="none")
         right = logits.argmax(1) == y
         if weight is not None:
             losses, right = losses * weight, right & (weight > 0)
         loss = losses.sum() * (self.session.world / n_global)
-        return loss, float(losses.detach().sum()), int(right.sum()), len(y) if weight is None else 0
+        summed = losses.detach().sum().to(sum_dtype(self.device))
+        return loss, summed, right.sum(), len(y) if weight is None else 0
 
     def wrap(self, owned: nn.Module, forward: Callable) -> Callable:
         """DDP over ``owned``'s trainable parameters (replicas made equal to rank 0's now)."""
@@ -300,21 +330,24 @@ class Shard:
         # buffers (BatchNorm statistics) are equal on all ranks by construction: no re-sync
         quiet = ("forward_sync_buffers" if "forward_sync_buffers" in
                  inspect.signature(DDP.__init__).parameters else "broadcast_buffers")
-        return DDP(_Step(owned, forward), **{quiet: False})
+        ids = {"device_ids": [self.device]} if self.device.type == "cuda" else {}
+        return DDP(_Step(owned, forward), **{quiet: False}, **ids)
 
-    def sum(self, *values: float) -> list[float]:
-        t = torch.tensor(values, dtype=torch.float64)
+    def sum(self, *values: Tensor | float) -> list[float]:
+        """Each value summed over ranks, in one all-reduce on the device (float64, exact for
+        counts; the one read of the epoch's sums)."""
+        t = torch.stack([torch.as_tensor(v, device=self.device).to(torch.float64)
+                         for v in values])
         dist.all_reduce(t)
         return t.tolist()
 
     @torch.inference_mode()
     def evaluate(self, forward: Callable, val: ImageSet, preprocess, batch_size: int) -> float:
         """Top-1 on the whole validation split: each rank scores its images, counts summed."""
+        from .train import correct_count  # train builds on this module
+
         mine = val if self.local else val.subset(self._owned(len(val)))
-        correct = 0
-        for x, y in mine.batches(batch_size):
-            correct += int((forward(preprocess.normalize(x)).argmax(1) == y).sum())
-        right, = self.sum(correct)
+        right, = self.sum(correct_count(forward, mine, preprocess, batch_size, self.device))
         return right / max(1, self.n_val)
 
     def broadcast(self, make: Callable[[], object]) -> object:
@@ -338,7 +371,11 @@ class Shard:
 
     # the training loop's side (deltapatch.train.Loop); train.Local is the same for one process
     def prepare(self, owned: nn.Module, forward: Callable, seed: int) -> Callable:
-        """The step to train with: DDP over ``owned``, its norms global, this rank seeded."""
+        """The step to train with: DDP over ``owned`` on its device, its norms global, this
+        rank seeded."""
+        from .train import device_of  # train builds on this module
+
+        self.device = device_of(owned)
         step = self.wrap(owned, forward)
         self._norms = swap_norms(owned)
         self.seed(seed)
@@ -351,9 +388,10 @@ class Shard:
         restore_norms(self._norms)
 
 
-def shard_for(data: TaskData, local: bool = False) -> Shard | None:
-    """The shard of this rank for ``data`` (whole sets), or None when not under torchrun."""
-    s = session()
+def shard_for(data: TaskData, local: bool = False, device: torch.device = CPU) -> Shard | None:
+    """The shard of this rank for ``data`` (whole sets), or None when not under torchrun; the
+    first call starts the session with ``device``'s backend."""
+    s = session(device)
     if s is None:
         return None
     if len(data.train) < s.world:
@@ -362,5 +400,7 @@ def shard_for(data: TaskData, local: bool = False) -> Shard | None:
     return Shard(s, len(data.train), len(data.val), local)
 
 
-def augmenter(config, hflip: bool, g: torch.Generator) -> Callable[[Tensor], Tensor] | None:
-    return (lambda x: random_crop_flip(x, g, hflip=hflip)) if config.augment else None
+def augmenter(config, hflip: bool, g: torch.Generator) -> Callable[[int, int], Crops] | None:
+    """Draws of a global batch of ``n`` images of side ``side`` from ``g`` (None: no
+    augmentation)."""
+    return (lambda n, side: draw_crops(n, side, g, hflip)) if config.augment else None

@@ -4,6 +4,12 @@ split, best-checkpoint keeping, per-epoch CSV/JSONL metrics and resume after int
 
 Every random draw of epoch e comes from a generator seeded with (seed, e), so a run resumed from
 its checkpoint at an epoch boundary ends bit-identical to one never interrupted.
+
+Training runs where the trained module is (:func:`deltapatch.devices.placement`): every batch
+goes through :func:`model_inputs` (to the device, augmented and normalized there as a whole),
+loss and accuracy are summed on the device and read once per epoch, and ``precision`` autocasts
+the forward and loss (a grad scaler for fp16). On the CPU in fp32 this is the same arithmetic,
+in the same order, as before devices existed: results and resumes are bit-identical.
 """
 
 from __future__ import annotations
@@ -21,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import distributed
-from .data.augment import random_crop_flip
+from . import devices, distributed
+from .data.augment import Crops, apply_crops, draw_crops
 from .data.sets import ImageSet, TaskData
 from .errors import DeltaPatchError
 from .options import opt, validate
@@ -57,18 +63,24 @@ class TrainConfig:
         "train on cached frozen-trunk features (auto: exactly when augmentation is off; on "
         "needs --no-augment)", choices=("auto", "on", "off")))
     cache_dtype: str = field(default="float32", metadata=opt(
-        "storage of cached features (float16 halves their memory)",
-        choices=("float32", "float16")))
+        "storage of cached features (float16 / bfloat16 halve their memory)",
+        choices=("float32", "float16", "bfloat16")))
+    precision: str = field(default="fp32", metadata=opt(
+        "autocast dtype of the trained forward and loss (fp16 adds a grad scaler); the base "
+        "task always runs in the backbone's own dtype", choices=tuple(devices.PRECISIONS)))
 
     def __post_init__(self) -> None:
         validate(self)
 
     def settings(self) -> dict:
         """What a checkpoint must have been trained with to be resumed: every setting that
-        changes the result (not the progress bar or the evaluation batch size)."""
+        changes the result (not the progress bar or the evaluation batch size). fp32 is left
+        out, so checkpoints from before ``precision`` existed stay resumable."""
         d = asdict(self)
         for k in ("progress", "eval_batch_size"):
             d.pop(k)
+        if d["precision"] == "fp32":
+            del d["precision"]
         return d
 
 
@@ -99,22 +111,55 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
+CPU = torch.device("cpu")
+
+
+def model_inputs(x: Tensor, preprocess: Preprocess, device: torch.device = CPU,
+                 crops: Crops | None = None):
+    """The one input path from a host batch to a model: to ``device`` (pinned, non-blocking
+    from the host to a GPU: uint8, a quarter of float32's bytes), then augmented and normalized
+    there for the whole batch. Training, evaluation, prediction and the feature cache all use
+    it, so a batch is prepared the same way everywhere."""
+    x = devices.to_device(x, device)
+    return preprocess.normalize(x if crops is None else apply_crops(x, crops))
+
+
+def correct_count(forward: Forward, data: ImageSet, preprocess: Preprocess, batch_size: int,
+                  device: torch.device = CPU) -> Tensor:
+    """How many of ``data`` ``forward`` classifies right, summed on ``device`` (one read at the
+    end instead of a host sync per batch)."""
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    for x, y in data.batches(batch_size):
+        logits = forward(model_inputs(x, preprocess, device))
+        correct += (logits.argmax(1) == devices.to_device(y, device)).sum()
+    return correct
+
+
 @torch.inference_mode()
 def evaluate(forward: Forward, data: ImageSet, preprocess: Preprocess,
-             batch_size: int = 256) -> float:
-    """Top-1 accuracy (a fraction) of ``forward`` on ``data``; the caller sets eval mode."""
-    correct = 0
-    for x, y in data.batches(batch_size):
-        correct += int((forward(preprocess.normalize(x)).argmax(1) == y).sum())
-    return correct / max(1, len(data))
+             batch_size: int = 256, device: torch.device = CPU) -> float:
+    """Top-1 accuracy (a fraction) of ``forward`` on ``data``, each batch moved to ``device``
+    (where ``forward``'s model is); the caller sets eval mode."""
+    return int(correct_count(forward, data, preprocess, batch_size, device)) / max(1, len(data))
 
 
 @torch.inference_mode()
 def predict(forward: Forward, data: ImageSet, preprocess: Preprocess,
-            batch_size: int = 256) -> Tensor:
-    """Predicted class per image."""
-    return torch.cat([forward(preprocess.normalize(x)).argmax(1)
-                      for x, _ in data.batches(batch_size)])
+            batch_size: int = 256, device: torch.device = CPU) -> Tensor:
+    """Predicted class per image (on the host)."""
+    return torch.cat([forward(model_inputs(x, preprocess, device)).argmax(1)
+                      for x, _ in data.batches(batch_size)]).cpu()
+
+
+def device_of(module: nn.Module) -> torch.device:
+    """Where ``module`` runs: where its batches must go."""
+    return devices.placement(module)[0]
+
+
+def sum_dtype(device: torch.device) -> torch.dtype:
+    """The dtype losses are summed in on ``device``: float64, as the host's Python floats
+    summed them (same rounding), except on MPS, which has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 class Local:
@@ -126,33 +171,40 @@ class Local:
 
     def __init__(self, n_train: int) -> None:
         self.n_train = n_train
+        self.device = CPU
 
     def broadcast(self, make: Callable[[], object]) -> object:
         return make()
 
     def prepare(self, owned: nn.Module, forward: Forward, seed: int) -> Forward:
+        self.device = device_of(owned)
         return forward
 
     def epoch(self, data: TaskData, config: TrainConfig, g: torch.Generator
-              ) -> Iterator[tuple[Tensor, Tensor]]:
-        """The epoch's batches in ``g``'s order, each augmented with ``g`` when it is drawn."""
+              ) -> Iterator[tuple[Tensor, Tensor, Crops | None]]:
+        """The epoch's batches in ``g``'s order, each with its augmentation drawn from ``g``
+        when it is drawn (applied on the device by :meth:`step`)."""
         for x, y in data.train.batches(config.batch_size, g):
-            yield (random_crop_flip(x, g, hflip=data.hflip) if config.augment else x), y
+            crops = draw_crops(len(x), x.shape[2], g, data.hflip) if config.augment else None
+            yield x, y, crops
 
-    def step(self, step: Forward, preprocess: Preprocess, batch: tuple[Tensor, Tensor]
-             ) -> tuple[Tensor, float, int, int]:
-        """(the mean loss to backward, the summed loss, correct, rows)."""
-        x, y = batch
-        logits = step(preprocess.normalize(x))
+    def step(self, step: Forward, preprocess: Preprocess, batch: tuple
+             ) -> tuple[Tensor, Tensor, Tensor, int]:
+        """(the mean loss to backward, the summed loss, correct, rows); the sums stay on the
+        device."""
+        x, y, crops = batch
+        logits = step(model_inputs(x, preprocess, self.device, crops))
+        y = devices.to_device(y, self.device)
         loss = F.cross_entropy(logits, y)
-        return loss, float(loss.detach()) * len(y), int((logits.argmax(1) == y).sum()), len(y)
+        summed = loss.detach().to(sum_dtype(self.device)) * len(y)
+        return loss, summed, (logits.argmax(1) == y).sum(), len(y)
 
-    def sum(self, *values: float) -> list[float]:
-        return list(values)
+    def sum(self, *values: Tensor | float) -> list[float]:
+        return [float(v) for v in values]
 
     def evaluate(self, forward: Forward, val: ImageSet, preprocess: Preprocess,
                  batch_size: int) -> float:
-        return evaluate(forward, val, preprocess, batch_size)
+        return evaluate(forward, val, preprocess, batch_size, self.device)
 
     def finish(self) -> None:
         pass
@@ -179,7 +231,8 @@ def fit(forward: Forward, owned: nn.Module, data: TaskData, preprocess: Preproce
             one does.
     """
     set_mode = set_mode or owned.train
-    loop: Loop = shard or distributed.shard_for(data) or Local(len(data.train))
+    loop: Loop = (shard or distributed.shard_for(data, device=device_of(owned))
+                  or Local(len(data.train)))
     params = [p for p in owned.parameters() if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: the owned module has no parameter requiring grad")
@@ -191,16 +244,19 @@ def fit(forward: Forward, owned: nn.Module, data: TaskData, preprocess: Preproce
     settings = _settings(config, loop.n_train)
     state = _resume_shared(loop, run, owned, opt, settings)
     step = loop.prepare(owned, forward, config.seed)
+    scaler = devices.grad_scaler(loop.device, config.precision)
+    if state and "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
     try:  # a failed run leaves no swapped norm behind either
         start, history = (state["epoch"], state["history"]) if state else (0, [])
         best = state["best"] if state else {"epoch": 0, "val_top1": -1.0, "state": None}
         t0 = time.perf_counter() - (state["seconds"] if state else 0.0)
         for epoch in range(start, config.epochs):
             set_mode(True)
-            loss_sum, correct, seen = _train_epoch(loop, step, opt, data, preprocess, config,
-                                                   epoch, (steps_per_epoch, total, warmup))
+            loss_sum, correct, seen = _train_epoch(loop, step, (opt, scaler), data, preprocess,
+                                                   config, epoch, (steps_per_epoch, total, warmup))
             set_mode(False)
-            # every rank gets the same numbers, so all keep the same best epoch
+            # read once per epoch; every rank gets the same numbers, so all keep the same best
             loss_sum, correct, seen = loop.sum(loss_sum, correct, seen)
             val = loop.evaluate(forward, data.val, preprocess, config.eval_batch_size)
             row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_top1": correct / seen,
@@ -212,7 +268,8 @@ def fit(forward: Forward, owned: nn.Module, data: TaskData, preprocess: Preproce
                         "state": {k: v.detach().clone() for k, v in owned.state_dict().items()}}
             if run is not None:
                 _write_metrics(run, history)
-                _checkpoint(run, owned, opt, epoch + 1, history, best, row["seconds"], settings)
+                _checkpoint(run, owned, (opt, scaler), epoch + 1, history, best, row["seconds"],
+                            settings)
             if config.progress and loop.main:  # one line per epoch
                 log(f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  "
                     f"train {row['train_top1']:.4f}  val {val:.4f}  {row['seconds']:.1f} s")
@@ -224,12 +281,21 @@ def fit(forward: Forward, owned: nn.Module, data: TaskData, preprocess: Preproce
     return FitResult(best["epoch"], best["val_top1"], history, time.perf_counter() - t0)
 
 
-def _train_epoch(loop: Loop, step: Forward, opt: torch.optim.Optimizer, data: TaskData,
+Optimizing = tuple[torch.optim.Optimizer, torch.amp.GradScaler]
+POSTFIX_EVERY = 25  # steps between the progress bar's loss readings (each one is a host sync)
+
+
+def _train_epoch(loop: Loop, step: Forward, optimizing: Optimizing, data: TaskData,
                  preprocess: Preprocess, config: TrainConfig, epoch: int,
-                 schedule: tuple[int, int, int]) -> tuple[float, int, int]:
-    """One pass over this process's batches; (summed loss, correct, rows) seen here."""
+                 schedule: tuple[int, int, int]) -> tuple[Tensor, Tensor, int]:
+    """One pass over this process's batches; (summed loss, correct, rows) seen here, the first
+    two still on the device."""
+    opt, scaler = optimizing
     steps_per_epoch, total, warmup = schedule
-    loss_sum = correct = seen = 0
+    device = loop.device
+    loss_sum = torch.zeros((), dtype=sum_dtype(device), device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
     bar = progress_bar(loop.epoch(data, config, _epoch_generator(config.seed, epoch)),
                        total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
                        enabled=config.progress and loop.main)
@@ -237,15 +303,17 @@ def _train_epoch(loop: Loop, step: Forward, opt: torch.optim.Optimizer, data: Ta
         for group in opt.param_groups:
             group["lr"] = lr_at(epoch * steps_per_epoch + i, total, warmup, config.lr)
         # under torchrun: this rank's rows of the global batch; DDP averages the gradients
-        loss, batch_loss, right, n = loop.step(step, preprocess, batch)
+        with devices.autocast(device, config.precision):
+            loss, batch_loss, right, n = loop.step(step, preprocess, batch)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()  # fp32 / bf16: the scaler passes everything through
+        scaler.step(opt)
+        scaler.update()
         loss_sum += batch_loss
         correct += right
         seen += n
-        if hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+        if hasattr(bar, "set_postfix") and i % POSTFIX_EVERY == 0 and seen:
+            bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}")
     return loss_sum, correct, seen
 
 
@@ -255,13 +323,18 @@ def _settings(config: TrainConfig, n_train: int) -> dict:
     return {**config.settings(), "n_train": n_train}
 
 
-def _checkpoint(run: Path, owned: nn.Module, opt: torch.optim.Optimizer, epoch: int,
+def _checkpoint(run: Path, owned: nn.Module, optimizing: Optimizing, epoch: int,
                 history: list[dict], best: dict, seconds: float, settings: dict) -> None:
+    """The state to resume from; the grad scaler's only where it scales (fp16), so fp32 and
+    bf16 checkpoints hold what they always held."""
+    opt, scaler = optimizing
     run.mkdir(parents=True, exist_ok=True)
     tmp = run / (CHECKPOINT + ".tmp")
-    torch.save({"epoch": epoch, "owned": owned.state_dict(), "optimizer": opt.state_dict(),
-                "history": history, "best": best, "seconds": seconds, "settings": settings},
-               tmp)
+    state = {"epoch": epoch, "owned": owned.state_dict(), "optimizer": opt.state_dict(),
+             "history": history, "best": best, "seconds": seconds, "settings": settings}
+    if scaler.is_enabled():
+        state["scaler"] = scaler.state_dict()
+    torch.save(state, tmp)
     os.replace(tmp, run / CHECKPOINT)
 
 
@@ -328,7 +401,7 @@ def fit_patch(model, name: str, data: TaskData, config: TrainConfig,
 
     patch = model.get_patch(name)
     forward, pre = (lambda x: model(x, patch=name)), patch.config.preprocess
-    shard = distributed.shard_for(data)
+    shard = distributed.shard_for(data, device=device_of(patch))
     if use_cache(config.cache_features, config.augment):
         if shard is not None:  # under torchrun each rank caches only the images it owns
             data, shard.local = shard.take(data), True
