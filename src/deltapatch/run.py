@@ -6,6 +6,9 @@ A run folder belongs to one run. ``run/settings.json`` records everything that s
 spec, the backbone's and the data's fingerprints); a folder holding another run is refused, naming
 the first field that differs, instead of being silently resumed into a hybrid. The folder is
 locked for the whole run, so two trainings cannot write into it at once.
+
+Where a run trains (``device``) is not a setting: the same run on another device resumes in the
+same folder, and its record says where it ran (``device``) and in what ``precision``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from . import distributed, metrics, store
+from . import devices, distributed, metrics, store
 from .backbones import load_backbone
 from .backbones.registry import family_init
 from .baseinit import INITS, LEGACY_INIT
@@ -29,7 +32,7 @@ from .delta import resolve_init
 from .errors import DeltaPatchError
 from .model import PatchedModel
 from .options import opt, validate
-from .train import TrainConfig, evaluate
+from .train import TrainConfig, evaluate, model_inputs
 
 SETTINGS_FILE = "settings.json"
 
@@ -145,9 +148,10 @@ def test_split(spec: str, size: int, *, seed: int, max_test: int | None) -> Imag
                   lambda: load_test(spec, size, max_test=max_test, seed=seed)[0])
 
 
-def build_model(backbone: str, weights: str | None, image_size: int | None = None
-                ) -> PatchedModel:
-    model = PatchedModel(load_backbone(backbone, weights or None))
+def build_model(backbone: str, weights: str | None, image_size: int | None = None,
+                device: torch.device | None = None) -> PatchedModel:
+    """The wrapped backbone on ``device`` (None: the CPU)."""
+    model = PatchedModel(load_backbone(backbone, weights or None, device=device))
     model.preprocess = model.preprocess.with_size(image_size or model.preprocess.size)
     return model
 
@@ -187,10 +191,11 @@ def mean_lambdas(model: PatchedModel, patch: str, images: ImageSet, n: int) -> d
     if patch not in model.patches or not model.get_patch(patch).config.stages:
         return {}
     model.eval()
-    x = model.preprocess.normalize(images.images[:n])
+    device = devices.placement(model)[0]
     sums: dict[int, torch.Tensor] = {}
-    for chunk in x.split(256):
-        for stage, lam in model.lambdas(chunk, patch=patch).items():
+    for chunk in images.images[:n].split(256):
+        x = model_inputs(chunk, model.preprocess, device)
+        for stage, lam in model.lambdas(x, patch=patch).items():
             sums[stage] = sums.get(stage, 0) + lam.float().sum(0)
     count = min(n, len(images))
     return {str(s): [round(float(v) / count, 5) for v in t] for s, t in sums.items()}
@@ -235,8 +240,21 @@ def _first_difference(old, new, path: str = "") -> str | None:
     return None if old == new else f"{path}: {old!r} there, {new!r} now"
 
 
+def run_device(device: str | torch.device | None) -> torch.device:
+    """Where a run trains: ``device`` resolved (``auto`` and None: the best one here; a device
+    that is not there is a :class:`~deltapatch.devices.DeviceError`), under torchrun the
+    process's own GPU."""
+    return distributed.local_device(devices.resolve_device(device))
+
+
+def placement_facts(device: torch.device, precision: str) -> dict:
+    """What a record says about where it ran."""
+    return {"device": str(device), "precision": precision}
+
+
 def run_one(spec: RunSpec, out: Path, *, data: TaskData | None = None,
-            extra_tests: dict[str, ImageSet] | None = None) -> dict:
+            extra_tests: dict[str, ImageSet] | None = None,
+            device: str | torch.device | None = "cpu") -> dict:
     """Train ``spec.method`` on ``spec.data`` into the folder ``out``, then score the patch task
     and, with ``spec.base_data``, the base task through the method's own forwards. Returns the
     JSON metrics ``deltapatch train`` prints.
@@ -245,9 +263,11 @@ def run_one(spec: RunSpec, out: Path, *, data: TaskData | None = None,
         data: an already built task (joint patching concatenates tasks) instead of ``spec.data``.
         extra_tests: more test sets scored through the patch forward, reported as
             ``top1_by_test`` (joint patching's per-task accuracy, the ZSDA target).
+        device: where to train (:func:`run_device`); not a setting of the run.
     """
     from .methods import MethodContext, get_method
 
+    device = run_device(device)  # a device that is not there: refused before anything is written
     out = distributed.private_out(Path(out))  # under torchrun only rank 0 writes ``out``
     method = get_method(spec.method)
     store.check_writable(out)
@@ -255,7 +275,7 @@ def run_one(spec: RunSpec, out: Path, *, data: TaskData | None = None,
         store.recover(out)
         t0 = time.perf_counter()
         torch.manual_seed(spec.seed)  # a random-init backbone is the same for every run of a seed
-        model = build_model(spec.backbone, spec.weights, spec.image_size)
+        model = build_model(spec.backbone, spec.weights, spec.image_size, device)
         if method.check is not None:
             method.check(model, spec.stages, spec.options)
         size = model.preprocess.size
@@ -276,17 +296,17 @@ def run_one(spec: RunSpec, out: Path, *, data: TaskData | None = None,
                             base_data=base_task, options=dict(spec.options))
         outcome = method.train(ctx)
         model.eval()
-        patch_top1 = evaluate(outcome.patch_forward, data.test, model.preprocess)
+        patch_top1 = evaluate(outcome.patch_forward, data.test, model.preprocess, device=device)
         base_top1 = None
         extra = dict(outcome.extra)
         if spec.base_data:
             base = test_split(spec.base_data, base_size(spec), seed=spec.seed,
                               max_test=spec.max_test)
-            base_top1 = evaluate(outcome.base_forward, base, model.preprocess)
+            base_top1 = evaluate(outcome.base_forward, base, model.preprocess, device=device)
             extra["n_base_test"] = len(base)
         if extra_tests:
             extra["top1_by_test"] = {k: round(evaluate(outcome.patch_forward, t,
-                                                       model.preprocess), 6)
+                                                       model.preprocess, device=device), 6)
                                      for k, t in extra_tests.items()}
             extra["n_by_test"] = {k: len(t) for k, t in extra_tests.items()}
         if spec.lambda_images:
@@ -295,4 +315,4 @@ def run_one(spec: RunSpec, out: Path, *, data: TaskData | None = None,
                               base_top1=base_top1, trainable_params=outcome.trainable_params,
                               patch_bytes=outcome.patch_bytes, n_test=len(data.test),
                               seed=spec.seed, wall_seconds=round(time.perf_counter() - t0, 2),
-                              **extra)
+                              **placement_facts(device, spec.train.precision), **extra)

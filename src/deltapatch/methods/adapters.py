@@ -17,7 +17,7 @@ from ..metrics import count_params
 from ..model import PatchedModel
 from ..patch import PatchConfig
 from ..train import fit
-from .artefact import new_head, save_task
+from .artefact import beside, new_head, save_task
 from .base import Method, MethodContext, MethodOutcome, register_method
 from .taskhooks import TaskModules, adapted_convs, batchnorms
 
@@ -43,8 +43,9 @@ def train_hooked(ctx: MethodContext, method: str, mode: str | None) -> MethodOut
         raise ValueError(f"{method} needs BatchNorm layers; {model.backbone_name} has none")
     stages = [model.spec.stage_module(model.backbone, i) for i in range(model.spec.num_stages)]
     convs = adapted_convs(model.backbone, stages) if mode else []
-    modules = TaskModules(model.backbone, nn.Linear(model._head.in_features,
-                                                    ctx.data.num_classes), bns, convs, mode)
+    modules = beside(model, TaskModules(model.backbone, nn.Linear(model._head.in_features,
+                                                                  ctx.data.num_classes),
+                                        bns, convs, mode))
     task = HookedTask(model, modules)
     result = fit(task, modules, ctx.data, model.preprocess, ctx.train, ctx.out / "run")
     modules.eval()

@@ -17,6 +17,7 @@ from ..errors import PatchError
 from ..metrics import folder_bytes
 from ..model import PatchedModel
 from ..patch import PatchConfig, check_head, read_patch, write_patch
+from ..train import device_of
 from .base import MethodContext, MethodOutcome, get_method
 
 
@@ -70,4 +71,10 @@ def new_head(model: PatchedModel, config: PatchConfig, tensors: dict[str, Tensor
     check_head(config, tensors, model._head.in_features)
     head = nn.Linear(model._head.in_features, config.num_classes)
     head.load_state_dict(unprefixed("head", tensors))
-    return head.requires_grad_(False).eval()
+    return beside(model, head).requires_grad_(False).eval()
+
+
+def beside(model: PatchedModel, module: nn.Module) -> nn.Module:
+    """``module`` (built on the host, e.g. a new head) moved to where ``model`` runs: every
+    module a method makes must take the backbone's device."""
+    return module.to(device_of(model))

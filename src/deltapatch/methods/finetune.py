@@ -19,7 +19,7 @@ from ..metrics import count_params
 from ..model import PatchedModel
 from ..patch import PatchConfig
 from ..train import FitResult, TrainConfig, fit
-from .artefact import new_head, prefixed, save_task, unprefixed
+from .artefact import beside, new_head, prefixed, save_task, unprefixed
 from .base import Method, MethodContext, MethodOutcome, register_method
 from .copies import restored_copy, trainable_copy
 
@@ -55,7 +55,7 @@ def finetune_copy(model: PatchedModel, data: TaskData, config: TrainConfig,
     copied too, never modified.
     """
     net = trainable_copy(start if start is not None else model.backbone, frozen=[model.spec.head])
-    head = nn.Linear(model._head.in_features, data.num_classes)
+    head = beside(model, nn.Linear(model._head.in_features, data.num_classes))
     ft = FineTuned(net, head, model.spec)
     result = fit(ft, ft, data, model.preprocess, config, run_dir)
     ft.eval()

@@ -34,7 +34,7 @@ from ..metrics import count_params
 from ..model import PatchedModel
 from ..patch import Patch, PatchConfig, check_tensors
 from ..train import fit
-from .artefact import new_head, prefixed, save_task, unprefixed
+from .artefact import beside, new_head, prefixed, save_task, unprefixed
 from .base import Method, MethodContext, MethodOutcome, register_method
 from .copies import shared_copy
 from .finetune import FineTuned
@@ -126,7 +126,8 @@ def _as_plain(conv: nn.Conv2d) -> nn.Conv2d:
     plain = nn.Conv2d(conv.in_channels, conv.out_channels, 1, bias=conv.bias is not None,
                       device="meta")
     plain.weight, plain.bias = conv.weight, conv.bias
-    probe = torch.randn(1, conv.in_channels, 3, 3, generator=torch.Generator().manual_seed(0))
+    probe = torch.randn(1, conv.in_channels, 3, 3,
+                        generator=torch.Generator().manual_seed(0)).to(conv.weight)
     if not torch.equal(plain(probe), conv(probe)):
         raise ValueError(f"lora: {type(conv).__name__} does not compute a plain convolution; "
                          "PEFT cannot adapt it")
@@ -272,7 +273,8 @@ def train(ctx: MethodContext) -> MethodOutcome:
     model = ctx.model
     p = plan(model, ctx)
     net = lora_net(model, p.targets, p.rank, p.alpha)
-    task = LoraTask(net, nn.Linear(model._head.in_features, ctx.data.num_classes), model.spec)
+    task = LoraTask(net, beside(model, nn.Linear(model._head.in_features, ctx.data.num_classes)),
+                    model.spec)
     owned = nn.ModuleDict({"lora": adapters(net), "head": task.head})
     result = fit(task, owned, ctx.data, model.preprocess, ctx.train, ctx.out / "run",
                  set_mode=task.train)

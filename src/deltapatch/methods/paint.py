@@ -30,7 +30,7 @@ from ..metrics import count_params, harmonic_mean, tensor_bytes
 from ..model import PatchedModel
 from ..patch import PatchConfig
 from ..preprocess import Preprocess
-from ..train import FitResult, TrainConfig, evaluate
+from ..train import FitResult, TrainConfig, device_of, evaluate
 from .artefact import new_head, prefixed, save_task, unprefixed
 from .base import BaseTask, Method, MethodContext, MethodOutcome, register_method
 from .copies import restored_copy
@@ -115,10 +115,11 @@ def alpha_sweep(net: nn.Module, spec: StageSpec, theta_0: dict[str, Tensor],
         vals = []
         for t in tasks:
             fwd = task_forward(net, spec, t.head)
-            row[f"{t.name}_val"] = evaluate(fwd, t.val, preprocess)
+            row[f"{t.name}_val"] = evaluate(fwd, t.val, preprocess, device=device_of(net))
             vals.append(row[f"{t.name}_val"])
             if t.test is not None:
-                row[f"{t.name}_test"] = evaluate(fwd, t.test, preprocess)
+                row[f"{t.name}_test"] = evaluate(fwd, t.test, preprocess,
+                                                 device=device_of(net))
         row["score"] = pick(vals)
         table.append(row)
         if best is None or row["score"] > best.score:
@@ -220,20 +221,21 @@ def sequential(model: PatchedModel, contexts: list[MethodContext], base: BaseTas
     tasks = [EvalTask("base", full.val.sample(val_max, contexts[0].train.seed, rng="torch"), None,
                       base.test)]
     previous, heads, after, steps = None, {}, {}, []
+    device = device_of(model)
     for ctx in contexts:
         torch.manual_seed(ctx.train.seed)
         step = paint_sequential_step(model, previous, tasks, ctx.data, ctx.train,
                                      ctx.out / "run", name=ctx.name, score="mean")
         previous, heads[ctx.name] = step.net, step.head
         after[ctx.name] = evaluate(task_forward(step.net, model.spec, step.head),
-                                   ctx.data.test, model.preprocess)
+                                   ctx.data.test, model.preprocess, device=device)
         tasks.append(EvalTask(ctx.name, ctx.data.val, step.head, ctx.data.test))
         steps.append(step)
     net = previous
-    final = {"base": evaluate(net, base.test, model.preprocess)}
+    final = {"base": evaluate(net, base.test, model.preprocess, device=device)}
     for ctx in contexts:
         final[ctx.name] = evaluate(task_forward(net, model.spec, heads[ctx.name]),
-                                   ctx.data.test, model.preprocess)
+                                   ctx.data.test, model.preprocess, device=device)
     last = steps[-1].choice
     stored = list(net.state_dict().values()) + [p for h in heads.values() for p in h.parameters()]
     return {**final_scores(after, final),

@@ -39,8 +39,8 @@ from ..data.sets import ImageSet
 from ..metrics import count_params, learned_values
 from ..model import PatchedModel
 from ..patch import PatchConfig
-from ..train import fit, predict
-from .artefact import new_head, prefixed, save_task, unprefixed
+from ..train import device_of, fit, model_inputs, predict
+from .artefact import beside, new_head, prefixed, save_task, unprefixed
 from .base import Method, MethodContext, MethodOutcome, register_method
 from .copies import restored_copy
 from .finetune import FineTuned, finetune_copy
@@ -89,7 +89,7 @@ class ClonedBranch(nn.Module):
 def _train_branch(model: PatchedModel, source: FineTuned, stage: int, ctx: MethodContext,
                   epochs: int, tag: str) -> tuple[ClonedBranch, float]:
     channels = model.stage_shapes()[stage].in_channels
-    branch = ClonedBranch(model, source, stage, InsertAdapter(channels))
+    branch = ClonedBranch(model, source, stage, beside(model, InsertAdapter(channels)))
     config = dataclasses.replace(ctx.train, epochs=epochs)
     result = fit(branch, branch.adapter, ctx.data, model.preprocess, config,
                  ctx.out / "run" / tag)
@@ -108,19 +108,21 @@ def merged_predictions(base: nn.Module, branch: nn.Module, images: ImageSet, pre
                        ) -> tuple[Tensor, Tensor]:
     """(base-head argmax, argmax over [base logits ; clone logits]) per image."""
     plain, merged = [], []
+    device = device_of(base)
     for x, _ in images.batches(256):
-        x = preprocess.normalize(x)
+        x = model_inputs(x, preprocess, device)
         b = base(x)
         plain.append(b.argmax(1))
         merged.append(torch.cat([b, branch(x)], 1).argmax(1))
-    return torch.cat(plain), torch.cat(merged)
+    return torch.cat(plain).cpu(), torch.cat(merged).cpu()
 
 
 def train(ctx: MethodContext) -> MethodOutcome:
     model = ctx.model
     opts = ctx.options
     base_test = ctx.base_data.test if ctx.base_data is not None else None
-    before = predict(model, base_test, model.preprocess) if base_test is not None else None
+    before = (predict(model, base_test, model.preprocess, device=device_of(model))
+              if base_test is not None else None)
     source_run = finetune_copy(model, ctx.data, ctx.train, ctx.out / "run" / "source")
     source_params = count_params(source_run.model, trainable=True)
     source = source_run.model.requires_grad_(False).eval()
@@ -166,7 +168,7 @@ def load(model: PatchedModel, config: PatchConfig, tensors: dict[str, Tensor]) -
     net = restored_copy(model.backbone, unprefixed("clone", tensors),
                         paths=model.spec.suffix_paths(stage))
     source = FineTuned(net, new_head(model, config, tensors), model.spec).eval()
-    adapter = InsertAdapter(model.stage_shapes()[stage].in_channels)
+    adapter = beside(model, InsertAdapter(model.stage_shapes()[stage].in_channels))
     adapter.load_state_dict(unprefixed("adapter", tensors))
     branch = ClonedBranch(model, source, stage, adapter.requires_grad_(False)).eval()
     return MethodOutcome(patch_forward=branch, base_forward=lambda x: model(x),

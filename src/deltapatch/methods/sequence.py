@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from ..model import PatchedModel
-from ..train import evaluate
+from ..train import device_of, evaluate
 from .base import BaseTask, MethodContext, Sequential, Train
 
 
@@ -22,17 +22,21 @@ def final_scores(after: dict[str, float], final: dict[str, float]) -> dict:
 def patch_per_task(train: Train) -> Sequential:
     def run(model: PatchedModel, contexts: list[MethodContext], base: BaseTask) -> dict:
         outcomes, after = [], {}
+        device = device_of(model)
         for ctx in contexts:
             torch.manual_seed(ctx.train.seed)
             outcome = train(ctx)
             model.eval()
-            after[ctx.name] = evaluate(outcome.patch_forward, ctx.data.test, model.preprocess)
+            after[ctx.name] = evaluate(outcome.patch_forward, ctx.data.test, model.preprocess,
+                                       device=device)
             outcomes.append(outcome)
         final = {}
         if base.test is not None:
-            final["base"] = evaluate(outcomes[-1].base_forward, base.test, model.preprocess)
+            final["base"] = evaluate(outcomes[-1].base_forward, base.test, model.preprocess,
+                                     device=device)
         for ctx, outcome in zip(contexts, outcomes, strict=True):
-            final[ctx.name] = evaluate(outcome.patch_forward, ctx.data.test, model.preprocess)
+            final[ctx.name] = evaluate(outcome.patch_forward, ctx.data.test, model.preprocess,
+                                       device=device)
         return {**final_scores(after, final),
                 "trainable_params": sum(o.trainable_params for o in outcomes),
                 "patch_bytes": sum(o.patch_bytes for o in outcomes),
