@@ -13,20 +13,25 @@ round that made them wait has finished, until none is pending or a round finishe
 Tasks rebuild their job from the suite file (shipped name or absolute path) and the run key
 rather than receiving a pickled closure, so on a cluster every node needs deltapatch installed,
 and ``--out`` (and the data) on a filesystem all nodes share.
+
+With a GPU device each task asks Ray for ``gpu_share`` of a GPU (0.25: four runs share one) and
+trains on the GPU Ray gives it; otherwise for one CPU.
 """
 
 from __future__ import annotations
 
 import functools
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DeltaPatchError
 from ..hardware import describe
 from ..progress import log
 from .jobs import Job
+from ..run import run_device
 from .runner import RUNS, _stored, attempt, build_jobs, code_version
-from .suite import load_suite
+from .suite import load_suite, placed
 
 RETRIES = 3  # Ray's default for tasks, stated: a run whose worker dies is tried this often more
 LOCAL = "local"  # --ray without an address: start a Ray instance on this machine
@@ -41,18 +46,43 @@ def _ray():
     return ray
 
 
+@dataclass(frozen=True)
+class RaySuite:
+    """What a worker needs to rebuild the driver's jobs: the suite, its selection, and where
+    and in what precision its runs train (``device``: a type, e.g. ``cuda``; Ray picks the
+    GPU and makes it the worker's ``cuda:0``)."""
+
+    ref: str
+    seeds: int | None = None
+    only: set[str] | frozenset[str] | None = None
+    device: str = "cpu"
+    precision: str = "fp32"
+    gpu_share: float = 1.0
+
+    def resources(self) -> dict:
+        """What each task asks Ray for: one CPU, and its share of a GPU on a GPU device."""
+        if self.device == "cuda":
+            return {"num_cpus": 1, "num_gpus": self.gpu_share}
+        return {"num_cpus": 1}
+
+    def key(self) -> tuple:
+        return (self.ref, self.seeds, tuple(sorted(self.only)) if self.only else None,
+                self.device, self.precision)
+
+
 @functools.lru_cache(maxsize=4)
-def _jobs(suite_ref: str, seeds: int | None, only: tuple[str, ...] | None) -> dict[str, Job]:
+def _jobs(ref: str, seeds: int | None, only: tuple[str, ...] | None, device: str,
+          precision: str) -> dict[str, Job]:
     """The suite's jobs by key, built once per worker process."""
-    jobs = build_jobs(load_suite(suite_ref), seeds, set(only) if only else None)
+    suite = placed(load_suite(ref), run_device(device), precision)
+    jobs = build_jobs(suite, seeds, set(only) if only else None)
     return {j.key: j for j in jobs}
 
 
-def run_key(suite_ref: str, seeds: int | None, only: tuple[str, ...] | None, key: str,
-            out: str, code: str) -> dict:
+def run_key(suite_key: tuple, key: str, out: str, code: str) -> dict:
     """One run, in a Ray worker: its stored record if another task or invocation finished it,
     else :func:`attempt`'s record (written when ok)."""
-    job = _jobs(suite_ref, seeds, only)[key]
+    job = _jobs(*suite_key)[key]
     old = _stored(Path(out) / RUNS / f"{key}.json", job)
     return old if old is not None else attempt(job, Path(out), code, describe())
 
@@ -68,16 +98,14 @@ def connect(address: str):
     return True
 
 
-def run_jobs_on_ray(jobs: list[Job], out: Path, suite_ref: str, seeds: int | None,
-                    only: set[str] | None, address: str = LOCAL, progress: bool = True,
-                    max_jobs: int | None = None) -> list[dict]:
+def run_jobs_on_ray(jobs: list[Job], out: Path, suite: RaySuite, address: str = LOCAL,
+                    progress: bool = True, max_jobs: int | None = None) -> list[dict]:
     """Every job run (or reloaded) through Ray tasks; one record per job in ``jobs``' order,
     as :func:`~deltapatch.bench.runner.run_jobs` returns them."""
     ray = _ray()
     started_ray = connect(address)
     code = code_version()
-    task = ray.remote(num_cpus=1, max_retries=RETRIES)(run_key)
-    only_key = tuple(sorted(only)) if only else None
+    task = ray.remote(max_retries=RETRIES, **suite.resources())(run_key)
     unique = list({j.key: j for j in jobs}.values())  # a run several tables share runs once
     final: dict[str, dict] = {}
     for j in unique:
@@ -93,8 +121,7 @@ def run_jobs_on_ray(jobs: list[Job], out: Path, suite_ref: str, seeds: int | Non
             if not todo:
                 break
             t0 = time.perf_counter()
-            futures = {task.remote(suite_ref, seeds, only_key, j.key, str(out), code): j
-                       for j in todo}
+            futures = {task.remote(suite.key(), j.key, str(out), code): j for j in todo}
             results = _gather(ray, futures, progress, round_)
             final.update(results)
             new = sum(r["status"] != "pending" for r in results.values())

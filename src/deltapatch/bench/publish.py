@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..hardware import describe
+from ..run import placement_facts, run_device
 from .claims import claims_section
 from .report import UNSTAMPED, not_run_section, table_sections
 from .runner import build_jobs, code_version, command_line, run_jobs, write_results
-from .suite import Suite, load_suite
+from .suite import Suite, load_suite, placed
 
 
 @dataclass
@@ -30,26 +31,31 @@ class BenchRequest:
     note: str | None = None
     progress: bool = True
     ray: str | None = None  # a Ray address ("local": start one here): runs become Ray tasks
+    device: str = "cpu"  # where runs train (--device); not a setting of any run
+    precision: str = "fp32"  # --precision: a setting (its runs are new runs unless fp32)
+    gpu_share: float = 1.0  # a Ray task's share of a GPU when the device is one
 
 
 def run_suite(req: BenchRequest) -> dict:
     """Run (or resume) a suite's runs, then write results, tables, plots and the report.
     Returns a summary: run counts by status and the files written."""
-    suite = load_suite(req.suite)
+    suite = placed(load_suite(req.suite), run_device(req.device), req.precision)
     jobs = build_jobs(suite, req.seeds, req.only)
     t0 = time.perf_counter()
     max_jobs = 0 if req.report_only else req.max_runs
     if req.ray is not None and max_jobs != 0:
-        from .on_ray import run_jobs_on_ray
+        from .on_ray import RaySuite, run_jobs_on_ray
 
-        records = run_jobs_on_ray(jobs, req.out, suite_ref(suite, req.suite), req.seeds,
-                                  req.only, req.ray, progress=req.progress, max_jobs=max_jobs)
+        records = run_jobs_on_ray(jobs, req.out, RaySuite(suite_ref(suite, req.suite),
+                                                          req.seeds, req.only, suite.device.type,
+                                                          req.precision, req.gpu_share),
+                                  req.ray, progress=req.progress, max_jobs=max_jobs)
     else:
         records = run_jobs(jobs, req.out, progress=req.progress, max_jobs=max_jobs,
                            shard=req.shard)
     only = ",".join(sorted(req.only)) if req.only else None
     meta = {"suite": suite.name, "suite_file": suite_file(suite),
-            "command": command_line(req.suite, req.out, req.seeds, only),
+            "command": command_line(req.suite, req.out, req.seeds, only, req.precision),
             "hardware": describe(), "code": code_version(), "seeds": req.seeds or suite.seeds,
             "note": req.note, "this_invocation_seconds": round(time.perf_counter() - t0, 1),
             "written": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
@@ -60,6 +66,7 @@ def run_suite(req: BenchRequest) -> dict:
     counts = {s: sum(v == s for v in status.values())
               for s in ("ok", "skipped", "failed", "pending")}
     return {"suite": suite.name, "out": str(req.out), "runs": counts,
+            **placement_facts(suite.device, req.precision),
             "files": sorted(str(f) for f in files)}
 
 

@@ -208,8 +208,8 @@ def write_results(records: list[dict], out: Path, meta: dict) -> None:
         w.writerows(csv_row(r) for r in records)
 
 
-def command_line(suite: str, out: Path, seeds: int | None = None, only: str | None = None
-                 ) -> str:
+def command_line(suite: str, out: Path, seeds: int | None = None, only: str | None = None,
+                 precision: str = "fp32") -> str:
     """The command that reproduces the numbers (rebuilt from the arguments, so it is right
     whatever called ``main``). Report-only flags (--report-only, --results-md, --max-runs) are
     left out: they never change a number."""
@@ -218,4 +218,6 @@ def command_line(suite: str, out: Path, seeds: int | None = None, only: str | No
         parts += ["--seeds", str(seeds)]
     if only:
         parts += ["--only", only]
+    if precision != "fp32":  # it changes the numbers; the device does not
+        parts += ["--precision", precision]
     return " ".join(shlex.quote(p) for p in parts)

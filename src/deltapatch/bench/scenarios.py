@@ -31,7 +31,7 @@ def single(suite: Suite, entry: dict, seeds: int) -> list[Job]:
             task = suite.tasks[t]
 
             def run(out: Path, lr=None, bb=bb, task=task, v=v, seed=seed) -> dict:
-                return run_one(run_spec(suite, bb, task, v, seed, lr), out)
+                return run_one(run_spec(suite, bb, task, v, seed, lr), out, device=suite.device)
 
             jobs.append(Job(f"single/{bb}/{t}/{v.key}/seed{seed}", "single", table, bb, t,
                             v.key, v.label, seed, run, describe(v),
@@ -54,8 +54,8 @@ def zsda(suite: Suite, entry: dict, seeds: int) -> list[Job]:
                                            max_test=suite.settings(tgt.settings).get("max_test"))}
             if v.method == "full":  # the fully trained network ± Δ (paper Table 6)
                 from .full import train_full
-                return train_full(spec, out, extra_tests=target)
-            return run_one(spec, out, extra_tests=target)
+                return train_full(spec, out, extra_tests=target, device=suite.device)
+            return run_one(spec, out, extra_tests=target, device=suite.device)
 
         name = f"{src.key}→{tgt.key}"
         jobs.append(Job(f"zsda/{bb}/{src.key}-{tgt.key}/{v.key}/seed{seed}", "zsda", "zsda", bb,
@@ -100,7 +100,7 @@ def joint(suite: Suite, entry: dict, seeds: int) -> list[Job]:
                 data = concat_tasks(parts, "joint")
                 tests = {t.key: ImageSet(p.test.images, p.test.labels + o)
                          for t, p, o in zip(tasks, parts, data.info["offsets"], strict=True)}
-                result = run_one(spec, out, data=data, extra_tests=tests)
+                result = run_one(spec, out, data=data, extra_tests=tests, device=suite.device)
                 accs = list(result["top1_by_test"].values())
                 if result["base_top1"] is not None:
                     accs.append(result["base_top1"])
@@ -155,7 +155,7 @@ def _run_sequential(suite: Suite, bb_key: str, v: Variant, seed: int, order: lis
     t0 = time.perf_counter()
     bb = suite.backbones[bb_key]
     torch.manual_seed(seed)
-    model = build_model(bb.name, bb.weights, suite.defaults.get("image_size"))
+    model = build_model(bb.name, bb.weights, suite.defaults.get("image_size"), suite.device)
     size = model.preprocess.size
     base_size = suite.defaults.get("base_image_size") or native_size(bb.name, bb.weights)
     contexts = []

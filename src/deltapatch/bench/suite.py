@@ -5,8 +5,10 @@ works too. See ``suites/smoke.toml`` for the annotated format.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+
+import torch
 
 try:
     import tomllib  # Python >= 3.11
@@ -76,6 +78,7 @@ class Suite:
     scenarios: list[dict]
     not_implemented: list[dict]
     text: str
+    device: torch.device = torch.device("cpu")  # where its runs train: not a setting
 
     def settings(self, *layers: dict) -> dict:
         """Suite defaults overridden by each layer in turn (task, then variant)."""
@@ -83,6 +86,15 @@ class Suite:
         for layer in layers:
             out.update(layer)
         return out
+
+
+def placed(suite: Suite, device: torch.device, precision: str = "fp32") -> Suite:
+    """``suite`` run on ``device`` in ``precision``. The device is not a setting (records
+    keep their fingerprints); a precision other than fp32 is, so its runs are new runs, while
+    fp32 leaves every stored run's fingerprint as it was."""
+    defaults = suite.defaults if precision == "fp32" else {**suite.defaults,
+                                                            "precision": precision}
+    return replace(suite, device=device, defaults=defaults)
 
 
 def train_config(settings: dict, seed: int, progress: bool = False) -> TrainConfig:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ..bench.publish import BenchRequest, run_suite
 from ..bench.runner import parse_shard
-from .common import command, print_json
+from ..run import run_device
+from .common import command, device_args, print_json
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
@@ -32,6 +33,10 @@ def arguments(p: argparse.ArgumentParser) -> None:
                         "dies): on a new local Ray instance, or on the cluster at ADDRESS "
                         "(auto, host:6379, ray://host:10001); needs pip install "
                         "'deltapatch[ray]' (docs/BENCH.md)")
+    p.add_argument("--gpu-share", type=float, default=1.0,
+                   help="with --ray on a GPU device: the share of a GPU each run asks Ray for "
+                        "(0.25: four runs per GPU; default 1)")
+    device_args(p, precision=True)
     p.add_argument("--report-only", action="store_true",
                    help="run nothing; rebuild the report from finished runs")
     p.add_argument("--results-md", type=Path, default=None,
@@ -57,11 +62,15 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--ray and --shard both split the suite: use one of them")
     if args.preface is not None and not args.preface.is_file():
         raise ValueError(f"--preface {args.preface}: no such file")
+    if not 0 < args.gpu_share <= 1:
+        raise ValueError(f"--gpu-share must be in (0, 1], got {args.gpu_share}")
+    run_device(args.device)  # not there: one line, exit 2, before anything is written
     summary = run_suite(BenchRequest(
         suite=args.suite, out=args.out, seeds=args.seeds,
         only=set(args.only.split(",")) if args.only else None, max_runs=args.max_runs,
         shard=parse_shard(args.shard), report_only=args.report_only,
         results_md=args.results_md, preface=args.preface, note=args.note,
-        progress=not args.no_progress, ray=args.ray))
+        progress=not args.no_progress, ray=args.ray, device=args.device,
+        precision=args.precision, gpu_share=args.gpu_share))
     print_json(summary)
     return 0 if summary["runs"]["failed"] == 0 else 1

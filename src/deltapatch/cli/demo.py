@@ -8,7 +8,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from .. import demo
-from .common import command
+from ..devices import resolve_device
+from .common import command, device_args
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
@@ -24,6 +25,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
                         "5x faster than two; raise it on an idle machine)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    device_args(p)
 
 
 @command("demo", demo.HELP, arguments)
@@ -38,9 +40,10 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be ≥ 1, got {value}")
+    device = resolve_device(args.device)  # not there: one line, exit 2, nothing written
     cfg = demo.PROFILES["fast" if args.fast else "full"]
     cfg = replace(cfg, seed=args.seed, image_size=args.image_size or cfg.image_size,
                   epochs=args.epochs or cfg.epochs, threads=args.threads or cfg.threads)
     line = "deltapatch demo" + (" --fast" if args.fast else "") + f" --out {args.out}"
-    demo.run(args.out, cfg, progress=not args.no_progress, command_line=line)
+    demo.run(args.out, cfg, progress=not args.no_progress, command_line=line, device=device)
     return 0

@@ -12,8 +12,8 @@ from ..data import load_test
 from ..methods import load_task
 from ..patch import CLASSIFICATION, read_config
 from ..run import RunSpec
-from ..train import evaluate
-from .common import add_options, backbone_args, command, load_model, print_json
+from ..train import device_of, evaluate
+from .common import add_options, backbone_args, command, device_args, load_model, print_json
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
@@ -22,6 +22,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
                    help="a task folder written by train (any method)")
     add_options(p, RunSpec, ("data", "base_data", "image_size", "base_image_size", "max_test",
                              "seed"), required={"data"})
+    device_args(p)
 
 
 @command("eval", "score a saved task folder (any method) on a task's test split and the base "
@@ -41,15 +42,17 @@ def run(args: argparse.Namespace) -> int:
     pre = task.config.preprocess.with_size(args.image_size)
     test, _ = load_test(args.data, pre.size, max_test=args.max_test, seed=args.seed)
     model.eval()
-    patch_top1 = evaluate(task.outcome.patch_forward, test, pre)
+    device = device_of(model)
+    patch_top1 = evaluate(task.outcome.patch_forward, test, pre, device=device)
     base_top1 = None
     if args.base_data:
         base, _ = load_test(args.base_data, args.base_image_size or own_size,
                             max_test=args.max_test, seed=args.seed)
-        base_top1 = evaluate(task.outcome.base_forward, base, pre)
+        base_top1 = evaluate(task.outcome.base_forward, base, pre, device=device)
     facts = {"alpha": task.config.options["alpha"]} if "alpha" in task.config.options else {}
     print_json(metrics.report(data=args.data, patch_top1=patch_top1, base_top1=base_top1,
                               patch_bytes=metrics.folder_bytes(args.patch),
                               trainable_params=task.outcome.trainable_params,
-                              n_test=len(test), method=task.config.method, **facts))
+                              n_test=len(test), method=task.config.method, device=str(device),
+                              **facts))
     return 0

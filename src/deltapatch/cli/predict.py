@@ -15,7 +15,8 @@ from ..errors import DataError
 from ..methods import load_task
 from ..model import BASE
 from ..patch import CLASSIFICATION, read_config
-from .common import backbone_args, command, load_model, print_json
+from ..train import device_of, model_inputs
+from .common import backbone_args, command, device_args, load_model, print_json
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
@@ -29,6 +30,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draw", type=Path, default=Path("predictions"),
                    help="folder for the pictures of a detection / segmentation task's "
                         "predictions (boxes or masks drawn; default: ./predictions)")
+    device_args(p)
     p.add_argument("images", nargs="+", type=Path, help="image files")
 
 
@@ -52,15 +54,16 @@ def run(args: argparse.Namespace) -> int:
         task = load_task(model, args.patch)
         name, names = task.config.name, task.config.class_names
         pre, forward = task.config.preprocess, task.outcome.patch_forward
+    device = device_of(model)
     with torch.inference_mode():
         for path in args.images:
             x = to_image_tensor(decode_image(path.read_bytes(), str(path))[None], pre.size)
-            probs = forward(pre.normalize(x)).softmax(1)[0]
-            top = probs.topk(min(args.top, probs.numel()))
+            probs = forward(model_inputs(x, pre, device)).float().softmax(1)[0]
+            top = [t.cpu() for t in probs.topk(min(args.top, probs.numel()))]
             print_json({"image": str(path), "task": name, "top": [
                 {"class": int(i), "name": names[int(i)] if names else None,
                  "prob": round(float(p), 5)}
-                for p, i in zip(top.values, top.indices, strict=True)]})
+                for p, i in zip(*top, strict=True)]})
     return 0
 
 
@@ -81,8 +84,10 @@ def _remote(args: argparse.Namespace) -> int:
 def _dense(model, args: argparse.Namespace) -> int:
     """Boxes or mask shares as JSON, and a picture of each in ``--draw``."""
     from ..dense.draw import predict_one, save_png
+    from ..dense.run import check_device
     from ..dense.task import load_dense
 
+    check_device(device_of(model))
     task = load_dense(model, args.patch)
     for path in args.images:
         image = torch.from_numpy(decode_image(path.read_bytes(), str(path)).copy())

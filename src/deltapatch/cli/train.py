@@ -13,9 +13,17 @@ from ..data import list_builtins
 from ..errors import DeltaPatchError
 from ..methods import METHODS, get_method
 from ..patch import CLASSIFICATION
-from ..run import RunSpec, run_one
+from ..run import RunSpec, run_device, run_one
 from ..train import TrainConfig
-from .common import add_options, backbone_args, command, parse_options, parse_stages, print_json
+from .common import (
+    add_options,
+    backbone_args,
+    command,
+    device_args,
+    parse_options,
+    parse_stages,
+    print_json,
+)
 
 RUN_FLAGS = ("data", "base_data", "image_size", "base_image_size", "max_train", "max_test", "max_val",
              "val_fraction", "method", "norm", "gate", "init", "name", "seed", "task")
@@ -31,6 +39,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
                 more_help={"data": f" ({', '.join(list_builtins())})",
                            "method": f": {', '.join(METHODS.names())}"})
     add_options(p, TrainConfig, TRAIN_FLAGS, defaults={"lr": None, "batch_size": None})
+    device_args(p, precision=True)
     p.add_argument("--out", required=True, type=Path,
                    help="task folder to write (run/ inside holds the checkpoint and per-epoch "
                         "metrics; the same command again resumes an interrupted run)")
@@ -51,7 +60,7 @@ def spec_from(args: argparse.Namespace) -> RunSpec:
     train["lr"] = default_lr if train["lr"] is None else train["lr"]
     if train["batch_size"] is None:  # detection batches are a few photos, not 128 thumbnails
         train["batch_size"] = DENSE_BATCH if dense else TrainConfig().batch_size
-    config = TrainConfig(seed=args.seed, **train)
+    config = TrainConfig(seed=args.seed, precision=args.precision, **train)
     if args.reduction < 1:
         raise ValueError(f"--reduction must be ≥ 1, got {args.reduction}")
     return RunSpec(backbone=args.backbone, weights=args.weights, stages=parse_stages(args.stages),
@@ -64,15 +73,16 @@ def spec_from(args: argparse.Namespace) -> RunSpec:
          arguments)
 def run(args: argparse.Namespace) -> int:
     spec = spec_from(args)
+    device = run_device(args.device)  # not there: one line, exit 2, nothing written
     if spec.task == CLASSIFICATION:
-        result = run_one(spec, args.out)
+        result = run_one(spec, args.out, device=device)
     else:
         if distributed.env_world() is not None:
             raise DeltaPatchError("torchrun trains classification patches only; run "
                                   f"--task {spec.task} as one process")
         from ..dense.run import run_dense
 
-        result = run_dense(spec, args.out)
+        result = run_dense(spec, args.out, device=device)
     if not distributed.is_main():  # torchrun: rank 0 alone writes and prints the result
         return 0
     tmp = args.out / "metrics.json.tmp"
