@@ -72,3 +72,19 @@ def test_suite_times_counts_every_rate_a_tuned_cell_trained(monkeypatch):
     assert times.per_run_seconds(tuned) == (200.0, 2)
     assert times.per_run_seconds({"lr_search": {"chosen": 0.01}, "wall_seconds": 90.0}) == (90.0, 1)
     assert times.cell("single/lite0/usps/paint/seed2") == "single/lite0/usps/paint"
+
+
+def test_gpu_bench_reads_serve_load_and_judges_each_goal(monkeypatch):
+    """gpu_check.sh's summary: req/s and open-loop p99/p50 read off serve_load's output, each
+    ratio judged against its goal in the right direction."""
+    gpu = _script("gpu_bench", monkeypatch)
+    text = ("| 1 | uniform over 1 | 40 (40) | 20.0 | 201 | 232 | 4.0 | 815 | 865 |\n"
+            "#   open loop at 0.7 ... p50 128 ms, p99 329 ms, p99/p50 2.58; codes {200: 31}\n"
+            "| 128 | uniform over 128 | 36 (36) | 19.0 | 222 | 246 | 4.0 | 817 | 886 |\n"
+            "#   open loop at 0.7 ... p50 117 ms, p99 176 ms, p99/p50 1.50; codes {200: 29}\n")
+    got = gpu.parse_load(text, ["1", "128"])
+    assert got["server_128_vs_1_throughput"] == 0.95
+    assert got["server_p99_over_p50_at_70pct"] == 1.5
+    assert gpu.verdict("server_p99_over_p50_at_70pct", 1.5).endswith("met)")
+    assert "NOT met" in gpu.verdict("mixed64_vs_base", 1.31)
+    assert gpu.verdict("delta_cache_vs_lora", None) == "not measured"
