@@ -339,7 +339,7 @@ def load_test(tiny: bool, device: torch.device) -> dict:
         return {"status": "not available: serve_load.py has no --device yet"}
     mixes = ["1", "8"] if tiny else ["1", "128"]
     sizing = (["--seconds", "2", "--max-requests", "60", "--clients", "4", "--images", "4"]
-              if tiny else ["--seconds", "12", "--max-requests", "20000", "--clients", "64",
+              if tiny else ["--seconds", "10", "--max-requests", "20000", "--clients", "64",
                             "--max-batch", "64", "--threads", "4"])
     cmd = [*script, "--mixes", *mixes, "--open-loop", "0.7", *sizing, *flag]
     run = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=400)
