@@ -49,13 +49,25 @@ def draw_crops(n: int, side: int, generator: torch.Generator, hflip: bool = True
 
 def apply_crops(x: Tensor, crops: Crops) -> Tensor:
     """``x`` (N, C, H, W) padded with zeros and cropped back at ``crops``' offsets, flipped rows
-    mirrored: one indexed copy of the padded batch's sliding windows on ``x``'s device, and no
-    host sync (no loop over images, no boolean mask)."""
+    mirrored. On an accelerator: one indexed copy of the padded batch's sliding windows, with no
+    host sync (no loop over images, no boolean mask); on the CPU: the copy per image it always
+    was, which moves whole rows."""
     n, _, h, w = x.shape
     p, dev = crops.pad, x.device
+    if dev.type == "cpu":  # a copy per image moves whole rows: ~5x faster here at 224 px
+        return _crop_each(F.pad(x, (p, p, p, p)), crops, h, w)
     windows = F.pad(x, (p, p, p, p)).unfold(2, h, 1).unfold(3, w, 1)  # (N, C, 2p+1, 2p+1, H, W)
     out = windows[torch.arange(n, device=dev), :, crops.dy.to(dev), crops.dx.to(dev)]
     return torch.where(crops.flip.to(dev).view(n, 1, 1, 1), out.flip(-1), out)
+
+
+def _crop_each(padded: Tensor, crops: Crops, h: int, w: int) -> Tensor:
+    out = torch.empty(padded.shape[0], padded.shape[1], h, w, dtype=padded.dtype)
+    for i, (dy, dx, flip) in enumerate(zip(crops.dy.tolist(), crops.dx.tolist(),
+                                           crops.flip.tolist(), strict=True)):
+        crop = padded[i, :, dy:dy + h, dx:dx + w]
+        out[i] = crop.flip(-1) if flip else crop
+    return out
 
 
 def random_crop_flip(x: Tensor, generator: torch.Generator, hflip: bool = True,
