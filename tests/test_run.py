@@ -52,3 +52,17 @@ def test_the_base_task_is_scored_at_the_backbones_own_size(tmp_path, base_image_
                              plain.preprocess) for size in (16, 32)}
     assert scores[16] != scores[32]  # the size matters for this backbone and subset
     assert got == pytest.approx(scores[base_image_size or 32], abs=1e-6)  # report rounds
+
+
+def test_a_gpu_record_names_the_gpu(monkeypatch):
+    """Item 8 of issue 23: on a GPU a record carries its name, memory, CUDA and cuDNN."""
+    import torch
+
+    from deltapatch import hardware
+    from deltapatch.run import placement_facts
+
+    monkeypatch.setattr(hardware, "gpu_facts", lambda d: {"gpu": "H200", "cuda": "13.0",
+                                                          "cudnn": 91000, "gpu_memory_gib": 139.8})
+    facts = placement_facts(torch.device("cuda", 0), "bf16")
+    assert facts["gpu"] == "H200" and facts["precision"] == "bf16" and facts["device"] == "cuda:0"
+    assert placement_facts(torch.device("cpu"), "fp32") == {"device": "cpu", "precision": "fp32"}

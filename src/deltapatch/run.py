@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from . import devices, distributed, metrics, store
+from . import devices, distributed, hardware, metrics, store
 from .backbones import load_backbone
 from .backbones.registry import family_init
 from .baseinit import INITS, LEGACY_INIT
@@ -248,8 +248,10 @@ def run_device(device: str | torch.device | None) -> torch.device:
 
 
 def placement_facts(device: torch.device, precision: str) -> dict:
-    """What a record says about where it ran."""
-    return {"device": str(device), "precision": precision}
+    """What a record says about where it ran: the device and precision, and on a GPU its name,
+    memory, CUDA, cuDNN and TF32 settings (:func:`deltapatch.hardware.gpu_facts`)."""
+    facts = {"device": str(device), "precision": precision}
+    return {**facts, **hardware.gpu_facts(device)} if device.type == "cuda" else facts
 
 
 def run_one(spec: RunSpec, out: Path, *, data: TaskData | None = None,

@@ -56,7 +56,7 @@ def run_suite(req: BenchRequest) -> dict:
     only = ",".join(sorted(req.only)) if req.only else None
     meta = {"suite": suite.name, "suite_file": suite_file(suite),
             "command": command_line(req.suite, req.out, req.seeds, only, req.precision),
-            "hardware": describe(), "code": code_version(), "seeds": req.seeds or suite.seeds,
+            "hardware": describe(suite.device), "code": code_version(), "seeds": req.seeds or suite.seeds,
             "note": req.note, "this_invocation_seconds": round(time.perf_counter() - t0, 1),
             "written": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     write_results(records, req.out, meta)
