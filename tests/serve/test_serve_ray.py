@@ -22,7 +22,8 @@ from safetensors.torch import save_file
 import deltapatch as dp
 from deltapatch.serve.batcher import Job
 from deltapatch.serve.inputs import Limits, image_tensor
-from deltapatch.serve.on_ray import PatchReplica
+from deltapatch.serve.on_ray import PatchReplica, replica_placement
+from deltapatch.serve.readout import Ask
 
 
 @pytest.fixture
@@ -46,13 +47,17 @@ def test_a_replica_batches_any_patches_and_follows_the_folder(weights, backbone,
     assert [i.name for i in replica.registry.infos()] == ["a", "b"]
     lib = _library(weights, patch_dir, ["a", "b"])
     x = torch.stack([image_tensor(png(s), lib.preprocess, Limits()) for s in range(3)])
-    jobs = [Job(x[0], ("a",), False), Job(x[1], ("b",), False), Job(x[2], ("__base__",), False)]
-    rows = asyncio.run(replica.predict_rows(jobs))  # one batch, three tasks
+    jobs = [Job(x[0], ("a",), False, (Ask(5, 2, logits=True),)),
+            Job(x[1], ("b",), False, (Ask(3, 2, logits=True),)),
+            Job(x[2], ("__base__",), False, (Ask(10, 2, logits=True),))]
+    answers = asyncio.run(replica.predict_rows(jobs))  # one batch, three tasks
     assert replica.batches == [3]
     with torch.inference_mode():
         expect = [lib(x[0:1], patch="a")[0], lib(x[1:2], patch="b")[0], backbone.eval()(x[2:3])[0]]
-    for row, job, want in zip(rows, jobs, expect, strict=True):
-        torch.testing.assert_close(row[job.names[0]][:len(want)], want, rtol=1e-4, atol=1e-5)
+    for answer, job, want in zip(answers, jobs, expect, strict=True):
+        got = answer[job.names[0]]
+        torch.testing.assert_close(torch.tensor(got.logits), want, rtol=1e-4, atol=1e-5)
+        assert got.indices == want.topk(2).indices.tolist()
 
     save_patch(backbone, tmp_path / "staging", "c", 4, 1)
     shutil.move(tmp_path / "staging" / "c", patch_dir / "c")  # as the docs say: mv it in
@@ -60,6 +65,12 @@ def test_a_replica_batches_any_patches_and_follows_the_folder(weights, backbone,
     assert replica.sync() == (["c"], ["a"])
     assert [i.name for i in replica.registry.infos()] == ["b", "c"]
     assert "a" not in replica.model.patches
+
+
+def test_replicas_ask_ray_for_gpus_only_on_a_cuda_device():
+    assert replica_placement(torch.device("cpu")) == ("cpu", {"num_cpus": 1})  # as before
+    assert replica_placement(torch.device("cuda", 1), 0.25) == (
+        "cuda", {"num_cpus": 1, "num_gpus": 0.25})  # Ray picks the GPU; "cuda" is it there
 
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'deltapatch[ray]')")

@@ -8,12 +8,14 @@ import contextlib
 import importlib.util
 from pathlib import Path
 
+from ..devices import resolve_device
 from ..errors import DeltaPatchError
-from .common import backbone_args, command, load_model
+from .common import backbone_args, command, device_args, load_model
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
     backbone_args(p)
+    device_args(p)
     p.add_argument("--patches", type=Path, required=True,
                    help="folder of patch folders (each train --out of a Δ-family method); all "
                         "are loaded at start, and a bad one stops the start")
@@ -29,7 +31,8 @@ def arguments(p: argparse.ArgumentParser) -> None:
                         "'Authorization: Bearer KEY'; without it they are open")
     p.add_argument("--batch-base", action="store_true",
                    help="batch base-task requests too (faster; their logits may then differ "
-                        "from the plain backbone's on one image in the last bits)")
+                        "from the plain backbone's on one image in the last bits, unless "
+                        "measured bit-identical on this device: docs/SERVING.md)")
     p.add_argument("--max-image-pixels", type=int, default=40_000_000,
                    help="largest image accepted, in pixels (default 40,000,000)")
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
@@ -39,6 +42,10 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--replicas", type=int, default=1,
                    help="Ray Serve replicas, each holding the backbone and every patch "
                         "(with --ray; default 1)")
+    p.add_argument("--gpus-per-replica", type=float, default=1.0,
+                   help="with --ray on a CUDA --device: the share of a GPU each replica asks "
+                        "Ray for; a fraction (e.g. 0.5) puts several replicas on one GPU "
+                        "(default 1)")
 
 
 def _api_key(path: Path | None) -> str | None:
@@ -69,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--max-image-pixels must be ≥ 4")
     if not args.patches.is_dir():
         raise DeltaPatchError(f"--patches {args.patches} is not a folder")
+    args.device = str(resolve_device(args.device))  # not there: one line, before any port
     if args.ray is not None:
         return _run_on_ray(args)
     key = _api_key(args.api_key_file)
@@ -97,6 +105,10 @@ def run(args: argparse.Namespace) -> int:
 def _run_on_ray(args: argparse.Namespace) -> int:
     if args.replicas < 1:
         raise ValueError(f"--replicas must be ≥ 1, got {args.replicas}")
+    share = args.gpus_per_replica
+    if not (0 < share <= 1 or share == int(share)):
+        raise ValueError(f"--gpus-per-replica must be a fraction in (0, 1] or a whole number, "
+                         f"got {share:g}")
     if args.api_key_file is not None:
         raise DeltaPatchError("--ray serves no admin endpoints (patches come from the --patches "
                               "folder), so --api-key-file has nothing to guard; leave it out")
@@ -106,7 +118,8 @@ def _run_on_ray(args: argparse.Namespace) -> int:
                host=args.host, port=args.port, max_batch=args.max_batch,
                max_wait_ms=args.max_wait_ms, exact_base=not args.batch_base,
                max_image_pixels=args.max_image_pixels,
-               address=None if args.ray == "local" else args.ray)
+               address=None if args.ray == "local" else args.ray,
+               device=resolve_device(args.device), gpu_share=share)
     return 0
 
 

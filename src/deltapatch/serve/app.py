@@ -21,12 +21,15 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from torch import Tensor
 
 from ..errors import DeltaPatchError
 from ..patch import CONFIG_FILE, TENSORS_FILE
-from .batcher import Batcher, Closed, QueueFull
-from .inputs import HTTPFail, Limits, image_tensor, media_type, predict_input, read_body
+from .batcher import Batcher, Closed, Job, QueueFull
+from .inputs import (HTTPFail, Limits, PredictInput, image_tensor, media_type, predict_input,
+                     read_body)
 from .metrics import CONTENT_TYPE, ServeMetrics
+from .readout import Answer, Ask
 from .registry import DuplicatePatch, PatchInfo, PatchRegistry, UnknownPatch
 
 log = logging.getLogger("deltapatch.serve")
@@ -140,19 +143,16 @@ def create_app(registry: PatchRegistry, *, max_batch: int = 32, max_wait_ms: flo
                                     "these differ: " + ", ".join(i.name for i in infos))
             x = await asyncio.to_thread(image_tensor, req.image, pre, limits)
             try:
-                queued = app.state.batcher.submit(x, req.names, req.fanout)
+                queued = app.state.batcher.submit(predict_job(x, req, infos))
             except (QueueFull, Closed) as err:
                 raise HTTPFail(503, str(err), {"Retry-After": str(RETRY_AFTER_S)}) from None
             queued.add_done_callback(lambda _: registry.release(req.names))
-            rows = await asyncio.shield(queued)  # a client that leaves does not unqueue its job
+            answers = await asyncio.shield(queued)  # a client that leaves does not unqueue it
         finally:
             if queued is None:
                 registry.release(req.names)
         metrics.answered(list(req.names), time.perf_counter() - t0)
-        answers = {i.name: _answer(rows[i.name], i, req.top_k, req.return_logits) for i in infos}
-        if req.fanout:
-            return {"results": answers}
-        return {"patch": infos[0].name, **answers[infos[0].name]}
+        return predict_body(req, infos, answers)
 
     return app
 
@@ -175,15 +175,27 @@ def _patch_files(form) -> dict[str, UploadFile]:
     return found
 
 
-def _answer(row, info: PatchInfo, k: int, with_logits: bool) -> dict:
-    """Top-k of one task's logits, computed as ``deltapatch predict`` computes them."""
-    logits = row[:info.num_classes]  # routed batches pad narrower heads with -inf
-    probs = logits[None].softmax(1)[0]
-    top = probs.topk(min(k, info.num_classes))
-    out = {"top_k": [{"index": int(i), "label": info.labels[int(i)], "score": float(p)}
-                     for p, i in zip(top.values, top.indices, strict=True)]}
-    if with_logits:
-        out["logits"] = [float(v) for v in logits]
+def predict_job(x: Tensor, req: PredictInput, infos: list[PatchInfo]) -> Job:
+    """The batcher's job for a checked predict request: its image and, per task, what the
+    answer needs (the task's classes, ``top_k``, logits or not)."""
+    return Job(x, req.names, req.fanout,
+               tuple(Ask(i.num_classes, req.top_k, req.return_logits) for i in infos))
+
+
+def predict_body(req: PredictInput, infos: list[PatchInfo], answers: dict[str, Answer]) -> dict:
+    """The JSON answer of ``POST /v1/predict`` (DESIGN.md): one task's, or every task's of a
+    fan-out under ``results``."""
+    out = {i.name: _task_answer(answers[i.name], i) for i in infos}
+    if req.fanout:
+        return {"results": out}
+    return {"patch": infos[0].name, **out[infos[0].name]}
+
+
+def _task_answer(answer: Answer, info: PatchInfo) -> dict:
+    out = {"top_k": [{"index": i, "label": info.labels[i], "score": p}
+                     for p, i in zip(answer.scores, answer.indices, strict=True)]}
+    if answer.logits is not None:
+        out["logits"] = answer.logits
     return out
 
 

@@ -1,13 +1,20 @@
 """Dynamic batching: requests for any mix of patches wait at most ``max_wait_ms`` and leave as one
 batch of at most ``max_batch``; the batch's patched rows run as **one routed forward**
-``model(x, patches=[...])`` whatever patches they name, in a worker thread so that the event loop
-keeps accepting requests while the CPU computes.
+``model(x, patches=[...])`` whatever patches they name.
+
+The model's device is owned by **one worker thread** (a single-thread executor): every batch
+runs there, one after another, so a GPU's context and stream are only ever used from that
+thread, and the event loop keeps accepting requests while the device computes. A batch's images
+go to the device in one copy (:mod:`.staging`); softmax and top-k run on the device and the
+answers come back in one copy (:mod:`.readout`).
 
 Base rows (``"__base__"``) do not join the routed forward: they run ``backbone(x)`` itself, and
-by default one image at a time, because this CPU's kernels are not batch-invariant (a row's
-logits in a batch of 16 differ in the last bits from the same image alone, measured for
-cifar_resnet20 and resnet18). So a base answer equals ``deltapatch predict`` / ``model(x)`` on that
-image bit for bit. ``exact_base=False`` batches base rows too (faster, last-bit differences).
+by default one image at a time **on every device**, because kernels need not be batch-invariant
+(on the CPU a row's logits in a batch of 16 differ in the last bits from the same image alone,
+measured for cifar_resnet20 and resnet18; GPU kernels choose algorithms by batch size too). So a
+base answer equals ``deltapatch predict`` / ``model(x)`` on that image bit for bit.
+``exact_base=False`` batches base rows too: faster, and exact only on a device where
+batched base rows were measured bit-identical (docs/SERVING.md says where and how).
 Fan-out requests run ``model.fanout``; those naming the same tasks are stacked, except with
 ``__base__`` under ``exact_base``. A patched row's logits may differ in the last bits with the
 batch it rode in, for the same reason.
@@ -18,13 +25,20 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from ..devices import placement
 from ..model import BASE, PatchedModel
 from .metrics import ServeMetrics
+from .readout import Answer, Ask, read_out
+from .staging import stage
+
+Result = dict[str, Answer] | BaseException
+"""A job's answer per task, or the error its group raised (answered 500, never lost)."""
 
 
 class QueueFull(RuntimeError):
@@ -37,12 +51,13 @@ class Closed(RuntimeError):
 
 @dataclass
 class Job:
-    """One image and the tasks it asks for (several: a fan-out)."""
+    """One image and the tasks it asks for (several: a fan-out), with what each answer needs."""
 
-    x: Tensor  # (3, S, S), normalized
+    x: Tensor  # (3, S, S), normalized, on the host
     names: tuple[str, ...]
     fanout: bool
-    future: asyncio.Future = field(repr=False, default=None)  # {name: logits row}
+    asks: tuple[Ask, ...]  # one per name
+    future: asyncio.Future = field(repr=False, default=None)  # {name: Answer}
 
 
 class Batcher:
@@ -59,6 +74,7 @@ class Batcher:
         self._arrived = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task | None = None
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deltapatch-device")
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -69,18 +85,28 @@ class Batcher:
         self._arrived.set()
         if self._task is not None:
             await self._task
+        self._worker.shutdown(wait=True)
 
-    def submit(self, x: Tensor, names: tuple[str, ...], fanout: bool) -> asyncio.Future:
+    def submit(self, job: Job) -> asyncio.Future:
+        """Queue ``job``; its future gets its :data:`Result`."""
         if self._closing:
             raise Closed("the server is shutting down")
         if len(self._queue) >= self.max_queue:
             raise QueueFull(f"{len(self._queue)} requests are waiting (--max-queue "
                             f"{self.max_queue}); retry shortly")
-        job = Job(x, names, fanout, asyncio.get_running_loop().create_future())
+        job.future = asyncio.get_running_loop().create_future()
         self._queue.append(job)
         self.metrics.queue_depth.set(len(self._queue))
         self._arrived.set()
         return job.future
+
+    async def forward(self, batch: list[Job]) -> list[Result]:
+        """One batch on the device's worker thread; never raises (a failure is every job's)."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._worker, self._run,
+                                                                    batch)
+        except Exception as err:  # noqa: BLE001  (answered as an error, never lost)
+            return [err] * len(batch)
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -105,7 +131,7 @@ class Batcher:
             self.metrics.queue_depth.set(len(self._queue))
             self._record(batch)
             t0 = time.perf_counter()
-            results = await asyncio.to_thread(self._run, batch)
+            results = await self.forward(batch)
             self.metrics.forward_seconds.observe(time.perf_counter() - t0)
             for job, result in zip(batch, results, strict=True):
                 if job.future.done():  # the client went away
@@ -121,8 +147,25 @@ class Batcher:
         self.metrics.batch_patches.observe(len({n for job in batch for n in job.names}))
 
     # ------------------------------------------------------------ the worker thread
-    def _run(self, batch: list[Job]) -> list[dict[str, Tensor] | BaseException]:
-        results: list = [None] * len(batch)
+    def _run(self, batch: list[Job]) -> list[Result]:
+        groups = self._groups(batch)
+        device, dtype = placement(self.model.backbone)
+        logits: list[dict[str, Tensor] | BaseException] = [None] * len(batch)
+        with torch.inference_mode():
+            inputs = stage([[batch[i].x for i in rows] for rows in groups.values()], device,
+                           dtype)
+            for ((kind, *_), rows), x in zip(groups.items(), inputs, strict=True):
+                try:
+                    out = self._run_group(kind, x, [batch[i] for i in rows])
+                except Exception as err:  # noqa: BLE001  (answered as an error, never lost)
+                    out = [err] * len(rows)
+                for i, r in zip(rows, out, strict=True):
+                    logits[i] = r
+            return _answers(batch, logits)
+
+    def _groups(self, batch: list[Job]) -> dict[tuple, list[int]]:
+        """Rows that run together: base rows, routed rows (any patches), fan-outs of the same
+        tasks; each group of one image shape."""
         groups: dict[tuple, list[int]] = {}
         for i, job in enumerate(batch):
             if not job.fanout:
@@ -132,18 +175,9 @@ class Batcher:
             else:
                 key = ("fanout", job.names, tuple(job.x.shape))
             groups.setdefault(key, []).append(i)
-        with torch.inference_mode():
-            for key, rows in groups.items():
-                try:
-                    out = self._run_group(key[0], [batch[i] for i in rows])
-                except Exception as err:  # noqa: BLE001  (answered as an error, never lost)
-                    out = [err] * len(rows)
-                for i, r in zip(rows, out, strict=True):
-                    results[i] = r
-        return results
+        return groups
 
-    def _run_group(self, kind: str, jobs: list[Job]) -> list[dict[str, Tensor]]:
-        x = torch.stack([job.x for job in jobs])
+    def _run_group(self, kind: str, x: Tensor, jobs: list[Job]) -> list[dict[str, Tensor]]:
         if kind == "base":
             if self.exact_base:
                 logits = [self.model.backbone(x[i:i + 1])[0] for i in range(len(jobs))]
@@ -156,3 +190,13 @@ class Batcher:
             return [{n: row} for n, row in zip(names, logits, strict=True)]
         out = self.model.fanout(x, patches=list(jobs[0].names))
         return [{n: t[i] for n, t in out.items()} for i in range(len(jobs))]
+
+
+def _answers(batch: list[Job], logits: list[dict[str, Tensor] | BaseException]) -> list[Result]:
+    """Each job's answers from its logits rows, read out together (one host copy)."""
+    rows = [(out[n], ask) for job, out in zip(batch, logits, strict=True)
+            if not isinstance(out, BaseException) for n, ask in zip(job.names, job.asks,
+                                                                    strict=True)]
+    answers = iter(read_out(rows))
+    return [out if isinstance(out, BaseException) else {n: next(answers) for n in job.names}
+            for job, out in zip(batch, logits, strict=True)]

@@ -3,9 +3,11 @@
 Every replica holds the backbone and every patch (patches are kilobytes to megabytes), so any
 replica answers any request; Ray Serve spreads requests over the replicas. On a replica,
 requests of **any** patches are batched together by ``@serve.batch`` and run through the same
-core as ``deltapatch serve`` (:meth:`Batcher._run`: one routed forward for the patched rows, the
-untouched backbone for base rows). Batches are deliberately not keyed by a multiplexed model id,
-which would split them per patch.
+core as ``deltapatch serve`` (:meth:`Batcher.forward`: one routed forward for the patched rows,
+the untouched backbone for base rows, on the replica's one device thread). Batches are
+deliberately not keyed by a multiplexed model id, which would split them per patch. On a CUDA
+``--device`` each replica asks Ray for a share of a GPU (``--gpus-per-replica``, fractions
+allowed); otherwise for one CPU.
 
 Which patches exist is the ``--patches`` folder (on a filesystem all replicas share): each
 replica re-reads it every ``sync_s`` seconds and attaches new patch folders, detaches vanished
@@ -24,6 +26,8 @@ import asyncio
 import signal
 import threading
 from pathlib import Path
+
+import torch
 
 from ..errors import DeltaPatchError, PatchError
 from ..model import PatchedModel
@@ -47,14 +51,14 @@ class PatchReplica:
 
     def __init__(self, backbone: str, weights: str | None, patches: str, max_batch: int = 32,
                  max_wait_ms: float = 5.0, exact_base: bool = True, sync_s: float = SYNC_S,
-                 max_image_pixels: int = 40_000_000) -> None:
+                 max_image_pixels: int = 40_000_000, device: str = "cpu") -> None:
         from ..backbones import load_backbone
         from .batcher import Batcher
         from .inputs import Limits
         from .metrics import ServeMetrics
         from .registry import PatchRegistry
 
-        self.model = PatchedModel(load_backbone(backbone, weights)).eval()
+        self.model = PatchedModel(load_backbone(backbone, weights, device=device)).eval()
         self.registry = PatchRegistry(self.model)
         self.folder = Path(patches)
         self.limits = Limits(max_image_pixels=max_image_pixels)
@@ -88,14 +92,13 @@ class PatchReplica:
     # ------------------------------------------------------------ requests
     async def predict_rows(self, jobs: list) -> list:
         """One batch of jobs (any patches mixed) through the single server's core: per job its
-        ``{name: logits}``, or the exception its group raised (answered 500, never lost)."""
+        ``{name: Answer}``, or the exception its group raised (answered 500, never lost)."""
         self.batches = [*self.batches[-255:], len(jobs)]
-        return await asyncio.to_thread(self.core._run, jobs)
+        return await self.core.forward(jobs)
 
     async def handle(self, request) -> tuple[int, dict]:
         """(status, JSON body) for one HTTP request."""
-        from .app import _answer
-        from .batcher import Job
+        from .app import predict_body, predict_job
         from .inputs import HTTPFail, image_tensor, predict_input
         from .registry import UnknownPatch
 
@@ -118,16 +121,12 @@ class PatchReplica:
                 if any(i.preprocess != pre for i in infos):
                     return 422, {"error": "a fan-out needs tasks with the same preprocessing"}
                 x = await asyncio.to_thread(image_tensor, req.image, pre, self.limits)
-                rows = await self.batched(Job(x, req.names, req.fanout))
+                answers = await self.batched(predict_job(x, req, infos))
             finally:
                 self.registry.release(req.names)
-            if isinstance(rows, BaseException):
-                return 500, {"error": f"internal error ({type(rows).__name__}); see the log"}
-            answers = {i.name: _answer(rows[i.name], i, req.top_k, req.return_logits)
-                       for i in infos}
-            if req.fanout:
-                return 200, {"results": answers}
-            return 200, {"patch": infos[0].name, **answers[infos[0].name]}
+            if isinstance(answers, BaseException):
+                return 500, {"error": f"internal error ({type(answers).__name__}); see the log"}
+            return 200, predict_body(req, infos, answers)
         except HTTPFail as err:
             return err.status, {"error": err.message}
 
@@ -154,13 +153,27 @@ def _request(method: str, path: str, headers: list[tuple[bytes, bytes]], body: b
     return Request(scope, receive)
 
 
-def deployment(replicas: int, max_batch: int = 32, max_wait_ms: float = 5.0):
+def replica_placement(device: torch.device, gpu_share: float = 1.0) -> tuple[str, dict]:
+    """(the device a replica loads its model on, the replica's ``ray_actor_options``).
+
+    A CUDA replica asks Ray for ``gpu_share`` of a GPU (a fraction lets several replicas share
+    one) and loads on ``"cuda"``: Ray points ``CUDA_VISIBLE_DEVICES`` at the GPU it assigned, so
+    an index chosen on this machine would name another GPU there. Elsewhere a replica asks for
+    one CPU and nothing else, as it always has."""
+    if device.type == "cuda":
+        return "cuda", {"num_cpus": 1, "num_gpus": gpu_share}
+    return str(device), {"num_cpus": 1}
+
+
+def deployment(replicas: int, max_batch: int = 32, max_wait_ms: float = 5.0,
+               actor_options: dict | None = None):
     """(ingress, model) Ray Serve deployment classes.
 
-    The model deployment: ``replicas`` copies of :class:`PatchReplica`, one CPU each, requests
-    batched by ``@serve.batch`` (any patches in one batch). The ingress (no CPU reserved) reads
-    each HTTP request and hands it to a model replica through a deployment handle, and hands it
-    to another when that replica dies under it (a predict is idempotent), so killing a replica
+    The model deployment: ``replicas`` copies of :class:`PatchReplica`, each with
+    ``actor_options`` (default one CPU; :func:`replica_placement`), requests batched by
+    ``@serve.batch`` (any patches in one batch). The ingress (no CPU reserved) reads each HTTP
+    request and hands it to a model replica through a deployment handle, and hands it to
+    another when that replica dies under it (a predict is idempotent), so killing a replica
     loses no request.
     """
     serve = _ray_serve()
@@ -169,7 +182,7 @@ def deployment(replicas: int, max_batch: int = 32, max_wait_ms: float = 5.0):
 
     from .inputs import HTTPFail, Limits, read_body
 
-    @serve.deployment(num_replicas=replicas, ray_actor_options={"num_cpus": 1},
+    @serve.deployment(num_replicas=replicas, ray_actor_options=actor_options or {"num_cpus": 1},
                       max_ongoing_requests=max(64, 4 * max_batch))
     class DeltaPatchServe(PatchReplica):
         @serve.batch(max_batch_size=max_batch, batch_wait_timeout_s=max_wait_ms / 1e3)
@@ -208,8 +221,10 @@ def deployment(replicas: int, max_batch: int = 32, max_wait_ms: float = 5.0):
 def run(backbone: str, weights: str | None, patches: Path, *, replicas: int, host: str,
         port: int, max_batch: int = 32, max_wait_ms: float = 5.0, exact_base: bool = True,
         max_image_pixels: int = 40_000_000, address: str | None = None,
+        device: torch.device = torch.device("cpu"), gpu_share: float = 1.0,
         blocking: bool = True) -> None:
-    """Start (or join, ``address``) Ray, start Serve's HTTP proxy on host:port, deploy."""
+    """Start (or join, ``address``) Ray, start Serve's HTTP proxy on host:port, deploy
+    replicas on ``device`` (a CUDA one: ``gpu_share`` of a GPU each)."""
     import ray
 
     serve = _ray_serve()
@@ -217,11 +232,13 @@ def run(backbone: str, weights: str | None, patches: Path, *, replicas: int, hos
     if started:
         ray.init(address=address, include_dashboard=False)
     serve.start(http_options={"host": host, "port": port})
-    ingress, model = deployment(replicas, max_batch, max_wait_ms)
+    on, options = replica_placement(device, gpu_share)
+    ingress, model = deployment(replicas, max_batch, max_wait_ms, options)
     app = ingress.bind(model.bind(backbone, weights, str(Path(patches).resolve()), max_batch,
-                                  max_wait_ms, exact_base, SYNC_S, max_image_pixels))
+                                  max_wait_ms, exact_base, SYNC_S, max_image_pixels, on))
     serve.run(app, name="deltapatch", route_prefix="/", blocking=False)
-    print(f"deltapatch serve --ray: {replicas} replicas; http://{host}:{port}", flush=True)
+    print(f"deltapatch serve --ray: {replicas} replicas on {on}; http://{host}:{port}",
+          flush=True)
     if not blocking:
         return
     stop = threading.Event()
