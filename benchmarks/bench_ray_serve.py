@@ -8,6 +8,7 @@ Backbone: resnet18 (random init, weights in a temp file so every replica loads t
 
     PYTHONPATH=src python benchmarks/bench_ray_serve.py               # ~3 min on 2 shared cores
     PYTHONPATH=src python benchmarks/bench_ray_serve.py --seconds 10
+    PYTHONPATH=src python benchmarks/bench_ray_serve.py --device cuda --gpus-per-replica 0.5
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import io
 import os
 import random
 import socket
@@ -25,23 +25,16 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import torch
 from _common import header
-from PIL import Image
 from safetensors.torch import save_file
+from serve_load import png_noise
 
 from deltapatch import PatchedModel, load_backbone
+from deltapatch.devices import resolve_device
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-
-
-def png(seed: int, size: int) -> bytes:
-    arr = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def make_patches(root: Path, n: int) -> Path:
@@ -128,8 +121,13 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--size", type=int, default=112)
     p.add_argument("--patches", type=int, default=16)
+    p.add_argument("--device", default="cpu", help="the replicas' --device (default cpu)")
+    p.add_argument("--gpus-per-replica", type=float, default=0.5,
+                   help="with a CUDA --device: each replica's share of a GPU (default 0.5, so "
+                        "2 replicas fit on one GPU)")
     args = p.parse_args()
-    header(f"deltapatch serve --ray: 1 vs 2 replicas, resnet18 at {args.size} px, "
+    device = resolve_device(args.device)
+    header(f"deltapatch serve --ray: 1 vs 2 replicas on {device}, resnet18 at {args.size} px, "
            f"{args.patches} Δ(1) patches + base, {args.clients} closed-loop clients, "
            f"{args.seconds:g} s per phase")
     import ray
@@ -147,7 +145,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="deltapatch-raybench-"))
     weights = make_patches(tmp, args.patches)
     names = [f"p{i:02d}" for i in range(args.patches)] + ["__base__"]
-    bodies = [base64.b64encode(png(i, args.size)).decode() for i in range(8)]
+    bodies = [base64.b64encode(png_noise(i, args.size)).decode() for i in range(8)]
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
              log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}})
@@ -155,7 +153,8 @@ def main() -> None:
         results = {}
         for replicas in (1, 2):
             on_ray.run("resnet18", str(weights), tmp / "patches", replicas=replicas,
-                       host="127.0.0.1", port=port, blocking=False)
+                       host="127.0.0.1", port=port, device=device,
+                       gpu_share=args.gpus_per_replica, blocking=False)
             wait_ready(url, replicas)
             results[replicas] = asyncio.run(load(url, names, bodies, args.clients, args.seconds))
             r = results[replicas]

@@ -8,11 +8,19 @@ requests and seconds, and every server is stopped (SIGTERM, then SIGKILL) before
     PYTHONPATH=src python benchmarks/serve_load.py --seconds 5  # quicker, noisier
     PYTHONPATH=src python benchmarks/serve_load.py --mixes 128 --open-loop 0.7
     PYTHONPATH=src python benchmarks/serve_load.py --mixes 16 --per-task 16  # vs model copies
+    PYTHONPATH=src python benchmarks/serve_load.py --device cuda --mixes 1 128 --open-loop 0.7 \
+        --seconds 10 --clients 64 --max-batch 64 --threads 4 --check-base 64   # on a GPU
 
 ``--open-loop F``: after a mix's closed-loop phase measures its maximum throughput T, the same
 server gets open-loop traffic at F·T requests/s (Poisson arrivals, seeded), and latency is
 counted from each request's scheduled arrival, so a slow server cannot hide its queue by
 slowing the senders down (no coordinated omission).
+
+``--check-base N``: N images sent at once as base-task requests (so they share batches) to a
+server on ``--device``, once as served by default (base rows one image at a time) and once with
+``--batch-base``; each answer's logits against ``backbone(x)`` of that image alone, computed
+here on the same device. Batching base rows is exact on a device only where the second line
+says N of N bit-identical.
 """
 
 from __future__ import annotations
@@ -40,7 +48,9 @@ from _common import header
 from safetensors.torch import save_file
 
 from deltapatch import PatchedModel, load_backbone
+from deltapatch.devices import resolve_device
 from deltapatch.paths import shared_data_dir
+from deltapatch.serve.inputs import Limits, image_tensor
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -106,7 +116,7 @@ class Server:
     """``deltapatch serve`` in a subprocess; always stopped on exit."""
 
     def __init__(self, weights: Path, patches: Path, threads: int, max_batch: int,
-                 max_wait_ms: float, batch_base: bool = False) -> None:
+                 max_wait_ms: float, batch_base: bool = False, device: str = "cpu") -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -115,7 +125,7 @@ class Server:
             [sys.executable, "-m", "deltapatch", "--threads", str(threads), "serve",
              "--backbone", "resnet18", "--weights", str(weights), "--patches", str(patches),
              "--port", str(self.port), "--max-batch", str(max_batch),
-             "--max-wait-ms", str(max_wait_ms), "--max-queue", "1024",
+             "--max-wait-ms", str(max_wait_ms), "--max-queue", "1024", "--device", device,
              *(["--batch-base"] if batch_base else [])],
             env={**os.environ, "PYTHONPATH": os.pathsep.join(
                 filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}, stdout=subprocess.DEVNULL,
@@ -180,10 +190,15 @@ async def traffic(routes: dict[str, str], images: list[bytes], clients: int,
         metrics = [(await client.get(url + "/metrics")).text for url in set(routes.values())]
     ok = codes.get(200, 0)
     q = statistics.quantiles(lat, n=100) if len(lat) >= 2 else [float("nan")] * 99
+    return {"n": len(lat), "ok": ok, "codes": codes, "seconds": elapsed, "rps": ok / elapsed,
+            "p50_ms": q[49] * 1e3, "p99_ms": q[98] * 1e3, "mean_batch": mean_batch(metrics)}
+
+
+def mean_batch(metrics: list[str]) -> float:
+    """Requests per batch over the servers whose /metrics texts these are."""
     size = [sum(float(re.search(rf"deltapatch_batch_size_{k} ([\d.e+]+)", m)[1]) for m in metrics)
             for k in ("sum", "count")]
-    return {"n": len(lat), "ok": ok, "codes": codes, "seconds": elapsed, "rps": ok / elapsed,
-            "p50_ms": q[49] * 1e3, "p99_ms": q[98] * 1e3, "mean_batch": size[0] / size[1]}
+    return size[0] / size[1]
 
 
 async def open_loop(url: str, names: list[str], images: list[bytes], rate: float,
@@ -231,21 +246,30 @@ def main() -> None:
     p.add_argument("--max-wait-ms", type=float, default=10.0)
     p.add_argument("--images", type=int, default=64)
     p.add_argument("--batch-base", action="store_true", help="serve with --batch-base")
+    p.add_argument("--device", default="auto",
+                   help="serve --device of every server (default auto: cuda, mps, then cpu)")
+    p.add_argument("--check-base", type=int, default=0, metavar="N",
+                   help="first, N base requests at once vs backbone(x) per image on --device, "
+                        "served per image and with --batch-base")
     p.add_argument("--open-loop", type=float, default=None, metavar="F",
                    help="after each mix, open-loop traffic at F × its measured max req/s")
     p.add_argument("--per-task", type=int, default=0, metavar="N",
                    help="then the model-copy alternative: N server processes with one patch "
                         "each, traffic uniform over the N tasks, each sent to its own process")
     a = p.parse_args()
+    a.device = str(resolve_device(a.device))
     header("deltapatch serve load test (ResNet-18 random init, Δ(1) patches, 224 px JPEGs)")
     images = photos(a.images)
     print(f"# {len(images)} photos, {a.clients} clients, {a.seconds:g} s per mix "
-          f"(cap {a.max_requests} requests), server --threads {a.threads} --max-batch "
-          f"{a.max_batch} --max-wait-ms {a.max_wait_ms:g}"
+          f"(cap {a.max_requests} requests), server --device {a.device} --threads {a.threads} "
+          f"--max-batch {a.max_batch} --max-wait-ms {a.max_wait_ms:g}"
           f"{' --batch-base' if a.batch_base else ''}, seed 0")
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
         root = Path(tmp)
         weights = make_patches(root, max(a.mixes + [1, a.per_task]))
+        if a.check_base:
+            check_base(a, weights, subset(root, 0))
+        rps: dict[int, float] = {}
         print("| patches loaded | traffic | requests (200) | req/s | p50 ms | p99 ms | "
               "mean batch | RSS after start MB | RSS after load MB |")
         print("|---|---|---|---|---|---|---|---|---|")
@@ -253,7 +277,7 @@ def main() -> None:
             folder = subset(root, max(n, 0))
             names = [f"p{i:03d}" for i in range(n)] or ["__base__"]
             with Server(weights, folder, a.threads, a.max_batch, a.max_wait_ms,
-                        a.batch_base) as server:
+                        a.batch_base, a.device) as server:
                 start_rss, start_pss = rss_mb(server.proc.pid), pss_mb(server.proc.pid)
                 r = asyncio.run(traffic(dict.fromkeys(names, server.url), images, a.clients,
                                         a.seconds, a.max_requests, seed=0))
@@ -263,14 +287,61 @@ def main() -> None:
                                               a.seconds, a.max_requests, seed=1))
             mix = "base only" if n == 0 else f"uniform over {n}"
             report(str(n), mix, r, (start_rss, load_rss, start_pss))
+            rps[n] = r["rps"]
             if a.open_loop:
                 print(f"#   open loop at {a.open_loop:g} × {r['rps']:.2f} = {o['rate']:.2f} req/s "
                       f"(Poisson, seed 1): {o['n']} requests ({o['ok']} ok), {o['rps']:.2f} "
                       f"answered/s, p50 {o['p50_ms']:.0f} ms, p99 {o['p99_ms']:.0f} ms, "
                       f"p99/p50 {o['p99_ms'] / o['p50_ms']:.2f}; codes {o['codes']}",
                       flush=True)
+        if 1 in rps:
+            print("#   throughput vs 1 patch: " + ", ".join(
+                f"{n} patches {v / rps[1]:.2f}×" for n, v in rps.items() if n > 1))
         if a.per_task:
             per_task(a, root, weights, images)
+
+
+def check_base(a: argparse.Namespace, weights: Path, no_patches: Path) -> None:
+    """Served base answers vs ``backbone(x)`` of each image alone on the same device, with base
+    rows served per image (the default) and batched (``--batch-base``)."""
+    device = torch.device(a.device)
+    model = PatchedModel(load_backbone("resnet18", str(weights), device=device)).eval()
+    images = [png_noise(seed) for seed in range(a.check_base)]
+    with torch.inference_mode():
+        want = [model.backbone(image_tensor(im, model.preprocess, Limits())[None].to(device))[0]
+                .cpu() for im in images]
+    for batch_base in (False, True):
+        with Server(weights, no_patches, a.threads, a.max_batch, a.max_wait_ms, batch_base,
+                    a.device) as server:
+            got, batch = asyncio.run(base_answers(server.url, images))
+        same = sum(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+        worst = max(float((g - w).abs().max()) for g, w in zip(got, want, strict=True))
+        print(f"# served base vs backbone(x) per image on {a.device}, "
+              f"{'--batch-base' if batch_base else 'per image (default)'}: {same}/{len(want)} "
+              f"bit-identical, max |diff| {worst:.3g}, mean batch {batch:.1f}", flush=True)
+
+
+def png_noise(seed: int, size: int = 224) -> bytes:
+    """A PNG of seeded uniform noise: any number of distinct images, nothing downloaded."""
+    import io
+
+    from PIL import Image
+
+    arr = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+async def base_answers(url: str, images: list[bytes]) -> tuple[list[torch.Tensor], float]:
+    """Every image's base logits, all requests sent at once; and the server's mean batch."""
+    async with httpx.AsyncClient(base_url=url, timeout=120,
+                                 limits=httpx.Limits(max_connections=len(images))) as client:
+        rs = await asyncio.gather(*(client.post("/v1/predict", json={
+            "image": base64.b64encode(im).decode(), "top_k": 1, "return_logits": True})
+            for im in images))
+        metrics = (await client.get("/metrics")).text
+    return [torch.tensor(r.raise_for_status().json()["logits"]) for r in rs], mean_batch([metrics])
 
 
 def per_task(a: argparse.Namespace, root: Path, weights: Path, images: list[bytes]) -> None:
@@ -279,7 +350,7 @@ def per_task(a: argparse.Namespace, root: Path, weights: Path, images: list[byte
         servers = []
         for i in range(a.per_task):
             servers.append(Server(weights, subset(root, 1, only=i), a.threads, a.max_batch,
-                                  a.max_wait_ms))
+                                  a.max_wait_ms, device=a.device))
             stack.callback(servers[-1].__exit__)
         for server in servers:
             server.__enter__()

@@ -50,6 +50,8 @@ def test_bad_serve_input_is_one_line_and_exit_2(setup, capsys, backbone):
         (["--patches", setup / "patches", "--max-batch", "0"], "--max-batch"),
         (["--patches", setup / "patches", "--api-key-file", setup / "x.png"], "api-key-file"),
         (["--patches", setup / "patches", "--api-key-file", setup / "nokey"], "api-key-file"),
+        (["--patches", setup / "patches", "--ray", "--gpus-per-replica", "1.5"],
+         "--gpus-per-replica"),
     ]
     for extra, words in cases:
         code = main(["serve", "--backbone", "cifar_resnet20", "--weights", str(w),
