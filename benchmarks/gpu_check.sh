@@ -42,7 +42,10 @@ step pytest_cuda 100 python -m pytest -m cuda -q -rs -p no:cacheprovider tests
 step machine 30 "${BENCH[@]}" machine
 step train 110 "${BENCH[@]}" train
 step mixed 60 "${BENCH[@]}" mixed
-step serve 110 "${BENCH[@]}" serve
+step serve 100 "${BENCH[@]}" serve
+# 64 base requests at once: each served answer vs backbone(x) of its image alone, torch.equal,
+# served per image (the default) and with --batch-base (allowed on this GPU only at 64/64)
+step served_base 40 python benchmarks/serve_load.py --device "$DEVICE" --mixes --check-base 64
 step paper 70 "${BENCH[@]}" paper
 step summary 20 "${BENCH[@]}" summary
 cat "$DEST/summary.txt" 2>/dev/null
