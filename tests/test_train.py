@@ -26,19 +26,25 @@ def test_same_seed_same_result(backbone, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def interrupt_after(monkeypatch, stop: int) -> None:
+    """The training loop is interrupted (KeyboardInterrupt) right after it checkpoints epoch
+    ``stop``, as a killed run would be; ``monkeypatch.undo()`` ends it."""
+    from deltapatch import train
+
+    real = train._checkpoint
+
+    def checkpoint_then_stop(run, owned, opt, epoch, *rest):
+        real(run, owned, opt, epoch, *rest)
+        if epoch == stop:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(train, "_checkpoint", checkpoint_then_stop)
+
+
 def test_resume_after_interruption_gives_same_result(backbone, tmp_path, monkeypatch):
     import pytest
 
-    from deltapatch import train
-
     full, full_res = _train(backbone, tmp_path / "full", 3)
-    real = train._checkpoint
-
-    def interrupt_after_epoch_2(run, owned, opt, epoch, *rest):
-        real(run, owned, opt, epoch, *rest)
-        if epoch == 2:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(train, "_checkpoint", interrupt_after_epoch_2)
+    interrupt_after(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         _train(backbone, tmp_path / "cut", 3)
     monkeypatch.undo()

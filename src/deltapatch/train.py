@@ -1,6 +1,9 @@
 """The training loop: trains exactly the parameters of one owned module (a patch, or whatever a
 method trains), with AdamW/SGD, linear warm-up + cosine decay, seeded augmentation, a validation
 split, best-checkpoint keeping, per-epoch CSV/JSONL metrics and resume after interruption.
+What differs between kinds of task (the batches of an epoch, the loss of a batch, the validation
+score) is an :class:`Objective`: :class:`Classification` here, dense tasks in
+:mod:`deltapatch.dense.train`; everything else comes once, in :func:`fit_objective`.
 
 Every random draw of epoch e comes from a generator seeded with (seed, e), so a run resumed from
 its checkpoint at an epoch boundary ends bit-identical to one never interrupted.
@@ -19,9 +22,10 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -87,7 +91,7 @@ class TrainConfig:
 @dataclass
 class FitResult:
     best_epoch: int
-    best_val_top1: float
+    best_val_top1: float | None  # None: the objective has no validation split
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -212,6 +216,68 @@ class Local:
 
 Loop = Local | distributed.Shard
 
+ParamGroup = tuple[list[nn.Parameter], float]
+"""Parameters and their learning rate as a multiple of ``TrainConfig.lr``."""
+
+StepSums = tuple[Tensor, Tensor, Tensor | None, int]
+"""What one step gives the loop: (the loss to backward, the batch's summed loss, its summed
+training score or None, rows); the sums stay on the device until the epoch ends."""
+
+
+class Objective(Protocol):
+    """What one kind of task brings to :func:`fit_objective`; the optimizer, schedule,
+    precision, device, checkpoint and resume, metrics files and progress are the loop's.
+
+    ``train_score`` / ``val_score`` name the per-epoch columns of the summed training score and
+    of :meth:`validate` (``None``: there is none; without validation the last epoch is kept)."""
+
+    train_score: str | None
+    val_score: str | None
+
+    def param_groups(self, owned: nn.Module) -> list[ParamGroup]:
+        """The trained parameters of ``owned``, grouped by learning-rate scale."""
+
+    def batches(self, config: TrainConfig, g: torch.Generator) -> Iterable[Any]:
+        """The epoch's host batches, every random draw taken from ``g``."""
+
+    def step(self, step: Callable, batch: Any) -> StepSums:
+        """One batch through ``step`` (the prepared forward) on the trained module's device."""
+
+    def validate(self, forward: Callable, config: TrainConfig) -> float | None:
+        """The validation score of the epoch (eval mode is set)."""
+
+
+def trainable(owned: nn.Module) -> list[nn.Parameter]:
+    """What the optimizer steps: a frozen part of ``owned`` (a backbone copy's frozen layers)
+    is left out."""
+    return [p for p in owned.parameters() if p.requires_grad]
+
+
+@dataclass
+class Classification:
+    """Image classification: cross-entropy, top-1 on the validation split. The batches and
+    the step are the loop's (:class:`Local`, or a torchrun rank's
+    :class:`~deltapatch.distributed.Shard`), which own augmentation and the rows of a rank."""
+
+    loop: Loop
+    data: TaskData
+    preprocess: Preprocess
+    train_score: str | None = "train_top1"
+    val_score: str | None = "val_top1"
+
+    def param_groups(self, owned: nn.Module) -> list[ParamGroup]:
+        return [(trainable(owned), 1.0)]
+
+    def batches(self, config: TrainConfig, g: torch.Generator) -> Iterable[Any]:
+        return self.loop.epoch(self.data, config, g)
+
+    def step(self, step: Callable, batch: Any) -> StepSums:
+        return self.loop.step(step, self.preprocess, batch)
+
+    def validate(self, forward: Callable, config: TrainConfig) -> float:
+        return self.loop.evaluate(forward, self.data.val, self.preprocess,
+                                  config.eval_batch_size)
+
 
 def fit(forward: Forward, owned: nn.Module, data: TaskData, preprocess: Preprocess,
         config: TrainConfig, run_dir: str | Path | None = None,
@@ -230,13 +296,25 @@ def fit(forward: Forward, owned: nn.Module, data: TaskData, preprocess: Preproce
             it, one process). :mod:`deltapatch.distributed` says how N processes train what
             one does.
     """
-    set_mode = set_mode or owned.train
     loop: Loop = (shard or distributed.shard_for(data, device=device_of(owned))
                   or Local(len(data.train)))
-    params = [p for p in owned.parameters() if p.requires_grad]
-    if not params:
+    return fit_objective(Classification(loop, data, preprocess), loop, forward, owned, config,
+                         run_dir, set_mode)
+
+
+def fit_objective(objective: Objective, loop: Loop, forward: Callable, owned: nn.Module,
+                  config: TrainConfig, run_dir: str | Path | None = None,
+                  set_mode: Callable[[bool], object] | None = None) -> FitResult:
+    """The training loop of every task: :func:`fit` with the task's parts (batches, loss,
+    validation) taken from ``objective`` and the process side from ``loop`` (one process,
+    or a torchrun rank). ``forward`` is what ``loop.prepare`` turns into the step function
+    and what :meth:`Objective.validate` scores; the other arguments are :func:`fit`'s."""
+    set_mode = set_mode or owned.train
+    groups = [(ps, scale) for ps, scale in objective.param_groups(owned) if ps]
+    if not groups:
         raise ValueError("nothing to train: the owned module has no parameter requiring grad")
-    opt = OPTIMIZERS[config.optimizer](params, config)
+    opt = OPTIMIZERS[config.optimizer]([{"params": ps, "lr": config.lr * scale}
+                                        for ps, scale in groups], config)
     steps_per_epoch = math.ceil(loop.n_train / config.batch_size)
     total = steps_per_epoch * config.epochs
     warmup = int(round(config.warmup_epochs * steps_per_epoch))
@@ -247,32 +325,31 @@ def fit(forward: Forward, owned: nn.Module, data: TaskData, preprocess: Preproce
     scaler = devices.grad_scaler(loop.device, config.precision)
     if state and "scaler" in state:
         scaler.load_state_dict(state["scaler"])
+    optimizing = Optimizing(opt, scaler, [scale for _, scale in groups])
     try:  # a failed run leaves no swapped norm behind either
         start, history = (state["epoch"], state["history"]) if state else (0, [])
         best = state["best"] if state else {"epoch": 0, "val_top1": -1.0, "state": None}
         t0 = time.perf_counter() - (state["seconds"] if state else 0.0)
         for epoch in range(start, config.epochs):
             set_mode(True)
-            loss_sum, correct, seen = _train_epoch(loop, step, (opt, scaler), data, preprocess,
-                                                   config, epoch, (steps_per_epoch, total, warmup))
+            sums = _train_epoch(objective, loop, step, optimizing, config, epoch,
+                                (steps_per_epoch, total, warmup))
             set_mode(False)
             # read once per epoch; every rank gets the same numbers, so all keep the same best
-            loss_sum, correct, seen = loop.sum(loss_sum, correct, seen)
-            val = loop.evaluate(forward, data.val, preprocess, config.eval_batch_size)
-            row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_top1": correct / seen,
-                   "val_top1": val, "lr": opt.param_groups[0]["lr"],
-                   "seconds": time.perf_counter() - t0}
+            *sums, seen = loop.sum(*[v for v in sums if v is not None])
+            val = objective.validate(forward, config)
+            row = {"epoch": epoch + 1, "train_loss": sums[0] / seen,
+                   **({objective.train_score: sums[1] / seen} if objective.train_score else {}),
+                   **({objective.val_score: val} if objective.val_score else {}),
+                   "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
             history.append(row)
-            if val > best["val_top1"]:
-                best = {"epoch": epoch + 1, "val_top1": val,
-                        "state": {k: v.detach().clone() for k, v in owned.state_dict().items()}}
+            best = _best(best, val, epoch + 1, owned)
             if run is not None:
                 _write_metrics(run, history)
-                _checkpoint(run, owned, (opt, scaler), epoch + 1, history, best, row["seconds"],
+                _checkpoint(run, owned, optimizing, epoch + 1, history, best, row["seconds"],
                             settings)
             if config.progress and loop.main:  # one line per epoch
-                log(f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  "
-                    f"train {row['train_top1']:.4f}  val {val:.4f}  {row['seconds']:.1f} s")
+                log(_epoch_line(row, objective, config.epochs))
     finally:
         loop.finish()
     if best["state"] is not None:
@@ -281,40 +358,71 @@ def fit(forward: Forward, owned: nn.Module, data: TaskData, preprocess: Preproce
     return FitResult(best["epoch"], best["val_top1"], history, time.perf_counter() - t0)
 
 
-Optimizing = tuple[torch.optim.Optimizer, torch.amp.GradScaler]
+def _best(best: dict, val: float | None, epoch: int, owned: nn.Module) -> dict:
+    """The best epoch so far with a copy of its state; without validation (``val`` None) the
+    last epoch, whose state is ``owned``'s own (no copy is kept or checkpointed twice)."""
+    if val is None:
+        return {"epoch": epoch, "val_top1": None, "state": None}
+    if val > best["val_top1"]:
+        return {"epoch": epoch, "val_top1": val,
+                "state": {k: v.detach().clone() for k, v in owned.state_dict().items()}}
+    return best
+
+
+def _epoch_line(row: dict, objective: Objective, epochs: int) -> str:
+    """The log line of an epoch: loss, then the objective's scores, then the time."""
+    scores = [(short, row[key]) for short, key in (("train", objective.train_score),
+                                                   ("val", objective.val_score)) if key]
+    return "  ".join([f"epoch {row['epoch']}/{epochs}", f"loss {row['train_loss']:.4f}",
+                      *(f"{short} {v:.4f}" for short, v in scores), f"{row['seconds']:.1f} s"])
+
+
+@dataclass
+class Optimizing:
+    """The optimizer, the grad scaler (a pass-through but for fp16) and each parameter group's
+    learning-rate scale (the schedule sets ``lr_at(step) × scale``)."""
+
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    scales: list[float]
+
+
 POSTFIX_EVERY = 25  # steps between the progress bar's loss readings (each one is a host sync)
 
 
-def _train_epoch(loop: Loop, step: Forward, optimizing: Optimizing, data: TaskData,
-                 preprocess: Preprocess, config: TrainConfig, epoch: int,
-                 schedule: tuple[int, int, int]) -> tuple[Tensor, Tensor, int]:
-    """One pass over this process's batches; (summed loss, correct, rows) seen here, the first
-    two still on the device."""
-    opt, scaler = optimizing
+def _train_epoch(objective: Objective, loop: Loop, step: Callable, optimizing: Optimizing,
+                 config: TrainConfig, epoch: int, schedule: tuple[int, int, int]
+                 ) -> tuple[Tensor, Tensor | None, int]:
+    """One pass over this process's batches; (summed loss, summed training score or None,
+    rows) seen here, the first two still on the device."""
+    opt, scaler = optimizing.opt, optimizing.scaler
     steps_per_epoch, total, warmup = schedule
     device = loop.device
     loss_sum = torch.zeros((), dtype=sum_dtype(device), device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
+    score = (torch.zeros((), dtype=torch.int64, device=device)
+             if objective.train_score is not None else None)
     seen = 0
-    bar = progress_bar(loop.epoch(data, config, _epoch_generator(config.seed, epoch)),
+    bar = progress_bar(objective.batches(config, _epoch_generator(config.seed, epoch)),
                        total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
                        enabled=config.progress and loop.main)
     for i, batch in enumerate(bar):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(epoch * steps_per_epoch + i, total, warmup, config.lr)
+        lr = lr_at(epoch * steps_per_epoch + i, total, warmup, config.lr)
+        for group, scale in zip(opt.param_groups, optimizing.scales, strict=True):
+            group["lr"] = lr * scale
         # under torchrun: this rank's rows of the global batch; DDP averages the gradients
         with devices.autocast(device, config.precision):
-            loss, batch_loss, right, n = loop.step(step, preprocess, batch)
+            loss, batch_loss, right, n = objective.step(step, batch)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()  # fp32 / bf16: the scaler passes everything through
         scaler.step(opt)
         scaler.update()
         loss_sum += batch_loss
-        correct += right
+        if score is not None:
+            score += right
         seen += n
         if hasattr(bar, "set_postfix") and i % POSTFIX_EVERY == 0 and seen:
             bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}")
-    return loss_sum, correct, seen
+    return loss_sum, score, seen
 
 
 def _settings(config: TrainConfig, n_train: int) -> dict:
@@ -327,7 +435,7 @@ def _checkpoint(run: Path, owned: nn.Module, optimizing: Optimizing, epoch: int,
                 history: list[dict], best: dict, seconds: float, settings: dict) -> None:
     """The state to resume from; the grad scaler's only where it scales (fp16), so fp32 and
     bf16 checkpoints hold what they always held."""
-    opt, scaler = optimizing
+    opt, scaler = optimizing.opt, optimizing.scaler
     run.mkdir(parents=True, exist_ok=True)
     tmp = run / (CHECKPOINT + ".tmp")
     state = {"epoch": epoch, "owned": owned.state_dict(), "optimizer": opt.state_dict(),
