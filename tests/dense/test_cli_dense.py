@@ -21,8 +21,16 @@ def test_train_eval_predict(kind, tmp_path, capsys):
     assert main(["train", "--task", kind, "--stages", "3", *TINY, "--out", str(out)]) == 0
     trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert trained["base_unchanged"] is True and trained["task"] == kind
+    assert trained["device"] == "cpu" and trained["precision"] == "fp32"
     key = "box_map50" if kind == "detection" else "miou"
     assert 0 <= trained[key] <= 1
+    # the classification loop's run folder: checkpoint and per-epoch metrics in run/
+    assert (out / "run" / "checkpoint.pt").is_file()
+    assert len((out / "run" / "metrics.jsonl").read_text().splitlines()) == 1
+    # the same command again resumes the finished run: nothing retrained, the same scores
+    assert main(["train", "--task", kind, "--stages", "3", *TINY, "--out", str(out)]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again[key] == trained[key] and again["history"] == trained["history"]
     assert main(["eval", *MODEL, "--patch", str(out), "--data",
                  "pennfudan", "--max-test", "2"]) == 0
     assert json.loads(capsys.readouterr().out)[key] == trained[key]

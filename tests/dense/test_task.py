@@ -22,8 +22,10 @@ from deltapatch.dense import (
 )
 from deltapatch.dense.task import dense_config
 from deltapatch.errors import PatchError
+from deltapatch.train import TrainConfig
 
 SIZE = 64
+ONE_EPOCH = TrainConfig(epochs=1, lr=1e-3, batch_size=2, seed=0, progress=False)
 
 
 def _sample(g: torch.Generator) -> DenseSample:
@@ -57,7 +59,7 @@ def test_dense_patch_trains_only_its_own_modules_and_round_trips(backbone, x, da
     task = add_dense_patch(model, "d", kind, 2, stages=3, init="random", size=SIZE,
                            class_names=data.class_names)
     delta_before = snapshot(model.get_patch("d").deltas)
-    fit_dense(task, data, epochs=1, lr=1e-3, batch_size=2, seed=0, progress=False)
+    fit_dense(task, data, ONE_EPOCH)
     assert_unchanged(backbone, before)
     assert not all(torch.equal(v, model.get_patch("d").deltas.state_dict()[k])
                    for k, v in delta_before.items())
@@ -109,7 +111,7 @@ def test_finetune_trains_a_copy_and_round_trips(backbone, x, data, tmp_path):
     config = dense_config(model, "ft", "segmentation", 2, size=SIZE)
     task = finetuned_task(model, config)
     copy_before = snapshot(task.net)
-    fit_dense(task, data, epochs=1, lr=1e-3, batch_size=2, seed=0, progress=False)
+    fit_dense(task, data, ONE_EPOCH)
     assert_unchanged(backbone, before)
     assert not all(torch.equal(v, task.net.state_dict()[k]) for k, v in copy_before.items())
     with torch.inference_mode():

@@ -12,11 +12,14 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from .. import devices
 from ..data.sources import decode_image
 from ..errors import DataError
 from ..paths import shared_data_file
 from ..registry import Registry
 from .heads import IGNORE
+
+CPU = torch.device("cpu")
 
 
 @dataclass
@@ -85,24 +88,30 @@ def flipped(s: DenseSample) -> DenseSample:
     return DenseSample(s.image.flip(-1), boxes, s.labels, s.mask.flip(-1))
 
 
-def detection_batch(samples: list[DenseSample]) -> tuple[list[Tensor], list[dict]]:
-    """Images in [0, 1] and torchvision targets; the detector resizes them itself."""
-    return ([s.image.float() / 255 for s in samples],
-            [{"boxes": s.boxes, "labels": s.labels} for s in samples])
+def detection_batch(samples: list[DenseSample], device: torch.device = CPU
+                    ) -> tuple[list[Tensor], list[dict]]:
+    """Images in [0, 1] and torchvision targets on ``device`` (the photos cross as uint8, a
+    quarter of the bytes, and become floats there); the detector resizes them itself."""
+    on = devices.to_device
+    return ([on(s.image, device).float() / 255 for s in samples],
+            [{"boxes": on(s.boxes, device), "labels": on(s.labels, device)} for s in samples])
 
 
-def segmentation_batch(samples: list[DenseSample], size: int) -> tuple[Tensor, Tensor]:
+def segmentation_batch(samples: list[DenseSample], size: int, device: torch.device = CPU
+                       ) -> tuple[Tensor, Tensor]:
     """Images resized so the longer side is ``size`` and padded to ``size`` × ``size`` (the
-    padding labelled IGNORE), as floats in [0, 1], and their (N, size, size) int64 labels."""
-    x = torch.zeros(len(samples), 3, size, size)
-    y = torch.full((len(samples), size, size), IGNORE, dtype=torch.long)
+    padding labelled IGNORE), as floats in [0, 1], and their (N, size, size) int64 labels; made
+    on ``device`` (each photo and mask crosses as uint8 and is resized there)."""
+    x = torch.zeros(len(samples), 3, size, size, device=device)
+    y = torch.full((len(samples), size, size), IGNORE, dtype=torch.long, device=device)
     for i, s in enumerate(samples):
         h, w = s.image.shape[-2:]
         scale = size / max(h, w)
         nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-        img = F.interpolate(s.image[None].float() / 255, size=(nh, nw), mode="bilinear",
+        image, mask = devices.to_device(s.image, device), devices.to_device(s.mask, device)
+        img = F.interpolate(image[None].float() / 255, size=(nh, nw), mode="bilinear",
                             align_corners=False, antialias=True)[0]
-        mask = F.interpolate(s.mask[None, None].float(), size=(nh, nw), mode="nearest")[0, 0]
+        mask = F.interpolate(mask[None, None].float(), size=(nh, nw), mode="nearest")[0, 0]
         x[i, :, :nh, :nw] = img.clamp(0, 1)
         y[i, :nh, :nw] = mask.long()
     return x, y

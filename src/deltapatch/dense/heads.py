@@ -22,6 +22,7 @@ from torchvision.models.segmentation.fcn import FCNHead
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from ..devices import placement
 from ..errors import PatchError
 from ..patch import PatchConfig, StageShape, register_head
 
@@ -71,7 +72,8 @@ class PyramidBody(nn.Module):
                  fpn_channels: int | None = None, probe_size: int = 224) -> None:
         super().__init__()
         self.model, self.patch = model, patch
-        self.levels = levels or pick_levels(level_sizes(model.pyramid, probe_size))
+        self.levels = levels or pick_levels(level_sizes(model.pyramid, probe_size,
+                                                        placement(model)[0]))
         self.names = names or [str(i) for i in range(len(self.levels))]
         if len(self.names) != len(self.levels):
             raise ValueError(f"{len(self.names)} names for {len(self.levels)} levels")
@@ -178,6 +180,9 @@ def pick_levels(sizes: list[tuple[int, int]], n: int = 3) -> list[int]:
 
 
 @torch.no_grad()
-def level_sizes(pyramid: Callable[[Tensor], dict[str, Tensor]], size: int) -> list[tuple]:
-    """Spatial size of each stage's output on a blank ``size`` × ``size`` probe."""
-    return [tuple(t.shape[-2:]) for t in pyramid(torch.zeros(1, 3, size, size)).values()]
+def level_sizes(pyramid: Callable[[Tensor], dict[str, Tensor]], size: int,
+                device: torch.device | None = None) -> list[tuple]:
+    """Spatial size of each stage's output on a blank ``size`` × ``size`` probe, made on
+    ``device`` (where the pyramid's model is)."""
+    probe = torch.zeros(1, 3, size, size, device=device)
+    return [tuple(t.shape[-2:]) for t in pyramid(probe).values()]

@@ -15,11 +15,9 @@ from pathlib import Path
 import torch
 
 from .. import metrics, store
-from ..devices import DeviceError
 from ..errors import DeltaPatchError
 from ..model import PatchedModel
-from ..progress import log
-from ..run import RunSpec, build_model, claim_run_folder
+from ..run import RunSpec, build_model, claim_run_folder, placement_facts, run_device
 from .data import load_dense_data
 from .heads import DETECTION
 from .task import (
@@ -63,36 +61,34 @@ def build_task(model: PatchedModel, spec: RunSpec, num_classes: int, class_names
 
 
 def check_device(device: torch.device) -> None:
-    """Dense heads train on the CPU only so far: their batches (lists of photos and box
-    targets) do not go through the device input path yet."""
-    if device.type != "cpu":
-        raise DeviceError(f"--task detection|segmentation trains on the CPU only so far, not "
-                          f"{device}: add --device cpu")
+    """Nothing to refuse any more: dense tasks train, score and predict on every device.
+    Kept only while ``cli/predict.py`` still calls it; it goes with that call."""
 
 
-def run_dense(spec: RunSpec, out: Path, device: torch.device = torch.device("cpu")) -> dict:
-    """Train, save, score; returns the JSON metrics ``train`` prints."""
+def run_dense(spec: RunSpec, out: Path, device: str | torch.device | None = "cpu") -> dict:
+    """Train, save, score; returns the JSON metrics ``train`` prints. Training is the shared
+    loop's: ``out/run`` holds the checkpoint and per-epoch metrics, and the same call again
+    resumes an interrupted run (refused if its settings differ)."""
     check_spec(spec)
-    check_device(device)
+    device = run_device(device)  # a device that is not there: refused before anything is written
     out = Path(out)
     store.check_writable(out)
     with store.FolderLock(out):
         store.recover(out)
         t0 = time.perf_counter()
         torch.manual_seed(spec.seed)
-        model = build_model(spec.backbone, spec.weights)
+        model = build_model(spec.backbone, spec.weights, device=device)
         data = load_dense_data(spec.data, max_train=spec.max_train, max_test=spec.max_test)
         claim_run_folder(out, {**spec.settings(), "backbone_fingerprint": model.fingerprint})
         probe = torch.Generator().manual_seed(0)
-        x = torch.randn(4, 3, model.preprocess.size, model.preprocess.size, generator=probe)
+        x = torch.randn(4, 3, model.preprocess.size, model.preprocess.size,
+                        generator=probe).to(device)
         with torch.inference_mode():
             base_before = model(x)
         torch.manual_seed(spec.seed)
         task = build_task(model, spec, data.num_classes, data.class_names)
         cfg = spec.train
-        history = fit_dense(task, data, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                            seed=spec.seed, weight_decay=cfg.weight_decay, augment=cfg.augment,
-                            progress=cfg.progress, log=log)
+        fitted = fit_dense(task, data, cfg, out / "run")
         scores = evaluate_dense(task, data.test)
         save_dense(model, task, out)
         with torch.inference_mode():
@@ -106,17 +102,16 @@ def run_dense(spec: RunSpec, out: Path, device: torch.device = torch.device("cpu
                 "backbone_bytes": metrics.tensor_bytes(model.backbone.state_dict().values()),
                 "n_train": len(data.train), "seed": spec.seed, "epochs": cfg.epochs,
                 "lr": cfg.lr, "size": task.config.options["size"],
-                "levels": task.config.options["levels"], "history": history,
+                "levels": task.config.options["levels"], "history": fitted.history,
+                **placement_facts(device, cfg.precision),
                 "wall_seconds": round(time.perf_counter() - t0, 2)}
 
 
 def evaluate_folder(model: PatchedModel, folder: Path, data: str, *,
                     max_test: int | None = None) -> dict:
     """``deltapatch eval`` of a dense task folder."""
-    from ..train import device_of
     from .task import load_dense
 
-    check_device(device_of(model))
     task = load_dense(model, folder)
     samples = load_dense_data(data, max_test=max_test).test
     return {"task": task.kind, "method": task.config.method, "data": data,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
+from ..devices import placement
 from ..methods.artefact import prefixed, unprefixed
 from ..methods.copies import restored_copy, trainable_copy
 from ..metrics import count_params, tensor_bytes
@@ -48,7 +49,7 @@ def add_dense_patch(model: PatchedModel, name: str, task: str, num_classes: int,
     ``stages=0`` gives heads alone on the frozen backbone."""
     HEADS.get(task)
     if levels is None:
-        levels = pick_levels(level_sizes(model.pyramid, size))
+        levels = pick_levels(level_sizes(model.pyramid, size, model.device))
     model.add_patch(name, num_classes, stages, init=init, class_names=class_names,
                     method=method, task=task,
                     options={"levels": list(levels), "channels": channels, "size": size})
@@ -76,6 +77,8 @@ def finetuned_task(model: PatchedModel, config: PatchConfig, net: nn.Module | No
     net = net if net is not None else trainable_copy(model.backbone)
     head = head if head is not None else HEADS.get(config.task)(
         config, model.stage_shapes(), model._head.in_features)
+    device, dtype = placement(model.backbone)
+    head.to(device=device, dtype=dtype)  # beside the copy, as a patch follows its backbone
     levels = config.options["levels"]
 
     def features(x: Tensor) -> list[Tensor]:
@@ -92,7 +95,7 @@ def dense_config(model: PatchedModel, name: str, task: str, num_classes: int, *,
                  class_names: list[str] | None = None) -> PatchConfig:
     """The config of a fine-tuned dense task (no Δ-stages)."""
     if levels is None:
-        levels = pick_levels(level_sizes(model.pyramid, size))
+        levels = pick_levels(level_sizes(model.pyramid, size, model.device))
     return PatchConfig(name=name, num_classes=num_classes, stages=[],
                        backbone=model.backbone_name, fingerprint=model.fingerprint,
                        preprocess=model.preprocess, method=FINETUNE, task=task,
