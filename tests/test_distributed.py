@@ -139,3 +139,20 @@ def test_plain_process_is_not_distributed(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun with one process: the plain path
     assert distributed.env_world() is None
     assert distributed.private_out(Path("x")) == Path("x")
+
+
+def test_global_norms_hold_the_norms_own_tensors_and_go_back():
+    model = _model(1, "base")  # a GatedBatchNorm in the patch
+    owned = model.get_patch("a")
+    before = owned.state_dict(keep_vars=True)
+    norms = [m for m in owned.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms
+    swapped = distributed.globalize_norms(owned, group=None)
+    assert not any(m in norms for m in owned.modules())  # every norm's place is taken
+    after = owned.state_dict(keep_vars=True)
+    assert after.keys() == before.keys()
+    assert all(after[k] is before[k] for k in before)  # the same tensors: DDP, optimizer, ckpt
+    owned.eval()
+    distributed.restore_norms(swapped)
+    assert [m for m in owned.modules() if isinstance(m, torch.nn.BatchNorm2d)] == norms
+    assert not any(m.training for m in norms)  # the mode set meanwhile is kept

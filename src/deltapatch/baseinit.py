@@ -69,7 +69,12 @@ class GatedBatchNorm(nn.BatchNorm2d):
         self.mix = nn.Parameter(torch.zeros(num_features))
 
     def forward(self, h: Tensor) -> Tensor:
-        return h + self.mix.view(1, -1, 1, 1) * (super().forward(h) - h)
+        return self.blend(h, super().forward(h))
+
+    def blend(self, h: Tensor, normed: Tensor) -> Tensor:
+        """The mix around ``normed`` = BN(h), however its statistics were taken (torchrun's
+        :class:`~deltapatch.distributed.GlobalBatchNorm` takes them over all ranks)."""
+        return h + self.mix.view(1, -1, 1, 1) * (normed - h)
 
 
 def check_init(init: str, gate: str, supports_base: bool) -> None:

@@ -16,8 +16,11 @@ That fixes three choices:
 * The loss of a rank is its summed loss over the global batch size times N, so DDP's gradient
   average is exactly the global batch's mean gradient, whatever each rank's share.
 * The patch's BatchNorms in train mode normalise with the global batch's statistics
-  (:class:`GlobalStats`: two autograd all-reduces on a group of their own), as one process
-  would; torch's ``SyncBatchNorm`` refuses CPU tensors, and one implementation serves both.
+  (:class:`GlobalBatchNorm`, put in each norm's place for the run: two autograd all-reduces
+  on a group of their own), as one process would; torch's ``SyncBatchNorm`` refuses CPU
+  tensors and drops a subclass's blend, and one implementation serves gloo and NCCL.
+* A rank that holds none of a global batch's rows runs an empty batch, so every collective of
+  the step still happens on every rank.
 * On CUDA each rank trains on ``cuda:LOCAL_RANK`` (:func:`local_device`) with NCCL, DDP gets
   ``device_ids`` and every collective's tensor is on the device; on the CPU it is gloo.
 
@@ -60,7 +63,6 @@ class Session:
     local_rank: int
     backend: str
     stats_group: object  # the process group BatchNorm statistics are reduced on
-    row_weight: Tensor | None = None  # set during a forward: 0 marks a stand-in row
 
     @property
     def main(self) -> bool:
@@ -144,44 +146,61 @@ def private_out(out: Path) -> Path:
 
 
 # ---------------------------------------------------------------- BatchNorm on the global batch
-class GlobalStats(_BatchNorm):
-    """Train-mode BatchNorm normalising with the statistics of the rows of all ranks together
-    (mean, then the centred second moment: two passes, as accurate as one process's). Elsewhere
-    (eval mode, no session) it is the class it was mixed into."""
+class GlobalBatchNorm(nn.Module):
+    """Takes the place of one BatchNorm of the trained module while a torchrun run trains it:
+    in train mode it normalises with the statistics of the rows of all ranks together (mean,
+    then the centred second moment: two passes, as accurate as one process's); in eval mode it
+    is the norm itself.
+
+    It holds the norm's own parameters and buffers (the same tensors, under the same names), so
+    DDP, the optimizer and the checkpoint's state dict see exactly what they would see without
+    it. A norm with a ``blend(h, normed)`` (:class:`~deltapatch.baseinit.GatedBatchNorm`) gets
+    the global ``normed`` to blend. torch's ``SyncBatchNorm`` does not fit: it refuses CPU
+    tensors (gloo runs, CI) and would drop a subclass's blend; this one module serves gloo and
+    NCCL alike."""
+
+    def __init__(self, norm: _BatchNorm, group) -> None:
+        super().__init__()
+        self.__dict__["norm"] = norm  # not a child: its tensors are registered here by name
+        for name, p in norm.named_parameters(recurse=False):
+            self.register_parameter(name, p)
+        for name, b in norm.named_buffers(recurse=False):
+            self.register_buffer(name, b)
+        self.group = group
+        self.train(norm.training)
 
     def forward(self, x: Tensor) -> Tensor:
-        s = session()
-        if not (self.training and s is not None):
-            return super().forward(x)
+        norm = self.norm
+        if not self.training:
+            return norm.train(False)(x)
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
-        w = s.row_weight if s.row_weight is not None and len(s.row_weight) == len(x) else None
-        w = torch.ones(len(x), dtype=x.dtype, device=x.device) if w is None else w.to(x)
-        w = w.view(-1, *[1] * (x.dim() - 1))  # stand-in rows (weight 0) join no statistic
-        count = (w.sum() * (x[0, 0].numel() if len(x) else 0)).reshape(1)
-        total = _SumAll.apply(torch.cat([(x * w).sum(dims), count]), s.stats_group)
+        count = x.new_full((1,), x.numel() // x.shape[1])  # a rank may hold no rows: 0
+        total = _SumAll.apply(torch.cat([x.sum(dims), count]), self.group)
         n = total[-1].detach()
         mean = total[:-1] / n
         centred = x - mean.view(shape)
-        var = _SumAll.apply((centred * centred * w).sum(dims), s.stats_group) / n
-        if self.track_running_stats and self.running_mean is not None:
-            self._update_running(mean.detach(), var.detach(), n)
-        out = centred * torch.rsqrt(var + self.eps).view(shape)
-        if self.affine:
-            out = out * self.weight.view(shape) + self.bias.view(shape)
-        return out
+        var = _SumAll.apply((centred * centred).sum(dims), self.group) / n
+        if norm.track_running_stats and norm.running_mean is not None:
+            _update_running(norm, mean.detach(), var.detach(), n)
+        out = centred * torch.rsqrt(var + norm.eps).view(shape)
+        if norm.affine:
+            out = out * norm.weight.view(shape) + norm.bias.view(shape)
+        blend = getattr(norm, "blend", None)
+        return out if blend is None else blend(x, out)
 
-    @torch.no_grad()
-    def _update_running(self, mean: Tensor, var: Tensor, n: Tensor) -> None:
-        """As ``F.batch_norm`` does: momentum (or a cumulative average), unbiased variance.
-        The count stays on the device (no host sync); its ratio is taken in float64 and
-        rounded once, as a Python float's would be."""
-        self.num_batches_tracked.add_(1)
-        m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        n = n.double()
-        unbiased = (n / (n - 1).clamp(min=1.0)).to(var.dtype)
-        self.running_mean.mul_(1 - m).add_(mean, alpha=m)
-        self.running_var.mul_(1 - m).add_(var * unbiased, alpha=m)
+
+@torch.no_grad()
+def _update_running(norm: _BatchNorm, mean: Tensor, var: Tensor, n: Tensor) -> None:
+    """As ``F.batch_norm`` does: momentum (or a cumulative average), unbiased variance. The
+    count stays on the device (no host sync); its ratio is taken in float64 and rounded once,
+    as a Python float's would be."""
+    norm.num_batches_tracked.add_(1)
+    m = 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
+    n = n.double()
+    unbiased = (n / (n - 1).clamp(min=1.0)).to(var.dtype)
+    norm.running_mean.mul_(1 - m).add_(mean, alpha=m)
+    norm.running_var.mul_(1 - m).add_(var * unbiased, alpha=m)
 
 
 class _SumAll(torch.autograd.Function):
@@ -202,31 +221,25 @@ class _SumAll(torch.autograd.Function):
         return grad, None
 
 
-_MIXED: dict[type, type] = {}
+Swapped = list[tuple[nn.Module, str, nn.Module]]  # (parent, child name, the original norm)
 
 
-def _global_class(cls: type) -> type:
-    """``cls`` with :class:`GlobalStats` just above ``_BatchNorm`` in its MRO, so a subclass's
-    own forward (e.g. a gated norm calling ``super().forward``) still runs around it."""
-    if cls not in _MIXED:
-        _MIXED[cls] = type(f"Global{cls.__name__}", (cls, GlobalStats), {})
-    return _MIXED[cls]
-
-
-def swap_norms(owned: nn.Module) -> list[tuple[nn.Module, type]]:
-    """Make the BatchNorms of ``owned`` global-batch norms in place (same objects, same state
-    dict keys, still instances of their class); returns what :func:`restore_norms` undoes."""
+def globalize_norms(owned: nn.Module, group) -> Swapped:
+    """Put a :class:`GlobalBatchNorm` in place of each BatchNorm of ``owned``; returns what
+    :func:`restore_norms` puts back."""
     swapped = []
-    for m in owned.modules():
-        if isinstance(m, _BatchNorm) and not isinstance(m, GlobalStats):
-            swapped.append((m, type(m)))
-            m.__class__ = _global_class(type(m))
+    for parent in list(owned.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, _BatchNorm):
+                swapped.append((parent, name, child))
+                setattr(parent, name, GlobalBatchNorm(child, group))
     return swapped
 
 
-def restore_norms(swapped: list[tuple[nn.Module, type]]) -> None:
-    for m, cls in swapped:
-        m.__class__ = cls
+def restore_norms(swapped: Swapped) -> None:
+    for parent, name, norm in swapped:
+        norm.train(getattr(parent, name).training)
+        setattr(parent, name, norm)
 
 
 # ---------------------------------------------------------------- the shard of one rank
@@ -272,32 +285,26 @@ class Shard:
 
     def batches(self, train: ImageSet, batch_size: int, g: torch.Generator,
                 augment: Callable[[int, int], Crops] | None
-                ) -> Iterator[tuple[Tensor, Tensor, int, Tensor | None, Crops | None]]:
-        """(this rank's rows, their labels, the global batch size, row weights, their crops)
-        for each global batch of the single-process order; ``augment(n, side)`` (drawing from
-        ``g``) draws for the whole global batch, and this rank keeps its rows' draws.
+                ) -> Iterator[tuple[Tensor, Tensor, int, Crops | None]]:
+        """(this rank's rows, their labels, the global batch size, their crops) for each global
+        batch of the single-process order; ``augment(n, side)`` (drawing from ``g``) draws for
+        the whole global batch, and this rank keeps its rows' draws.
 
         A rank that holds none of a batch's images (a tail batch smaller than the world, or bad
-        luck with a tiny batch) gets one of its own images as a stand-in of weight 0: it still
-        runs the forward and backward, so every collective of the step happens on every rank,
-        and the stand-in changes no loss, gradient or statistic."""
+        luck with a tiny batch) gets an empty batch: it still runs the forward and backward, so
+        every collective of the step happens on every rank, and adds nothing to any loss,
+        gradient or statistic."""
         rank, world = self.session.rank, self.session.world
+        if augment is not None and self.local:
+            raise ValueError("augmentation draws for the whole global batch need every "
+                             "image; a per-rank feature cache has only this rank's")
         order = torch.randperm(self.n_train, generator=g)
         for start in range(0, self.n_train, batch_size):
             idx = order[start:start + batch_size]
             mine = idx % world == rank
             rows = idx[mine] // world if self.local else idx[mine]
-            crops = None
-            if augment is not None and self.local:
-                raise ValueError("augmentation draws for the whole global batch need every "
-                                 "image; a per-rank feature cache has only this rank's")
-            if augment is not None:  # draws for all rows, as one process
-                crops = augment(len(idx), train.images.shape[2]).rows(mine)
-            x, weight = train.images[rows], None
-            if len(rows) == 0:
-                rows = torch.tensor([0 if self.local else rank])  # global index `rank` is ours
-                x, weight, crops = train.images[rows], torch.zeros(1), None
-            yield x, train.labels[rows], len(idx), weight, crops
+            crops = None if augment is None else augment(len(idx), train.images.shape[2]).rows(mine)
+            yield train.images[rows], train.labels[rows], len(idx), crops
 
     def step(self, step: Callable, preprocess, batch: tuple) -> tuple[Tensor, Tensor, Tensor, int]:
         """Forward one of :meth:`batches`; (loss to backward: this rank's share of the global
@@ -305,21 +312,13 @@ class Shard:
         rows counted), the sums on the device."""
         from .train import model_inputs, sum_dtype  # train builds on this module
 
-        x, y, n_global, weight, crops = batch
-        weight = None if weight is None else weight.to(self.device)
-        self.session.row_weight = weight
-        try:
-            logits = step(model_inputs(x, preprocess, self.device, crops))
-        finally:
-            self.session.row_weight = None
+        x, y, n_global, crops = batch
+        logits = step(model_inputs(x, preprocess, self.device, crops))
         y = y.to(self.device)
         losses = F.cross_entropy(logits, y, reduction="none")
-        right = logits.argmax(1) == y
-        if weight is not None:
-            losses, right = losses * weight, right & (weight > 0)
         loss = losses.sum() * (self.session.world / n_global)
         summed = losses.detach().sum().to(sum_dtype(self.device))
-        return loss, summed, right.sum(), len(y) if weight is None else 0
+        return loss, summed, (logits.argmax(1) == y).sum(), len(y)
 
     def wrap(self, owned: nn.Module, forward: Callable) -> Callable:
         """DDP over ``owned``'s trainable parameters (replicas made equal to rank 0's now)."""
@@ -377,7 +376,7 @@ class Shard:
 
         self.device = device_of(owned)
         step = self.wrap(owned, forward)
-        self._norms = swap_norms(owned)
+        self._norms = globalize_norms(owned, self.session.stats_group)
         self.seed(seed)
         return step
 

@@ -320,10 +320,10 @@ class PatchedModel(nn.Module):
         """
         one = patch or self.active or BASE
         names = list(patches) if patches is not None else [one] * len(h)
-        first = self.first_patched_stage(names)
+        first = self.first_patched_stage(names if patches is not None else [one])  # 0 rows too
         if start > first:
             raise ValueError(f"forward_from(start={start}) would skip patched stage {first}")
-        if first_residual is not None and (len(set(names)) != 1 or first != start
+        if first_residual is not None and (len(set(names)) > 1 or first != start
                                            or start >= self.num_stages):
             raise ValueError("first_residual needs all rows on one patch that patches stage "
                              f"{start}")

@@ -84,10 +84,8 @@ def _remote(args: argparse.Namespace) -> int:
 def _dense(model, args: argparse.Namespace) -> int:
     """Boxes or mask shares as JSON, and a picture of each in ``--draw``."""
     from ..dense.draw import predict_one, save_png
-    from ..dense.run import check_device
     from ..dense.task import load_dense
 
-    check_device(device_of(model))
     task = load_dense(model, args.patch)
     for path in args.images:
         image = torch.from_numpy(decode_image(path.read_bytes(), str(path)).copy())

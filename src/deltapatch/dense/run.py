@@ -60,11 +60,6 @@ def build_task(model: PatchedModel, spec: RunSpec, num_classes: int, class_names
                            class_names=class_names, method=spec.method)
 
 
-def check_device(device: torch.device) -> None:
-    """Nothing to refuse any more: dense tasks train, score and predict on every device.
-    Kept only while ``cli/predict.py`` still calls it; it goes with that call."""
-
-
 def run_dense(spec: RunSpec, out: Path, device: str | torch.device | None = "cpu") -> dict:
     """Train, save, score; returns the JSON metrics ``train`` prints. Training is the shared
     loop's: ``out/run`` holds the checkpoint and per-epoch metrics, and the same call again
