@@ -298,7 +298,8 @@ def served_base(sizes: Sizes, device: torch.device) -> dict:
                             data={"patch": "__base__", "top_k": "5"})
             r.raise_for_status()
             got = r.json()["top_k"]
-            x = image_tensor(data, model.preprocess, Limits())[None].to(device)
+            x = model.preprocess.normalize(image_tensor(data, model.preprocess, Limits())[None]
+                                           .to(device))
             probs = model.backbone(x).float().softmax(1)[0].cpu()
             want = probs.topk(5)
             same_top &= [g["index"] for g in got] == want.indices.tolist()

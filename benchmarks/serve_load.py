@@ -308,7 +308,8 @@ def check_base(a: argparse.Namespace, weights: Path, no_patches: Path) -> None:
     model = PatchedModel(load_backbone("resnet18", str(weights), device=device)).eval()
     images = [png_noise(seed) for seed in range(a.check_base)]
     with torch.inference_mode():
-        want = [model.backbone(image_tensor(im, model.preprocess, Limits())[None].to(device))[0]
+        pre = model.preprocess
+        want = [model.backbone(pre.normalize(image_tensor(im, pre, Limits())[None].to(device)))[0]
                 .cpu() for im in images]
     for batch_base in (False, True):
         with Server(weights, no_patches, a.threads, a.max_batch, a.max_wait_ms, batch_base,

@@ -42,8 +42,10 @@ def _jobs() -> list[Job]:
     which needs a driver: a limit of the fake harness, not of the model."""
     names = [("delta",), (dp.BASE,), ("head",), ("two",), (dp.BASE,), ("delta",), ("head",),
              ("two",), ("two", dp.BASE, "head"), ("delta", "head"), ("delta", "head")]
-    return [Job(torch.randn(3, 32, 32), n, len(n) > 1,
-                tuple(Ask(TASKS[t], 3, logits=True) for t in n)) for n in names]
+    g = torch.Generator().manual_seed(0)
+    return [Job(torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=g), n,
+                len(n) > 1, tuple(Ask(TASKS[t], 3, logits=True) for t in n),
+                dp.Preprocess(32)) for n in names]
 
 
 def _run_on_fake_cuda(monkeypatch, jobs: list[Job], exact_base: bool = True) -> list:
@@ -127,5 +129,6 @@ def test_base_answers_on_a_gpu_are_the_backbone_per_image():
     assert max(len(b) for b in batches) > 1  # they did share batches
     with torch.inference_mode():
         for image, answer in zip(images, answers, strict=True):
-            x = image_tensor(image, model.preprocess, Limits())[None].cuda()
+            x = model.preprocess.normalize(image_tensor(image, model.preprocess, Limits())[None])
+            x = x.cuda()
             assert torch.equal(torch.tensor(answer["logits"]), model.backbone(x)[0].cpu())

@@ -46,10 +46,12 @@ def test_a_replica_batches_any_patches_and_follows_the_folder(weights, backbone,
     replica = PatchReplica("cifar_resnet20", weights, str(patch_dir), sync_s=3600)
     assert [i.name for i in replica.registry.infos()] == ["a", "b"]
     lib = _library(weights, patch_dir, ["a", "b"])
-    x = torch.stack([image_tensor(png(s), lib.preprocess, Limits()) for s in range(3)])
-    jobs = [Job(x[0], ("a",), False, (Ask(5, 2, logits=True),)),
-            Job(x[1], ("b",), False, (Ask(3, 2, logits=True),)),
-            Job(x[2], ("__base__",), False, (Ask(10, 2, logits=True),))]
+    pre = lib.preprocess
+    images = torch.stack([image_tensor(png(s), pre, Limits()) for s in range(3)])
+    jobs = [Job(images[0], ("a",), False, (Ask(5, 2, logits=True),), pre),
+            Job(images[1], ("b",), False, (Ask(3, 2, logits=True),), pre),
+            Job(images[2], ("__base__",), False, (Ask(10, 2, logits=True),), pre)]
+    x = pre.normalize(images)
     answers = asyncio.run(replica.predict_rows(jobs))  # one batch, three tasks
     assert replica.batches == [3]
     with torch.inference_mode():
@@ -110,7 +112,7 @@ def test_two_ray_serve_replicas_answer_and_share_new_patches(weights, backbone, 
                 got = client.post("/v1/predict", json={
                     "image": base64.b64encode(png(seed)).decode(), "patch": name, "top_k": 1})
                 assert got.status_code == 200, got.text
-                x = image_tensor(png(seed), lib.preprocess, Limits())[None]
+                x = lib.preprocess.normalize(image_tensor(png(seed), lib.preprocess, Limits())[None])
                 with torch.inference_mode():
                     want = int((lib(x, patch=name) if name != "__base__" else lib(x)).argmax())
                 assert got.json()["top_k"][0]["index"] == want

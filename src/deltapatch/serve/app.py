@@ -179,7 +179,8 @@ def predict_job(x: Tensor, req: PredictInput, infos: list[PatchInfo]) -> Job:
     """The batcher's job for a checked predict request: its image and, per task, what the
     answer needs (the task's classes, ``top_k``, logits or not)."""
     return Job(x, req.names, req.fanout,
-               tuple(Ask(i.num_classes, req.top_k, req.return_logits) for i in infos))
+               tuple(Ask(i.num_classes, req.top_k, req.return_logits) for i in infos),
+               infos[0].preprocess)
 
 
 def predict_body(req: PredictInput, infos: list[PatchInfo], answers: dict[str, Answer]) -> dict:

@@ -5,7 +5,8 @@ batch of at most ``max_batch``; the batch's patched rows run as **one routed for
 The model's device is owned by **one worker thread** (a single-thread executor): every batch
 runs there, one after another, so a GPU's context and stream are only ever used from that
 thread, and the event loop keeps accepting requests while the device computes. A batch's images
-go to the device in one copy (:mod:`.staging`); softmax and top-k run on the device and the
+go to the device as uint8 in one copy (:mod:`.staging`) and are normalized there, a group at a
+time, as training and ``deltapatch predict`` do (:func:`deltapatch.train.model_inputs`); softmax and top-k run on the device and the
 answers come back in one copy (:mod:`.readout`).
 
 Base rows (``"__base__"``) do not join the routed forward: they run ``backbone(x)`` itself, and
@@ -33,6 +34,7 @@ from torch import Tensor
 
 from ..devices import placement
 from ..model import BASE, PatchedModel
+from ..preprocess import Preprocess
 from .metrics import ServeMetrics
 from .readout import Answer, Ask, read_out
 from .staging import stage
@@ -53,10 +55,11 @@ class Closed(RuntimeError):
 class Job:
     """One image and the tasks it asks for (several: a fan-out), with what each answer needs."""
 
-    x: Tensor  # (3, S, S), normalized, on the host
+    x: Tensor  # (3, S, S) uint8 on the host: normalized on the device, with ``pre``
     names: tuple[str, ...]
     fanout: bool
     asks: tuple[Ask, ...]  # one per name
+    pre: Preprocess  # the tasks' input preprocessing (a fan-out's tasks share one)
     future: asyncio.Future = field(repr=False, default=None)  # {name: Answer}
 
 
@@ -152,10 +155,10 @@ class Batcher:
         device, dtype = placement(self.model.backbone)
         logits: list[dict[str, Tensor] | BaseException] = [None] * len(batch)
         with torch.inference_mode():
-            inputs = stage([[batch[i].x for i in rows] for rows in groups.values()], device,
-                           dtype)
-            for ((kind, *_), rows), x in zip(groups.items(), inputs, strict=True):
+            staged = stage([[batch[i].x for i in rows] for rows in groups.values()], device)
+            for ((kind, *_), rows), x in zip(groups.items(), staged, strict=True):
                 try:
+                    x = batch[rows[0]].pre.normalize(x).to(dtype)
                     out = self._run_group(kind, x, [batch[i] for i in rows])
                 except Exception as err:  # noqa: BLE001  (answered as an error, never lost)
                     out = [err] * len(rows)
@@ -165,15 +168,15 @@ class Batcher:
 
     def _groups(self, batch: list[Job]) -> dict[tuple, list[int]]:
         """Rows that run together: base rows, routed rows (any patches), fan-outs of the same
-        tasks; each group of one image shape."""
+        tasks; each group of one image shape and preprocessing."""
         groups: dict[tuple, list[int]] = {}
         for i, job in enumerate(batch):
             if not job.fanout:
-                key = ("base" if job.names[0] == BASE else "routed", tuple(job.x.shape))
+                key = ("base" if job.names[0] == BASE else "routed", tuple(job.x.shape), job.pre)
             elif self.exact_base and BASE in job.names:
                 key = ("fanout-one", i)
             else:
-                key = ("fanout", job.names, tuple(job.x.shape))
+                key = ("fanout", job.names, tuple(job.x.shape), job.pre)
             groups.setdefault(key, []).append(i)
         return groups
 

@@ -155,7 +155,8 @@ def _flag(value: object) -> bool:
 
 
 def image_tensor(data: bytes, pre: Preprocess, limits: Limits) -> Tensor:
-    """Image file bytes → one normalized (3, S, S) tensor, as ``deltapatch predict`` makes it."""
+    """Image file bytes → one uint8 (3, S, S) tensor, as ``deltapatch predict`` makes it (the
+    batcher normalizes a batch of them on the model's device)."""
     try:
         pixels = decode_image(data, "upload", limits.max_image_pixels)
     except ImageTooLarge as err:
@@ -165,4 +166,4 @@ def image_tensor(data: bytes, pre: Preprocess, limits: Limits) -> Tensor:
                             "PPM file") from None
     except DataError as err:  # readable header, undecodable or degenerate pixels
         raise HTTPFail(422, str(err)) from None
-    return pre.normalize(to_image_tensor(pixels[None], pre.size))[0]
+    return to_image_tensor(pixels[None], pre.size)[0]
