@@ -1,13 +1,16 @@
 """The CPU path before and after a change, side by side: ``--device cpu`` must stay the old path
 (issue 23: every CPU figure within 5 % of before).
 
-Each round runs one worker process on the old tree (``git archive REV src``) and one on the
-working tree, in alternating order, each timing the same operations on the same seeded inputs
-through the public API both versions share; the ratio new/old is taken per round and its median
-printed. Workers run with one thread so the two never compete for the two cores.
+Two worker processes stay up for the whole run, one importing the old tree (``git archive REV
+src``) and one the working tree, each with one thread and the same seeded models and inputs,
+built through the public API both versions share. The parent asks them in turn to time one
+operation (the median of ``--reps`` calls), alternating which goes first, for every operation
+in every round; only one computes at a time. The ratio new/old is taken per round and the median
+printed with the 10th–90th percentile of the per-round ratios, so drift of the shared machine
+shows as spread rather than as a difference.
 
-    python benchmarks/cpu_ab.py --rev 1a7db6f            # ~4 min on 2 shared cores
-    python benchmarks/cpu_ab.py --rev 1a7db6f --quick    # ~1 min
+    python benchmarks/cpu_ab.py --rev 1a7db6f             # ~6 min on 2 shared cores
+    python benchmarks/cpu_ab.py --rev 1a7db6f --quick     # ~1 min
 """
 
 from __future__ import annotations
@@ -21,23 +24,24 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _time(fn, reps: int) -> float:
+def _time(fn: Callable[[], object], reps: int) -> float:
     fn()  # warm-up
-    best = []
+    took = []
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
-        best.append(time.perf_counter() - t0)
-    return statistics.median(best)
+        took.append(time.perf_counter() - t0)
+    return statistics.median(took)
 
 
-def worker(reps: int) -> dict[str, float]:
-    """Median seconds per operation, on the deltapatch that PYTHONPATH selects."""
+def operations() -> dict[str, tuple[Callable[[], object], int]]:
+    """Each operation timed, with its share of ``--reps`` (training epochs count double)."""
     import torch
 
     from deltapatch import PatchedModel, load_backbone
@@ -46,53 +50,85 @@ def worker(reps: int) -> dict[str, float]:
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    out: dict[str, float] = {}
+    ops: dict[str, tuple[Callable[[], object], int]] = {}
     for name, size in (("cifar_resnet20", 32), ("resnet18", 64)):
         model = PatchedModel(load_backbone(name)).eval()
         for i in range(8):
             model.add_patch(f"p{i}", 10, stages=1)
         x = torch.randn(64, 3, size, size, generator=torch.Generator().manual_seed(1))
         names = [f"p{r % 8}" for r in range(64)]
-        with torch.inference_mode():
-            out[f"{name} base"] = _time(lambda: model(x), reps)
-            out[f"{name} one patch"] = _time(lambda: model(x, patch="p0"), reps)
-            out[f"{name} mixed 8"] = _time(lambda: model(x, patches=names), reps)
-            out[f"{name} fanout base+8"] = _time(
-                lambda: model.fanout(x, ["__base__"] + names[:8]), reps)
+
+        def infer(model=model, x=x, **kw):  # bound now: the loop rebinds model and x
+            with torch.inference_mode():
+                return model(x, **kw)
+
+        def fanout(model=model, x=x, names=names):
+            with torch.inference_mode():
+                return model.fanout(x, ["__base__"] + names[:8])
+
+        ops[f"{name} base"] = ((lambda f=infer: f()), 1)
+        ops[f"{name} one patch"] = ((lambda f=infer: f(patch="p0")), 1)
+        ops[f"{name} mixed 8"] = ((lambda f=infer, n=names: f(patches=n)), 1)
+        ops[f"{name} fanout base+8"] = (fanout, 1)
         g = torch.Generator().manual_seed(2)
         images = torch.randint(0, 256, (256, 3, size, size), generator=g, dtype=torch.uint8)
         split = ImageSet(images, torch.arange(256) % 10)
         data = TaskData("ab", split, ImageSet(images[:64], split.labels[:64]),
                         ImageSet(images[:64], split.labels[:64]), [str(c) for c in range(10)])
-        pre = model.preprocess
-        out[f"{name} evaluate 256"] = _time(
-            lambda: evaluate(lambda t: model(t, patch="p0"), split, pre), reps)
+        ops[f"{name} evaluate 256"] = (
+            lambda m=model, s=split: evaluate(lambda t: m(t, patch="p0"), s, m.preprocess), 1)
         for augment in (True, False):
             config = TrainConfig(epochs=1, batch_size=64, augment=augment, progress=False)
-            out[f"{name} fit 1 epoch{' augmented' if augment else ' cached'}"] = _time(
-                lambda c=config: fit_patch(model, "p1", data, c), max(1, reps // 2))
-    return out
+            ops[f"{name} fit 1 epoch{' augmented' if augment else ' cached'}"] = (
+                lambda m=model, d=data, c=config: fit_patch(m, "p1", d, c), 2)
+    return ops
 
 
-def _run(src: Path, reps: int) -> dict[str, float]:
-    env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, __file__, "--worker", "--reps", str(reps)], env=env,
-                         capture_output=True, text=True, check=True)
-    return json.loads(res.stdout.strip().splitlines()[-1])
+def serve() -> None:
+    """The worker: build the operations, then time the one named on each stdin line."""
+    ops = operations()
+    print(json.dumps(list(ops)), flush=True)
+    for line in sys.stdin:
+        op, reps = json.loads(line)
+        fn, cost = ops[op]
+        print(json.dumps(_time(fn, max(1, reps // cost))), flush=True)
+
+
+class Worker:
+    def __init__(self, src: Path) -> None:
+        env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker"], env=env, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.ops = json.loads(self.proc.stdout.readline())
+
+    def time(self, op: str, reps: int) -> float:
+        self.proc.stdin.write(json.dumps([op, reps]) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def _pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, max(0, round(q * (len(values) - 1))))]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rev", default="HEAD", help="the old revision (default HEAD: the last commit)")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--quick", action="store_true", help="1 round of 3 reps")
+    p.add_argument("--rounds", type=int, default=9, help="rounds over every operation")
+    p.add_argument("--reps", type=int, default=4, help="calls per timing (median taken)")
+    p.add_argument("--quick", action="store_true", help="3 rounds of 2 reps")
+    p.add_argument("--only", default="", help="time only the operations whose name has this")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.reps)))
+        serve()
         return
-    rounds, reps = (1, 3) if args.quick else (args.rounds, args.reps)
+    rounds, reps = (3, 2) if args.quick else (args.rounds, args.reps)
     sha = subprocess.check_output(["git", "rev-parse", "--short", args.rev], cwd=ROOT,
                                   text=True).strip()
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,25 +137,32 @@ def main() -> None:
                        check=True)
         with tarfile.open(archive) as tar:
             tar.extractall(tmp, filter="data")
-        trees = {"old": Path(tmp) / "src", "new": ROOT / "src"}
-        runs: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
-        for r in range(rounds):
-            for side in (("old", "new") if r % 2 == 0 else ("new", "old")):
-                runs[side].append(_run(trees[side], reps))
+        old, new = Worker(Path(tmp) / "src"), Worker(ROOT / "src")
+        times: dict[str, dict[str, list[float]]] = {op: {"old": [], "new": []} for op in old.ops}
+        try:
+            for r in range(rounds):
+                for i, op in enumerate(o for o in old.ops if args.only in o):
+                    pair = (("old", old), ("new", new))
+                    for side, w in (pair if (r + i) % 2 == 0 else pair[::-1]):
+                        times[op][side].append(w.time(op, reps))
+        finally:
+            old.close()
+            new.close()
     sys.path.insert(0, str(ROOT / "src"))
     from deltapatch.hardware import describe
 
     print(f"# CPU path, {sha} (old) vs working tree (new): {rounds} rounds x {reps} reps, "
-          "1 thread per worker")
+          "1 thread per worker, one computing at a time")
     print(f"# command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
     print(f"# {describe()} | load avg {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
-    print(f"{'operation':<40} {'old ms':>9} {'new ms':>9} {'new/old':>8}")
-    for op in runs["old"][0]:
-        old = statistics.median(r[op] for r in runs["old"])
-        new = statistics.median(r[op] for r in runs["new"])
-        per_round = statistics.median(n[op] / o[op] for o, n in zip(runs["old"], runs["new"],
-                                                                     strict=True))
-        print(f"{op:<40} {old * 1e3:>9.1f} {new * 1e3:>9.1f} {per_round:>8.3f}")
+    print(f"{'operation':<36} {'old ms':>8} {'new ms':>8} {'new/old':>8} {'p10-p90':>13}")
+    for op, t in times.items():
+        if not t["old"]:
+            continue
+        ratios = [n / o for o, n in zip(t["old"], t["new"], strict=True)]
+        print(f"{op:<36} {statistics.median(t['old']) * 1e3:>8.1f} "
+              f"{statistics.median(t['new']) * 1e3:>8.1f} {statistics.median(ratios):>8.3f} "
+              f"{_pct(ratios, 0.1):>6.3f}-{_pct(ratios, 0.9):.3f}")
 
 
 if __name__ == "__main__":
