@@ -14,6 +14,7 @@ from ..data.sets import ImageSet
 from ..run import RunSpec, build_model, placement_facts, task_data
 from ..train import evaluate, fit
 from .jobs import Job, describe, fingerprint, grid, lr_grid, run_spec, scenario
+from .schema import TASK_KEYS, Shape
 from .suite import Suite
 
 
@@ -75,5 +76,5 @@ def _full(kind: str):
     return build
 
 
-scenario("scratch")(_full("scratch"))
-scenario("transfer")(_full("transfer"))
+scenario("scratch", Shape({"tasks": TASK_KEYS}))(_full("scratch"))
+scenario("transfer", Shape({"tasks": TASK_KEYS}))(_full("transfer"))

@@ -14,6 +14,7 @@ from ..baseinit import LEGACY_INIT
 from ..delta import resolve_init
 from ..registry import Registry
 from ..run import RunSpec
+from .schema import SHAPES, Shape
 from .suite import Suite, Task, Variant, data_settings, train_config
 from .tuning import TUNE_SEED
 
@@ -90,9 +91,12 @@ def _variant_blob(v: Variant, family_default: str | None) -> dict:
 SCENARIOS: Registry[str, Callable[[Suite, dict, int], list[Job]]] = Registry("scenario kind")
 
 
-def scenario(kind: str):
+def scenario(kind: str, shape: Shape):
+    """Register ``fn(suite, entry, seeds) -> jobs`` as scenario kind ``kind``, whose entries
+    have ``shape`` (checked when a suite is read)."""
     def deco(fn):
         SCENARIOS.register(kind, fn)
+        SHAPES.register(kind, shape)
         return fn
     return deco
 

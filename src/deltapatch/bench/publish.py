@@ -3,16 +3,20 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import DeltaPatchError
 from ..hardware import describe
 from ..run import placement_facts, run_device
 from .claims import claims_section
 from .report import UNSTAMPED, not_run_section, table_sections
+from .jobs import Job
 from .runner import build_jobs, code_version, command_line, run_jobs, write_results
-from .suite import Suite, load_suite, placed
+from .schema import MAX_SEEDS, SHAPES
+from .suite import Suite, check_sources, load_suite, placed, selected
 
 
 @dataclass
@@ -39,8 +43,7 @@ class BenchRequest:
 def run_suite(req: BenchRequest) -> dict:
     """Run (or resume) a suite's runs, then write results, tables, plots and the report.
     Returns a summary: run counts by status and the files written."""
-    suite = placed(load_suite(req.suite), run_device(req.device), req.precision)
-    jobs = build_jobs(suite, req.seeds, req.only)
+    suite, jobs = plan(req)
     t0 = time.perf_counter()
     max_jobs = 0 if req.report_only else req.max_runs
     if req.ray is not None and max_jobs != 0:
@@ -68,6 +71,48 @@ def run_suite(req: BenchRequest) -> dict:
     return {"suite": suite.name, "out": str(req.out), "runs": counts,
             **placement_facts(suite.device, req.precision),
             "files": sorted(str(f) for f in files)}
+
+
+def plan(req: BenchRequest) -> tuple[Suite, list[Job]]:
+    """The suite placed on its device and its jobs, with every input checked before anything
+    is written: the suite file in full, ``seeds``, ``only``'s kinds, the output paths, and
+    (unless only the report is rebuilt) the data, weights and factory files the runs read.
+    A refusal is one ``DeltaPatchError`` and leaves the disk as it was."""
+    if req.seeds is not None and not 1 <= req.seeds <= MAX_SEEDS:
+        raise DeltaPatchError(f"--seeds must be in 1..{MAX_SEEDS}, got {req.seeds}")
+    unknown = sorted((req.only or set()) - set(SHAPES.names()))
+    if unknown:
+        raise DeltaPatchError(f"--only names unknown scenario kind(s) {', '.join(map(repr, unknown))}"
+                              f"; choose from {', '.join(SHAPES.names())}")
+    check_output("--out", req.out, folder=True)
+    if req.results_md is not None:
+        check_output("--results-md", req.results_md, folder=False)
+    suite = placed(load_suite(req.suite), run_device(req.device), req.precision)
+    jobs = build_jobs(suite, req.seeds, req.only)
+    if not jobs:
+        raise DeltaPatchError(f"suite '{suite.name}' has no runs of kind(s) "
+                              f"{', '.join(sorted(req.only or ()))} that are not skipped; "
+                              f"its kinds: {', '.join(sorted({sc['kind'] for sc in suite.scenarios}))}")
+    if not req.report_only:
+        check_sources(suite, selected(suite, req.only))
+    return suite, jobs
+
+
+def check_output(flag: str, path: Path, folder: bool) -> None:
+    """Refuse an output the bench could not write once its runs are done: ``path`` must be a
+    folder (``folder``) or a file, or not exist yet, under a folder this account can write."""
+    if path.is_symlink() and not path.exists():
+        raise DeltaPatchError(f"{flag} {path} is a symbolic link to nothing; fix or remove it")
+    if path.exists() and path.is_dir() != folder:
+        want, got = ("folder", "file") if folder else ("file", "folder")
+        raise DeltaPatchError(f"{flag} {path} is a {got}; give a {want} path")
+    probe = path.absolute()
+    while not probe.exists():
+        probe = probe.parent
+    if probe != path.absolute() and not probe.is_dir():
+        raise DeltaPatchError(f"{flag} {path}: cannot create it, {probe} is a file")
+    if not os.access(probe, os.W_OK | (os.X_OK if probe.is_dir() else 0)):
+        raise DeltaPatchError(f"{flag} {path}: {probe} is not writable by this account")
 
 
 def suite_ref(suite: Suite, asked: str) -> str:

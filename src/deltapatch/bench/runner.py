@@ -21,7 +21,7 @@ from ..progress import log, progress_bar
 from ..run import DATA_PROTOCOL
 from . import full, scenarios  # noqa: F401  (register the scenario kinds)
 from .jobs import SCENARIOS, Job, Skip
-from .suite import Suite
+from .suite import Suite, selected
 from .tuning import Pending, chosen_rate, search
 
 RUNS = "runs"
@@ -32,18 +32,14 @@ def build_jobs(suite: Suite, seeds: int | None = None, only: set[str] | None = N
     """Every job of the suite, in suite order; ``only`` keeps the given scenario kinds."""
     n = seeds or suite.seeds
     jobs = []
-    for entry in suite.scenarios:
-        if entry.get("skip"):
-            continue
-        if only and entry["kind"] not in only:
-            continue
+    for entry in selected(suite, only):
         jobs += SCENARIOS.get(entry["kind"])(suite, entry, n)
     jobs.sort(key=lambda j: j.seed)  # stable: every cell's seed 0 first, so a partial run
     seen: dict[str, Job] = {}           # of a long suite already covers the whole grid
     for j in jobs:  # one run may serve several tables (Δ(3) on GTSRB: Tables 1, 2 and 8)
         first = seen.setdefault(j.key, j)
         if first is not j and (first.table == j.table or first.config != j.config):
-            raise ValueError(f"suite '{suite.name}' gives the run '{j.key}' twice with "
+            raise DeltaPatchError(f"suite '{suite.name}' gives the run '{j.key}' twice with "
                              f"{'the same table' if first.table == j.table else 'other settings'}")
     return jobs
 

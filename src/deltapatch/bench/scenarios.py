@@ -16,12 +16,16 @@ from ..data.sets import ImageSet, TaskData
 from ..metrics import harmonic_mean
 from ..run import base_task_data, build_model, input_size, native_size, run_one, task_data, test_split
 from .jobs import Job, Skip, describe, fingerprint, grid, lr_grid, run_spec, scenario
+from .schema import TASK_KEY, TASK_KEYS, TASK_LISTS, Shape
 from .suite import Suite, Variant, train_config
 from .tuning import TUNE_SEED
 
 
+SINGLE_TABLES = ("single", "adapted", "ablation", "init")  # the report's single-task tables
+
+
 # ---------------------------------------------------------------- single-task patching
-@scenario("single")
+@scenario("single", Shape({"tasks": TASK_KEYS}, SINGLE_TABLES))
 def single(suite: Suite, entry: dict, seeds: int) -> list[Job]:
     """One method on one task; base and patch top-1 and their harmonic mean."""
     table = entry.get("table", "single")
@@ -40,7 +44,7 @@ def single(suite: Suite, entry: dict, seeds: int) -> list[Job]:
 
 
 # ---------------------------------------------------------------- zero-shot domain adaptation
-@scenario("zsda")
+@scenario("zsda", Shape({"source": TASK_KEY, "target": TASK_KEY}))
 def zsda(suite: Suite, entry: dict, seeds: int) -> list[Job]:
     """Train on ``source``, test on ``target`` (same classes, other domain) without ever seeing
     target data; ``top1_by_test.target`` is the number that matters."""
@@ -83,7 +87,7 @@ def concat_tasks(parts: list[TaskData], name: str) -> TaskData:
                     {"offsets": offsets})
 
 
-@scenario("joint")
+@scenario("joint", Shape({"groups": TASK_LISTS}))
 def joint(suite: Suite, entry: dict, seeds: int) -> list[Job]:
     """All tasks of a group at once; reported per task (within the joint head) and as the
     harmonic mean over the base task and every patch task."""
@@ -122,7 +126,7 @@ def _sizes(settings: dict) -> dict:
 
 
 # ---------------------------------------------------------------- sequential patching
-@scenario("sequential")
+@scenario("sequential", Shape({"orders": TASK_LISTS}))
 def sequential(suite: Suite, entry: dict, seeds: int) -> list[Job]:
     """Tasks patched in the given order on one model; scored at the end on every task and the
     base task (mean top-1, paper Table 4), and each task right after its own training, so any

@@ -5,7 +5,7 @@ works too. See ``suites/smoke.toml`` for the annotated format.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -18,21 +18,27 @@ except ModuleNotFoundError:  # Python 3.10: the same parser as a package
     except ModuleNotFoundError:
         tomllib = None
 
-from ..baseinit import INITS
 from ..errors import DeltaPatchError
 from ..train import TrainConfig
+from .schema import (  # noqa: F401  (the key sets are part of this module's interface)
+    DATA_KEYS,
+    FULL_ALLOWED,
+    FULL_TRAINING,
+    MAX_SUITE_BYTES,
+    SETTING_KEYS,
+    SHAPES,
+    TRAIN_KEYS,
+    TUNING_KEYS,
+    VARIANT_KEYS,
+    check,
+    data_exists,
+    factory_exists,
+    missing_data,
+    refuse,
+    weights_exist,
+)
 
 SUITES_DIR = Path(__file__).with_name("suites")
-TRAIN_KEYS = {f.name for f in fields(TrainConfig)} - {"seed", "progress"}
-DATA_KEYS = {"max_train", "max_test", "max_val", "image_size", "base_image_size",
-             "val_fraction"}
-TUNING_KEYS = {"lr_grid"}  # one learning-rate grid for every method (bench/tuning.py)
-SETTING_KEYS = TRAIN_KEYS | DATA_KEYS | TUNING_KEYS | {"lambda_images"}
-"""Keys a suite's ``[defaults]``, task and variant tables may set: TrainConfig's fields and
-RunSpec's data fields, the same definitions the CLI's flags come from, and ``lr_grid``."""
-VARIANT_KEYS = {"method", "label", "stages", "gate", "norm", "init", "options"}
-FULL_TRAINING = {"scratch", "transfer"}  # scenario kinds whose variants name no method
-FULL_ALLOWED = {"zsda"}  # kinds that also take method = "full" (the whole network ± Δ)
 
 
 @dataclass
@@ -110,6 +116,8 @@ def resolve(name_or_path: str) -> Path:
     """A shipped suite name (``smoke``, ``cpu``, ``paper``) or a path to a TOML file."""
     path = Path(name_or_path)
     if path.suffix == ".toml" and path.exists():
+        if not path.is_file():
+            raise DeltaPatchError(f"suite {path} is not a file")
         return path
     shipped = SUITES_DIR / f"{name_or_path}.toml"
     if shipped.exists():
@@ -118,78 +126,58 @@ def resolve(name_or_path: str) -> Path:
     raise DeltaPatchError(f"no suite '{name_or_path}': give a .toml path or one of {names}")
 
 
-def load_suite(name_or_path: str) -> Suite:
-    path = resolve(name_or_path)
+def _parse(path: Path) -> tuple[dict, str]:
+    """The file's TOML and text, read within a size bound."""
     if tomllib is None:
         raise DeltaPatchError("reading suite files needs Python 3.11+ or `pip install tomli`")
-    text = path.read_text()
+    if path.stat().st_size > MAX_SUITE_BYTES:
+        raise DeltaPatchError(f"{path}: a suite file is at most {MAX_SUITE_BYTES} bytes")
     try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
+        text = path.read_text(encoding="utf-8")
+        return tomllib.loads(text), text
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise DeltaPatchError(f"{path}: {err}") from None
+
+
+def load_suite(name_or_path: str) -> Suite:
+    """Read and check a suite in full (``schema.check``): every key, type, bound and name,
+    before anything can run."""
+    path = resolve(name_or_path)
+    raw, text = _parse(path)
+    check(path, raw)
     backbones = {k: Backbone(k, v.get("name", k), v.get("weights") or None, v.get("base_data"))
                  for k, v in raw.get("backbones", {}).items()}
     tasks = {k: Task(k, v.get("data", k), {x: y for x, y in v.items() if x != "data"})
              for k, v in raw.get("tasks", {}).items()}
-    variants = {}
-    for k, v in raw.get("variants", {}).items():
-        variants[k] = Variant(k, v.get("method", k), v.get("label", k), v.get("stages", 1),
-                              v.get("gate", "delta"), v.get("norm", "output"),
-                              v.get("options", {}),
-                              {x: y for x, y in v.items() if x not in VARIANT_KEYS},
-                              _init(path, k, v.get("init")))
-    suite = Suite(raw.get("name", path.stem), path, raw.get("description", ""),
-                  int(raw.get("seeds", 1)), raw.get("defaults", {}), backbones, tasks, variants,
-                  raw.get("scenarios", []), raw.get("not_implemented", []), text)
-    _check(suite)
-    return suite
+    variants = {k: Variant(k, v.get("method", k), v.get("label", k), v.get("stages", 1),
+                           v.get("gate", "delta"), v.get("norm", "output"), v.get("options", {}),
+                           {x: y for x, y in v.items() if x not in VARIANT_KEYS}, v.get("init"))
+                for k, v in raw.get("variants", {}).items()}
+    return Suite(raw.get("name", path.stem), path, raw.get("description", ""),
+                 raw.get("seeds", 1), raw.get("defaults", {}), backbones, tasks, variants,
+                 raw["scenarios"], raw.get("not_implemented", []), text)
 
 
-def _init(path: Path, variant: str, init) -> str | None:
-    if init is not None and init not in INITS:
-        raise DeltaPatchError(f"{path}: variant '{variant}' sets init = {init!r}; choose from "
-                              f"{', '.join(INITS)}")
-    return init
+def selected(suite: Suite, only: set[str] | None = None) -> list[dict]:
+    """The scenario entries that run: not ``skip``ped, and of a kind in ``only`` (if given)."""
+    return [sc for sc in suite.scenarios
+            if not sc.get("skip") and (not only or sc["kind"] in only)]
 
 
-def _check(suite: Suite) -> None:
-    """Refuse a suite with a key no run understands, a method that is not registered, or a
-    scenario naming a backbone, task or variant it does not define: a typo must be an error
-    that names the valid choices, never a silently skipped or silently default run."""
-    from ..methods import METHODS
-
-    layers = [("defaults", suite.defaults)]
-    layers += [(f"tasks.{t.key}", t.settings) for t in suite.tasks.values()]
-    layers += [(f"variants.{v.key}", v.settings) for v in suite.variants.values()]
-    for where, layer in layers:
-        unknown = sorted(set(layer) - SETTING_KEYS)
-        if unknown:
-            raise DeltaPatchError(f"{suite.path}: [{where}] sets unknown key(s) "
-                                  f"{', '.join(unknown)}; valid: {', '.join(sorted(SETTING_KEYS))}")
-        grid = layer.get("lr_grid")
-        if grid is not None and (not isinstance(grid, list) or not grid or not all(
-                isinstance(x, int | float) and not isinstance(x, bool) and x > 0 for x in grid)):
-            raise DeltaPatchError(f"{suite.path}: [{where}] lr_grid must be a non-empty list of "
-                                  f"positive learning rates, got {grid!r}")
-    for sc in suite.scenarios:
-        if sc.get("kind") in FULL_TRAINING:  # trains the whole network, no method
-            continue
-        for v in (suite.variants.get(k) for k in sc.get("variants", [])):
-            if v is None or (v.method == "full" and sc.get("kind") in FULL_ALLOWED):
-                continue
-            if v.method not in METHODS:
-                raise DeltaPatchError(f"{suite.path}: variant '{v.key}' names unknown method "
-                                      f"'{v.method}'; choose from {', '.join(METHODS.names())}")
-    pools = {"backbones": suite.backbones, "tasks": suite.tasks, "variants": suite.variants}
-    for i, sc in enumerate(suite.scenarios):
-        if "kind" not in sc:
-            raise DeltaPatchError(f"{suite.path}: scenario {i} has no 'kind'")
-        for pool, items in pools.items():
-            names = list(sc.get(pool, []))
-            if pool == "tasks":
-                names += [t for group in sc.get("groups", []) for t in group]
-                names += [sc[k] for k in ("source", "target") if k in sc]
-            for n in names:
-                if n not in items:
-                    raise DeltaPatchError(f"{suite.path}: scenario {i} ({sc['kind']}) names "
-                                          f"unknown {pool[:-1]} '{n}'")
+def check_sources(suite: Suite, entries: list[dict]) -> None:
+    """Refuse, before any run starts, data, weights or factory files the runs of ``entries``
+    would read but that are not there (names only: nothing is read or built)."""
+    bbs = {b for sc in entries for b in sc["backbones"]}
+    for key in sorted(bbs):
+        bb = suite.backbones[key]
+        if not factory_exists(bb.name):
+            raise refuse(suite.path, f"backbones.{key}", f"no factory file for '{bb.name}'")
+        if not weights_exist(bb.name, bb.weights):
+            raise refuse(suite.path, f"backbones.{key}", f"weights '{bb.weights}' is neither "
+                         f"a file nor a named set of '{bb.name}'")
+        if bb.base_data is not None and not data_exists(bb.base_data):
+            raise refuse(suite.path, f"backbones.{key}", missing_data(bb.base_data))
+    tasks = {t for sc in entries for t in SHAPES.get(sc["kind"]).task_keys(sc)}
+    for key in sorted(tasks):
+        if not data_exists(suite.tasks[key].data):
+            raise refuse(suite.path, f"tasks.{key}", missing_data(suite.tasks[key].data))

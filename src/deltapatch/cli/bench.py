@@ -54,10 +54,8 @@ def arguments(p: argparse.ArgumentParser) -> None:
 @command("bench", "run a benchmark suite (resumable); writes results, tables and plots",
          arguments)
 def run(args: argparse.Namespace) -> int:
-    for flag in ("seeds", "max_runs"):
-        value = getattr(args, flag)
-        if value is not None and value < (0 if flag == "max_runs" else 1):
-            raise ValueError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+    if args.max_runs is not None and args.max_runs < 0:
+        raise ValueError(f"--max-runs must be ≥ 0, got {args.max_runs}")
     if args.ray is not None and args.shard:
         raise ValueError("--ray and --shard both split the suite: use one of them")
     if args.preface is not None and not args.preface.is_file():
