@@ -102,10 +102,16 @@ def values(args: argparse.Namespace, cls, skip: Iterable[str] = ()) -> dict:
 
 
 def parse_stages(text: str) -> int | list:
+    """``--stages``: an int (Δ(n)), or comma-separated indices / names; every item must be
+    there (``","`` or ``"1,,2"`` is refused, not read as fewer stages)."""
     text = text.strip()
     if text.lstrip("-").isdigit():
         return int(text)
-    return [int(s) if s.strip().isdigit() else s.strip() for s in text.split(",") if s.strip()]
+    items = [s.strip() for s in text.split(",")]
+    if not all(items):
+        raise ValueError(f"--stages needs an int or comma-separated stage indices / names, got "
+                         f"{text!r}")
+    return [int(s) if s.isdigit() else s for s in items]
 
 
 def parse_options(items: list[str]) -> dict:

@@ -61,8 +61,6 @@ def spec_from(args: argparse.Namespace) -> RunSpec:
     if train["batch_size"] is None:  # detection batches are a few photos, not 128 thumbnails
         train["batch_size"] = DENSE_BATCH if dense else TrainConfig().batch_size
     config = TrainConfig(seed=args.seed, precision=args.precision, **train)
-    if args.reduction < 1:
-        raise ValueError(f"--reduction must be ≥ 1, got {args.reduction}")
     return RunSpec(backbone=args.backbone, weights=args.weights, stages=parse_stages(args.stages),
                    train=config, options={"reduction": args.reduction,
                                           **parse_options(args.option)},
