@@ -23,6 +23,7 @@ from .common import (
     parse_options,
     parse_stages,
     print_json,
+    sigterm_unwinds,
 )
 
 RUN_FLAGS = ("data", "base_data", "image_size", "base_image_size", "max_train", "max_test", "max_val",
@@ -70,6 +71,11 @@ def spec_from(args: argparse.Namespace) -> RunSpec:
 @command("train", "train a patch (or a baseline method) on a new task; prints JSON metrics",
          arguments)
 def run(args: argparse.Namespace) -> int:
+    with sigterm_unwinds():  # SIGTERM, like Ctrl-C, leaves a run that the same command resumes
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
     spec = spec_from(args)
     device = run_device(args.device)  # not there: one line, exit 2, nothing written
     if spec.task == CLASSIFICATION:
