@@ -47,7 +47,8 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stages", default="1",
                    help="Δ(n): last n stages (int), or comma-separated 0-based indices/names")
     p.add_argument("--reduction", type=int, default=4,
-                   help="Δ-module second conv width C/r (4: DESIGN.md; 2: the paper's counts)")
+                   help="Δ-module second conv width C/r, 1..1024 and at most the patched stages' "
+                        "channels (4: DESIGN.md; 2: the paper's counts)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="method option (repeatable; VALUE parsed as JSON when it can be), "
                         "e.g. --option base_val_max=1000 (docs/METHODS.md lists them)")
