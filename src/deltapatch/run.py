@@ -30,7 +30,7 @@ from .data import check_data_options, load_data, load_test
 from .data.sets import ImageSet, TaskData
 from .delta import GATES, resolve_init
 from .errors import DeltaPatchError
-from .methods import Method, MethodContext, get_method
+from .methods import METHODS, Method, MethodContext, get_method
 from .model import PatchedModel
 from .options import opt, validate
 from .patch import CLASSIFICATION, check_name
@@ -105,8 +105,9 @@ class RunSpec:
         check_stages(self.stages)
         if self.name is not None:
             check_name(self.name)
-        if self.task == CLASSIFICATION:  # dense runs check theirs (deltapatch.dense.run)
-            get_method(self.method).check_options(self.options)
+        method = METHODS.find(self.method)  # not one: bench's "full", or refused by run_one
+        if method is not None and self.task == CLASSIFICATION:  # dense: deltapatch.dense.run
+            method.check_options(self.options)
 
     def settings(self) -> dict:
         """Every setting that shapes the run's numbers (not the progress bar)."""

@@ -45,7 +45,7 @@ OPTIONS = {
     "rank": MethodOption("int", 'LoRA rank ("auto": the Δ-patch\'s parameter count)', min=1,
                          also=("auto",)),
     "rank_scale": MethodOption("int", "multiplies the automatic rank", min=1),
-    "lora_alpha": MethodOption("number", "PEFT's lora_alpha (default: the rank)", min=0),
+    "lora_alpha": MethodOption("number", "PEFT's lora_alpha > 0 (default: the rank)"),
     "targets": MethodOption("names", "Conv2d module names to adapt (default: the stages')"),
 }
 SHARED = {"reduction"}  # every `train` run passes Δ's width; here it sizes the Δ count
