@@ -28,10 +28,12 @@ from .backbones.registry import family_init
 from .baseinit import INITS, LEGACY_INIT
 from .data import check_data_options, load_data, load_test
 from .data.sets import ImageSet, TaskData
-from .delta import resolve_init
+from .delta import GATES, resolve_init
 from .errors import DeltaPatchError
+from .methods import METHODS, Method, MethodContext, get_method
 from .model import PatchedModel
 from .options import opt, validate
+from .patch import CLASSIFICATION, check_name
 from .train import TrainConfig, evaluate, model_inputs
 
 SETTINGS_FILE = "settings.json"
@@ -93,10 +95,19 @@ class RunSpec:
 
     def __post_init__(self) -> None:
         """The data options are checked by the loaders' own rule (``check_data_options``), the
-        others by their field bounds; both before anything is loaded."""
+        others by their field bounds, the gate, stages, name and method options by their own
+        registries and rules; all before anything is loaded (what needs the backbone, such as
+        stage indices, is checked by :func:`resolve_run`)."""
         check_data_options(size=self.image_size, max_train=self.max_train,
                            max_test=self.max_test, val_fraction=self.val_fraction)
         validate(self)
+        GATES.get(self.gate)
+        check_stages(self.stages)
+        if self.name is not None:
+            check_name(self.name)
+        method = METHODS.find(self.method)  # not one: bench's "full", or refused by run_one
+        if method is not None and self.task == CLASSIFICATION:  # dense: deltapatch.dense.run
+            method.check_options(self.options)
 
     def settings(self) -> dict:
         """Every setting that shapes the run's numbers (not the progress bar)."""
@@ -108,6 +119,19 @@ class RunSpec:
         if d["task"] == "classification":  # likewise for folders from before dense tasks
             del d["task"]
         return d
+
+
+def check_stages(stages: object) -> None:
+    """Δ(n) as an int ≥ 0, or a non-empty list of stage indices / names (which stages exist
+    is the backbone's to say: ``PatchedModel.resolve_stages``)."""
+    if isinstance(stages, bool) or not isinstance(stages, (int, list)):
+        raise ValueError(f"stages must be an int or a list of stages, got {stages!r}")
+    if isinstance(stages, int) and stages < 0:
+        raise ValueError(f"stages must be ≥ 0 (Δ(n): the last n stages), got {stages}")
+    if isinstance(stages, list) and (not stages or not all(
+            (isinstance(s, int) and not isinstance(s, bool)) or (isinstance(s, str) and s)
+            for s in stages)):
+        raise ValueError(f"stages must list 0-based stage indices or names, got {stages!r}")
 
 
 # ---------------------------------------------------------------- data, cached per process
@@ -254,12 +278,58 @@ def placement_facts(device: torch.device, precision: str) -> dict:
     return {**facts, **hardware.gpu_facts(device)} if device.type == "cuda" else facts
 
 
+@dataclass
+class Resolved:
+    """A run's request, resolved and checked, with everything it reads: what :func:`run_one`
+    needs before it writes anything."""
+
+    method: Method
+    device: torch.device
+    out: Path
+    model: PatchedModel
+    data: TaskData
+    name: str
+    base_task: TaskData | None  # the full base task, for methods that choose on it
+    base_test: ImageSet | None
+
+
+def resolve_run(spec: RunSpec, out: Path, *, data: TaskData | None = None,
+                device: str | torch.device | None = "cpu") -> Resolved:
+    """Every check of a run, and every read it needs, before anything is written: the device,
+    ``out``, the backbone, the stages and the method's options on it, the data, the base data
+    and the patch name. A refused run leaves the disk as it was (no folder, lock or settings
+    file), and none is refused after hours of training for a name it could have checked first."""
+    device = run_device(device)
+    out = distributed.private_out(Path(out))  # under torchrun only rank 0 writes ``out``
+    method = get_method(spec.method)
+    store.check_writable(out)
+    torch.manual_seed(spec.seed)  # a random-init backbone is the same for every run of a seed
+    model = build_model(spec.backbone, spec.weights, spec.image_size, device)
+    model.resolve_stages(spec.stages)
+    if method.check is not None:
+        method.check(model, spec.stages, spec.options)
+    if data is None:
+        data = task_data(spec.data, model.preprocess.size, seed=spec.seed,
+                         max_train=spec.max_train, max_test=spec.max_test,
+                         val_fraction=spec.val_fraction, max_val=spec.max_val)
+    base_task = base_test = None
+    if spec.base_data:
+        base_test = test_split(spec.base_data, base_size(spec), seed=spec.seed,
+                               max_test=spec.max_test)
+        if method.needs_base_data:
+            base_task = base_task_data(spec.base_data, base_size(spec), seed=spec.seed,
+                                       max_test=spec.max_test, val_fraction=spec.val_fraction)
+    name = check_name(spec.name or data.name.replace(".", "_"))
+    return Resolved(method, device, out, model, data, name, base_task, base_test)
+
+
 def run_one(spec: RunSpec, out: Path, *, data: TaskData | None = None,
             extra_tests: dict[str, ImageSet] | None = None,
             device: str | torch.device | None = "cpu") -> dict:
     """Train ``spec.method`` on ``spec.data`` into the folder ``out``, then score the patch task
     and, with ``spec.base_data``, the base task through the method's own forwards. Returns the
-    JSON metrics ``deltapatch train`` prints.
+    JSON metrics ``deltapatch train`` prints. Everything is checked and read first
+    (:func:`resolve_run`); only then is ``out`` locked and claimed.
 
     Args:
         data: an already built task (joint patching concatenates tasks) instead of ``spec.data``.
@@ -267,52 +337,33 @@ def run_one(spec: RunSpec, out: Path, *, data: TaskData | None = None,
             ``top1_by_test`` (joint patching's per-task accuracy, the ZSDA target).
         device: where to train (:func:`run_device`); not a setting of the run.
     """
-    from .methods import MethodContext, get_method
-
-    device = run_device(device)  # a device that is not there: refused before anything is written
-    out = distributed.private_out(Path(out))  # under torchrun only rank 0 writes ``out``
-    method = get_method(spec.method)
-    store.check_writable(out)
+    t0 = time.perf_counter()
+    r = resolve_run(spec, out, data=data, device=device)
+    model, data, device, out = r.model, r.data, r.device, r.out
     with store.FolderLock(out):
         store.recover(out)
-        t0 = time.perf_counter()
-        torch.manual_seed(spec.seed)  # a random-init backbone is the same for every run of a seed
-        model = build_model(spec.backbone, spec.weights, spec.image_size, device)
-        if method.check is not None:
-            method.check(model, spec.stages, spec.options)
-        size = model.preprocess.size
-        if data is None:
-            data = task_data(spec.data, size, seed=spec.seed, max_train=spec.max_train,
-                             max_test=spec.max_test, val_fraction=spec.val_fraction,
-                             max_val=spec.max_val)
         claim_run_folder(out, {**spec.settings(), "backbone_fingerprint": model.fingerprint,
                                "data_fingerprint": data_fingerprint(data)})
-        base_task = None
-        if spec.base_data and method.needs_base_data:
-            base_task = base_task_data(spec.base_data, base_size(spec), seed=spec.seed,
-                                       max_test=spec.max_test, val_fraction=spec.val_fraction)
         torch.manual_seed(spec.seed)
-        name = spec.name or data.name.replace(".", "_")
-        ctx = MethodContext(model=model, name=name, data=data, train=spec.train, out=out,
+        ctx = MethodContext(model=model, name=r.name, data=data, train=spec.train, out=out,
                             stages=spec.stages, norm=spec.norm, gate=spec.gate, init=spec.init,
-                            base_data=base_task, options=dict(spec.options))
-        outcome = method.train(ctx)
+                            base_data=r.base_task, options=dict(spec.options))
+        outcome = r.method.train(ctx)
         model.eval()
         patch_top1 = evaluate(outcome.patch_forward, data.test, model.preprocess, device=device)
         base_top1 = None
         extra = dict(outcome.extra)
-        if spec.base_data:
-            base = test_split(spec.base_data, base_size(spec), seed=spec.seed,
-                              max_test=spec.max_test)
-            base_top1 = evaluate(outcome.base_forward, base, model.preprocess, device=device)
-            extra["n_base_test"] = len(base)
+        if r.base_test is not None:
+            base_top1 = evaluate(outcome.base_forward, r.base_test, model.preprocess,
+                                 device=device)
+            extra["n_base_test"] = len(r.base_test)
         if extra_tests:
             extra["top1_by_test"] = {k: round(evaluate(outcome.patch_forward, t,
                                                        model.preprocess, device=device), 6)
                                      for k, t in extra_tests.items()}
             extra["n_by_test"] = {k: len(t) for k, t in extra_tests.items()}
         if spec.lambda_images:
-            extra["lambda_mean"] = mean_lambdas(model, name, data.test, spec.lambda_images)
+            extra["lambda_mean"] = mean_lambdas(model, r.name, data.test, spec.lambda_images)
         return metrics.report(method=spec.method, data=spec.data, patch_top1=patch_top1,
                               base_top1=base_top1, trainable_params=outcome.trainable_params,
                               patch_bytes=outcome.patch_bytes, n_test=len(data.test),

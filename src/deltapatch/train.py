@@ -437,13 +437,23 @@ def _checkpoint(run: Path, owned: nn.Module, optimizing: Optimizing, epoch: int,
     bf16 checkpoints hold what they always held."""
     opt, scaler = optimizing.opt, optimizing.scaler
     run.mkdir(parents=True, exist_ok=True)
-    tmp = run / (CHECKPOINT + ".tmp")
     state = {"epoch": epoch, "owned": owned.state_dict(), "optimizer": opt.state_dict(),
              "history": history, "best": best, "seconds": seconds, "settings": settings}
     if scaler.is_enabled():
         state["scaler"] = scaler.state_dict()
-    torch.save(state, tmp)
-    os.replace(tmp, run / CHECKPOINT)
+    _replace(run / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+
+
+def _replace(file: Path, write: Callable[[Path], object]) -> None:
+    """``write`` a temporary sibling, then rename it over ``file``: a Ctrl-C or SIGTERM (or a
+    full disk) in between leaves the previous ``file`` whole and no temporary behind."""
+    tmp = file.with_name(file.name + ".tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, file)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _resume(run: Path, owned: nn.Module, opt: torch.optim.Optimizer, settings: dict
@@ -490,9 +500,13 @@ def _resume_shared(loop: Loop, run: Path | None, owned: nn.Module,
 
 def _write_metrics(run: Path, history: list[dict]) -> None:
     run.mkdir(parents=True, exist_ok=True)
-    with open(run / "metrics.jsonl", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in history)
-    with open(run / "metrics.csv", "w", newline="") as f:
+    _replace(run / "metrics.jsonl",
+             lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in history)))
+    _replace(run / "metrics.csv", lambda tmp: _write_csv(tmp, history))
+
+
+def _write_csv(path: Path, history: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(history[0]))
         w.writeheader()
         w.writerows(history)

@@ -55,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(args.command, err, 2)
     except OSError as err:  # disk full, permission denied: the system, not the input
         return _fail(args.command, err, 1)
-    except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # Ctrl-C; SIGTERM where a command asks (common.Terminated)
+        print(str(err) or "interrupted; run the same command again to resume", file=sys.stderr)
+        return getattr(err, "exit_code", 130)
 
 
 def _fail(command: str, err: Exception, code: int) -> int:

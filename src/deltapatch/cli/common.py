@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable, Iterable
+import signal
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import MISSING, dataclass, fields
 
 from ..backbones import list_backbones, load_backbone
@@ -102,10 +105,16 @@ def values(args: argparse.Namespace, cls, skip: Iterable[str] = ()) -> dict:
 
 
 def parse_stages(text: str) -> int | list:
+    """``--stages``: an int (Δ(n)), or comma-separated indices / names; every item must be
+    there (``","`` or ``"1,,2"`` is refused, not read as fewer stages)."""
     text = text.strip()
     if text.lstrip("-").isdigit():
         return int(text)
-    return [int(s) if s.strip().isdigit() else s.strip() for s in text.split(",") if s.strip()]
+    items = [s.strip() for s in text.split(",")]
+    if not all(items):
+        raise ValueError(f"--stages needs an int or comma-separated stage indices / names, got "
+                         f"{text!r}")
+    return [int(s) if s.isdigit() else s for s in items]
 
 
 def parse_options(items: list[str]) -> dict:
@@ -125,3 +134,32 @@ def parse_options(items: list[str]) -> dict:
 def print_json(obj: dict) -> None:
     """One line of strict JSON (NaN would not be JSON: it is refused, not printed)."""
     print(json.dumps(obj, allow_nan=False))
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's stop), raised where the program is so that it unwinds as
+    for Ctrl-C: saves in progress clean up, the last complete checkpoint stays, and ``main``
+    exits ``exit_code`` (128 + 15, the shell's convention) with one line."""
+
+    exit_code = 128 + signal.SIGTERM
+
+    def __str__(self) -> str:
+        return "terminated (SIGTERM); run the same command again to resume"
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+@contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """Inside the block SIGTERM raises :class:`Terminated` instead of ending the process where
+    it stands (Python's default), so a stopped ``train`` resumes as after Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    old = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)

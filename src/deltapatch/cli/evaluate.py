@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .. import metrics
 from ..data import load_test
+from ..errors import DataError
 from ..methods import load_task
 from ..patch import CLASSIFICATION, read_config
 from ..run import RunSpec
@@ -40,7 +41,11 @@ def run(args: argparse.Namespace) -> int:
     own_size = model.preprocess.size  # the base task's, unless --base-image-size says
     task = load_task(model, args.patch)
     pre = task.config.preprocess.with_size(args.image_size)
-    test, _ = load_test(args.data, pre.size, max_test=args.max_test, seed=args.seed)
+    test, names = load_test(args.data, pre.size, max_test=args.max_test, seed=args.seed)
+    if len(names) != task.config.num_classes:  # scores of another label space mean nothing
+        raise DataError(f"{args.patch} was trained on {task.config.num_classes} classes but "
+                        f"{args.data} has {len(names)}; evaluate it on the data it was trained "
+                        "for")
     model.eval()
     device = device_of(model)
     patch_top1 = evaluate(task.outcome.patch_forward, test, pre, device=device)

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from .. import metrics
+from ..methods.artefact import method_of
 from ..patch import TENSORS_FILE, read_patch
 from ..store import read_config_json
 from .common import command
@@ -19,7 +20,8 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 @command("info", "show what a task folder holds (config, tensors, sizes) as JSON", arguments)
 def run(args: argparse.Namespace) -> int:
-    _, tensors = read_patch(args.patch)  # every check loading does
+    config, tensors = read_patch(args.patch)  # every check loading does
+    method_of(config, args.patch)
     out = read_config_json(args.patch)
     out.update({
         "tensors": len(tensors),

@@ -23,6 +23,7 @@ from .common import (
     parse_options,
     parse_stages,
     print_json,
+    sigterm_unwinds,
 )
 
 RUN_FLAGS = ("data", "base_data", "image_size", "base_image_size", "max_train", "max_test", "max_val",
@@ -46,7 +47,8 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stages", default="1",
                    help="Δ(n): last n stages (int), or comma-separated 0-based indices/names")
     p.add_argument("--reduction", type=int, default=4,
-                   help="Δ-module second conv width C/r (4: DESIGN.md; 2: the paper's counts)")
+                   help="Δ-module second conv width C/r, 1..1024 and at most the patched stages' "
+                        "channels (4: DESIGN.md; 2: the paper's counts)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="method option (repeatable; VALUE parsed as JSON when it can be), "
                         "e.g. --option base_val_max=1000 (docs/METHODS.md lists them)")
@@ -61,8 +63,6 @@ def spec_from(args: argparse.Namespace) -> RunSpec:
     if train["batch_size"] is None:  # detection batches are a few photos, not 128 thumbnails
         train["batch_size"] = DENSE_BATCH if dense else TrainConfig().batch_size
     config = TrainConfig(seed=args.seed, precision=args.precision, **train)
-    if args.reduction < 1:
-        raise ValueError(f"--reduction must be ≥ 1, got {args.reduction}")
     return RunSpec(backbone=args.backbone, weights=args.weights, stages=parse_stages(args.stages),
                    train=config, options={"reduction": args.reduction,
                                           **parse_options(args.option)},
@@ -72,6 +72,11 @@ def spec_from(args: argparse.Namespace) -> RunSpec:
 @command("train", "train a patch (or a baseline method) on a new task; prints JSON metrics",
          arguments)
 def run(args: argparse.Namespace) -> int:
+    with sigterm_unwinds():  # SIGTERM, like Ctrl-C, leaves a run that the same command resumes
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
     spec = spec_from(args)
     device = run_device(args.device)  # not there: one line, exit 2, nothing written
     if spec.task == CLASSIFICATION:

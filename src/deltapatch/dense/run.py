@@ -16,7 +16,10 @@ import torch
 
 from .. import metrics, store
 from ..errors import DeltaPatchError
+from ..methods.base import SHARED_OPTIONS
 from ..model import PatchedModel
+from ..options import MethodOption, check_options
+from ..patch import check_name
 from ..run import RunSpec, build_model, claim_run_folder, placement_facts, run_device
 from .data import load_dense_data
 from .heads import DETECTION
@@ -33,9 +36,16 @@ from .train import evaluate_dense, fit_dense
 
 METHODS = ("delta", "linear", FINETUNE)
 DEFAULT_SIZE = {DETECTION: 320, "segmentation": 320}
+OPTIONS = {
+    **SHARED_OPTIONS,
+    "channels": MethodOption("int", "width of the dense heads (default 64)", min=1, max=4096),
+    "levels": MethodOption("ints", "pyramid levels the heads read (default: picked by size)",
+                           min=0),
+}
 
 
 def check_spec(spec: RunSpec) -> None:
+    check_options(f"--task {spec.task}", OPTIONS, spec.options)
     if spec.method not in METHODS:
         raise DeltaPatchError(f"--method {spec.method} does not train {spec.task} heads; use "
                               f"{', '.join(METHODS)}")
@@ -44,12 +54,16 @@ def check_spec(spec: RunSpec) -> None:
                               "checks the base logits itself (base_unchanged)")
 
 
+def task_name(spec: RunSpec) -> str:
+    return check_name(spec.name or f"{spec.data}_{spec.task}")
+
+
 def build_task(model: PatchedModel, spec: RunSpec, num_classes: int, class_names: list[str]
                ) -> DenseTask:
     size = spec.image_size or DEFAULT_SIZE[spec.task]
     channels = int(spec.options.get("channels", 64))
     levels = spec.options.get("levels")
-    name = spec.name or f"{spec.data}_{spec.task}"
+    name = task_name(spec)
     if spec.method == FINETUNE:
         config = dense_config(model, name, spec.task, num_classes, levels=levels,
                               channels=channels, size=size, class_names=class_names)
@@ -68,12 +82,14 @@ def run_dense(spec: RunSpec, out: Path, device: str | torch.device | None = "cpu
     device = run_device(device)  # a device that is not there: refused before anything is written
     out = Path(out)
     store.check_writable(out)
+    t0 = time.perf_counter()
+    torch.manual_seed(spec.seed)
+    model = build_model(spec.backbone, spec.weights, device=device)
+    model.resolve_stages(spec.stages)  # everything is checked and read before out is locked
+    task_name(spec)
+    data = load_dense_data(spec.data, max_train=spec.max_train, max_test=spec.max_test)
     with store.FolderLock(out):
         store.recover(out)
-        t0 = time.perf_counter()
-        torch.manual_seed(spec.seed)
-        model = build_model(spec.backbone, spec.weights, device=device)
-        data = load_dense_data(spec.data, max_train=spec.max_train, max_test=spec.max_test)
         claim_run_folder(out, {**spec.settings(), "backbone_fingerprint": model.fingerprint})
         probe = torch.Generator().manual_seed(0)
         x = torch.randn(4, 3, model.preprocess.size, model.preprocess.size,

@@ -18,7 +18,7 @@ from ..metrics import folder_bytes
 from ..model import PatchedModel
 from ..patch import PatchConfig, check_head, read_patch, write_patch
 from ..train import device_of
-from .base import MethodContext, MethodOutcome, get_method
+from .base import METHODS, Method, MethodContext, MethodOutcome
 
 
 @dataclass
@@ -42,11 +42,21 @@ def save_task(ctx: MethodContext, method: str, tensors: dict[str, Tensor], *,
     return folder_bytes(ctx.out)
 
 
+def method_of(config: PatchConfig, folder: str | Path) -> Method:
+    """The registered method that wrote ``folder``; one this deltapatch does not know is
+    refused (a folder made by a plug-in, or tampered with), whoever reads it."""
+    method = METHODS.find(config.method)
+    if method is None:
+        raise PatchError(f"{folder} was made by method '{config.method}', which this deltapatch "
+                         f"does not know ({', '.join(METHODS.names())})")
+    return method
+
+
 def load_task(model: PatchedModel, folder: str | Path) -> LoadedTask:
     """The task in ``folder`` on ``model``, whatever method made it."""
     config, tensors = read_patch(folder)
     model.check_fits(config)
-    method = get_method(config.method)
+    method = method_of(config, folder)
     try:
         outcome = method.load(model, config, tensors)
     except (AttributeError, KeyError, RuntimeError, TypeError, ValueError) as err:

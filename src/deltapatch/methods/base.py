@@ -7,7 +7,7 @@ scenario find a method only through ``METHODS``; nothing else keeps a list of me
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ..data.sets import ImageSet, TaskData
 from ..model import PatchedModel
+from ..options import MethodOption, check_options
 from ..patch import PatchConfig
 from ..registry import Registry
 from ..train import TrainConfig
@@ -64,6 +65,13 @@ Load = Callable[[PatchedModel, PatchConfig, dict[str, Tensor]], MethodOutcome]
 Sequential = Callable[[PatchedModel, list[MethodContext], BaseTask], dict]
 Check = Callable[[PatchedModel, "int | list", dict], None]
 
+SHARED_OPTIONS: dict[str, MethodOption] = {
+    "reduction": MethodOption("int", "the Δ-module's second width C/r (train --reduction); "
+                              "every run records it, methods that build Δ-modules use it",
+                              min=1, max=1024),
+}
+"""Options every method accepts: ``train`` passes ``reduction`` whatever the method."""
+
 
 @dataclass(frozen=True)
 class Method:
@@ -81,6 +89,8 @@ class Method:
         check: refuses bad ``stages`` / options on the built model with a ``ValueError`` (or
             a missing optional dependency with a ``DeltaPatchError``) before a run claims its
             folder, so bad input changes nothing on disk; ``train`` checks them again.
+        options: the ``--option`` keys the method reads (besides :data:`SHARED_OPTIONS`), with
+            their kinds and bounds; any other key is refused by :meth:`check_options`.
     """
 
     name: str
@@ -91,6 +101,11 @@ class Method:
     default_lr: float = 1e-2
     sequential: Sequential | None = None
     check: Check | None = None
+    options: Mapping[str, MethodOption] = field(default_factory=dict)
+
+    def check_options(self, given: Mapping) -> None:
+        """Refuse keys this method does not read and values of the wrong kind or bounds."""
+        check_options(self.name, {**SHARED_OPTIONS, **self.options}, given)
 
 
 METHODS: Registry[str, Method] = Registry("method")

@@ -32,6 +32,7 @@ from ..delta import resolve_init
 from ..errors import DeltaPatchError, PatchError
 from ..metrics import count_params
 from ..model import PatchedModel
+from ..options import MethodOption
 from ..patch import Patch, PatchConfig, check_tensors
 from ..train import fit
 from .artefact import beside, new_head, prefixed, save_task, unprefixed
@@ -40,7 +41,13 @@ from .copies import shared_copy
 from .finetune import FineTuned
 from .sequence import patch_per_task
 
-OPTIONS = {"rank", "rank_scale", "lora_alpha", "targets"}
+OPTIONS = {
+    "rank": MethodOption("int", 'LoRA rank ("auto": the Δ-patch\'s parameter count)', min=1,
+                         also=("auto",)),
+    "rank_scale": MethodOption("int", "multiplies the automatic rank", min=1),
+    "lora_alpha": MethodOption("number", "PEFT's lora_alpha > 0 (default: the rank)"),
+    "targets": MethodOption("names", "Conv2d module names to adapt (default: the stages')"),
+}
 SHARED = {"reduction"}  # every `train` run passes Δ's width; here it sizes the Δ count
 MAX_TARGETS = 10_000
 
@@ -74,7 +81,7 @@ def _positive_int(key: str, v, extra: str = "") -> int:
 
 def lora_options(options: dict) -> LoraOptions:
     """The checked options; unknown keys are refused (a typo must not silently fall back)."""
-    unknown = sorted(set(options) - OPTIONS - SHARED)
+    unknown = sorted(set(options) - OPTIONS.keys() - SHARED)
     if unknown:
         raise ValueError(f"unknown lora option(s) {', '.join(unknown)}; known: "
                          f"{', '.join(sorted(OPTIONS))}")
@@ -332,4 +339,4 @@ def load(model: PatchedModel, config: PatchConfig, tensors: dict[str, Tensor]) -
 register_method(Method(
     "lora", "PEFT LoRA on the Conv2d layers of the chosen stages (--stages; rank matched to "
     "Δ's parameters) + a new head; the base task runs the untouched backbone",
-    train, load, sequential=patch_per_task(train), check=check))
+    train, load, sequential=patch_per_task(train), check=check, options=OPTIONS))

@@ -28,6 +28,7 @@ from ..backbones.spec import StageSpec
 from ..data.sets import ImageSet, TaskData
 from ..metrics import count_params, harmonic_mean, tensor_bytes
 from ..model import PatchedModel
+from ..options import MethodOption
 from ..patch import PatchConfig
 from ..preprocess import Preprocess
 from ..train import FitResult, TrainConfig, device_of, evaluate
@@ -246,6 +247,12 @@ def sequential(model: PatchedModel, contexts: list[MethodContext], base: BaseTas
             "n_test": {ctx.name: len(ctx.data.test) for ctx in contexts}}
 
 
+OPTIONS = {
+    "base_val_max": MethodOption("int", "base validation images α is chosen on (default 2000)",
+                                 min=1),
+    "alphas": MethodOption("numbers", f"the α tried (default {list(ALPHAS)})", min=0, max=1),
+}
+
 register_method(Method("paint", "PAINT: fine-tune, then interpolate with the base weights "
                        "(α picked on validation)", train, load, needs_base_data=True,
-                       default_lr=1e-3, sequential=sequential))
+                       default_lr=1e-3, sequential=sequential, options=OPTIONS))

@@ -39,10 +39,22 @@ def load_patch(model: PatchedModel, config: PatchConfig, tensors: dict) -> Metho
     return patch_outcome(model, model.attach_patch(config, tensors))
 
 
+def check_reduction(model: PatchedModel, stages, options: dict) -> None:
+    """The Δ-module's second width C/r must be at least one channel on every patched stage:
+    past that, ``reduction`` would be silently clamped and the patch not the one asked for."""
+    r = options.get("reduction", 4)
+    for s in model.resolve_stages(stages):
+        c = model.stage_shapes()[s].in_channels
+        if r > c:
+            raise ValueError(f"--reduction {r} leaves the Δ-module of stage "
+                             f"{model.stage_names[s]} ({c} channels) under one channel; use "
+                             f"1..{c}")
+
+
 def patch_method(name: str, summary: str, train) -> Method:
     """A method whose task is one :class:`~deltapatch.patch.Patch` (Δ, FC-only, ablations)."""
     return register_method(Method(name, summary, train, load_patch,
-                                  sequential=patch_per_task(train)))
+                                  sequential=patch_per_task(train), check=check_reduction))
 
 
 patch_method("delta", "Δ-Patching: Δ-modules on the chosen stages (--stages) + a new head",

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from ..data.sets import ImageSet
 from ..metrics import count_params, learned_values
 from ..model import PatchedModel
+from ..options import MethodOption
 from ..patch import PatchConfig
 from ..train import device_of, fit, model_inputs, predict
 from .artefact import beside, new_head, prefixed, save_task, unprefixed
@@ -175,6 +176,23 @@ def load(model: PatchedModel, config: PatchConfig, tensors: dict[str, Tensor]) -
                          trainable_params=0, patch_bytes=0)
 
 
+OPTIONS = {
+    "pnc_positions": MethodOption("ints", "stages tried as the insertion point (default: all)",
+                                  min=0),
+    "pnc_search_epochs": MethodOption("int", "epochs per candidate position (default 1)",
+                                      min=1, max=100_000),
+    "pnc_tolerance": MethodOption("number", "val top-1 within which the earliest position "
+                                  "wins (default 0.01)", min=0, max=1),
+}
+
+
+def check(model: PatchedModel, stages, options: dict) -> None:
+    """Candidate positions must be stages of this backbone."""
+    bad = [s for s in options.get("pnc_positions", []) if s >= model.num_stages]
+    if bad:
+        raise ValueError(f"pnc option pnc_positions: {bad} not in 0..{model.num_stages - 1}")
+
+
 register_method(Method("pnc", "Partial Network Cloning: a fine-tuned suffix inserted through "
                        "an adapter (our reading, docs/METHODS.md)", train, load,
-                       needs_base_data=True, default_lr=1e-3))
+                       needs_base_data=True, default_lr=1e-3, check=check, options=OPTIONS))
