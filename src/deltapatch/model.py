@@ -34,7 +34,7 @@ from .patch import (
     read_patch,
     write_patch,
 )
-from .preprocess import Preprocess
+from .preprocess import Preprocess, size_limit
 from .routing import delta_fn, group_rows, mixed_stage, scatter_rows
 
 BASE = "__base__"
@@ -67,6 +67,9 @@ class PatchedModel(nn.Module):
                              for s in range(self.spec.num_stages))
         self._head: nn.Linear = self.spec.head_module(self.backbone)
         self._fingerprint: str | None = None
+        self.max_image_size: int | None = None
+        """Largest ``preprocess.size`` a loaded patch may ask for; ``None``: ``size_limit`` of
+        the backbone's own size (the CLI's ``--max-image-size`` sets it)."""
 
     # ----------------------------------------------------------------- structure
     @property
@@ -218,7 +221,15 @@ class PatchedModel(nn.Module):
         return config.name
 
     def check_fits(self, config: PatchConfig) -> None:
-        """Refuse a task trained on another backbone or other weights."""
+        """Refuse a task trained on another backbone or other weights, or one whose input size
+        costs more than this backbone can use (``max_image_size``)."""
+        native = default_preprocess(self.backbone).size
+        limit = self.max_image_size or size_limit(native)
+        if config.preprocess.size > limit:
+            raise PatchError(
+                f"patch '{config.name}' asks for {config.preprocess.size} px inputs, over the "
+                f"limit of {limit} px for this {native} px backbone; if you trust the patch, "
+                f"pass --max-image-size {config.preprocess.size}")
         if config.backbone != self.backbone_name or config.fingerprint != self.fingerprint:
             raise PatchError(
                 f"patch '{config.name}' was made for backbone '{config.backbone}' with weights "

@@ -24,7 +24,7 @@ from . import store
 from .baseinit import INITS, LEGACY_INIT
 from .delta import GATES, NORMS, DeltaStage
 from .errors import PatchError
-from .preprocess import MAX_SIZE, Preprocess
+from .preprocess import MAX_SIZE, MIN_SIZE, Preprocess
 from .registry import Registry
 from .store import CONFIG_FILE, TENSORS_FILE
 
@@ -156,7 +156,7 @@ def _preprocess(p: Any) -> Preprocess:
 
     if not isinstance(p, dict):
         raise PatchError("patch config: preprocess must be an object {size, mean, std}")
-    size = _int(p, "size", 1, MAX_SIZE)
+    size = _int(p, "size", MIN_SIZE, MAX_SIZE)
     return Preprocess(size, triple(p.get("mean"), False), triple(p.get("std"), True))
 
 

@@ -7,9 +7,25 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
+MIN_SIZE = 8
+"""Smallest input side anything accepts (a config, a flag); below it no backbone here has a
+feature map."""
 MAX_SIZE = 4096
 """Largest input side anything accepts (a config, a flag): a batch of 256 float images at
 4096 px is already 51 GB."""
+
+SIZE_FACTOR = 4
+SIZE_FLOOR = 512
+
+
+def size_limit(native: int) -> int:
+    """The largest input side a patch *file* may ask of a backbone whose own side is ``native``:
+    ``SIZE_FACTOR`` times it, at least ``SIZE_FLOOR``, at most ``MAX_SIZE``. A forward costs the
+    square of the side, so a tampered ``preprocess.size`` of 4096 on a 32 px backbone would make
+    one prediction 16,000 times as slow; a user raises the limit for a patch of their own
+    (``--max-image-size``)."""
+    return min(MAX_SIZE, max(SIZE_FACTOR * native, SIZE_FLOOR))
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

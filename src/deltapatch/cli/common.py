@@ -14,6 +14,7 @@ from dataclasses import MISSING, dataclass, fields
 from ..backbones import list_backbones, load_backbone
 from ..devices import DEVICES, PRECISIONS, resolve_device
 from ..model import PatchedModel
+from ..preprocess import MAX_SIZE, MIN_SIZE, SIZE_FACTOR, SIZE_FLOOR
 from ..registry import Registry
 
 
@@ -56,10 +57,28 @@ def device_args(p: argparse.ArgumentParser, precision: bool = False) -> None:
                             "backbone's own dtype; fp16 adds a grad scaler) (default: fp32)")
 
 
+def patch_limit_args(p: argparse.ArgumentParser) -> None:
+    """``--max-image-size``, where a command loads task folders (which may be untrusted)."""
+    p.add_argument("--max-image-size", type=int, default=None, metavar="N",
+                   help=f"largest preprocess.size a task folder may ask for (default: "
+                        f"{SIZE_FACTOR}x the backbone's own input size, at least {SIZE_FLOOR}); "
+                        "raise it for a patch you trained at a larger --image-size")
+
+
+def limit_patches(model: PatchedModel, args: argparse.Namespace) -> PatchedModel:
+    """``model`` with ``--max-image-size`` applied (checked first: a flag is input too)."""
+    limit = getattr(args, "max_image_size", None)
+    if limit is not None and not MIN_SIZE <= limit <= MAX_SIZE:
+        raise ValueError(f"--max-image-size must be in {MIN_SIZE}..{MAX_SIZE}, got {limit}")
+    model.max_image_size = limit
+    return model
+
+
 def load_model(args: argparse.Namespace) -> PatchedModel:
     """The backbone of ``--backbone``/``--weights`` on ``--device``, wrapped."""
     device = resolve_device(getattr(args, "device", "auto"))
-    return PatchedModel(load_backbone(args.backbone, args.weights, device=device))
+    return limit_patches(PatchedModel(load_backbone(args.backbone, args.weights, device=device)),
+                         args)
 
 
 def _type_of(annotation: str) -> type:

