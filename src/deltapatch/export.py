@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,12 @@ from .errors import DeltaPatchError
 from .model import BASE, PatchedModel
 
 OPSET = 17
+MIN_OPSET = 10
+"""The routed forward slices Λ with a step, which ONNX's Slice takes from opset 10 on."""
+try:
+    from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET as MAX_OPSET
+except ImportError:  # a torch that moved it: the opset we test
+    MAX_OPSET = OPSET
 INPUT = "image"
 BASE_TOLERANCE = 1e-5
 PATCH_TOLERANCE = 1e-4
@@ -95,9 +102,23 @@ def metadata(model: PatchedModel, names: Sequence[str]) -> dict[str, str]:
                                        "(x / 255 - mean) / std"}
 
 
+def check_opset(opset: int) -> None:
+    """Refuse an opset torch's exporter cannot write, or one too old for deltapatch's graphs,
+    before any model is built."""
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise DeltaPatchError(f"--opset must be in {MIN_OPSET}..{MAX_OPSET} (the opsets this "
+                              f"torch.onnx exports and deltapatch's graphs need), got {opset}")
+
+
 def export_onnx(model: PatchedModel, out: str | Path, names: Sequence[str],
                 size: int | None = None, opset: int = OPSET) -> Path:
-    """Write ``model``'s tasks ``names`` as one ONNX graph at ``out`` (atomically)."""
+    """Write ``model``'s tasks ``names`` as one ONNX graph at ``out`` (atomically).
+
+    Raises:
+        DeltaPatchError: the opset is out of range, or torch.onnx / the ONNX checker refused
+            the model (one line; nothing is written).
+    """
+    check_opset(opset)
     onnx, _ = _require_onnx()
     out = Path(out)
     size = size or model.preprocess.size
@@ -107,15 +128,17 @@ def export_onnx(model: PatchedModel, out: str | Path, names: Sequence[str],
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), \
+                _one_line(f"torch.onnx cannot export this model at opset {opset}",
+                          (RuntimeError, onnx.checker.ValidationError)):
             warnings.simplefilter("ignore")  # tracer warnings about Python control flow
             torch.onnx.export(graph, (example,), str(tmp), input_names=[INPUT],
                               output_names=list(names), dynamic_axes=dynamic,
                               opset_version=opset, dynamo=False)
-        proto = onnx.load(str(tmp))
-        for key, value in metadata(model, names).items():
-            proto.metadata_props.add(key=key, value=value)
-        onnx.checker.check_model(proto)
+            proto = onnx.load(str(tmp))
+            for key, value in metadata(model, names).items():
+                proto.metadata_props.add(key=key, value=value)
+            onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
         os.replace(tmp, out)
     finally:
@@ -123,16 +146,34 @@ def export_onnx(model: PatchedModel, out: str | Path, names: Sequence[str],
     return out
 
 
+@contextlib.contextmanager
+def _one_line(what: str, kinds: tuple[type[BaseException], ...]) -> Iterator[None]:
+    """A third-party error of ``kinds`` (torch.onnx's, onnxruntime's) as one DeltaPatchError
+    line: their messages run to pages (a whole traced graph) and name no fix of ours."""
+    try:
+        yield
+    except DeltaPatchError:
+        raise
+    except kinds as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : ", "", lines[0] if lines else "")
+        raise DeltaPatchError(f"{what}: {type(err).__name__}: {text[:300]}") from None
+
+
 @dataclass
 class OutputCheck:
+    """One task compared; ``problem`` says why it could not be compared (not in the graph,
+    another shape), which fails the check."""
+
     name: str
     max_abs_diff: float
     scale: float
     tolerance: float
+    problem: str | None = None
 
     @property
     def ok(self) -> bool:
-        return self.max_abs_diff <= self.tolerance * self.scale
+        return self.problem is None and self.max_abs_diff <= self.tolerance * self.scale
 
 
 def session_providers(provider: str = "cpu", device_id: int = 0) -> list:
@@ -156,7 +197,10 @@ def open_session(path: str | Path, provider: str = "cpu", device_id: int = 0):
     """An onnxruntime session on ``provider``; refused when onnxruntime quietly fell back to the
     CPU (it does so when the CUDA or cuDNN libraries it needs do not load)."""
     _, ort = _require_onnx()
-    session = ort.InferenceSession(str(path), providers=session_providers(provider, device_id))
+    providers = session_providers(provider, device_id)
+    with _one_line(f"onnxruntime cannot load {path} (is it a graph written by deltapatch "
+                   "export?)", (Exception,)):
+        session = ort.InferenceSession(str(path), providers=providers)
     if PROVIDERS[provider] not in session.get_providers():
         raise DeltaPatchError(f"onnxruntime could not start {PROVIDERS[provider]} (its CUDA / "
                               "cuDNN libraries did not load; see onnxruntime's warning above): "
@@ -188,21 +232,54 @@ def verify_onnx(path: str | Path, model: PatchedModel, x: Tensor,
     An output passes when its largest absolute difference is at most the tolerance (1e-5 for
     the base task, 1e-4 for patches) times ``max(1, max |logit|)``: float32 rounding grows with
     the size of the logits, so a fixed absolute bound would fail large logits that match to 7
-    significant digits.
+    significant digits. An output of another shape or a non-finite one fails with its
+    ``problem`` said; :func:`absent` adds the tasks the graph lacks.
+
+    Raises:
+        DeltaPatchError: the file is no graph onnxruntime loads, its input is not one float32
+            image batch, it has outputs for patches not given, or it fails to run on ``x``.
     """
     device = placement(model)[0]
     session = open_session(path, provider, device.index or 0)  # the same GPU as the model
+    image = _graph_input(session, path)
     names = [o.name for o in session.get_outputs()]
-    missing = [n for n in names if n != BASE and n not in model.patches]
-    if missing:
-        raise DeltaPatchError(f"{path} has outputs {missing} for patches not given with --patch")
-    got = session.run(None, {session.get_inputs()[0].name: x.detach().cpu().numpy()})
+    unknown = [n for n in names if n != BASE and n not in model.patches]
+    if unknown:
+        raise DeltaPatchError(f"{path} has outputs {unknown} for patches not given with --patch")
+    with _one_line(f"onnxruntime cannot run {path} on a batch of shape {tuple(x.shape)}",
+                   (Exception,)):
+        got = session.run(None, {image: x.detach().cpu().numpy()})
     with torch.inference_mode(), full_fp32(device):
         want = [w.float().cpu() for w in TaskGraph(model.eval(), names)(to_device(x, device))]
-    checks = []
-    for n, g, w in zip(names, got, want, strict=True):
-        diff = float((torch.from_numpy(g) - w).abs().max()) if w.numel() else 0.0
-        scale = max(1.0, float(w.abs().max())) if w.numel() else 1.0
-        checks.append(OutputCheck(n, diff, scale,
-                                  BASE_TOLERANCE if n == BASE else PATCH_TOLERANCE))
-    return checks
+    return [_compare(n, torch.from_numpy(g), w) for n, g, w in zip(names, got, want, strict=True)]
+
+
+def absent(checks: Sequence[OutputCheck], wanted: Sequence[str]) -> list[OutputCheck]:
+    """A failing check for each task of ``wanted`` that the graph has no output for."""
+    names = [c.name for c in checks]
+    problem = f"not in the graph (its outputs: {', '.join(names)})"
+    return [OutputCheck(n, 0.0, 1.0, PATCH_TOLERANCE, problem) for n in wanted if n not in names]
+
+
+def _graph_input(session, path: str | Path) -> str:
+    """The name of the graph's one float32 image input (N, 3, H, W), or one line saying what
+    the graph takes instead."""
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or inputs[0].type != "tensor(float)" or len(inputs[0].shape) != 4:
+        took = ", ".join(f"'{i.name}' {i.type} {list(i.shape)}" for i in inputs) or "nothing"
+        raise DeltaPatchError(f"{path} takes {took}; a graph of deltapatch export takes one "
+                              "float32 image batch (N, 3, H, W)")
+    return inputs[0].name
+
+
+def _compare(name: str, got: Tensor, want: Tensor) -> OutputCheck:
+    tolerance = BASE_TOLERANCE if name == BASE else PATCH_TOLERANCE
+    if got.shape != want.shape:
+        return OutputCheck(name, 0.0, 1.0, tolerance, f"shape {tuple(got.shape)} in the graph, "
+                                                      f"{tuple(want.shape)} in PyTorch")
+    if not want.numel():
+        return OutputCheck(name, 0.0, 1.0, tolerance)
+    if not torch.isfinite(got).all():
+        return OutputCheck(name, 0.0, 1.0, tolerance, "NaN or Inf in the graph's output")
+    diff = float((got.float() - want).abs().max())
+    return OutputCheck(name, diff, max(1.0, float(want.abs().max())), tolerance)

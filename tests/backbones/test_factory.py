@@ -61,7 +61,7 @@ def test_module_reference(tmp_path, monkeypatch):
     (None, "{d}/missing.py:build", r"file '.*missing\.py' not found.*PATH\.py:FUNCTION"),
     ("def other():\n    pass\n", "{d}/f.py:build", r"has no function 'build'.*defines: other"),
     ("import torch\nraise RuntimeError('boom')\n", "{d}/f.py:build",
-     r"running '.*f\.py' failed: RuntimeError: boom at line 2"),
+     r"running '.*f\.py' for backbone '.*' raised RuntimeError: boom at line 2"),
     ("def build():\n    raise ValueError('bad\\nsecond line')\n", "{d}/f.py:build",
      r"factory '.*' raised ValueError: bad at line 2$"),
     ("def build():\n    return 3\n", "{d}/f.py:build", r"returned a int"),
@@ -79,3 +79,47 @@ def test_factory_errors_are_one_actionable_line(tmp_path, source, ref, message):
 def test_factory_weights_must_be_a_file():
     with pytest.raises(dp.BackboneError, match="neither a file"):
         dp.load_backbone(EXAMPLE, weights="imagenet")
+
+
+_CIFAR = "import deltapatch as dp\ndef build():\n    m = dp.load_backbone('cifar_resnet20')\n"
+
+
+@pytest.mark.parametrize("source, fn, words", [
+    ("raise SystemExit(0)\n", "build", ["running", "f.py", "SystemExit: 0 at line 1"]),
+    ("import sys\nsys.exit(3)\n", "build", ["running", "f.py", "SystemExit: 3 at line 2"]),
+    ("def build():\n    raise SystemExit('bye')\n", "build",
+     ["f.py:build", "SystemExit: bye at line 2"]),
+    ("def build():\n    raise KeyboardInterrupt\n", "build",
+     ["f.py:build", "raised KeyboardInterrupt at line 2"]),
+    ("class Odd(BaseException):\n    pass\ndef build():\n    raise Odd('x')\n", "build",
+     ["f.py:build", "raised Odd: x at line 4"]),
+    (None, "torch.nn:Identity", ["'torch.nn:Identity'", "Identity, which has no stage spec"]),
+    (_CIFAR + "    m.deltapatch_spec = 'bogus'\n    return m\n", "build",
+     ["f.py:build", "deltapatch_spec is a str", "StageSpec"]),
+    (_CIFAR + "    m.deltapatch_preprocess = 'bogus'\n    return m\n", "build",
+     ["f.py:build", "deltapatch_preprocess is str 'bogus'", "Preprocess(size)"]),
+    (_CIFAR + "    m.deltapatch_preprocess = dp.Preprocess(0)\n    return m\n", "build",
+     ["f.py:build", "deltapatch_preprocess is Preprocess"]),
+    (_CIFAR + "    m.deltapatch_preprocess = dp.Preprocess(32, std=(1, 0, 1))\n    return m\n",
+     "build", ["f.py:build", "positive stds"]),
+], ids=["exit0-at-import", "sys.exit-at-import", "exit-in-build", "ctrl-c-in-build",
+        "base-exception", "no-spec", "bogus-spec", "bogus-preprocess", "size-0", "std-0"])
+def test_factory_that_exits_raises_or_returns_junk_is_one_line_exit_2(tmp_path, capsys, source,
+                                                                      fn, words):
+    """Whatever a factory raises at import or in build() (SystemExit(0) and KeyboardInterrupt
+    too), or a result that is no usable model / spec / preprocess: one line naming the file and
+    function, exit 2, no traceback, no run folder."""
+    from helpers import refused
+
+    ref = fn
+    if source is not None:
+        (tmp_path / "f.py").write_text(source)
+        ref = f"{tmp_path / 'f.py'}:{fn}"
+    out = tmp_path / "out"
+    err = refused(capsys, ["train", "--backbone", ref, "--data", "digits", "--out", out,
+                           "--epochs", "1"], words[0])
+    assert all(w in err for w in words), err
+    assert not out.exists()
+    if source is not None:  # a failed import leaves no half-run module behind: it runs again
+        with pytest.raises(dp.BackboneError, match="raised|returned"):
+            dp.load_backbone(ref)

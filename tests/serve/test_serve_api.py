@@ -259,3 +259,53 @@ def test_a_fanout_of_tasks_with_different_image_sizes_is_refused(registry, backb
         body.update({"patches": ["big", "a"]} if fanout else {"patch": "big"})
         r = c.post("/v1/predict", json=body)
         assert r.status_code == (422 if fanout else 200), r.text
+
+
+def test_a_client_that_leaves_mid_body_is_a_499_one_line_no_traceback(registry, caplog):
+    """Headers and part of a body, then the socket closes, against a real uvicorn on
+    127.0.0.1: one log line per client, counted under 499 (nginx's "client closed request"),
+    never a 5xx, never "Exception in ASGI application" with a traceback."""
+    import logging
+    import re
+    import socket
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(registry), host="127.0.0.1", port=port,
+                                           log_config=None, log_level="info"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    requests = [("/v1/predict", "application/json"),
+                ("/v1/predict", "multipart/form-data; boundary=b"),
+                ("/v1/patches", "multipart/form-data; boundary=b")]
+    with caplog.at_level(logging.INFO):
+        thread.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not server.started:
+                assert time.monotonic() < deadline and thread.is_alive()
+                time.sleep(0.05)
+            for path, kind in requests:
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+                    c.sendall(f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: {kind}\r\n"
+                              "Content-Length: 100000\r\n\r\n".encode() + b"{" * 1000)
+                    time.sleep(0.2)  # the app is reading the body when the client leaves
+            while True:  # the server notices each close on its own time
+                metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+                if 'status="499"} 3.0' in metrics or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+        finally:
+            server.should_exit = True
+            thread.join(30)
+    assert 'deltapatch_errors_total{status="499"} 3.0' in metrics, metrics
+    assert not re.search(r'status="5\d\d"', metrics), metrics
+    assert not any(r.exc_info for r in caplog.records), caplog.text
+    assert "Traceback" not in caplog.text and "Exception in ASGI" not in caplog.text
+    gone = [r.getMessage() for r in caplog.records if "went away" in r.getMessage()]
+    assert len(gone) == 3 and all("\n" not in m for m in gone), gone

@@ -107,3 +107,25 @@ def test_real_server_predict_client_and_graceful_stop(setup, capsys, backbone):
     assert code == 0, proc.stderr.read()
     assert "patches loaded" in proc.stdout.read()
     assert json.loads(remote)["task"] == "a"
+
+
+def test_an_address_that_cannot_be_bound_is_one_line_exit_2_before_loading(setup, capsys,
+                                                                            monkeypatch):
+    """A port already bound on 127.0.0.1, and an address this machine lacks (192.0.2.1, a
+    documentation range: binding fails, nothing is ever sent): one line, exit 2, and the
+    model is never loaded (uvicorn used to say it in its log and exit 3 after the load)."""
+    from deltapatch.cli import common
+
+    monkeypatch.setattr(common, "load_backbone", lambda *a, **k: pytest.fail("model loaded"))
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        for host, p, words in [("127.0.0.1", port, "Address already in use"),
+                               ("192.0.2.1", 8000, "Cannot assign requested address")]:
+            code = main(["serve", "--backbone", "cifar_resnet20", "--patches",
+                         str(setup / "patches"), "--host", host, "--port", str(p)])
+            err = capsys.readouterr().err
+            assert code == 2 and len(err.strip().splitlines()) == 1, err
+            assert f"cannot serve on --host {host} --port {p}" in err and words in err, err
+            assert "Traceback" not in err

@@ -205,6 +205,13 @@ def register_spec(cls: type, override: bool = False) -> Callable[[SpecFn], SpecF
     return deco
 
 
+def has_spec(model: nn.Module) -> bool:
+    """Whether :func:`spec_for` finds a spec for ``model`` (without building it)."""
+    if isinstance(getattr(model, "deltapatch_spec", None), StageSpec):
+        return True
+    return any(SPECS.find(cls) is not None for cls in type(model).__mro__)
+
+
 def spec_for(model: nn.Module) -> StageSpec:
     """The spec of ``model``: its ``deltapatch_spec`` attribute (set by a model factory, see
     docs/BRING_YOUR_OWN.md), else the one registered for its type or a base class."""

@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from ..data import check_data_options
-from ..export import OPSET, export_onnx, task_names
+from ..export import MAX_OPSET, MIN_OPSET, OPSET, check_opset, export_onnx, task_names
 from ..methods import load_task
 from .common import backbone_args, command, device_args, load_model, patch_limit_args, print_json
 
@@ -24,7 +24,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="the .onnx file to write")
     p.add_argument("--image-size", type=int, default=None,
                    help="input size of the example batch (the batch size stays dynamic)")
-    p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
+    p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default {OPSET})")
     device_args(p)
 
 
@@ -32,6 +32,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
                    "and each patch's name; dynamic batch)", arguments)
 def run(args: argparse.Namespace) -> int:
     check_data_options(size=args.image_size)
+    check_opset(args.opset)
     if args.out.exists() and args.out.is_dir():
         raise ValueError(f"--out {args.out} is a folder; give a file name such as model.onnx")
     model = load_model(args)

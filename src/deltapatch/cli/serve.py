@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import socket
 from pathlib import Path
 
 from ..devices import resolve_device
@@ -81,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if args.ray is not None:
         return _run_on_ray(args)
     key = _api_key(args.api_key_file)
+    _check_bindable(args.host, args.port)  # before minutes of loading, not after
     import uvicorn
 
     from ..serve.app import create_app
@@ -99,8 +101,36 @@ def run(args: argparse.Namespace) -> int:
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                             timeout_graceful_shutdown=30)
     server = server_cls(config)
-    server.run()
+    try:
+        server.run()
+    except SystemExit:  # uvicorn's own exit(3) when the bind fails after all (a race)
+        if server.started:
+            raise
+        raise DeltaPatchError(f"cannot serve on --host {args.host} --port {args.port}: the "
+                              "bind failed (uvicorn's reason is above)") from None
     return 0 if server.started else 1
+
+
+def _check_bindable(host: str, port: int) -> None:
+    """Bind every address ``host`` resolves to, as uvicorn (asyncio's ``create_server``) will,
+    and let go: a taken port or an address this machine lacks is one line and exit 2 here,
+    instead of uvicorn's log line and exit 3 after the model is loaded."""
+    where = f"--host {host} --port {port}"
+    try:
+        found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as err:
+        raise DeltaPatchError(f"cannot serve on {where}: the host does not resolve "
+                              f"({getattr(err, 'strerror', None) or err})") from None
+    for family, kind, proto, _, address in found:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio does
+            try:
+                s.bind(address)
+            except OSError as err:
+                raise DeltaPatchError(f"cannot serve on {where}: binding {address[0]} failed "
+                                      f"({err.strerror or err}); choose a free port or an "
+                                      "address of this machine (127.0.0.1, 0.0.0.0)") from None
 
 
 def _run_on_ray(args: argparse.Namespace) -> int:

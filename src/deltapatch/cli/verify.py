@@ -8,6 +8,7 @@ device) and moved there once. ``--onnx`` compares an exported graph run by onnxr
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
@@ -15,7 +16,7 @@ import torch
 from ..backbones import load_backbone
 from ..data import check_data_options, load_test
 from ..devices import resolve_device, to_device
-from ..export import PROVIDERS, session_providers, verify_onnx
+from ..export import PROVIDERS, absent, session_providers, verify_onnx
 from ..methods import load_task
 from ..model import PatchedModel
 from ..patch import fingerprint
@@ -27,6 +28,11 @@ from .common import (
     patch_limit_args,
     print_json,
 )
+
+
+MAX_INPUT_BYTES = 2 << 30
+"""Largest input batch verify allocates: -n 4096 at 4096 px would be 824 GB, and the machine
+would kill the process (or swap) instead of saying so."""
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
@@ -54,6 +60,11 @@ def _inputs(args: argparse.Namespace, backbone) -> torch.Tensor:
         raise ValueError(f"-n must be in 1..4096, got {args.n}")
     size = args.image_size or backbone.deltapatch_preprocess.size
     check_data_options(size=size)
+    need = args.n * 3 * size * size * 4  # float32 inputs, before any activation
+    if need > MAX_INPUT_BYTES:
+        raise ValueError(f"verify -n {args.n} at {size} px needs {need / 2**30:.1f} GiB of "
+                         f"inputs alone (at most {MAX_INPUT_BYTES >> 30} GiB); lower -n or "
+                         "--image-size")
     if args.data:
         x = load_test(args.data, size, max_test=args.n, seed=args.seed)[0].images
         return backbone.deltapatch_preprocess.normalize(x)
@@ -116,9 +127,16 @@ def _verify_onnx(args: argparse.Namespace, backbone, x: torch.Tensor) -> int:
         load_task(model, folder)
     provider = args.provider or "cpu"
     checks = verify_onnx(args.onnx, model, x, provider)
+    checks += absent(checks, list(model.patches))  # every patch given must be in the graph
     ok = all(c.ok for c in checks)
     print_json({"ok": ok, "onnx": str(args.onnx), "n_inputs": int(x.shape[0]),
                 "provider": provider, "device": str(x.device),
                 "outputs": {c.name: {"max_abs_diff": c.max_abs_diff, "logit_scale": c.scale,
-                                     "tolerance": c.tolerance, "ok": c.ok} for c in checks}})
+                                     "tolerance": c.tolerance, "ok": c.ok,
+                                     **({"problem": c.problem} if c.problem else {})}
+                            for c in checks}})
+    problems = [f"'{c.name}' {c.problem}" for c in checks if c.problem]
+    if problems:  # a check that ran and failed: exit 1, and say why on stderr
+        print(f"deltapatch verify: check failed: {args.onnx}: {'; '.join(problems)}",
+              file=sys.stderr)
     return 0 if ok else 1

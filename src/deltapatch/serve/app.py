@@ -3,6 +3,7 @@
 Routes parse and check input (:mod:`.inputs`), hold the named patches in the registry for the
 request's whole life, and hand the image to the batcher. Every failure is ``{"error": ...}`` with
 a 4xx status that says whose fault it is; a 5xx means a bug or a shutdown (503), never bad input.
+A client that leaves before its request is read is one log line and a 499, not a 5xx.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from torch import Tensor
 
@@ -34,6 +35,9 @@ from .registry import DuplicatePatch, PatchInfo, PatchRegistry, UnknownPatch
 
 log = logging.getLogger("deltapatch.serve")
 RETRY_AFTER_S = 1
+CLIENT_CLOSED = 499
+"""nginx's "client closed request": the client left before its request was read. Not the
+server's fault, so never a 5xx: anyone could otherwise fill the log and page the operator."""
 
 
 def create_app(registry: PatchRegistry, *, max_batch: int = 32, max_wait_ms: float = 5.0,
@@ -214,6 +218,12 @@ def _errors(app: FastAPI, metrics: ServeMetrics) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, err: StarletteHTTPException):
         return fail(err.status_code, str(err.detail), getattr(err, "headers", None))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, _err: ClientDisconnect):
+        log.warning("client went away before its request was read: %s %s (counted as %d)",
+                    request.method, request.url.path, CLIENT_CLOSED)
+        return fail(CLIENT_CLOSED, "client closed the request")  # sent to nobody
 
     @app.exception_handler(Exception)
     async def _bug(_request: Request, err: Exception):
