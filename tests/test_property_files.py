@@ -268,5 +268,4 @@ def test_any_npz_is_usable_or_one_line(small_model, archive, through_cli):
         assert code == 2, err
         _one_line(err)
         assert not out.exists()
-        # an empty .out.lock is the CLI's order of checks (issue 24 item 1, another part)
-        assert sorted(p.name for p in Path(tmp).iterdir() if p.name != ".out.lock") == ["d.npz"]
+        assert sorted(p.name for p in Path(tmp).iterdir()) == ["d.npz"]  # no folder, no lock

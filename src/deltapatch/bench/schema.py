@@ -239,6 +239,10 @@ def _methods(path: Path, where: str, kind: str, variants: list[str], pool: dict)
         if method not in METHODS:
             raise refuse(path, where, f"variant '{key}' names unknown method '{method}'; "
                                       f"choose from {', '.join(METHODS.names())}")
+        try:  # the method's own --option keys, types and bounds, as `train --option` checks
+            METHODS.get(method).check_options(pool[key].get("options", {}))
+        except (ValueError, DeltaPatchError) as err:
+            raise refuse(path, f"variants.{key}", f"options: {err}") from None
 
 
 def check(path: Path, raw: dict) -> None:
