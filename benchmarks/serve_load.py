@@ -16,6 +16,11 @@ server gets open-loop traffic at F·T requests/s (Poisson arrivals, seeded), and
 counted from each request's scheduled arrival, so a slow server cannot hide its queue by
 slowing the senders down (no coordinated omission).
 
+``--api v1 v2 ...``: which API the clients speak, in turn on the same server for each mix:
+``v1`` JSON with base64 files (``/v1/predict``, top 5), ``v2`` the Open Inference Protocol
+with binary tensors (``image_bytes``, so the server decodes the same JPEGs; logits and
+probabilities back as binary). Given several, it prints the median v2/v1 throughput ratio.
+
 ``--check-base N``: N images sent at once as base-task requests (so they share batches) to a
 server on ``--device``, once as served by default (base rows one image at a time) and once with
 ``--batch-base``; each answer's logits against ``backbone(x)`` of that image alone, computed
@@ -29,6 +34,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import random
 import re
@@ -39,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -155,15 +162,42 @@ class Server:
                 self.proc.wait()
 
 
+Request = Callable[[int, str], tuple[str, dict]]
+"""(image number, task) → (path, httpx keyword arguments) of one prediction request."""
+
+
+def v1_requests(images: list[bytes]) -> Request:
+    bodies = [base64.b64encode(im).decode() for im in images]
+    return lambda i, name: ("/v1/predict", {"json": {"image": bodies[i], "patch": name,
+                                                     "top_k": 5}})
+
+
+def v2_requests(images: list[bytes]) -> Request:
+    """Open Inference Protocol infer requests with the binary tensor data extension: the file
+    as one BYTES element (4-byte little-endian length, then the bytes), outputs binary."""
+    bodies = []
+    for im in images:
+        raw = len(im).to_bytes(4, "little") + im
+        head = json.dumps({"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1],
+                                       "parameters": {"binary_data_size": len(raw)}}],
+                           "parameters": {"binary_data_output": True}}).encode()
+        bodies.append({"content": head + raw,
+                       "headers": {"Inference-Header-Content-Length": str(len(head))}})
+    return lambda i, name: (f"/v2/models/{name}/infer", bodies[i])
+
+
+APIS: dict[str, Callable[[list[bytes]], Request]] = {"v1": v1_requests, "v2": v2_requests}
+
+
 async def traffic(routes: dict[str, str], images: list[bytes], clients: int,
-                  seconds: float, max_requests: int, seed: int) -> dict:
+                  seconds: float, max_requests: int, seed: int, api: str = "v1") -> dict:
     """``clients`` concurrent loops, each sending one request at a time, until ``seconds`` or
     ``max_requests``; a short warm-up first (not counted). ``routes`` maps each patch of the mix
     to the server that answers it (one server for all, or one per task)."""
-    bodies = [base64.b64encode(im).decode() for im in images]
+    make = APIS[api](images)
     rng = random.Random(seed)
     names = list(routes)
-    plan = [(rng.randrange(len(bodies)), rng.choice(names)) for _ in range(max_requests)]
+    plan = [(rng.randrange(len(images)), rng.choice(names)) for _ in range(max_requests)]
     lat: list[float] = []
     codes: dict[int, int] = {}
     state = {"next": 0}
@@ -172,9 +206,9 @@ async def traffic(routes: dict[str, str], images: list[bytes], clients: int,
         while time.monotonic() < deadline and state["next"] < len(plan):
             i, name = plan[state["next"]]
             state["next"] += 1
+            path, kwargs = make(i, name)
             t0 = time.perf_counter()
-            r = await client.post(routes[name] + "/v1/predict",
-                                  json={"image": bodies[i], "patch": name, "top_k": 5})
+            r = await client.post(routes[name] + path, **kwargs)
             if record:
                 lat.append(time.perf_counter() - t0)
                 codes[r.status_code] = codes.get(r.status_code, 0) + 1
@@ -202,17 +236,17 @@ def mean_batch(metrics: list[str]) -> float:
 
 
 async def open_loop(url: str, names: list[str], images: list[bytes], rate: float,
-                    seconds: float, max_requests: int, seed: int) -> dict:
+                    seconds: float, max_requests: int, seed: int, api: str = "v1") -> dict:
     """Requests sent at Poisson arrival times of ``rate`` per second for ``seconds`` (at most
     ``max_requests``); latency from the scheduled arrival to the answer."""
-    bodies = [base64.b64encode(im).decode() for im in images]
+    make = APIS[api](images)
     rng = random.Random(seed)
     arrivals, t = [], 0.0
     while len(arrivals) < max_requests:
         t += rng.expovariate(rate)
         if t > seconds:
             break
-        arrivals.append((t, rng.randrange(len(bodies)), rng.choice(names)))
+        arrivals.append((t, rng.randrange(len(images)), rng.choice(names)))
     lat: list[float] = []
     codes: dict[int, int] = {}
     limits = httpx.Limits(max_connections=512)
@@ -222,8 +256,8 @@ async def open_loop(url: str, names: list[str], images: list[bytes], rate: float
 
         async def send(at: float, i: int, name: str) -> None:
             await asyncio.sleep(max(0.0, t0 + at - loop.time()))
-            r = await client.post("/v1/predict", json={"image": bodies[i], "patch": name,
-                                                       "top_k": 5})
+            path, kwargs = make(i, name)
+            r = await client.post(path, **kwargs)
             lat.append(loop.time() - (t0 + at))
             codes[r.status_code] = codes.get(r.status_code, 0) + 1
 
@@ -246,6 +280,10 @@ def main() -> None:
     p.add_argument("--max-wait-ms", type=float, default=10.0)
     p.add_argument("--images", type=int, default=64)
     p.add_argument("--batch-base", action="store_true", help="serve with --batch-base")
+    p.add_argument("--api", nargs="+", choices=sorted(APIS), default=["v1"],
+                   help="the API the clients speak, each in turn on the same server per mix "
+                        "(v1: JSON + base64; v2: Open Inference Protocol, binary tensors); "
+                        "repeat to alternate, e.g. --api v1 v2 v1 v2")
     p.add_argument("--device", default="auto",
                    help="serve --device of every server (default auto: cuda, mps, then cpu)")
     p.add_argument("--check-base", type=int, default=0, metavar="N",
@@ -263,7 +301,7 @@ def main() -> None:
     print(f"# {len(images)} photos, {a.clients} clients, {a.seconds:g} s per mix "
           f"(cap {a.max_requests} requests), server --device {a.device} --threads {a.threads} "
           f"--max-batch {a.max_batch} --max-wait-ms {a.max_wait_ms:g}"
-          f"{' --batch-base' if a.batch_base else ''}, seed 0")
+          f"{' --batch-base' if a.batch_base else ''}, seed 0, api {' '.join(a.api)}")
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
         root = Path(tmp)
         weights = make_patches(root, max(a.mixes + [1, a.per_task]))
@@ -279,17 +317,28 @@ def main() -> None:
             with Server(weights, folder, a.threads, a.max_batch, a.max_wait_ms,
                         a.batch_base, a.device) as server:
                 start_rss, start_pss = rss_mb(server.proc.pid), pss_mb(server.proc.pid)
-                r = asyncio.run(traffic(dict.fromkeys(names, server.url), images, a.clients,
-                                        a.seconds, a.max_requests, seed=0))
-                load_rss = rss_mb(server.proc.pid)
+                by_api: dict[str, list[float]] = {}
+                for api in a.api:
+                    r = asyncio.run(traffic(dict.fromkeys(names, server.url), images,
+                                            a.clients, a.seconds, a.max_requests, seed=0,
+                                            api=api))
+                    load_rss = rss_mb(server.proc.pid)
+                    mix = "base only" if n == 0 else f"uniform over {n}"
+                    report(str(n), f"{mix}, {api}", r, (start_rss, load_rss, start_pss))
+                    by_api.setdefault(api, []).append(r["rps"])
                 if a.open_loop:
                     o = asyncio.run(open_loop(server.url, names, images, a.open_loop * r["rps"],
-                                              a.seconds, a.max_requests, seed=1))
-            mix = "base only" if n == 0 else f"uniform over {n}"
-            report(str(n), mix, r, (start_rss, load_rss, start_pss))
+                                              a.seconds, a.max_requests, seed=1, api=api))
             rps[n] = r["rps"]
+            if len(by_api) > 1:
+                med = {k: statistics.median(v) for k, v in by_api.items()}
+                print(f"#   v2 / v1 throughput: {med['v2'] / med['v1']:.3f} (medians of "
+                      f"{len(by_api['v2'])} and {len(by_api['v1'])} runs: "
+                      + "; ".join(f"{k} " + " ".join(f"{x:.2f}" for x in v)
+                                  for k, v in by_api.items()) + " req/s)", flush=True)
             if a.open_loop:
-                print(f"#   open loop at {a.open_loop:g} × {r['rps']:.2f} = {o['rate']:.2f} req/s "
+                print(f"#   open loop ({api}) at {a.open_loop:g} × {r['rps']:.2f} = "
+                      f"{o['rate']:.2f} req/s "
                       f"(Poisson, seed 1): {o['n']} requests ({o['ok']} ok), {o['rps']:.2f} "
                       f"answered/s, p50 {o['p50_ms']:.0f} ms, p99 {o['p99_ms']:.0f} ms, "
                       f"p99/p50 {o['p99_ms'] / o['p50_ms']:.2f}; codes {o['codes']}",

@@ -30,6 +30,7 @@ from .batcher import Batcher, Closed, Job, QueueFull
 from .inputs import (HTTPFail, Limits, PredictInput, image_tensor, media_type, predict_input,
                      read_body)
 from .metrics import CONTENT_TYPE, ServeMetrics
+from .oip import oip_router
 from .readout import Answer, Ask
 from .registry import DuplicatePatch, PatchInfo, PatchRegistry, UnknownPatch
 
@@ -65,6 +66,7 @@ def create_app(registry: PatchRegistry, *, max_batch: int = 32, max_wait_ms: flo
     app.state.ready = False
     app.state.registry, app.state.metrics = registry, metrics
     _errors(app, metrics)
+    app.include_router(oip_router(registry, limits, metrics))  # /v2: Open Inference Protocol
 
     def admin(request: Request) -> None:
         if api_key is None:

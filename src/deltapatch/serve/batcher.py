@@ -61,6 +61,14 @@ class Job:
     asks: tuple[Ask, ...]  # one per name
     pre: Preprocess  # the tasks' input preprocessing (a fan-out's tasks share one)
     future: asyncio.Future = field(repr=False, default=None)  # {name: Answer}
+    normalized: bool = False
+    """``x`` is float32 already normalized as ``pre`` says (the Open Inference Protocol's
+    ``image`` input, as the ONNX graph takes it): only cast on the device, never normalized
+    again. Such rows form their own groups."""
+
+    def prepared(self, x: Tensor) -> Tensor:
+        """A staged group of jobs like this one, as the model takes it (before the cast)."""
+        return x if self.normalized else self.pre.normalize(x)
 
 
 class Batcher:
@@ -102,6 +110,13 @@ class Batcher:
         self.metrics.queue_depth.set(len(self._queue))
         self._arrived.set()
         return job.future
+
+    def submit_all(self, jobs: list[Job]) -> list[asyncio.Future]:
+        """Queue every job of one request, or none (so a refused request leaves no work)."""
+        if not self._closing and len(self._queue) + len(jobs) > self.max_queue:
+            raise QueueFull(f"{len(self._queue)} requests are waiting and this one brings "
+                            f"{len(jobs)} (--max-queue {self.max_queue}); retry shortly")
+        return [self.submit(job) for job in jobs]
 
     async def forward(self, batch: list[Job]) -> list[Result]:
         """One batch on the device's worker thread; never raises (a failure is every job's)."""
@@ -158,7 +173,7 @@ class Batcher:
             staged = stage([[batch[i].x for i in rows] for rows in groups.values()], device)
             for ((kind, *_), rows), x in zip(groups.items(), staged, strict=True):
                 try:
-                    x = batch[rows[0]].pre.normalize(x).to(dtype)
+                    x = batch[rows[0]].prepared(x).to(dtype)
                     out = self._run_group(kind, x, [batch[i] for i in rows])
                 except Exception as err:  # noqa: BLE001  (answered as an error, never lost)
                     out = [err] * len(rows)
@@ -168,15 +183,16 @@ class Batcher:
 
     def _groups(self, batch: list[Job]) -> dict[tuple, list[int]]:
         """Rows that run together: base rows, routed rows (any patches), fan-outs of the same
-        tasks; each group of one image shape and preprocessing."""
+        tasks; each group of one image shape, preprocessing and input form."""
         groups: dict[tuple, list[int]] = {}
         for i, job in enumerate(batch):
+            form = (tuple(job.x.shape), job.pre, job.normalized)
             if not job.fanout:
-                key = ("base" if job.names[0] == BASE else "routed", tuple(job.x.shape), job.pre)
+                key = ("base" if job.names[0] == BASE else "routed", *form)
             elif self.exact_base and BASE in job.names:
                 key = ("fanout-one", i)
             else:
-                key = ("fanout", job.names, tuple(job.x.shape), job.pre)
+                key = ("fanout", job.names, *form)
             groups.setdefault(key, []).append(i)
         return groups
 

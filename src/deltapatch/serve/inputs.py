@@ -42,6 +42,8 @@ class Limits:
     max_request_bytes: int = 16 << 20
     max_upload_bytes: int = 512 << 20
     max_image_pixels: int = 40_000_000
+    max_images: int = 256
+    """Images in one Open Inference Protocol request (its batch dimension)."""
 
 
 @dataclass(frozen=True)

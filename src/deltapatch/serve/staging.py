@@ -21,16 +21,20 @@ from ..devices import to_device
 
 def stage(groups: Sequence[Sequence[Tensor]], device: torch.device) -> list[Tensor]:
     """One ``(n, *image shape)`` tensor per group of same-shaped host images, on ``device``, in
-    the images' dtype."""
+    the images' dtype (one copy per dtype: uint8 files, float32 already-normalized tensors)."""
     if device.type == "cpu":
         return [torch.stack(list(images)) for images in groups]
-    flat = _host_buffer([x for images in groups for x in images], device)
-    on_device = to_device(flat, device)
-    out, start = [], 0
-    for images in groups:
-        n = len(images) * images[0].numel()
-        out.append(on_device[start:start + n].view(len(images), *images[0].shape))
-        start += n
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for i, images in enumerate(groups):
+        by_dtype.setdefault(images[0].dtype, []).append(i)
+    out: list[Tensor] = [None] * len(groups)
+    for members in by_dtype.values():
+        flat = _host_buffer([x for i in members for x in groups[i]], device)
+        on_device, start = to_device(flat, device), 0
+        for i in members:
+            n = len(groups[i]) * groups[i][0].numel()
+            out[i] = on_device[start:start + n].view(len(groups[i]), *groups[i][0].shape)
+            start += n
     return out
 
 
