@@ -30,6 +30,7 @@ from .batcher import Batcher, Closed, Job, QueueFull
 from .inputs import (HTTPFail, Limits, PredictInput, image_tensor, media_type, predict_input,
                      read_body)
 from .metrics import CONTENT_TYPE, ServeMetrics
+from .page import mount_page
 from .readout import Answer, Ask
 from .registry import DuplicatePatch, PatchInfo, PatchRegistry, UnknownPatch
 
@@ -72,6 +73,8 @@ def create_app(registry: PatchRegistry, *, max_batch: int = 32, max_wait_ms: flo
                            {"WWW-Authenticate": "Bearer"})
         if not hmac.compare_digest(auth[7:].strip().encode(), api_key.encode()):
             raise HTTPFail(403, "admin endpoint: the key is wrong")
+
+    mount_page(app, registry.model)  # GET /: the web page (issue 26)
 
     @app.get("/health")
     async def health():
