@@ -9,7 +9,6 @@ page with its answers (how docs/serve-page.png was made).
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
