@@ -25,12 +25,14 @@ from starlette.responses import JSONResponse, Response
 from torch import Tensor
 
 from ..errors import DeltaPatchError
+from ..model import BASE
 from ..patch import CONFIG_FILE, TENSORS_FILE
 from .batcher import Batcher, Closed, Job, QueueFull
 from .inputs import (HTTPFail, Limits, PredictInput, image_tensor, media_type, predict_input,
                      read_body)
 from .metrics import CONTENT_TYPE, ServeMetrics
 from .oip import oip_router
+from .page import mount_page
 from .readout import Answer, Ask
 from .registry import DuplicatePatch, PatchInfo, PatchRegistry, UnknownPatch
 
@@ -77,6 +79,8 @@ def create_app(registry: PatchRegistry, *, max_batch: int = 32, max_wait_ms: flo
                            {"WWW-Authenticate": "Bearer"})
         if not hmac.compare_digest(auth[7:].strip().encode(), api_key.encode()):
             raise HTTPFail(403, "admin endpoint: the key is wrong")
+
+    mount_page(app, registry.model)  # GET /: the web page (issue 26)
 
     @app.get("/health")
     async def health():
@@ -186,7 +190,21 @@ def predict_job(x: Tensor, req: PredictInput, infos: list[PatchInfo]) -> Job:
     answer needs (the task's classes, ``top_k``, logits or not)."""
     return Job(x, req.names, req.fanout,
                tuple(Ask(i.num_classes, req.top_k, req.return_logits) for i in infos),
-               infos[0].preprocess)
+               infos[0].preprocess, lambda_tasks(req, infos))
+
+
+def lambda_tasks(req: PredictInput, infos: list[PatchInfo]) -> tuple[str, ...]:
+    """The tasks whose Λ a ``return_lambdas`` request gets: its Δ-patches (those with Δ-stages).
+    A fan-out's other tasks answer without Λ; one task without Δ-stages is refused (422)."""
+    if not req.return_lambdas:
+        return ()
+    names = tuple(i.name for i in infos if i.stages)
+    if not names and not req.fanout:
+        what = "the base task" if infos[0].name == BASE else \
+            f"patch '{infos[0].name}' (method {infos[0].method}) has no Δ-stages"
+        raise HTTPFail(422, f"return_lambdas: {what}; there is no Λ to return (Λ exists for "
+                            "patches with Δ-stages only)")
+    return names
 
 
 def predict_body(req: PredictInput, infos: list[PatchInfo], answers: dict[str, Answer]) -> dict:
@@ -203,7 +221,16 @@ def _task_answer(answer: Answer, info: PatchInfo) -> dict:
                      for p, i in zip(answer.scores, answer.indices, strict=True)]}
     if answer.logits is not None:
         out["logits"] = answer.logits
+    if answer.lambdas is not None:  # {stage: [[Λ of this image]]}, and each stage's name and k
+        out["lambdas"] = {str(s): rows for s, (_, rows) in answer.lambdas.items()}
+        out["lambda_stages"] = {str(s): {"name": name, "k": _blocks(len(rows[0]))}
+                                for s, (name, rows) in answer.lambdas.items()}
     return out
+
+
+def _blocks(pairs: int) -> int:
+    """k for Λ of k(k+1)/2 values."""
+    return round(((8 * pairs + 1) ** 0.5 - 1) / 2)
 
 
 def _errors(app: FastAPI, metrics: ServeMetrics) -> None:

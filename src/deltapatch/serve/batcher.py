@@ -27,7 +27,7 @@ import asyncio
 import collections
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -60,6 +60,7 @@ class Job:
     fanout: bool
     asks: tuple[Ask, ...]  # one per name
     pre: Preprocess  # the tasks' input preprocessing (a fan-out's tasks share one)
+    lambdas: tuple[str, ...] = ()  # tasks whose Λ to return too (Δ-patches among ``names``)
     future: asyncio.Future = field(repr=False, default=None)  # {name: Answer}
     normalized: bool = False
     """``x`` is float32 already normalized as ``pre`` says (the Open Inference Protocol's
@@ -169,17 +170,28 @@ class Batcher:
         groups = self._groups(batch)
         device, dtype = placement(self.model.backbone)
         logits: list[dict[str, Tensor] | BaseException] = [None] * len(batch)
+        lams: dict[int, dict] = {}  # job → {name: Λ per stage}, for jobs that ask
         with torch.inference_mode():
             staged = stage([[batch[i].x for i in rows] for rows in groups.values()], device)
             for ((kind, *_), rows), x in zip(groups.items(), staged, strict=True):
                 try:
                     x = batch[rows[0]].prepared(x).to(dtype)
                     out = self._run_group(kind, x, [batch[i] for i in rows])
+                    lams.update(self._lambdas(x, rows, batch))
                 except Exception as err:  # noqa: BLE001  (answered as an error, never lost)
                     out = [err] * len(rows)
                 for i, r in zip(rows, out, strict=True):
                     logits[i] = r
-            return _answers(batch, logits)
+            return _with_lambdas(_answers(batch, logits), lams)
+
+    def _lambdas(self, x: Tensor, rows: list[int], batch: list[Job]) -> dict[int, dict]:
+        """Λ of each asking job's Δ-patches, each on its image alone (``model.lambdas`` on that
+        row: the same values as the library gives for the image); brought to the host."""
+        names = self.model.stage_names
+        return {i: {n: {s: (names[s], t.float().cpu().tolist())
+                        for s, t in self.model.lambdas(x[r:r + 1], patch=n).items()}
+                    for n in batch[i].lambdas}
+                for r, i in enumerate(rows) if batch[i].lambdas}
 
     def _groups(self, batch: list[Job]) -> dict[tuple, list[int]]:
         """Rows that run together: base rows, routed rows (any patches), fan-outs of the same
@@ -209,6 +221,14 @@ class Batcher:
             return [{n: row} for n, row in zip(names, logits, strict=True)]
         out = self.model.fanout(x, patches=list(jobs[0].names))
         return [{n: t[i] for n, t in out.items()} for i in range(len(jobs))]
+
+
+def _with_lambdas(results: list[Result], lams: dict[int, dict]) -> list[Result]:
+    for i, lam in lams.items():
+        if not isinstance(results[i], BaseException):
+            results[i] = {n: replace(a, lambdas=lam[n]) if n in lam else a
+                          for n, a in results[i].items()}
+    return results
 
 
 def _answers(batch: list[Job], logits: list[dict[str, Tensor] | BaseException]) -> list[Result]:

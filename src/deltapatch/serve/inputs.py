@@ -53,6 +53,7 @@ class PredictInput:
     fanout: bool
     top_k: int
     return_logits: bool
+    return_lambdas: bool = False
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -101,7 +102,8 @@ async def predict_input(request: Request, limits: Limits) -> PredictInput:
             fields["patches"] = _form_list(many)
     names, fanout = _names(fields)
     return PredictInput(image, names, fanout, _top_k(fields.get("top_k", 5)),
-                        _flag(fields.get("return_logits", False)))
+                        _flag(fields.get("return_logits", False)),
+                        _flag(fields.get("return_lambdas", False)))
 
 
 def _b64(value: object) -> bytes:

@@ -40,6 +40,9 @@ class Answer:
     scores: list[float]
     indices: list[int]
     logits: list[float] | None
+    lambdas: dict[int, tuple[str, list[list[float]]]] | None = None
+    """Λ per Δ-stage when asked (``return_lambdas``): ``{stage: (stage name, [[values]])}``,
+    one row (this image), the values in :func:`deltapatch.delta.skip_index` order."""
 
 
 @dataclass(frozen=True)
