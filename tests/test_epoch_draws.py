@@ -11,7 +11,6 @@ import deltapatch as dp
 from deltapatch import train
 from deltapatch.train import TrainConfig, fit_patch
 
-
 _RUNS: dict[int, list] = {}
 
 

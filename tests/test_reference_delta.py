@@ -186,7 +186,7 @@ def _compare(model, patch, name, x, gate):
         for i, (a, b) in enumerate(zip(got, want, strict=True)):
             scale = float(b.abs().max()) + 1e-6
             torch.testing.assert_close(a / scale, b / scale, atol=1e-7, rtol=1e-6,
-                                       msg=lambda m, i=i: f"gradient {i} of stage {s}: {m}")
+                                       msg=lambda m, i=i, s=s: f"gradient {i} of stage {s}: {m}")
             if i == 0 or gate == "delta":
                 assert float(b.abs().max()) > 0  # the gradient really reaches them
     model.eval()
@@ -236,7 +236,7 @@ def test_fixed_gate_is_all_ones(backbone, x):
         model.train(mode)
         with torch.no_grad():
             lams = model.lambdas(x, "p")
-        for s, lam in lams.items():
+        for lam in lams.values():
             assert torch.equal(lam, torch.ones(len(x), len(pair_positions(3))))
 
 
