@@ -21,7 +21,7 @@ mkdir -p "$OUT"
 
 tests_for() {
     case "$1" in
-        delta)    echo "tests/test_delta.py tests/test_reference_delta.py tests/test_init.py" ;;
+        delta)    echo "tests/test_delta.py tests/test_reference_delta.py tests/test_init.py tests/backbones/test_registries.py" ;;
         baseinit) echo "tests/test_init.py tests/test_reference_delta.py" ;;
         routing)  echo "tests/test_routing.py tests/test_reference_delta.py tests/test_fanout.py" ;;
         model)    echo "tests/test_model.py tests/test_reference_delta.py tests/test_routing.py" ;;
