@@ -2,6 +2,7 @@
 # Mutation testing (issue 28) with mutmut 3 over the modules where a bug costs most.
 #
 #   benchmarks/mutation.sh [MODULE ...]      # default: delta; e.g. delta baseinit routing
+#   MUTATION_REPORT_ONLY=1 benchmarks/mutation.sh delta   # the report of a partial run
 #
 # Each module runs in its own scratch copy of the checkout ($MUTATION_DIR/<module>, default
 # /tmp/deltapatch-mutation), so the checkout's pyproject.toml is never edited and mutmut's
@@ -52,7 +53,9 @@ for mod in "${@:-delta}"; do
         echo "pytest_add_cli_args_test_selection ="
         printf '    %s\n' $sel
     } > "$dir/setup.cfg"
-    ( cd "$dir" && nice -n 19 mutmut run --max-children "$CHILDREN" ) || true
+    if [ -z "${MUTATION_REPORT_ONLY:-}" ]; then  # =1: only (re)write the report of what ran
+        ( cd "$dir" && nice -n 19 mutmut run --max-children "$CHILDREN" ) || true
+    fi
     {
         echo "# Mutation testing: $src"
         echo
