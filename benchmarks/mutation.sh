@@ -48,13 +48,15 @@ for mod in "${@:-delta}"; do
         echo "[mutmut]"
         echo "source_paths = src/"
         echo "only_mutate = $src"
+        echo "process_isolation = forkserver"  # torch's thread pools do not survive a plain fork
         echo "pytest_add_cli_args ="  # setup.cfg lists: one item per indented line
         printf '    %s\n' -x -q -p no:cacheprovider
         echo "pytest_add_cli_args_test_selection ="
         printf '    %s\n' $sel
     } > "$dir/setup.cfg"
     if [ -z "${MUTATION_REPORT_ONLY:-}" ]; then  # =1: only (re)write the report of what ran
-        ( cd "$dir" && nice -n 19 mutmut run --max-children "$CHILDREN" ) || true
+        ( cd "$dir" && OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
+              nice -n 19 mutmut run --max-children "$CHILDREN" ) || true
     fi
     {
         echo "# Mutation testing: $src"
