@@ -326,3 +326,22 @@ def test_reference_features_match_the_model_on_the_cifar_fixture(backbone, x):
     with torch.no_grad():
         torch.testing.assert_close(model.features(x, "p"), ref_features(model, x, "p"),
                                    atol=2e-5, rtol=2e-5)  # float32 here
+
+
+@pytest.mark.parametrize("gate", ["learned", "existing"])
+@pytest.mark.parametrize("init", ["random", "base"])
+def test_learned_weights_are_clipped_to_the_unit_interval_only_at_the_base_start(backbone, x,
+                                                                                 gate, init):
+    """init="base" bounds Λ to [0, 1] (a weight pushed past a bound reads as the bound); the
+    paper's random start leaves the ablation's weights unbounded."""
+    model, patch, _ = _gate_lambdas(backbone, x, gate, init)
+    g = patch.delta(2).gate
+    with torch.no_grad():
+        g.weight.copy_(torch.linspace(-0.5, 1.75, g.weight.numel()))
+        lam = model.lambdas(x, "p")[2]
+        torch.testing.assert_close(lam, ref_gate(g, 3, x, False), atol=0, rtol=0)
+    values = g.weight.detach() if init == "random" else g.weight.detach().clamp(0, 1)
+    seen = lam[0] if gate == "learned" else lam[0, [pos for (i, j), pos in
+                                                    pair_positions(3).items() if i == j - 1]]
+    assert torch.equal(seen, values)
+    assert (float(seen.min()), float(seen.max())) == ((-0.5, 1.75) if init == "random" else (0, 1))
