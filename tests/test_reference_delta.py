@@ -343,5 +343,6 @@ def test_learned_weights_are_clipped_to_the_unit_interval_only_at_the_base_start
     values = g.weight.detach() if init == "random" else g.weight.detach().clamp(0, 1)
     seen = lam[0] if gate == "learned" else lam[0, [pos for (i, j), pos in
                                                     pair_positions(3).items() if i == j - 1]]
+    seen = seen.detach()
     assert torch.equal(seen, values)
     assert (float(seen.min()), float(seen.max())) == ((-0.5, 1.75) if init == "random" else (0, 1))
