@@ -346,3 +346,14 @@ def test_learned_weights_are_clipped_to_the_unit_interval_only_at_the_base_start
     seen = seen.detach()
     assert torch.equal(seen, values)
     assert (float(seen.min()), float(seen.max())) == ((-0.5, 1.75) if init == "random" else (0, 1))
+
+
+def test_delta_module_widths_never_drop_below_one_channel():
+    """C/2 and C/r are floored at 1 (not more): a 2- or 3-channel stage input still gets
+    one-channel hidden convs, and the widths follow C otherwise."""
+    from deltapatch.delta import DeltaModule
+
+    for c, r, widths in [(2, 4, (1, 1)), (3, 2, (1, 1)), (4, 4, (2, 1)), (16, 4, (8, 4))]:
+        m = DeltaModule(c, 2, reduction=r)
+        assert (m.features[0].out_channels, m.features[3].out_channels) == widths
+        assert m(torch.randn(2, c, 4, 4)).shape == (2, 3)
