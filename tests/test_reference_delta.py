@@ -21,6 +21,7 @@ from reference_delta import (
 )
 
 import deltapatch as dp
+from deltapatch.backbones.spec import block_split
 from deltapatch.baseinit import GatedBatchNorm
 from deltapatch.model import BASE
 
@@ -357,3 +358,59 @@ def test_delta_module_widths_never_drop_below_one_channel():
         m = DeltaModule(c, 2, reduction=r)
         assert (m.features[0].out_channels, m.features[3].out_channels) == widths
         assert m(torch.randn(2, c, 4, 4)).shape == (2, 3)
+
+
+def test_stage_defaults_reduction_and_refusals_name_what_is_wrong():
+    from deltapatch.delta import DeltaStage
+
+    assert DeltaStage(16, 16, 2).gate.features[3].out_channels == 4  # DESIGN.md: C/4
+    assert DeltaStage(16, 16, 2, reduction=2).gate.features[3].out_channels == 8
+    base = DeltaStage(16, 16, 2, init="base")
+    assert not any("target" in k for k in base.state_dict())  # derived, never stored
+    with pytest.raises(ValueError, match="unknown gate 'nope'"):
+        DeltaStage(16, 16, 2, gate="nope")
+    with pytest.raises(ValueError, match="unknown norm 'nope'"):
+        DeltaStage(16, 16, 2, norm="nope")
+    with pytest.raises(ValueError, match="gate 'fixed' fixes"):
+        DeltaStage(16, 16, 2, gate="fixed", init="base")
+
+
+def test_stage_uses_a_given_first_residual_for_the_first_block_only():
+    """``first_residual`` = F_1(h_0) (cached training passes it): the stage equals the
+    reference with it, and a wrong one changes exactly what F_1 feeds."""
+    model = _model("cifar_resnet20")
+    x = _images("cifar_resnet20")
+    model.add_patch("ref_r", 4, stages=1, init="random")
+    try:
+        d = model.get_patch("ref_r").delta(2)
+        perturb(d, torch.Generator().manual_seed(2))
+        blocks = _stages(model)[2]
+        with torch.no_grad():
+            h0 = model.stage_input(x, 2)
+            f1 = model.first_residual(h0, 2)
+            torch.testing.assert_close(d(h0, blocks, f1)[0], ref_stage(d, h0, blocks, False)[0],
+                                       **TOL)
+            other = d(h0, blocks, f1 + 1.0)[0]
+            assert not torch.allclose(other, d(h0, blocks)[0])
+            b0 = blocks[0]
+            shifted = [_Shifted(b0)] + blocks[1:]  # the same +1 on F_1 inside the reference
+            torch.testing.assert_close(other, ref_stage(d, h0, shifted, False)[0], **TOL)
+    finally:
+        model.remove_patch("ref_r")
+
+
+class _Shifted(torch.nn.Module):
+    """A sub-block whose residual branch is the wrapped block's plus 1 (F_1 + 1)."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.block = block
+
+
+def _shifted_residual(b, h):
+    return block_split(b.block).residual(b.block, h) + 1.0
+
+
+dp.register_block(_Shifted, residual=_shifted_residual,
+                  shortcut=lambda b, h: block_split(b.block).shortcut(b.block, h),
+                  post=lambda b, h: block_split(b.block).post(b.block, h))
