@@ -141,11 +141,35 @@ def test_base_only_batch_bit_identical():
             assert torch.equal(model(x), ref)
 
 
-def test_cli_cache_flags():
-    args = build_parser().parse_args(["train", "--backbone", "cifar_resnet20", "--data", "digits",
-                                      "--out", "x", "--cache-features", "on",
-                                      "--cache-dtype", "float16"])
-    assert args.cache_features == "on" and args.cache_dtype == "float16"
+@pytest.mark.parametrize("flags, cached", [
+    (["--cache-features", "on", "--cache-dtype", "float16"], "float16"),
+    (["--cache-features", "off"], None),
+])
+def test_cli_cache_flags_reach_training(tmp_path, monkeypatch, capsys, flags, cached):
+    """``train --cache-features/--cache-dtype`` decide what the training loop runs on: the
+    frozen-trunk features cached in that dtype, or (off) no cache at all."""
+    import deltapatch.cache as cache
+    from deltapatch.cli import main
+
+    args = build_parser().parse_args(["train", "--backbone", "cifar_resnet20", "--data",
+                                      "digits", "--out", "x", *flags])
+    assert args.cache_features == flags[1]
+    calls = []
+    real = cache.cached_training
+
+    def recording(model, name, data, pre, dtype):
+        out = real(model, name, data, pre, dtype)
+        calls.append((dtype, out[0].train.images.dtype))
+        return out
+    monkeypatch.setattr(cache, "cached_training", recording)
+    assert main(["train", "--backbone", "cifar_resnet20", "--data", "digits", "--image-size",
+                 "16", "--max-train", "80", "--max-test", "10", "--epochs", "1", "--no-augment",
+                 "--no-progress", "--out", str(tmp_path / "p"), *flags]) == 0
+    capsys.readouterr()
+    if cached is None:
+        assert calls == []
+    else:
+        assert calls == [(cached, getattr(torch, cached))]
 
 
 def test_routed_mixed_batch_trains_every_patch():

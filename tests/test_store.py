@@ -255,8 +255,21 @@ def test_parent_is_a_file_refused(tmp_path):
 
 
 def test_check_writable_accepts_new_and_existing(tmp_path):
-    check_writable(tmp_path / "a" / "b")
-    check_writable(saved(tmp_path))
+    """It only checks: a new --out is not created, an existing one is left as it was, and the
+    save it vouched for then succeeds."""
+    new = tmp_path / "a" / "b"
+    assert check_writable(new) is None
+    assert not (tmp_path / "a").exists()
+    write_folder(new, CONFIG, tensors())
+    assert read_folder(new)[1]["w"].shape == (64, 8)
+    existing = saved(tmp_path)
+    before = sorted((p.relative_to(existing), p.read_bytes() if p.is_file() else None)
+                    for p in existing.rglob("*"))
+    assert check_writable(existing) is None
+    assert sorted((p.relative_to(existing), p.read_bytes() if p.is_file() else None)
+                  for p in existing.rglob("*")) == before
+    write_folder(existing, CONFIG, tensors(1))
+    assert torch.equal(read_folder(existing)[1]["w"], tensors(1)["w"])
 
 
 def in_child(fn) -> int:

@@ -86,12 +86,33 @@ def test_imagenet_weights_offline_fail_at_once_naming_weights_path(monkeypatch, 
     assert time.perf_counter() - start < 5
 
 
-def test_connectivity_probe_is_bounded():
+def test_connectivity_probe_is_bounded(monkeypatch):
+    """The probe's timeout reaches the connection attempt, and a lookup that never returns
+    (a hung DNS) is abandoned after the timeout: checked by what is called with which
+    timeout, not by the wall clock (which a busy machine stretches)."""
+    import threading
+
     from deltapatch.backbones import hub
 
-    start = time.perf_counter()
-    hub.host_reachable("deltapatch-no-such-host.invalid", timeout=0.5)
-    assert time.perf_counter() - start < 1.5
+    seen, joins, hang = [], [], threading.Event()
+
+    def connect(address, timeout=None):
+        seen.append((address, timeout))
+        hang.wait(30)  # never answers within the test
+        raise OSError("unreachable")
+    real_join = threading.Thread.join
+
+    def join(self, timeout=None):
+        joins.append(timeout)
+        return real_join(self, 0.01)
+    monkeypatch.setattr(hub.socket, "create_connection", connect)
+    monkeypatch.setattr(threading.Thread, "join", join)
+    try:
+        assert hub.host_reachable("deltapatch-no-such-host.invalid", timeout=0.5) is False
+    finally:
+        hang.set()
+    assert seen == [(("deltapatch-no-such-host.invalid", 443), 0.5)]
+    assert joins == [1.0]  # the caller waits the timeout plus a margin, then gives up
 
 
 def test_weights_from_files(tmp_path):

@@ -176,10 +176,25 @@ if efficientnet_lite.available():
     FAMILIES += ["efficientnet_lite0"]
 
 
+BLOCKS = {"cifar_resnet20": [3, 3, 3], "resnet18": [2, 2, 2, 2], "convnext_tiny": [3, 3, 9, 3],
+          "timm/resnet18": [2, 2, 2, 2], "efficientnet_lite0": [1, 1, 2, 2, 3]}
+"""Sub-blocks per stage, from each architecture's definition (EfficientNet-Lite0: the residual
+MBConv runs; the blocks without a skip are transitions)."""
+
+
 @pytest.mark.parametrize("name", FAMILIES)
 def test_every_builtin_family_spec_proves_itself(name):
     backbone = dp.load_backbone(name)
     before = snapshot(backbone)
     model = dp.PatchedModel(backbone)  # raises SpecError if the spec were wrong
-    assert len(model.stage_shapes()) == model.num_stages
+    shapes = model.stage_shapes()
+    assert [s.blocks for s in shapes] == BLOCKS[name]  # the paper's stages, not the probe's
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        pyramid = list(model.pyramid(x).values())
+        for s, shape in enumerate(shapes):  # what the probe measured is what the stages do
+            h = model.stage_input(x, s)
+            out = model.spec.stage_module(backbone, s)(h)
+            assert (h.shape[1], out.shape[1]) == (shape.in_channels, shape.out_channels)
+            assert torch.equal(out, pyramid[s])
     assert_unchanged(backbone, before)

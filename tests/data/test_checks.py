@@ -151,9 +151,25 @@ def test_out_of_range_options_are_refused_by_name(tmp_path, kw, flag):
         load_data(_save(tmp_path / "o.npz"), size, **kw)
 
 
-def test_valid_options_pass():
-    check_data_options(size=32, max_train=1, max_test=10_000, val_fraction=0.1)
-    check_data_options()
+def test_valid_options_pass_up_to_their_exact_bounds(tmp_path):
+    """The bounds themselves are accepted, one step past them refused, and accepted options
+    reach the loader: max_train=2 loads two training images (one held out)."""
+    from deltapatch.data.checks import MIN_SIZE
+    from deltapatch.preprocess import MAX_SIZE
+
+    assert check_data_options() is None
+    for kw in (dict(size=MIN_SIZE), dict(size=MAX_SIZE), dict(max_train=1), dict(max_test=1),
+               dict(val_fraction=1e-9), dict(val_fraction=1 - 1e-9)):
+        assert check_data_options(**kw) is None, kw
+    for kw in (dict(size=MIN_SIZE - 1), dict(size=MAX_SIZE + 1), dict(max_train=0),
+               dict(max_test=0)):
+        with pytest.raises(dp.DataError):
+            check_data_options(**kw)
+    one_class = np.zeros(24, dtype=np.int64)
+    data = load_data(_save(tmp_path / "v.npz", y_train=one_class), MIN_SIZE, max_train=2, max_test=3,
+                      val_fraction=0.5)
+    assert (len(data.train), len(data.val), len(data.test)) == (1, 1, 3)
+    assert data.test.images.shape[-1] == MIN_SIZE
 
 
 # ------------------------------------------------------------------ seeded subsets
