@@ -87,6 +87,21 @@ class PatchedModel(nn.Module):
             self._fingerprint = fingerprint(self.backbone)
         return self._fingerprint
 
+    @property
+    def base_head(self) -> nn.Linear:
+        """The backbone's own classifier: the base task's head, frozen like the rest of it."""
+        return self._head
+
+    @property
+    def feature_width(self) -> int:
+        """Width of the pooled features every task head reads."""
+        return self._head.in_features
+
+    @property
+    def base_classes(self) -> int:
+        """How many classes the base task has."""
+        return self._head.out_features
+
     def stage_shapes(self) -> list[StageShape]:
         """Channels in/out and sub-block count per stage, measured by the spec check's probe."""
         return list(self._shapes)
@@ -139,7 +154,7 @@ class PatchedModel(nn.Module):
             class_names=list(class_names) if class_names is not None else None,
             task=task, options=dict(options or {}),
         )
-        patch = self._placed(Patch(config, self.stage_shapes(), self._head.in_features))
+        patch = self._placed(Patch(config, self.stage_shapes(), self.feature_width))
         self.patches[name] = patch.train(self.training)
         return patch
 
@@ -213,8 +228,8 @@ class PatchedModel(nn.Module):
             config.stages = self.resolve_stages(config.stages)
         except ValueError as err:
             raise PatchError(f"patch config does not fit this backbone: {err}") from None
-        check_head(config, tensors, self._head.in_features)
-        patch = Patch(config, self.stage_shapes(), self._head.in_features)
+        check_head(config, tensors, self.feature_width)
+        patch = Patch(config, self.stage_shapes(), self.feature_width)
         check_tensors(patch, tensors)
         patch.load_state_dict(tensors)
         self.patches[config.name] = self._placed(patch).train(self.training)

@@ -76,7 +76,7 @@ def finetuned_task(model: PatchedModel, config: PatchConfig, net: nn.Module | No
     images cannot estimate them, which is why torchvision freezes them too."""
     net = net if net is not None else trainable_copy(model.backbone)
     head = head if head is not None else HEADS.get(config.task)(
-        config, model.stage_shapes(), model._head.in_features)
+        config, model.stage_shapes(), model.feature_width)
     device, dtype = placement(model.backbone)
     head.to(device=device, dtype=dtype)  # beside the copy, as a patch follows its backbone
     levels = config.options["levels"]
@@ -120,7 +120,7 @@ def load_dense(model: PatchedModel, folder: str | Path, name: str | None = None)
     model.check_fits(config)
     if config.method != FINETUNE:
         return patched_task(model, model.attach_patch(config, tensors, name))
-    head = HEADS.get(config.task)(config, model.stage_shapes(), model._head.in_features)
+    head = HEADS.get(config.task)(config, model.stage_shapes(), model.feature_width)
     check_tensors(head, unprefixed("head", tensors))
     check_tensors(model.backbone, unprefixed("net", tensors))
     head.load_state_dict(unprefixed("head", tensors))

@@ -43,7 +43,7 @@ def train_hooked(ctx: MethodContext, method: str, mode: str | None) -> MethodOut
         raise ValueError(f"{method} needs BatchNorm layers; {model.backbone_name} has none")
     stages = [model.spec.stage_module(model.backbone, i) for i in range(model.spec.num_stages)]
     convs = adapted_convs(model.backbone, stages) if mode else []
-    modules = beside(model, TaskModules(model.backbone, nn.Linear(model._head.in_features,
+    modules = beside(model, TaskModules(model.backbone, nn.Linear(model.feature_width,
                                                                   ctx.data.num_classes),
                                         bns, convs, mode))
     task = HookedTask(model, modules)

@@ -78,8 +78,8 @@ def unprefixed(prefix: str, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def new_head(model: PatchedModel, config: PatchConfig, tensors: dict[str, Tensor]) -> nn.Linear:
     """The task's stored head, checked against the config before it is allocated."""
-    check_head(config, tensors, model._head.in_features)
-    head = nn.Linear(model._head.in_features, config.num_classes)
+    check_head(config, tensors, model.feature_width)
+    head = nn.Linear(model.feature_width, config.num_classes)
     head.load_state_dict(unprefixed("head", tensors))
     return beside(model, head).requires_grad_(False).eval()
 

@@ -55,7 +55,7 @@ def finetune_copy(model: PatchedModel, data: TaskData, config: TrainConfig,
     copied too, never modified.
     """
     net = trainable_copy(start if start is not None else model.backbone, frozen=[model.spec.head])
-    head = beside(model, nn.Linear(model._head.in_features, data.num_classes))
+    head = beside(model, nn.Linear(model.feature_width, data.num_classes))
     ft = FineTuned(net, head, model.spec)
     result = fit(ft, ft, data, model.preprocess, config, run_dir)
     ft.eval()

@@ -191,7 +191,7 @@ def delta_params(model: PatchedModel, ctx: MethodContext) -> int:
                          preprocess=model.preprocess, gate=gate, norm=ctx.norm,
                          reduction=int(ctx.options.get("reduction", 4)),
                          init=resolve_init(ctx.init, gate, family_init(model.backbone_name)))
-    patch = Patch(config, model.stage_shapes(), model._head.in_features)
+    patch = Patch(config, model.stage_shapes(), model.feature_width)
     return count_params(patch, trainable=True) - count_params(patch.head, trainable=True)
 
 
@@ -280,7 +280,7 @@ def train(ctx: MethodContext) -> MethodOutcome:
     model = ctx.model
     p = plan(model, ctx)
     net = lora_net(model, p.targets, p.rank, p.alpha)
-    task = LoraTask(net, beside(model, nn.Linear(model._head.in_features, ctx.data.num_classes)),
+    task = LoraTask(net, beside(model, nn.Linear(model.feature_width, ctx.data.num_classes)),
                     model.spec)
     owned = nn.ModuleDict({"lora": adapters(net), "head": task.head})
     result = fit(task, owned, ctx.data, model.preprocess, ctx.train, ctx.out / "run",

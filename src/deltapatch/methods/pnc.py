@@ -146,7 +146,7 @@ def train(ctx: MethodContext) -> MethodOutcome:
              "val_top1": val, "source_val_top1": source_run.fit.best_val_top1,
              "adapter_params": adapter_params, "clone_params": clone_params,
              "source_trainable_params": source_params}
-    n_base = model._head.out_features
+    n_base = model.base_classes
     if base_test is not None:
         plain, merged = merged_predictions(model, branch, base_test, model.preprocess)
         extra["locality_routed"] = float((plain == before).float().mean())

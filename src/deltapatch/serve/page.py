@@ -35,7 +35,7 @@ def _read(name: str) -> bytes:
 def index_html(model: PatchedModel) -> bytes:
     """The page with the backbone's name, stages, classes and input size filled in."""
     values = {"backbone": model.backbone_name, "stages": ",".join(model.stage_names),
-              "classes": str(model._head.out_features), "size": str(model.preprocess.size)}
+              "classes": str(model.base_classes), "size": str(model.preprocess.size)}
     text = _read("index.html").decode()
     for key, value in values.items():
         text = text.replace("{{" + key + "}}", html.escape(value, quote=True))

@@ -88,8 +88,8 @@ class PatchRegistry:
         self._visible: dict[str, PatchInfo] = {}
         self._busy: set[str] = set()  # names being added or removed: not free, not visible
         self._inflight: dict[str, int] = {}
-        self.base = PatchInfo(BASE, model._head.out_features, [], "base", 0,
-                              base_labels(model._head.out_features), model.preprocess)
+        self.base = PatchInfo(BASE, model.base_classes, [], "base", 0,
+                              base_labels(model.base_classes), model.preprocess)
 
     # ------------------------------------------------------------ reading
     def infos(self) -> list[PatchInfo]:
