@@ -10,7 +10,7 @@ import torch
 
 import deltapatch as dp
 from deltapatch.baseinit import GatedBatchNorm, clip_unit
-from deltapatch.delta import existing_skips, num_skips
+from deltapatch.skips import existing_skips, num_skips
 from deltapatch.errors import PatchError
 from deltapatch.patch import PatchConfig, fingerprint
 

@@ -1,7 +1,5 @@
 """deltapatch: patch frozen pretrained CNNs for new tasks with Δ-Networks (Δ-Patching)."""
 
-__version__ = "0.1.0"
-
 from .backbones import (
                         BlockSplit,
                         StageSpec,
@@ -16,6 +14,7 @@ from .errors import BackboneError, DataError, DeltaPatchError, PatchError, SpecE
 from .model import BASE, PatchedModel
 from .patch import Patch, PatchConfig, read_config
 from .preprocess import Preprocess
+from .version import __version__
 
 __all__ = ["BASE", "BackboneError", "BlockSplit", "DataError", "DeltaPatchError", "Patch",
            "PatchConfig", "PatchError", "PatchedModel", "Preprocess", "SpecError", "StageSpec",

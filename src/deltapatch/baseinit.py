@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .skips import existing_skips, num_skips
+
 INITS = ("base", "random")
 LEGACY_INIT = "random"
 """What every patch written before ``init`` existed used; a config without the key reads so."""
@@ -32,8 +34,6 @@ DEFAULT_INIT = "random"
 
 def existing_targets(k: int) -> Tensor:
     """Λ of the base network: 1 on the backbone's shortcuts h_{j-1} → h_j, 0 on the new skips."""
-    from .delta import existing_skips, num_skips
-
     t = torch.zeros(num_skips(k))
     t[existing_skips(k)] = 1.0
     return t

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from .devices import placement, to_device
 from .errors import DeltaPatchError
 from .model import BASE, PatchedModel
+from .version import __version__
 
 OPSET = 17
 MIN_OPSET = 10
@@ -94,7 +95,6 @@ def metadata(model: PatchedModel, names: Sequence[str]) -> dict[str, str]:
             tasks[n] = {"num_classes": cfg.num_classes, "class_names": cfg.class_names,
                         "preprocess": cfg.preprocess.to_dict(), "method": cfg.method,
                         "stages": cfg.stages}
-    from . import __version__
     return {"deltapatch.version": __version__, "deltapatch.backbone": model.backbone_name,
             "deltapatch.fingerprint": model.fingerprint, "deltapatch.input": INPUT,
             "deltapatch.tasks": json.dumps(tasks),

@@ -27,6 +27,7 @@ from .errors import PatchError
 from .preprocess import MAX_SIZE, MIN_SIZE, Preprocess
 from .registry import Registry
 from .store import CONFIG_FILE, TENSORS_FILE
+from .version import __version__
 
 FORMAT = "deltapatch.patch/2"
 LEGACY_FORMATS = ("deltapatch.patch/1",)  # Δ-patches written before content hashes
@@ -66,8 +67,6 @@ class PatchConfig:
     (:mod:`deltapatch.dense`) that reads the patched feature pyramid."""
 
     def to_json(self) -> dict:
-        from . import __version__
-
         return {"format": FORMAT, "library_version": __version__, "method": self.method,
                 "name": self.name, "num_classes": self.num_classes,
                 "class_names": self.class_names, "backbone": self.backbone,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from ..delta import skip_index
+from ..skips import skip_index
 
 
 def _plt():

@@ -8,8 +8,8 @@ import sys
 
 import torch
 
-from .. import __version__
 from ..errors import DeltaPatchError
+from ..version import __version__
 from . import (  # noqa: F401  (register commands)
     bench,
     demo,

@@ -37,9 +37,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from torch import Tensor
 
-from .. import __version__
 from ..model import BASE
 from ..preprocess import Preprocess
+from ..version import __version__
 from .batcher import Closed, Job, QueueFull
 from .inputs import HTTPFail, Limits, image_tensor, read_body
 from .metrics import ServeMetrics
