@@ -195,3 +195,15 @@ def test_adapters_fit_every_family(family):
         with mods.active(net):
             assert not torch.equal(model.features(x), start)  # ConvNeXt's layer scale: ~1e-6
         assert torch.equal(model(x), ref)
+
+
+def test_batchable_is_declared_by_the_methods_whose_tasks_load_as_patches():
+    """The server batches a method's tasks when the method says they load as patches of the
+    shared model: the Δ family (delta, linear, the ablations), and no method that loads its own
+    forward (a copy, hooks, PEFT)."""
+    from deltapatch.methods.patching import load_patch
+
+    assert {n for n in METHODS.names() if METHODS.get(n).batchable} == {
+        n for n in METHODS.names() if METHODS.get(n).load is load_patch}
+    assert METHODS.get("delta").batchable and METHODS.get("linear").batchable
+    assert not any(METHODS.get(n).batchable for n in ("finetune", "paint", "bn-adapt", "lora"))

@@ -91,6 +91,8 @@ class Method:
             folder, so bad input changes nothing on disk; ``train`` checks them again.
         options: the ``--option`` keys the method reads (besides :data:`SHARED_OPTIONS`), with
             their kinds and bounds; any other key is refused by :meth:`check_options`.
+        batchable: its tasks load as patches of the shared :class:`PatchedModel`, so one
+            routed batch can carry them beside other tasks (what the server batches).
     """
 
     name: str
@@ -102,6 +104,7 @@ class Method:
     sequential: Sequential | None = None
     check: Check | None = None
     options: Mapping[str, MethodOption] = field(default_factory=dict)
+    batchable: bool = False
 
     def check_options(self, given: Mapping) -> None:
         """Refuse keys this method does not read and values of the wrong kind or bounds."""

@@ -54,7 +54,8 @@ def check_reduction(model: PatchedModel, stages, options: dict) -> None:
 def patch_method(name: str, summary: str, train) -> Method:
     """A method whose task is one :class:`~deltapatch.patch.Patch` (Δ, FC-only, ablations)."""
     return register_method(Method(name, summary, train, load_patch,
-                                  sequential=patch_per_task(train), check=check_reduction))
+                                  sequential=patch_per_task(train), check=check_reduction,
+                                  batchable=True))
 
 
 patch_method("delta", "Δ-Patching: Δ-modules on the chosen stages (--stages) + a new head",

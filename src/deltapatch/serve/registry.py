@@ -17,7 +17,6 @@ from pathlib import Path
 from ..backbones.registry import imagenet_classes
 from ..errors import PatchError
 from ..methods import get_method, load_task
-from ..methods.patching import load_patch as _delta_family_load
 from ..metrics import folder_bytes
 from ..model import BASE, PatchedModel
 from ..patch import CLASSIFICATION, CONFIG_FILE, PatchConfig, read_config
@@ -72,7 +71,7 @@ def check_batchable(config: PatchConfig) -> None:
         method = get_method(config.method)
     except RegistryError as err:
         raise NotBatchable(f"task '{config.name}': {err}") from None
-    if method.load is not _delta_family_load:
+    if not method.batchable:
         raise NotBatchable(
             f"task '{config.name}' was made with method '{config.method}'; this server batches "
             "Δ-family patches only (delta, linear and the skip ablations). Serve other methods "
