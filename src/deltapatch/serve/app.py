@@ -34,7 +34,7 @@ from .metrics import CONTENT_TYPE, ServeMetrics
 from .oip import oip_router
 from .page import mount_page
 from .readout import Answer, Ask
-from .registry import DuplicatePatch, PatchInfo, PatchRegistry, UnknownPatch
+from .registry import DuplicatePatch, Hold, PatchInfo, PatchRegistry, UnknownPatch
 
 log = logging.getLogger("deltapatch.serve")
 RETRY_AFTER_S = 1
@@ -142,29 +142,31 @@ def create_app(registry: PatchRegistry, *, max_batch: int = 32, max_wait_ms: flo
         t0 = time.perf_counter()
         req = await predict_input(request, limits)
         try:
-            infos = registry.acquire(req.names)
+            async with registry.holding(req.names) as hold:
+                answers = await _answer(app.state.batcher, req, hold, limits)
         except UnknownPatch as err:
             raise HTTPFail(404, str(err)) from None
-        queued = None
-        try:
-            pre = infos[0].preprocess
-            if any(i.preprocess != pre for i in infos):
-                raise HTTPFail(422, "a fan-out needs tasks with the same input preprocessing; "
-                                    "these differ: " + ", ".join(i.name for i in infos))
-            x = await asyncio.to_thread(image_tensor, req.image, pre, limits)
-            try:
-                queued = app.state.batcher.submit(predict_job(x, req, infos))
-            except (QueueFull, Closed) as err:
-                raise HTTPFail(503, str(err), {"Retry-After": str(RETRY_AFTER_S)}) from None
-            queued.add_done_callback(lambda _: registry.release(req.names))
-            answers = await asyncio.shield(queued)  # a client that leaves does not unqueue it
-        finally:
-            if queued is None:
-                registry.release(req.names)
         metrics.answered(list(req.names), time.perf_counter() - t0)
-        return predict_body(req, infos, answers)
+        return predict_body(req, hold.infos, answers)
 
     return app
+
+
+async def _answer(batcher: Batcher, req: PredictInput, hold: Hold, limits: Limits) -> list:
+    """Queue one /v1 request on the batcher and wait for its answers; the tasks stay held
+    until the job is done, even if the client leaves (the job is never unqueued)."""
+    infos = hold.infos
+    pre = infos[0].preprocess
+    if any(i.preprocess != pre for i in infos):
+        raise HTTPFail(422, "a fan-out needs tasks with the same input preprocessing; "
+                            "these differ: " + ", ".join(i.name for i in infos))
+    x = await asyncio.to_thread(image_tensor, req.image, pre, limits)
+    try:
+        queued = batcher.submit(predict_job(x, req, infos))
+    except (QueueFull, Closed) as err:
+        raise HTTPFail(503, str(err), {"Retry-After": str(RETRY_AFTER_S)}) from None
+    hold.until(queued)
+    return await asyncio.shield(queued)
 
 
 def _patch_files(form) -> dict[str, UploadFile]:

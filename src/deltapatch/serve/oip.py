@@ -149,17 +149,14 @@ def oip_router(registry: PatchRegistry, limits: Limits, metrics: ServeMetrics) -
             raise HTTPFail(415, "send the inference request uncompressed (no Content-Encoding)")
         req = decode_request(body, request.headers.get(HEADER))
         names = _task_names(registry, name, req)
-        try:
-            view = ModelView(name, registry.acquire(names), name == FANOUT)
+        try:  # the tasks are held until every job of the request is done
+            async with registry.holding(names) as hold:
+                view = ModelView(name, hold.infos, name == FANOUT)
+                done = await _queue(request.app.state.batcher, view, req, limits, names)
+                hold.until(done)
+                answers = _results(await asyncio.shield(done))  # a client that leaves unqueues nothing
         except UnknownPatch as err:
             raise HTTPFail(404, str(err)) from None
-        try:  # the tasks are held until every job of the request is done
-            done = await _queue(request.app.state.batcher, view, req, limits, names,
-                                lambda _: registry.release(names))
-        except BaseException:
-            registry.release(names)
-            raise
-        answers = _results(await asyncio.shield(done))  # a client that leaves unqueues nothing
         outputs = [OutputTensor(o.name, _array(answers, view, o.name), o.binary)
                    for o in _wanted(view, req)]
         metrics.answered(list(names), time.perf_counter() - t0, api="v2")
@@ -173,9 +170,8 @@ def oip_router(registry: PatchRegistry, limits: Limits, metrics: ServeMetrics) -
 
 
 async def _queue(batcher, view: ModelView, req: InferRequest, limits: Limits,
-                 names: tuple[str, ...], release: Callable) -> asyncio.Future:
-    """One job per image, all queued (or none, raising): a future of every job's result,
-    which calls ``release`` once all are done."""
+                 names: tuple[str, ...]) -> asyncio.Future:
+    """One job per image, all queued (or none, raising): a future of every job's result."""
     if any(t.preprocess != view.pre for t in view.tasks):
         raise HTTPFail(422, "a fan-out needs tasks with the same input preprocessing; these "
                             "differ: " + ", ".join(t.name for t in view.tasks))
@@ -188,9 +184,7 @@ async def _queue(batcher, view: ModelView, req: InferRequest, limits: Limits,
         futures = batcher.submit_all(jobs)
     except (QueueFull, Closed) as err:
         raise HTTPFail(503, str(err), {"Retry-After": str(RETRY_AFTER_S)}) from None
-    done = asyncio.gather(*futures, return_exceptions=True)
-    done.add_done_callback(release)
-    return done
+    return asyncio.gather(*futures, return_exceptions=True)
 
 
 def _results(results: list) -> list[dict[str, Answer]]:

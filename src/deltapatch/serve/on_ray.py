@@ -113,17 +113,15 @@ class PatchReplica:
                                       "POST /v1/predict)"}
             req = await predict_input(request, self.limits)
             try:
-                infos = self.registry.acquire(req.names)
+                async with self.registry.holding(req.names) as hold:
+                    infos = hold.infos
+                    pre = infos[0].preprocess
+                    if any(i.preprocess != pre for i in infos):
+                        return 422, {"error": "a fan-out needs tasks with the same preprocessing"}
+                    x = await asyncio.to_thread(image_tensor, req.image, pre, self.limits)
+                    answers = await self.batched(predict_job(x, req, infos))
             except UnknownPatch as err:
                 return 404, {"error": str(err)}
-            try:
-                pre = infos[0].preprocess
-                if any(i.preprocess != pre for i in infos):
-                    return 422, {"error": "a fan-out needs tasks with the same preprocessing"}
-                x = await asyncio.to_thread(image_tensor, req.image, pre, self.limits)
-                answers = await self.batched(predict_job(x, req, infos))
-            finally:
-                self.registry.release(req.names)
             if isinstance(answers, BaseException):
                 return 500, {"error": f"internal error ({type(answers).__name__}); see the log"}
             return 200, predict_body(req, infos, answers)

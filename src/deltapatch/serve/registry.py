@@ -9,8 +9,10 @@ so a removal never pulls a module out from under a forward that is running or qu
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +80,19 @@ def check_batchable(config: PatchConfig) -> None:
             "with `deltapatch predict --patch DIR`.")
 
 
+@dataclass
+class Hold:
+    """What :meth:`PatchRegistry.holding` gives a request: its tasks' infos, and the queued
+    work (if any) that must finish before they are released."""
+
+    infos: list[PatchInfo]
+    work: asyncio.Future | None = None
+
+    def until(self, work: asyncio.Future) -> None:
+        """Keep the tasks held until ``work`` is done, past the end of the ``async with``."""
+        self.work = work
+
+
 class PatchRegistry:
     """Visible patches of one live model, with per-patch in-flight counts."""
 
@@ -119,6 +134,21 @@ class PatchRegistry:
             for n in names:
                 self._inflight[n] = self._inflight.get(n, 0) + 1
         return infos
+
+    @contextlib.asynccontextmanager
+    async def holding(self, names: Iterable[str]) -> AsyncIterator[Hold]:
+        """A request's patches, held for its whole life in one place: acquired on entry
+        (:class:`UnknownPatch` if one is not loaded), released on exit, or, once the request
+        has queued work (:meth:`Hold.until`), when that work is done, even if the client left."""
+        names = tuple(names)
+        hold = Hold(self.acquire(names))
+        try:
+            yield hold
+        finally:
+            if hold.work is None:
+                self.release(names)
+            else:
+                hold.work.add_done_callback(lambda _: self.release(names))
 
     def release(self, names: Iterable[str]) -> None:
         with self._cond:
