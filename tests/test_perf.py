@@ -88,7 +88,7 @@ def test_memmap_cache_equals_ram_cache():
     ram, unpack = cache_features(model, 2, data.train, pre, batch_size=10)
     disk, _ = cache_features(model, 2, data.train, pre, batch_size=10, max_ram_bytes=0)
     assert torch.equal(ram.images, disk.images) and torch.equal(ram.labels, disk.labels)
-    h0, r1 = unpack.normalize(ram.images[:3])
+    h0, r1 = unpack.model_input(ram.images[:3])
     with torch.no_grad():
         ref = model.stage_input(pre.normalize(data.train.images[:3]), 2)
         assert torch.allclose(h0, ref, atol=1e-6)

@@ -156,7 +156,7 @@ def test_the_feature_cache_holds_bfloat16_in_ram_and_on_disk():
                              max_ram_bytes=0)
     assert ram.images.dtype == disk.images.dtype == torch.bfloat16
     assert torch.equal(ram.images, disk.images)
-    assert unpack.normalize(ram.images[:2])[0].dtype == torch.float32
+    assert unpack.model_input(ram.images[:2])[0].dtype == torch.float32
 
 
 def test_device_not_there_is_one_line_exit_2_and_nothing_written(tmp_path, capsys):

@@ -40,17 +40,17 @@ HOST_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloa
 
 
 class CachedInput:
-    """Stands in for ``fit``'s preprocess on cached rows: they are already normalized and
-    through the frozen prefix, so a batch is only unpacked into its parts (each row stores the parts
-    flattened side by side, so that one row index fetches all of them) and cast back to the
-    dtype the model made them in."""
+    """The :class:`~deltapatch.preprocess.ModelInput` of cached rows: they are already
+    normalized and through the frozen prefix, so a batch is only unpacked into its parts (each
+    row stores the parts flattened side by side, so that one row index fetches all of them) and
+    cast back to the dtype the model made them in."""
 
     def __init__(self, shapes: Sequence[tuple[int, ...]], dtype: torch.dtype = torch.float32
                  ) -> None:
         self.shapes = [tuple(s) for s in shapes]
         self.dtype = dtype
 
-    def normalize(self, rows: Tensor) -> tuple[Tensor, ...]:
+    def model_input(self, rows: Tensor) -> tuple[Tensor, ...]:
         sizes = [math.prod(s) for s in self.shapes]
         return tuple(part.reshape(-1, *shape).to(self.dtype)
                      for part, shape in zip(rows.split(sizes, dim=1), self.shapes, strict=True))
@@ -139,7 +139,7 @@ def cache_features(model: PatchedModel, start: int, images: ImageSet, preprocess
 def cached_training(model: PatchedModel, name: str, data: TaskData, preprocess: Preprocess,
                     dtype: str = "float32", max_ram_bytes: int | None = None
                     ) -> tuple[TaskData, Callable[[tuple[Tensor, ...]], Tensor], CachedInput]:
-    """(data with cached train/val features, forward on features, their 'preprocess') for
+    """(data with cached train/val features, forward on features, their input) for
     training patch ``name``: drop-in arguments for :func:`deltapatch.train.fit`."""
     if dtype not in DTYPES:
         raise ValueError(f"cache dtype '{dtype}': choose from {', '.join(DTYPES)}")

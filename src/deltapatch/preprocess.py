@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -31,6 +32,15 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+class ModelInput(Protocol):
+    """The last step of the one input path (:func:`deltapatch.train.model_inputs`): a batch on
+    the device becomes the forward's argument. :class:`Preprocess` normalizes images; the
+    feature cache's :class:`~deltapatch.cache.CachedInput` unpacks stored prefix outputs, so
+    training and evaluation read either without knowing which."""
+
+    def model_input(self, x: Tensor) -> Any: ...
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """Images are resized to ``size`` x ``size`` RGB in [0, 1], then normalized."""
@@ -49,6 +59,10 @@ class Preprocess:
         if x.device.type != "cpu":
             mean, std = mean.to(x.device, non_blocking=True), std.to(x.device, non_blocking=True)
         return (x - mean) / std
+
+    def model_input(self, x: Tensor) -> Tensor:
+        """:class:`ModelInput`: images are normalized."""
+        return self.normalize(x)
 
     def with_size(self, size: int | None) -> Preprocess:
         return self if size is None else Preprocess(size, self.mean, self.std)

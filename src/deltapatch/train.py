@@ -36,7 +36,7 @@ from .data.augment import Crops, apply_crops, draw_crops
 from .data.sets import ImageSet, TaskData
 from .errors import DeltaPatchError
 from .options import opt, validate
-from .preprocess import Preprocess
+from .preprocess import ModelInput
 from .progress import log, progress_bar
 
 Forward = Callable[[Tensor], Tensor]
@@ -118,17 +118,17 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 CPU = torch.device("cpu")
 
 
-def model_inputs(x: Tensor, preprocess: Preprocess, device: torch.device = CPU,
+def model_inputs(x: Tensor, preprocess: ModelInput, device: torch.device = CPU,
                  crops: Crops | None = None):
     """The one input path from a host batch to a model: to ``device`` (pinned, non-blocking
     from the host to a GPU: uint8, a quarter of float32's bytes), then augmented and normalized
     there for the whole batch. Training, evaluation, prediction and the feature cache all use
     it, so a batch is prepared the same way everywhere."""
     x = devices.to_device(x, device)
-    return preprocess.normalize(x if crops is None else apply_crops(x, crops))
+    return preprocess.model_input(x if crops is None else apply_crops(x, crops))
 
 
-def correct_count(forward: Forward, data: ImageSet, preprocess: Preprocess, batch_size: int,
+def correct_count(forward: Forward, data: ImageSet, preprocess: ModelInput, batch_size: int,
                   device: torch.device = CPU) -> Tensor:
     """How many of ``data`` ``forward`` classifies right, summed on ``device`` (one read at the
     end instead of a host sync per batch)."""
@@ -140,7 +140,7 @@ def correct_count(forward: Forward, data: ImageSet, preprocess: Preprocess, batc
 
 
 @torch.inference_mode()
-def evaluate(forward: Forward, data: ImageSet, preprocess: Preprocess,
+def evaluate(forward: Forward, data: ImageSet, preprocess: ModelInput,
              batch_size: int = 256, device: torch.device = CPU) -> float:
     """Top-1 accuracy (a fraction) of ``forward`` on ``data``, each batch moved to ``device``
     (where ``forward``'s model is); the caller sets eval mode."""
@@ -148,7 +148,7 @@ def evaluate(forward: Forward, data: ImageSet, preprocess: Preprocess,
 
 
 @torch.inference_mode()
-def predict(forward: Forward, data: ImageSet, preprocess: Preprocess,
+def predict(forward: Forward, data: ImageSet, preprocess: ModelInput,
             batch_size: int = 256, device: torch.device = CPU) -> Tensor:
     """Predicted class per image (on the host)."""
     return torch.cat([forward(model_inputs(x, preprocess, device)).argmax(1)
@@ -192,7 +192,7 @@ class Local:
             crops = draw_crops(len(x), x.shape[2], g, data.hflip) if config.augment else None
             yield x, y, crops
 
-    def step(self, step: Forward, preprocess: Preprocess, batch: tuple
+    def step(self, step: Forward, preprocess: ModelInput, batch: tuple
              ) -> tuple[Tensor, Tensor, Tensor, int]:
         """(the mean loss to backward, the summed loss, correct, rows); the sums stay on the
         device."""
@@ -206,7 +206,7 @@ class Local:
     def sum(self, *values: Tensor | float) -> list[float]:
         return [float(v) for v in values]
 
-    def evaluate(self, forward: Forward, val: ImageSet, preprocess: Preprocess,
+    def evaluate(self, forward: Forward, val: ImageSet, preprocess: ModelInput,
                  batch_size: int) -> float:
         return evaluate(forward, val, preprocess, batch_size, self.device)
 
@@ -261,7 +261,7 @@ class Classification:
 
     loop: Loop
     data: TaskData
-    preprocess: Preprocess
+    preprocess: ModelInput
     train_score: str | None = "train_top1"
     val_score: str | None = "val_top1"
 
@@ -279,7 +279,7 @@ class Classification:
                                   config.eval_batch_size)
 
 
-def fit(forward: Forward, owned: nn.Module, data: TaskData, preprocess: Preprocess,
+def fit(forward: Forward, owned: nn.Module, data: TaskData, preprocess: ModelInput,
         config: TrainConfig, run_dir: str | Path | None = None,
         set_mode: Callable[[bool], object] | None = None,
         shard: distributed.Shard | None = None) -> FitResult:
