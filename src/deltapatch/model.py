@@ -15,12 +15,14 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from . import execution
 from .backbones.check import check_spec
 from .backbones.registry import backbone_name, default_preprocess, family_init
-from .backbones.spec import StageSpec, block_split, spec_for
+from .backbones.spec import StageSpec, spec_for
 from .delta import resolve_init
-from .devices import own_dtype, placement
+from .devices import placement
 from .errors import PatchError
+from .execution import BaseTask, Record, Task, Trunk
 from .metrics import count_params, tensor_bytes
 from .patch import (
     CLASSIFICATION,
@@ -35,7 +37,7 @@ from .patch import (
     write_patch,
 )
 from .preprocess import Preprocess, size_limit
-from .routing import delta_fn, group_rows, mixed_stage, scatter_rows
+from .routing import group_rows
 
 BASE = "__base__"
 """Name that routes a sample to the base task (the backbone's own head)."""
@@ -62,10 +64,11 @@ class PatchedModel(nn.Module):
         self.active: str | None = None
         probe = check_spec(self.backbone, self.spec, self.preprocess.size)  # raises SpecError
         self._shapes = [StageShape(*shape) for shape in probe]
-        # resolved once: slice stages are views built per lookup, and forward runs them often
         self._stages = tuple(self.spec.stage_module(self.backbone, s)
                              for s in range(self.spec.num_stages))
+        self._trunk = Trunk(self.backbone, self.spec, self._stages)
         self._head: nn.Linear = self.spec.head_module(self.backbone)
+        self._base = BaseTask(self._head)
         self._fingerprint: str | None = None
         self.max_image_size: int | None = None
         """Largest ``preprocess.size`` a loaded patch may ask for; ``None``: ``size_limit`` of
@@ -276,6 +279,21 @@ class PatchedModel(nn.Module):
         return self
 
     # ----------------------------------------------------------------- forward
+    def task(self, name: str) -> Task:
+        """The base task (``"__base__"``) or patch ``name``, as a forward runs it."""
+        return self._base if name == BASE else self.get_patch(name)
+
+    def classifier(self, name: str) -> Task:
+        """Task ``name`` if it answers with logits: the base task or a classification patch.
+        A detection or segmentation patch answers through :mod:`deltapatch.dense` instead."""
+        task = self.task(name)
+        kind = task.config.task if isinstance(task, Patch) else CLASSIFICATION
+        if kind != CLASSIFICATION:
+            raise PatchError(f"patch '{name}' is a {kind} patch; run it with "
+                             "deltapatch.dense.DenseTask (or `deltapatch predict`), not as a "
+                             "classifier")
+        return task
+
     def forward(self, x: Tensor, patch: str | None = None,
                 patches: Sequence[str] | None = None) -> Tensor:
         """Logits for the base task, one patch, or one task per sample.
@@ -287,26 +305,29 @@ class PatchedModel(nn.Module):
         if patches is not None:
             if len(patches) != x.shape[0]:
                 raise ValueError(f"{len(patches)} patch names for a batch of {x.shape[0]}")
-            return self._routed(x, group_rows(list(patches), BASE, x.device))
-        name = patch if patch is not None else self.active
-        if name is None or name == BASE:
-            with own_dtype(x.device):
-                return self.backbone(x)
-        return self._routed(x, group_rows([name] * x.shape[0], name, x.device))
+            return self._routed(x, list(patches), empty=BASE)
+        name = patch if patch is not None else self.active or BASE
+        return self._routed(x, [name] * x.shape[0], empty=name)
 
     def features(self, x: Tensor, patch: str | None = None) -> Tensor:
         """Pre-logit features (the head's input) of the base path or of one patch."""
         name = patch or BASE
-        return self._routed(x, group_rows([name] * x.shape[0], name, x.device), head=False)
+        return self._routed(x, [name] * x.shape[0], empty=name, head=False)
 
     def lambdas(self, x: Tensor, patch: str | None = None) -> dict[int, Tensor]:
         """Λ per patched stage: ``{stage index: (N, k(k+1)/2)}`` in [0, 1] for the Δ gate."""
         name = patch or self.active
         if name is None:
             raise PatchError("lambdas() needs a patch: pass patch=NAME or set_patch(NAME)")
-        record: dict[str, dict[int, Tensor]] = {}
-        self._routed(x, group_rows([name] * x.shape[0], name, x.device), record=record)
+        record: Record = {}
+        self._routed(x, [name] * x.shape[0], empty=name, record=record)
         return record.get(name, {})
+
+    def _routed(self, x: Tensor, names: list[str], empty: str, head: bool = True,
+                record: Record | None = None) -> Tensor:
+        """One forward for rows of any tasks (an empty batch takes task ``empty``'s width)."""
+        tasks = {n: self.classifier(n) for n in dict.fromkeys(names or [empty])}
+        return execution.forward(self._trunk, x, names, tasks, head, record)
 
     def stage_input(self, x: Tensor, stage: int) -> Tensor:
         """The frozen activation entering stage ``stage`` (after its transition; ``num_stages``
@@ -315,15 +336,11 @@ class PatchedModel(nn.Module):
         (:mod:`deltapatch.cache`); ``forward`` itself runs ``forward_from(stage_input(x, s), s)``."""
         if not 0 <= stage <= self.num_stages:
             raise ValueError(f"stage {stage} out of range 0..{self.num_stages}")
-        return self.spec.stage_input(self.backbone, x, stage, self._run_stage)
-
-    def _run_stage(self, s: int, h: Tensor) -> Tensor:
-        return self._stages[s](h)
+        return self._trunk.stage_input(x, stage)
 
     def first_patched_stage(self, names: Sequence[str]) -> int:
         """The earliest stage any of ``names`` patches (``num_stages`` for head-only / base)."""
-        return min((s for n in set(names) if n != BASE for s in self.get_patch(n).config.stages),
-                   default=self.num_stages)
+        return execution.first_stage([self.task(n) for n in set(names)], self.num_stages)
 
     def first_residual(self, h: Tensor, stage: int) -> Tensor:
         """F_1(h_0): the residual branch of ``stage``'s first sub-block on its input ``h``.
@@ -331,8 +348,7 @@ class PatchedModel(nn.Module):
         In a Δ-stage it depends on h_0 and frozen weights only (the Δ-weights act on the skips),
         so it is as cacheable as h_0 itself; for ResNet-18's last stage it is ~40% of the stage.
         """
-        block = next(iter(self._stages[stage]))
-        return block_split(block).residual(block, h)
+        return self._trunk.first_residual(h, stage)
 
     def forward_from(self, h: Tensor, start: int, patch: str | None = None,
                      patches: Sequence[str] | None = None, head: bool = True,
@@ -354,7 +370,9 @@ class PatchedModel(nn.Module):
             raise ValueError("first_residual needs all rows on one patch that patches stage "
                              f"{start}")
         groups = group_rows(names, BASE if patches is not None else one, h.device)
-        return self._finish(h, start, groups, head, first_residual=first_residual)
+        tasks = {n: self.classifier(n) for n in groups}
+        return execution.run_from(self._trunk, h, start, tasks, groups, head,
+                                  first_residual=first_residual)
 
     def fanout(self, x: Tensor, patches: Sequence[str]) -> dict[str, Tensor]:
         """Logits of every task in ``patches`` on every row: ``{name: (N, classes)}``.
@@ -369,79 +387,8 @@ class PatchedModel(nn.Module):
         ``backbone(x)`` (tests/test_fanout.py checks it on every family at several batch sizes).
         Names repeated in ``patches`` are computed once.
         """
-        names = list(dict.fromkeys(patches))
-        for n in names:
-            if n != BASE:
-                self.classifier(n)
-        if not names:
-            return {}
-        if names == [BASE]:
-            return {BASE: self.backbone(x)}
-        n_stages = self.num_stages
-        first = {n: self.first_patched_stage([n]) for n in names}
-        start = min(first.values())
-        stop = max(first.values())
-        hs = {start: self.stage_input(x, start)}
-        for s in range(start, stop):  # the base chain, only as far as some task needs it
-            hs[s + 1] = self.spec.run_from(self.backbone, hs[s], s, s + 1, self._run_stage)
-        feats = (self.spec.features_from(self.backbone, hs[n_stages], n_stages)
-                 if stop == n_stages else None)
-        starts = [first[n] for n in names if first[n] < n_stages]
-        shared = {s: self.first_residual(hs[s], s) for s in set(starts) if starts.count(s) > 1}
-        out: dict[str, Tensor] = {}
-        for n in names:
-            if first[n] == n_stages:  # the base task and head-only patches: features are shared
-                out[n] = (self._head if n == BASE else self.classifier(n).head)(feats)
-                continue
-            groups = {n: torch.arange(x.shape[0], device=x.device)}
-            out[n] = self._finish(hs[first[n]], first[n], groups,
-                                  first_residual=shared.get(first[n]))
-        return out
-
-    def _routed(self, x: Tensor, groups: dict[str, Tensor], head: bool = True,
-                record: dict[str, dict[int, Tensor]] | None = None) -> Tensor:
-        if set(groups) == {BASE} and head:
-            return self.backbone(x)
-        start = self.first_patched_stage(list(groups))
-        return self._finish(self.stage_input(x, start), start, groups, head, record)
-
-    def _finish(self, h: Tensor, start: int, groups: dict[str, Tensor], head: bool = True,
-                record: dict[str, dict[int, Tensor]] | None = None,
-                first_residual: Tensor | None = None) -> Tensor:
-        """Stages ``start``.. on ``h`` (stage ``start``'s input), routed per row group: each stage
-        runs once for all rows not patched there, and per patch only on that patch's rows."""
-        patches = {n: self.classifier(n) for n in groups if n != BASE}
-        run_stage = self._stage_runner(patches, groups, start, record, first_residual)
-        feats = self.spec.features_from(self.backbone, h, start, run_stage)
-        if not head:
-            return feats
-        heads: dict = {n: patches[n].head for n in patches}
-        if BASE in groups:  # the base head on every row, as the backbone runs it: on fewer rows
-            base = self._head(feats)  # a matmul may take another kernel and round otherwise
-            heads[BASE] = lambda _rows, idx=groups[BASE]: base.index_select(0, idx)
-        return scatter_rows(feats, groups, heads, fill=float("-inf"))
-
-    def _stage_runner(self, patches: dict[str, Patch], groups: dict[str, Tensor], start: int,
-                      record: dict | None = None, first_residual: Tensor | None = None):
-        """``run_stage(s, h)`` for a spec walk: the frozen stage where no patch has a Δ-stage,
-        else the routed Δ-stage."""
-        def run_stage(s: int, h: Tensor) -> Tensor:
-            deltas = {n: p.delta(s) for n, p in patches.items() if p.delta(s) is not None}
-            if not deltas:
-                return self._stages[s](h)
-            r1 = first_residual if s == start else None
-            return self._stage(h, s, self._stages[s], deltas, groups, record, r1)
-        return run_stage
-
-    def classifier(self, name: str) -> Patch:
-        """Patch ``name``, refused if its head is not a classifier: a detection or
-        segmentation patch answers through :mod:`deltapatch.dense`, not through logits."""
-        patch = self.get_patch(name)
-        if patch.config.task != CLASSIFICATION:
-            raise PatchError(f"patch '{name}' is a {patch.config.task} patch; run it with "
-                             "deltapatch.dense.DenseTask (or `deltapatch predict`), not as a "
-                             "classifier")
-        return patch
+        tasks = {n: self.classifier(n) for n in dict.fromkeys(patches)}
+        return execution.fanout(self._trunk, x, tasks)
 
     def pyramid(self, x: Tensor, patch: str | None = None) -> dict[str, Tensor]:
         """Every stage's output ``{stage name: (N, C_s, H_s, W_s)}`` in stage order, for the base
@@ -449,19 +396,5 @@ class PatchedModel(nn.Module):
         The base pyramid is the frozen stages' own outputs; a patch replaces only its Δ-stages."""
         name = patch or BASE
         groups = group_rows([name] * x.shape[0], name, x.device)
-        runner = None
-        if name != BASE:
-            runner = self._stage_runner({name: self.get_patch(name)}, groups, 0)
-        outs = self.spec.pyramid(self.backbone, x, runner)
+        outs = execution.pyramid(self._trunk, x, name, self.task(name), groups)
         return dict(zip(self.stage_names, outs, strict=True))
-
-    def _stage(self, h: Tensor, s: int, stage: nn.Module, deltas: dict, groups: dict,
-               record: dict | None, first_residual: Tensor | None = None) -> Tensor:
-        """One patch on every row: its Δ-stage; rows of several tasks: one pass of the stage's
-        blocks with a per-row Λ (:func:`~deltapatch.routing.mixed_stage`)."""
-        blocks = list(stage)
-        if len(groups) == 1 and len(deltas) == 1:
-            (n, d), = deltas.items()
-            return delta_fn(d, blocks, s, record.setdefault(n, {}) if record is not None
-                            else None, first_residual)(h)
-        return mixed_stage(h, s, blocks, deltas, groups, record, first_residual)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from . import store
 from .baseinit import INITS, LEGACY_INIT
@@ -182,8 +182,17 @@ class Patch(nn.Module):
         })
         self.head = HEADS.get(config.task)(config, shapes, feature_dim)
 
+    @property
+    def stages(self) -> list[int]:
+        """The stages this patch replaces by Δ-stages (0-based)."""
+        return self.config.stages
+
     def delta(self, stage: int) -> DeltaStage | None:
         return self.deltas[str(stage)] if str(stage) in self.deltas else None
+
+    def logits(self, feats: Tensor, rows: Tensor) -> Tensor:
+        """The head on this task's ``rows`` of the pooled features (all rows: no indexing)."""
+        return self.head(feats if rows.numel() == feats.shape[0] else feats.index_select(0, rows))
 
 
 HeadBuilder = Callable[[PatchConfig, list[StageShape], int], nn.Module]

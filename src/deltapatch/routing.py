@@ -57,7 +57,18 @@ def scatter_rows(h: Tensor, groups: dict[str, Tensor], fns: dict, fill: float = 
         (g, idx), = groups.items()
         if idx.numel() == n_rows:
             return fns[g](h)
-    outs = {g: fns[g](h.index_select(0, idx)) for g, idx in groups.items()}
+    return place_rows({g: fns[g](h.index_select(0, idx)) for g, idx in groups.items()}, groups,
+                      n_rows, fill)
+
+
+def place_rows(outs: dict[str, Tensor], groups: dict[str, Tensor], n_rows: int,
+               fill: float = 0.0) -> Tensor:
+    """Each group's output rows put back in row order in one tensor; outputs of different widths
+    are padded with ``fill``. One group covering all rows is returned as it is."""
+    if len(outs) == 1:
+        (g, o), = outs.items()
+        if groups[g].numel() == n_rows:
+            return o
     first = next(iter(outs.values()))
     width = max(o.shape[1] for o in outs.values())
     out = first.new_full((n_rows, width, *first.shape[2:]), fill)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import threading
+import time
 
 import torch
 from conftest import png, run_async, save_patch
@@ -140,10 +141,15 @@ def test_shutdown_drains_in_flight_requests(registry):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             async with app.router.lifespan_context(app):
+                batcher, queued = app.state.batcher, []
+                submit = batcher.submit
+                batcher.submit = lambda job: (queued.append(job), submit(job))[1]
                 pending = [asyncio.ensure_future(client.post("/v1/predict",
                                                              json=body(i, patch="b")))
                            for i in range(6)]
-                await asyncio.sleep(0.05)  # requests are in; now the server stops
+                deadline = time.monotonic() + 30  # a busy machine decodes slowly
+                while len(queued) < 6 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)  # until every request is queued; then stop
             codes = [r.status_code for r in await asyncio.wait_for(asyncio.gather(*pending), 60)]
             after = await client.post("/v1/predict", json=body(0))
             ready = await client.get("/ready")

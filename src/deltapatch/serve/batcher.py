@@ -6,19 +6,19 @@ The model's device is owned by **one worker thread** (a single-thread executor):
 runs there, one after another, so a GPU's context and stream are only ever used from that
 thread, and the event loop keeps accepting requests while the device computes. A batch's images
 go to the device as uint8 in one copy (:mod:`.staging`) and are normalized there, a group at a
-time, as training and ``deltapatch predict`` do (:func:`deltapatch.train.model_inputs`); softmax and top-k run on the device and the
-answers come back in one copy (:mod:`.readout`).
+time, as training and ``deltapatch predict`` do (:func:`deltapatch.train.model_inputs`); softmax and
+top-k run on the device and the answers come back in one copy (:mod:`.readout`).
 
-Base rows (``"__base__"``) do not join the routed forward: they run ``backbone(x)`` itself, and
-by default one image at a time **on every device**, because kernels need not be batch-invariant
-(on the CPU a row's logits in a batch of 16 differ in the last bits from the same image alone,
-measured for cifar_resnet20 and resnet18; GPU kernels choose algorithms by batch size too). So a
-base answer equals ``deltapatch predict`` / ``model(x)`` on that image bit for bit.
-``exact_base=False`` batches base rows too: faster, and exact only on a device where
-batched base rows were measured bit-identical (docs/SERVING.md says where and how).
-Fan-out requests run ``model.fanout``; those naming the same tasks are stacked, except with
-``__base__`` under ``exact_base``. A patched row's logits may differ in the last bits with the
-batch it rode in, for the same reason.
+A request that names ``"__base__"`` runs alone by default (``exact_base``), **on every device**:
+its base answer is then ``backbone(x)`` of that image alone (the model's base path), because
+kernels need not be batch-invariant (on the CPU a row's logits in a batch of 16 differ in the
+last bits from the same image alone, measured for cifar_resnet20 and resnet18; GPU kernels
+choose algorithms by batch size too). So a base answer equals ``deltapatch predict`` /
+``model(x)`` on that image bit for bit. ``exact_base=False`` lets such requests ride in the
+batch like any other: faster, and exact only on a device where batched base rows were measured
+bit-identical (docs/SERVING.md says where and how). Fan-out requests run ``model.fanout``;
+those naming the same tasks are stacked. A patched row's logits may differ in the last bits
+with the batch it rode in, for the same reason.
 """
 
 from __future__ import annotations
@@ -194,27 +194,21 @@ class Batcher:
                 for r, i in enumerate(rows) if batch[i].lambdas}
 
     def _groups(self, batch: list[Job]) -> dict[tuple, list[int]]:
-        """Rows that run together: base rows, routed rows (any patches), fan-outs of the same
-        tasks; each group of one image shape, preprocessing and input form."""
+        """Rows that run together: routed rows (any tasks), fan-outs of the same tasks; each
+        group of one image shape, preprocessing and input form. Under ``exact_base`` a job
+        naming the base task runs alone, as a fan-out of its tasks (``model.fanout`` of one
+        task is ``model(x, patch=that task)`` bit for bit, and of ``__base__``, ``backbone(x)``)."""
         groups: dict[tuple, list[int]] = {}
         for i, job in enumerate(batch):
-            form = (tuple(job.x.shape), job.pre, job.normalized)
-            if not job.fanout:
-                key = ("base" if job.names[0] == BASE else "routed", *form)
-            elif self.exact_base and BASE in job.names:
-                key = ("fanout-one", i)
+            if self.exact_base and BASE in job.names:  # alone: a fan-out of its own tasks
+                key: tuple = ("fanout", i)
             else:
-                key = ("fanout", job.names, *form)
+                key = ("fanout" if job.fanout else "routed", job.names if job.fanout else (),
+                       tuple(job.x.shape), job.pre, job.normalized)
             groups.setdefault(key, []).append(i)
         return groups
 
     def _run_group(self, kind: str, x: Tensor, jobs: list[Job]) -> list[dict[str, Tensor]]:
-        if kind == "base":
-            if self.exact_base:
-                logits = [self.model.backbone(x[i:i + 1])[0] for i in range(len(jobs))]
-            else:
-                logits = list(self.model.backbone(x))
-            return [{BASE: row} for row in logits]
         if kind == "routed":
             names = [job.names[0] for job in jobs]
             logits = self.model(x, patches=names)
