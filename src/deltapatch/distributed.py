@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .batches import correct_count, device_of, model_inputs, sum_dtype
 from .data.augment import Crops, draw_crops
 from .data.sets import ImageSet, TaskData
 from .errors import DeltaPatchError
@@ -310,7 +311,6 @@ class Shard:
         """Forward one of :meth:`batches`; (loss to backward: this rank's share of the global
         batch's mean loss times world, as DDP averages; its part of the summed loss; correct;
         rows counted), the sums on the device."""
-        from .train import model_inputs, sum_dtype  # train builds on this module
 
         x, y, n_global, crops = batch
         logits = step(model_inputs(x, preprocess, self.device, crops))
@@ -343,7 +343,6 @@ class Shard:
     @torch.inference_mode()
     def evaluate(self, forward: Callable, val: ImageSet, preprocess, batch_size: int) -> float:
         """Top-1 on the whole validation split: each rank scores its images, counts summed."""
-        from .train import correct_count  # train builds on this module
 
         mine = val if self.local else val.subset(self._owned(len(val)))
         right, = self.sum(correct_count(forward, mine, preprocess, batch_size, self.device))
@@ -372,7 +371,6 @@ class Shard:
     def prepare(self, owned: nn.Module, forward: Callable, seed: int) -> Callable:
         """The step to train with: DDP over ``owned`` on its device, its norms global, this
         rank seeded."""
-        from .train import device_of  # train builds on this module
 
         self.device = device_of(owned)
         step = self.wrap(owned, forward)

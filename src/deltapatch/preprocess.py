@@ -33,7 +33,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ModelInput(Protocol):
-    """The last step of the one input path (:func:`deltapatch.train.model_inputs`): a batch on
+    """The last step of the one input path (:func:`deltapatch.batches.model_inputs`): a batch on
     the device becomes the forward's argument. :class:`Preprocess` normalizes images; the
     feature cache's :class:`~deltapatch.cache.CachedInput` unpacks stored prefix outputs, so
     training and evaluation read either without knowing which."""

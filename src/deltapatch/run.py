@@ -26,6 +26,7 @@ from . import devices, distributed, hardware, metrics, store
 from .backbones import load_backbone
 from .backbones.registry import family_init
 from .baseinit import INITS, LEGACY_INIT
+from .batches import evaluate, model_inputs
 from .data import check_data_options, load_data, load_test
 from .data.sets import ImageSet, TaskData
 from .delta import GATES, resolve_init
@@ -34,7 +35,7 @@ from .methods import METHODS, Method, MethodContext, get_method
 from .model import PatchedModel
 from .options import opt, validate
 from .patch import CLASSIFICATION, check_name
-from .train import TrainConfig, evaluate, model_inputs
+from .train import TrainConfig
 
 SETTINGS_FILE = "settings.json"
 

@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from .. import metrics
+from ..batches import evaluate
 from ..data.sets import ImageSet
 from ..run import RunSpec, build_model, placement_facts, task_data
-from ..train import evaluate, fit
+from ..train import fit
 from .jobs import Job, describe, fingerprint, grid, lr_grid, run_spec, scenario
 from .schema import TASK_KEYS, Shape
 from .suite import Suite

@@ -64,7 +64,7 @@ def code_version() -> str:
     """deltapatch's version and, when run from a git checkout, its commit (and '+dirty')."""
     import subprocess
 
-    from .. import __version__
+    from ..version import __version__
     here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"],

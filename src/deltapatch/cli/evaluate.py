@@ -8,12 +8,12 @@ import argparse
 from pathlib import Path
 
 from .. import metrics
+from ..batches import device_of, evaluate
 from ..data import load_test
 from ..errors import DataError
 from ..methods import load_task
 from ..patch import CLASSIFICATION, read_config
 from ..run import RunSpec
-from ..train import device_of, evaluate
 from .common import (
     add_options,
     backbone_args,

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import torch
 
+from ..batches import device_of, model_inputs
 from ..data.sets import to_image_tensor
 from ..data.sources import decode_image
 from ..errors import DataError
 from ..methods import load_task
 from ..model import BASE
 from ..patch import CLASSIFICATION, read_config
-from ..train import device_of, model_inputs
 from .common import backbone_args, command, device_args, load_model, patch_limit_args, print_json
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from ..train import device_of
+from ..batches import device_of
 from .data import DenseSample, detection_batch, segmentation_batch
 from .heads import DETECTION
 from .task import DenseTask

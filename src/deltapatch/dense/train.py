@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .. import distributed
+from ..batches import device_of, sum_dtype
 from ..errors import DeltaPatchError
 from ..registry import Registry
 from ..train import (
@@ -27,9 +28,7 @@ from ..train import (
     ParamGroup,
     StepSums,
     TrainConfig,
-    device_of,
     fit_objective,
-    sum_dtype,
     trainable,
 )
 from .data import DenseData, DenseSample, detection_batch, flipped, segmentation_batch

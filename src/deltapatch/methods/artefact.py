@@ -13,11 +13,11 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
+from ..batches import device_of
 from ..errors import PatchError
 from ..metrics import folder_bytes
 from ..model import PatchedModel
 from ..patch import PatchConfig, check_head, read_patch, write_patch
-from ..train import device_of
 from .base import METHODS, Method, MethodContext, MethodOutcome
 
 

@@ -25,13 +25,14 @@ import torch
 from torch import Tensor, nn
 
 from ..backbones.spec import StageSpec
+from ..batches import device_of, evaluate
 from ..data.sets import ImageSet, TaskData
 from ..metrics import count_params, harmonic_mean, tensor_bytes
 from ..model import PatchedModel
 from ..options import MethodOption
 from ..patch import PatchConfig
 from ..preprocess import Preprocess
-from ..train import FitResult, TrainConfig, device_of, evaluate
+from ..train import FitResult, TrainConfig
 from .artefact import new_head, prefixed, save_task, unprefixed
 from .base import BaseTask, Method, MethodContext, MethodOutcome, register_method
 from .copies import restored_copy

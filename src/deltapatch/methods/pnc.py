@@ -35,12 +35,13 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
+from ..batches import device_of, model_inputs, predict
 from ..data.sets import ImageSet
 from ..metrics import count_params, learned_values
 from ..model import PatchedModel
 from ..options import MethodOption
 from ..patch import PatchConfig
-from ..train import device_of, fit, model_inputs, predict
+from ..train import fit
 from .artefact import beside, new_head, prefixed, save_task, unprefixed
 from .base import Method, MethodContext, MethodOutcome, register_method
 from .copies import restored_copy

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from ..batches import device_of, evaluate
 from ..model import PatchedModel
-from ..train import device_of, evaluate
 from .base import BaseTask, MethodContext, Sequential, Train
 
 

@@ -6,7 +6,7 @@ The model's device is owned by **one worker thread** (a single-thread executor):
 runs there, one after another, so a GPU's context and stream are only ever used from that
 thread, and the event loop keeps accepting requests while the device computes. A batch's images
 go to the device as uint8 in one copy (:mod:`.staging`) and are normalized there, a group at a
-time, as training and ``deltapatch predict`` do (:func:`deltapatch.train.model_inputs`); softmax and
+time, as training and ``deltapatch predict`` do (:func:`deltapatch.batches.model_inputs`); softmax and
 top-k run on the device and the answers come back in one copy (:mod:`.readout`).
 
 A request that names ``"__base__"`` runs alone by default (``exact_base``), **on every device**:
