@@ -63,6 +63,7 @@ def test_train_eval_info_predict_verify(setup, trained, capsys):
     assert {"patch_top1", "base_top1", "harmonic_mean", "trainable_params", "patch_bytes"} <= set(m)
     assert 0 <= m["patch_top1"] <= 1 and m["stages"] == [1, 2]
     assert (out / "run" / "metrics.csv").is_file()
+    assert not list(setup.glob(".*.lock"))  # nothing left beside --out
 
     code, stdout, _ = _run(capsys, "info", out)
     info = json.loads(stdout)
