@@ -126,6 +126,7 @@ def test_second_training_into_a_locked_folder_isrefused(tasks, tmp_path, capsys)
     out = tmp_path / "busy"
     with FolderLock(out):  # another process training into it
         refused(capsys, ["train", *FAST, "--data", a, "--out", out], "another process")
+    assert not list(tmp_path.glob(".*lock"))  # neither the refused run nor the holder left one
 
 
 @pytest.mark.parametrize("edit,match", [

@@ -63,6 +63,7 @@ def test_train_eval_info_predict_verify(setup, trained, capsys):
     assert {"patch_top1", "base_top1", "harmonic_mean", "trainable_params", "patch_bytes"} <= set(m)
     assert 0 <= m["patch_top1"] <= 1 and m["stages"] == [1, 2]
     assert (out / "run" / "metrics.csv").is_file()
+    assert not list(setup.glob(".*.lock"))  # nothing left beside --out
 
     code, stdout, _ = _run(capsys, "info", out)
     info = json.loads(stdout)
@@ -83,6 +84,29 @@ def test_train_eval_info_predict_verify(setup, trained, capsys):
     code, stdout, _ = _run(capsys, "verify", *bb, "--patch", out, "-n", "4")
     v = json.loads(stdout)
     assert code == 0 and v["ok"] and all(v["checks"].values())
+
+
+def test_repeated_patch_flags_accumulate(setup, trained, capsys, tmp_path):
+    """``--patch A --patch B`` keeps both (as ``--patch A B`` does); argparse's ``nargs="*"``
+    alone kept only B, silently."""
+    import shutil
+
+    out, _ = trained
+    other = tmp_path / "other"
+    shutil.copytree(out, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "name": "other"}))
+    bb = ["--backbone", "cifar_resnet20", "--weights", setup / "w.safetensors"]
+    code, stdout, err = _run(capsys, "verify", *bb, "--patch", out, "--patch", other, "-n", "2")
+    assert code == 0, err
+    v = json.loads(stdout)
+    assert v["ok"] and v["tasks"] == ["task", "other"]
+    code, stdout, err = _run(capsys, "verify", *bb, "--patch", out, other, "-n", "2")
+    assert json.loads(stdout)["tasks"] == v["tasks"]
+    code, stdout, err = _run(capsys, "export", *bb, "--patch", out, "--patch", other,
+                             "--out", tmp_path / "m.onnx")
+    assert code == 0, err
+    assert json.loads(stdout)["outputs"] == ["__base__", "task", "other"]
 
 
 def test_verify_and_eval_refuse_patch_of_other_backbone(trained, capsys):

@@ -297,7 +297,45 @@ def test_lock_contention(tmp_path):
         assert in_child(lambda: recover(target)) == 0
     assert in_child(lambda: write_folder(target, CONFIG, tensors(2))) == 1  # released
     assert torch.equal(read_folder(target)[1]["w"], tensors(2)["w"])
-    assert (target.parent / ".out.lock").read_text().strip().isdigit()
+    assert not (target.parent / ".out.lock").exists()  # its holder removed it
+
+
+def test_lock_file_is_removed_after_success_failure_and_refusal(tmp_path):
+    target = saved(tmp_path)
+    with FolderLock(target) as held:
+        assert held.path.read_text().strip() == str(os.getpid())
+        with pytest.raises(PatchError, match="is writing"):
+            FolderLock(target).__enter__()  # refused: must not remove the holder's file
+        assert held.path.exists()
+    with pytest.raises(RuntimeError), FolderLock(target):
+        raise RuntimeError("a run that fails while holding the lock")
+    with pytest.raises(KeyboardInterrupt), FolderLock(target):
+        raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_lock_taken_on_a_file_its_holder_removed_is_taken_again(tmp_path, monkeypatch):
+    """A contender that opened the lock file just before its holder released (and unlinked) it
+    must not keep a lock on the unlinked file: that would exclude no one."""
+    target = saved(tmp_path)
+    holder = FolderLock(target).__enter__()
+    late = FolderLock(target)
+    opened = []
+    real_open = FolderLock._open
+
+    def open_then_release(self):
+        fd = real_open(self)
+        if not opened:  # the first open sees the holder's file, which goes away right after
+            holder.__exit__()
+        opened.append(fd)
+        return fd
+
+    monkeypatch.setattr(FolderLock, "_open", open_then_release)
+    with late:
+        assert len(opened) == 2  # re-opened after finding its first file unlinked
+        assert os.fstat(late._fd).st_ino == os.stat(late.path).st_ino
+        assert in_child(lambda: FolderLock(target).__enter__()) == 0  # and it excludes others
+    assert not late.path.exists()
 
 
 def enospc(*args, **kwargs):

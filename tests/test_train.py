@@ -76,6 +76,34 @@ def test_metrics_files_per_epoch(backbone, tmp_path):
     assert (tmp_path / "metrics.csv").read_text().startswith("epoch,train_loss,train_top1,val_top1")
 
 
+def test_fit_patch_out_leaves_a_folder_every_loader_takes(backbone, tmp_path):
+    """README's quickstart: ``fit_patch(..., out=DIR)`` writes what ``train --out`` writes, so
+    ``load_task`` (and eval, predict, verify, serve, which use it) takes DIR."""
+    import pytest
+
+    from deltapatch.errors import PatchError
+    from deltapatch.methods import load_task
+
+    torch.manual_seed(0)
+    model = dp.PatchedModel(backbone)
+    model.add_patch("a", 4, stages=1)
+    config = TrainConfig(epochs=1, batch_size=8, progress=False)
+    fit_patch(model, "a", _tiny_task(4), config, out=tmp_path / "task")
+    assert {p.name for p in (tmp_path / "task").iterdir()} >= {"config.json", "run"}
+    assert (tmp_path / "task" / "run" / "metrics.csv").is_file()
+    x = torch.randn(2, 3, 32, 32)
+    fresh = dp.PatchedModel(backbone)
+    task = load_task(fresh, tmp_path / "task")
+    fresh.eval(), model.eval()
+    with torch.no_grad():
+        assert torch.equal(task.outcome.patch_forward(x), model(x, patch="a"))
+    fit_patch(model, "a", _tiny_task(4), config, run_dir=tmp_path / "state" / "run")
+    with pytest.raises(PatchError, match=r"training state only .*out="):
+        load_task(dp.PatchedModel(backbone), tmp_path / "state")  # run/ alone, no patch
+    with pytest.raises(ValueError, match="not both"):
+        fit_patch(model, "a", _tiny_task(4), config, run_dir=tmp_path / "r", out=tmp_path / "o")
+
+
 def test_best_checkpoint_is_restored(backbone, tmp_path, monkeypatch):
     """The patch ends holding the best validation epoch's weights, not the last epoch's."""
     from deltapatch import train

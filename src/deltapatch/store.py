@@ -128,7 +128,10 @@ class FolderLock:
     ``flock`` on ``.NAME.lock`` beside the resolved target: the kernel drops it when its holder dies,
     so a stale lock never needs breaking, and holding it proves leftovers belong to dead writers.
     Entering also runs :func:`recover`, so the holder always starts from a consistent folder.
-    The lock file itself is kept: deleting it would let two processes lock different files.
+    The holder deletes the lock file on release (also on error or Ctrl-C), so nothing stays
+    beside the target; whoever locked a file that was deleted meanwhile locks again (re-checked
+    after acquiring), so two processes never hold locks on different files. Only a killed
+    holder leaves the file, and the next holder's release removes it.
     """
 
     def __init__(self, target: str | Path) -> None:
@@ -137,22 +140,19 @@ class FolderLock:
         self._fd: int | None = None
 
     def __enter__(self) -> FolderLock:
-        try:
-            self.target.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-        except OSError as err:
-            try:  # another account's lock file: locking it needs no write access
-                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                raise PatchError(f"cannot write {self.target}: {why(err)}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            os.close(fd)
-            who = f"pid {holder}" if holder.isdigit() else "pid unknown"
-            raise PatchError(f"another process ({who}) is writing {self.target.name}; "
-                             "wait for it to finish or choose another --out") from None
+        while True:  # until the file we locked is still the one at self.path
+            fd = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                os.close(fd)
+                who = f"pid {holder}" if holder.isdigit() else "pid unknown"
+                raise PatchError(f"another process ({who}) is writing {self.target.name}; "
+                                 "wait for it to finish or choose another --out") from None
+            if self._still_there(fd):
+                break
+            os.close(fd)  # its holder unlinked it while we waited: lock the new file
         with contextlib.suppress(OSError):  # the pid only serves the message above
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -167,9 +167,31 @@ class FolderLock:
             raise
         return self
 
+    def _open(self) -> int:
+        try:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as err:
+            try:  # another account's lock file: locking it needs no write access
+                return os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                raise PatchError(f"cannot write {self.target}: {why(err)}") from None
+
+    def _still_there(self, fd: int) -> bool:
+        """Whether ``fd`` is still the file at ``self.path``: a holder unlinks it on release, so
+        a lock taken on an unlinked file would exclude no one who opens the path afterwards."""
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(fd)
+        return (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino)
+
     def __exit__(self, *exc: object) -> None:
         _HELD.pop(str(self.target), None)
         if self._fd is not None:
+            with contextlib.suppress(OSError):  # unlinked while locked: no one else holds it
+                os.unlink(self.path)
             os.close(self._fd)  # closing the only descriptor releases the flock
             self._fd = None
 

@@ -59,7 +59,10 @@ def read_config_json(folder: str | Path) -> dict:
     """The folder's config as a dict; size-bounded before reading, since the folder may be untrusted."""
     file = Path(folder) / CONFIG_FILE
     if not file.is_file():
-        raise PatchError(f"{folder} is not a patch folder: no {CONFIG_FILE} in it")
+        hint = ("; it holds training state only (run/): save the patch into it with "
+                "model.save_patch(name, folder) or fit_patch(..., out=folder)"
+                if (Path(folder) / "run").is_dir() else "")
+        raise PatchError(f"{folder} is not a patch folder: no {CONFIG_FILE} in it{hint}")
     try:
         with open(file, "rb") as f:
             raw = f.read(MAX_CONFIG_BYTES + 1)  # st_size can lie (pipes, /proc); the read cannot

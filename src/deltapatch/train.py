@@ -513,12 +513,31 @@ def _write_csv(path: Path, history: list[dict]) -> None:
 
 
 def fit_patch(model, name: str, data: TaskData, config: TrainConfig,
-              run_dir: str | Path | None = None) -> FitResult:
+              run_dir: str | Path | None = None, out: str | Path | None = None) -> FitResult:
     """Train patch ``name`` of a :class:`~deltapatch.PatchedModel` on ``data``.
 
     Without augmentation (and ``cache_features`` not "off") the frozen trunk's output is computed
     once and training runs on it (:mod:`deltapatch.cache`): same model path, far less compute.
+
+    Args:
+        out: a task folder, as ``deltapatch train --out`` writes: the trained patch is saved
+            there and its training state goes to ``out/run``, so every loader (``load_task``,
+            ``eval``, ``predict``, ``verify``, ``serve --patches``) takes ``out``; running the
+            same call again resumes.
+        run_dir: the training state alone (checkpoint, metrics.csv, metrics.jsonl), without
+            saving the patch (``out`` implies ``out/run``; give one of the two).
     """
+    if out is not None and run_dir is not None:
+        raise ValueError("give fit_patch out= (a task folder, run/ inside) or run_dir= (the "
+                         "training state alone), not both")
+    result = _fit_patch(model, name, data, config, Path(out) / "run" if out is not None else run_dir)
+    if out is not None:
+        model.save_patch(name, out)
+    return result
+
+
+def _fit_patch(model, name: str, data: TaskData, config: TrainConfig,
+               run_dir: str | Path | None) -> FitResult:
     from .cache import cached_training, use_cache  # cache.py builds on this module
 
     patch = model.get_patch(name)

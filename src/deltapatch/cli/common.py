@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
 
 from ..backbones import list_backbones, load_backbone
 from ..devices import DEVICES, PRECISIONS, resolve_device
@@ -44,6 +45,14 @@ def backbone_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--weights", default=None,
                    help="weights: a .safetensors / torch file, or a named set (imagenet, cifar10); "
                         "default: random init")
+
+
+def patch_folders_arg(p: argparse.ArgumentParser, help: str) -> None:
+    """``--patch DIR...``, repeatable: ``--patch A --patch B`` and ``--patch A B`` both keep A
+    and B (``nargs="*"`` alone would keep only the last occurrence, silently)."""
+    p.add_argument("--patch", type=Path, action="extend", nargs="+", default=[], metavar="DIR",
+                   help=help + " (repeatable: --patch A --patch B equals --patch A B; "
+                               "default: none)")
 
 
 def device_args(p: argparse.ArgumentParser, precision: bool = False) -> None:

@@ -11,14 +11,21 @@ from pathlib import Path
 from ..data import check_data_options
 from ..export import MAX_OPSET, MIN_OPSET, OPSET, check_opset, export_onnx, task_names
 from ..methods import load_task
-from .common import backbone_args, command, device_args, load_model, patch_limit_args, print_json
+from .common import (
+    backbone_args,
+    command,
+    device_args,
+    load_model,
+    patch_folders_arg,
+    patch_limit_args,
+    print_json,
+)
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
     backbone_args(p)
     patch_limit_args(p)
-    p.add_argument("--patch", type=Path, nargs="*", default=[],
-                   help="Δ-patch folder(s); none exports the base model alone")
+    patch_folders_arg(p, "Δ-patch folder(s); none exports the base model alone")
     p.add_argument("--only", action="store_true",
                    help="leave the base task's output out (the patches alone)")
     p.add_argument("--out", required=True, type=Path, help="the .onnx file to write")

@@ -25,10 +25,10 @@ from .common import (
     command,
     device_args,
     limit_patches,
+    patch_folders_arg,
     patch_limit_args,
     print_json,
 )
-
 
 MAX_INPUT_BYTES = 2 << 30
 """Largest input batch verify allocates: -n 4096 at 4096 px would be 824 GB, and the machine
@@ -38,8 +38,7 @@ would kill the process (or swap) instead of saying so."""
 def arguments(p: argparse.ArgumentParser) -> None:
     backbone_args(p)
     patch_limit_args(p)
-    p.add_argument("--patch", type=Path, nargs="*", default=[],
-                   help="task folder(s) written by train (any method)")
+    patch_folders_arg(p, "task folder(s) written by train (any method)")
     p.add_argument("--onnx", type=Path, default=None,
                    help="instead: run this exported graph in onnxruntime and compare every "
                         "output with PyTorch (base logits to 1e-5, patches to 1e-4, relative "

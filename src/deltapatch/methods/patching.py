@@ -18,8 +18,7 @@ def train_patch(ctx: MethodContext, method: str, stages, gate: str, norm: str) -
     model.add_patch(ctx.name, ctx.data.num_classes, stages=stages, gate=gate, norm=norm,
                     reduction=int(ctx.options.get("reduction", 4)), init=ctx.init,
                     class_names=ctx.data.class_names, method=method)
-    result = fit_patch(model, ctx.name, ctx.data, ctx.train, run_dir=ctx.out / "run")
-    model.save_patch(ctx.name, ctx.out)
+    result = fit_patch(model, ctx.name, ctx.data, ctx.train, out=ctx.out)
     outcome = patch_outcome(model, ctx.name)
     outcome.patch_bytes = folder_bytes(ctx.out)
     outcome.extra = {"best_epoch": result.best_epoch, "val_top1": result.best_val_top1,
