@@ -1,6 +1,7 @@
 """A model factory for ``deltapatch``: a small MobileNet-style CNN brought as a backbone.
 
     deltapatch train --backbone examples/my_cnn.py:build --data digits --out out/digits
+    deltapatch eval  --backbone examples/my_cnn.py:build --patch out/digits --data digits
     python -c "import deltapatch as dp; dp.PatchedModel(dp.load_backbone('examples/my_cnn.py:build'))"
 
 The convention (docs/BRING_YOUR_OWN.md): ``build()`` takes no arguments and returns the model;
@@ -66,12 +67,21 @@ def _flatten(x: Tensor) -> Tensor:
     return torch.flatten(x, 1)
 
 
+SEED = 0
+"""Seeds the init in :func:`build`: one model, whichever process builds it."""
+
 # A block with a skip: h = conv(h) + h. No activation after the add, so no post=.
 dp.register_block(InvertedResidual, residual=lambda b, x: b.conv(x))
 
 
 def build() -> nn.Module:
-    model = MyCNN()
+    """The same model in every process: its random init is seeded (``SEED``) inside a forked RNG,
+    so ``train``, ``eval``, ``predict`` and ``verify`` each see the weights the patch was made
+    for, and the caller's own random state is left as it was. A CNN you trained would instead
+    load its weights here, or take ``--weights FILE``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        model = MyCNN()
     model.deltapatch_spec = dp.StageSpec(
         stem=["stem"],
         stages=["features[1:3]", "features[4:7]"],            # runs of blocks with a skip

@@ -27,6 +27,27 @@ def test_example_factory_loads_wraps_and_patches():
         assert torch.equal(base, backbone(x))
 
 
+def test_example_factory_builds_the_same_model_in_every_process():
+    """train, eval, predict and verify each build the model in their own process: a patch made
+    for one build must fit the next (the example seeds its init), and building leaves the
+    caller's random state alone."""
+    import os
+    import subprocess
+    import sys
+
+    from deltapatch.patch import fingerprint
+
+    state = torch.random.get_rng_state()
+    here = fingerprint(dp.load_backbone(EXAMPLE))
+    assert torch.equal(torch.random.get_rng_state(), state)
+    code = (f"import deltapatch as dp; from deltapatch.patch import fingerprint; "
+            f"print(fingerprint(dp.load_backbone({EXAMPLE!r})))")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}  # this checkout's deltapatch
+    there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True, timeout=120, env=env).stdout.strip()
+    assert there == here
+
+
 def test_factory_is_imported_once_and_weights_files_load(tmp_path):
     from safetensors.torch import save_file
 
