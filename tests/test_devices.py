@@ -159,3 +159,27 @@ def test_the_base_task_keeps_its_own_dtype_under_autocast():
         patched, base = model(x, patch="delta"), model(x)
     assert patched.dtype == torch.bfloat16
     assert base.dtype == torch.float32 and torch.equal(base, model.backbone(x))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("gate, init", [("delta", "random"), ("delta", "base"),
+                                        ("learned", "random"), ("learned", "base"),
+                                        ("existing", "base")])
+def test_a_patch_row_answers_alike_alone_and_in_a_mixed_batch_under_autocast(precision, gate,
+                                                                             init):
+    """Under autocast Λ and the gated norm follow the activations' dtype on both paths, so a
+    row's answer does not depend on the tasks beside it (the mixed path cast Λ and the one-patch
+    path did not; a gated norm's float32 mix made the mixed path fail)."""
+    model = dp.PatchedModel(random_backbone()).eval()
+    patch = model.add_patch("p", 5, stages=2, gate=gate, init=init)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, t in patch.named_parameters():  # off the start: Λ and the mix not 0 or 1
+            if name.endswith(("gate.weight", "fc.bias", "norm.mix")):
+                t.copy_(0.2 + 0.6 * torch.rand(t.shape, generator=g))
+    x = torch.randn(4, 3, 32, 32, generator=g)
+    with torch.no_grad(), devices.autocast(torch.device("cpu"), precision):
+        alone = model(x, patch="p")
+        mixed = model(x, patches=["p", "__base__", "p", "p"])
+    assert alone.dtype == mixed.dtype == devices.PRECISIONS[precision]
+    assert torch.equal(mixed[[0, 2, 3], :5], alone[[0, 2, 3]])

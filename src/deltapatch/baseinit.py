@@ -74,7 +74,8 @@ class GatedBatchNorm(nn.BatchNorm2d):
     def blend(self, h: Tensor, normed: Tensor) -> Tensor:
         """The mix around ``normed`` = BN(h), however its statistics were taken (torchrun's
         :class:`~deltapatch.distributed.GlobalBatchNorm` takes them over all ranks)."""
-        return h + self.mix.view(1, -1, 1, 1) * (normed - h)
+        mix = self.mix.to(h.dtype)  # autocast leaves it float32: the output keeps h's dtype
+        return h + mix.view(1, -1, 1, 1) * (normed - h)
 
 
 def check_init(init: str, gate: str, supports_base: bool) -> None:

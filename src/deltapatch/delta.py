@@ -194,7 +194,7 @@ class DeltaStage(nn.Module):
         """
         if len(blocks) != self.k:
             raise ValueError(f"Δ-stage built for {self.k} sub-blocks, stage has {len(blocks)}")
-        lam = self.gate(h0)
+        lam = self.gate(h0).to(h0.dtype)  # under autocast as routing.mixed_stage casts it
         skip_norm = self.norm if self.norm_at == "skip" else None
         out = weighted_blocks(h0, blocks, lam, first_residual, skip_norm)
         return (self.norm(out) if self.norm_at == "output" else out), lam

@@ -4,7 +4,6 @@ forward and backward at a small input size with the backbone untouched."""
 from __future__ import annotations
 
 import importlib.util
-import time
 
 import pytest
 import torch
@@ -77,13 +76,13 @@ def test_imagenet_weights_offline_fail_at_once_naming_weights_path(monkeypatch, 
 
     def no_download(*args, **kwargs):
         raise AssertionError("must not try to download when offline")
-    monkeypatch.setattr(hub, "host_reachable", lambda host, timeout=2.0: False)
+    probed = []
+    monkeypatch.setattr(hub, "host_reachable", lambda host, timeout=2.0: probed.append(host))
     monkeypatch.setattr(hub, "cached_weights", lambda family, name: False)
     monkeypatch.setattr("torch.hub.load_state_dict_from_url", no_download)
-    start = time.perf_counter()
     with pytest.raises(dp.BackboneError, match="--weights PATH"):
         dp.load_backbone(name, weights="imagenet")
-    assert time.perf_counter() - start < 5
+    assert len(probed) == 1  # asked once, and its "no" ended it (no wall clock: a busy machine)
 
 
 def test_connectivity_probe_is_bounded(monkeypatch):
