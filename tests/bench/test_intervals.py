@@ -52,3 +52,17 @@ def test_a_shared_untouched_base_is_drawn_once():
 def test_a_cell_without_seeds_is_refused():
     with pytest.raises(ValueError):
         paired([[]])
+
+
+def test_a_mean_score_averages_its_parts():
+    from deltapatch.bench.intervals import mean_score
+    a = mean_score({"base": (0.8, 1000), "mnist": (0.6, 1000)})
+    assert a.value() == pytest.approx(0.7)
+    assert paired([[(a, mean_score({"base": (0.8, 1000), "mnist": (0.2, 1000)}))]]).verdict == "holds"
+
+
+def test_three_scattered_seeds_do_not_decide_a_claim():
+    """Per-seed differences +4.2, +9.9, +18.5 (all positive): the seed mean's t interval spans
+    zero, which resampling three seeds with replacement would hide."""
+    cell = [(top1_score(0.6 + d, 10**6), top1_score(0.6, 10**6)) for d in (0.042, 0.099, 0.185)]
+    assert paired([cell]).verdict == "within noise"
