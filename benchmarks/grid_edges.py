@@ -17,23 +17,14 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from deltapatch.bench.tuning import edge
+
 
 def tuned_cells(path: Path) -> dict[str, dict]:
     """Cell key -> the seed-0 record that searched the grid (one per cell)."""
     runs = json.loads(path.read_text())["runs"]
     return {r["key"].rsplit("/seed", 1)[0]: r for r in runs
             if r.get("status") == "ok" and "val_score" in r["result"].get("lr_search", {})}
-
-
-def edge(search: dict) -> str:
-    """'highest', 'lowest' or '' for the chosen rate's place in its (base) grid."""
-    grid = sorted(search["grid"])
-    chosen = search["chosen"]
-    if len(grid) > 1 and chosen == grid[-1]:
-        return "highest"
-    if len(grid) > 1 and chosen == grid[0]:
-        return "lowest"
-    return ""
 
 
 def report(path: Path) -> list[str]:
@@ -43,7 +34,7 @@ def report(path: Path) -> list[str]:
     counts: Counter = Counter()
     for key, r in sorted(cells.items()):
         s = r["result"]["lr_search"]
-        where = edge(s)
+        where = edge([float(lr) for lr in s["val_score"]], s["chosen"])  # protocol 4's too
         counts[(where, s["chosen"])] += 1
         vals = " ".join(f"{lr}:{100 * v:.1f}" for lr, v in s["val_score"].items())
         lines.append(f"{key} | {r['label']} | {s['chosen']:g} | {where or 'interior'} | {vals}")
