@@ -19,8 +19,8 @@ import argparse
 import json
 import re
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from deltapatch.bench.intervals import DRAWS, METHOD, Score, hm_score, mean_score, paired, top1_score
 
@@ -29,8 +29,7 @@ BEGIN, END = "<!-- claim-intervals:begin -->", "<!-- claim-intervals:end -->"
 SEED = 0  # the bootstrap's seed: the block is the same on every run
 
 
-@dataclass(frozen=True)
-class Claim:
+class Claim(NamedTuple):
     suite: str  # docs/results/<suite>/results.json
     scenario: str
     a: str  # variant keys of the suite file
