@@ -77,23 +77,33 @@ def compare(records: dict[str, dict], probe: dict[str, dict]) -> None:
               f"{100 * run['result']['harmonic_mean']:.1f} |")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def cell_parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments every script over chosen cells of a suite takes."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--suite", required=True, help="shipped suite name or TOML path")
     ap.add_argument("--backbone", required=True)
     ap.add_argument("--tasks", nargs="+", required=True)
     ap.add_argument("--variants", nargs="+", required=True)
-    ap.add_argument("--rate", type=float, required=True, help="the one rate to train at")
     ap.add_argument("--records", type=Path, required=True, help="the suite's results.json")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--threads", type=int, default=1)
+    return ap
+
+
+def run_bench(toml: Path, out: Path, threads: int, *flags: str) -> None:
+    subprocess.run([sys.executable, "-m", "deltapatch", "--threads", str(threads), "bench",
+                    "--suite", str(toml), "--out", str(out), "--no-progress", *flags],
+                   check=True, stdout=subprocess.DEVNULL)
+
+
+def main() -> None:
+    ap = cell_parser(__doc__)
+    ap.add_argument("--rate", type=float, required=True, help="the one rate to train at")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     toml = a.out / "probe.toml"
     toml.write_text(probe_suite(a.suite, a.backbone, a.tasks, a.variants, a.rate))
-    subprocess.run([sys.executable, "-m", "deltapatch", "--threads", str(a.threads), "bench",
-                    "--suite", str(toml), "--out", str(a.out), "--no-progress"], check=True,
-                   stdout=subprocess.DEVNULL)
+    run_bench(toml, a.out, a.threads)
     compare(ok_runs(a.records), ok_runs(a.out / "results.json"))
 
 

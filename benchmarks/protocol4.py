@@ -14,13 +14,9 @@ protocol-3 records: the rate chosen, the rates added, and test harmonic mean ove
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import subprocess
-import sys
-from pathlib import Path
 
-from lr_edge_probe import derived_suite, ok_runs
+from lr_edge_probe import cell_parser, derived_suite, ok_runs, run_bench
 
 
 def cell(key: str) -> str:
@@ -59,16 +55,9 @@ def compare(p3: dict[str, dict], p4: dict[str, dict]) -> list[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--suite", required=True, help="shipped suite name or TOML path")
-    ap.add_argument("--backbone", required=True)
-    ap.add_argument("--tasks", nargs="+", required=True)
-    ap.add_argument("--variants", nargs="+", required=True)
+    ap = cell_parser(__doc__)
     ap.add_argument("--extend", type=int, default=3, help="rates at most added past the edge")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--records", type=Path, required=True, help="the protocol-3 results.json")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--report-only", action="store_true", help="compare what has finished")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -76,9 +65,7 @@ def main() -> None:
     toml.write_text(derived_suite(a.suite, f"{a.suite}-p4", a.backbone, a.tasks, a.variants,
                                   {"lr_extend": str(a.extend)}, a.seeds))
     flags = ["--report-only"] if a.report_only else []
-    subprocess.run([sys.executable, "-m", "deltapatch", "--threads", str(a.threads), "bench",
-                    "--suite", str(toml), "--out", str(a.out), "--no-progress", *flags],
-                   check=True, stdout=subprocess.DEVNULL)
+    run_bench(toml, a.out, a.threads, *flags)
     print(f"protocol 4 (lr_extend = {a.extend}) against {a.records}; suite copy {toml}")
     print("\n".join(compare(summary(ok_runs(a.records)), summary(ok_runs(a.out / "results.json")))))
 
