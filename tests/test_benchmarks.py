@@ -79,6 +79,28 @@ def test_protocol4_suite_is_the_shipped_one_with_lr_extend_and_its_seeds(monkeyp
     assert {j.lr_extend for j in jobs} == {3}
 
 
+@pytest.mark.parametrize("suite", ["cpu", "imagenet"])
+def test_frontier_suite_reuses_the_published_cells_it_shares(suite, monkeypatch, tmp_path):
+    """The frontier's suite is the shipped one plus more sizes: a published seed-0 cell keeps
+    its fingerprint there, so bench reuses its record instead of training it again."""
+    import json
+
+    from deltapatch.bench.runner import build_jobs
+    from deltapatch.bench.suite import load_suite
+    front = _script("frontier", monkeypatch)
+    probe = _script("lr_edge_probe", monkeypatch)
+    extra, variants = front.plan(suite)
+    path = tmp_path / "f.toml"
+    path.write_text(probe.derived_suite(suite, "f", front.SUITES[suite]["backbone"], ["dtd10"],
+                                        variants, {}, seeds=1, extra=extra))
+    jobs = build_jobs(load_suite(str(path)))
+    assert len(jobs) == len(variants) and {j.seed for j in jobs} == {0}
+    published = BENCH.parent / "docs" / "results" / suite / "runs"
+    shared = [(j, published / f"{j.key}.json") for j in jobs if (published / f"{j.key}.json").exists()]
+    assert len(shared) >= 6
+    assert all(json.loads(f.read_text())["config"] == j.config for j, f in shared)
+
+
 def test_protocol4_cost_prices_edge_cells_only(monkeypatch):
     times = _script("suite_times", monkeypatch)
 
