@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from collections import defaultdict
 from pathlib import Path
 from typing import NamedTuple
 
+from _common import replace_block
+
 from deltapatch.bench.intervals import DRAWS, METHOD, Score, hm_score, mean_score, paired, top1_score
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "results"
-BEGIN, END = "<!-- claim-intervals:begin -->", "<!-- claim-intervals:end -->"
 SEED = 0  # the bootstrap's seed: the block is the same on every run
 
 
@@ -149,14 +149,6 @@ def block(per_cell: bool) -> str:
         f"intervals cover test images only, not seeds.", "", *lines, welch_dense()])
 
 
-def write(path: Path, text: str) -> None:
-    old = path.read_text()
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-    if not pattern.search(old):
-        raise SystemExit(f"{path}: no {BEGIN} … {END} markers")
-    path.write_text(pattern.sub(lambda _: f"{BEGIN}\n{text}\n{END}", old))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--write", type=Path, nargs="*", default=[],
@@ -167,9 +159,9 @@ def main() -> None:
     if not a.write and not a.short:
         print(block(per_cell=True))
     for path in a.write:
-        write(path, block(per_cell=True))
+        replace_block(path, "claim-intervals", block(per_cell=True))
     for path in a.short:
-        write(path, block(per_cell=False))
+        replace_block(path, "claim-intervals", block(per_cell=False))
 
 
 if __name__ == "__main__":

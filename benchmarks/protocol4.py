@@ -14,9 +14,15 @@ protocol-3 records: the rate chosen, the rates added, and test harmonic mean ove
 
 from __future__ import annotations
 
+import json
+import shutil
 import statistics
+from pathlib import Path
 
+from _common import replace_block
 from lr_edge_probe import cell_parser, derived_suite, ok_runs, run_bench
+
+from deltapatch.hardware import describe
 
 
 def cell(key: str) -> str:
@@ -27,6 +33,8 @@ def summary(runs: dict[str, dict]) -> dict[str, dict]:
     """Cell -> its seed-0 search and the test harmonic means of its seeds."""
     out: dict[str, dict] = {}
     for key, r in runs.items():
+        if r["result"].get("harmonic_mean") is None:  # transfer and ZSDA runs have none
+            continue
         c = out.setdefault(cell(key), {"label": r["label"], "hm": []})
         c["hm"].append(100 * r["result"]["harmonic_mean"])
         if "val_score" in r["result"].get("lr_search", {}):
@@ -59,6 +67,11 @@ def main() -> None:
     ap.add_argument("--extend", type=int, default=3, help="rates at most added past the edge")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--report-only", action="store_true", help="compare what has finished")
+    ap.add_argument("--write", type=Path, default=None,
+                    help="also put the comparison between <!-- protocol4:begin/end --> here")
+    ap.add_argument("--publish", type=Path, default=None,
+                    help="copy the finished run records and the suite copy here (to commit); "
+                         "to resume elsewhere, copy its runs/ back into --out first")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     toml = a.out / "protocol4.toml"
@@ -66,8 +79,30 @@ def main() -> None:
                                   {"lr_extend": str(a.extend)}, a.seeds))
     flags = ["--report-only"] if a.report_only else []
     run_bench(toml, a.out, a.threads, *flags)
-    print(f"protocol 4 (lr_extend = {a.extend}) against {a.records}; suite copy {toml}")
-    print("\n".join(compare(summary(ok_runs(a.records)), summary(ok_runs(a.out / "results.json")))))
+    runs = json.loads((a.out / "results.json").read_text())["runs"]
+    done = sum(r.get("status") == "ok" for r in runs)
+    machines = "; ".join(sorted({r["hardware"] for r in runs if r.get("hardware")})) or describe()
+    text = "\n".join([
+        f"`PYTHONPATH=src python benchmarks/protocol4.py --suite {a.suite} --backbone {a.backbone} "
+        f"--tasks {' '.join(a.tasks)} --variants {' '.join(a.variants)} --extend {a.extend} "
+        f"--records {a.records} --out {a.out}` (lr_extend = {a.extend}; {done} of {len(runs)} "
+        f"runs finished; {machines}, shared with other jobs). HM: test harmonic mean, %, "
+        "mean ± sd over the seeds finished:", "",
+        *compare(summary(ok_runs(a.records)), summary(ok_runs(a.out / "results.json")))])
+    print(text)
+    if a.write:
+        replace_block(a.write, "protocol4", text)
+    if a.publish:
+        publish(a.out, a.publish)
+
+
+def publish(out: Path, dest: Path) -> None:
+    """The finished runs' records (not their patch files) and the suite they answer."""
+    for f in (out / "runs").rglob("seed*.json"):
+        target = dest / "runs" / f.relative_to(out / "runs")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, target)
+    shutil.copy2(out / "protocol4.toml", dest / "protocol4.toml")
 
 
 if __name__ == "__main__":
