@@ -75,3 +75,16 @@ def med(ts: list[float]) -> float:
 def set_threads(n: int | None) -> None:
     if n:
         torch.set_num_threads(n)
+
+
+def replace_block(path, name: str, text: str) -> None:
+    """Put ``text`` between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` in the Markdown
+    file ``path``: how a script writes its generated lines into hand-written docs."""
+    import re
+    from pathlib import Path
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    old = Path(path).read_text()
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+    if not pattern.search(old):
+        raise SystemExit(f"{path}: no {begin} … {end} markers")
+    Path(path).write_text(pattern.sub(lambda _: f"{begin}\n{text}\n{end}", old))

@@ -27,19 +27,30 @@ from pathlib import Path
 from deltapatch.bench.suite import resolve
 
 
-def probe_suite(suite: str, backbone: str, tasks: list[str], variants: list[str],
-                rate: float) -> str:
-    """The suite's TOML up to its first scenario, one rate, one seed, one single-task scenario."""
+def derived_suite(suite: str, name: str, backbone: str, tasks: list[str], variants: list[str],
+                  defaults: dict[str, str], seeds: int, extra: str = "") -> str:
+    """A shipped suite's TOML up to its first scenario, with ``defaults`` lines replaced (key →
+    new right-hand side; an absent key is added under ``[defaults]``), ``seeds`` seeds, the
+    TOML tables in ``extra`` (more variants) and one single-task scenario over the chosen
+    cells."""
     text = resolve(suite).read_text()
     head = text[:text.index("[[scenarios]]")]
-    head, n = re.subn(r"(?m)^lr_grid = \[.*\]$", f"lr_grid = [{rate!r}]", head)
-    if n != 1:
-        sys.exit(f"expected one lr_grid line in suite {suite}'s defaults, found {n}")
-    head = re.sub(r"(?m)^seeds = \d+$", "seeds = 1", head, count=1)
-    head = re.sub(r'(?m)^name = ".*"$', f'name = "{suite}-lr-probe"', head, count=1)
-    return head + ("\n[[scenarios]]\nkind = \"single\"\ntable = \"single\"\n"
+    for key, value in defaults.items():
+        head, n = re.subn(rf"(?m)^{key} = .*$", f"{key} = {value}", head)
+        if n == 0:
+            head = head.replace("[defaults]\n", f"[defaults]\n{key} = {value}\n", 1)
+    head = re.sub(r"(?m)^seeds = \d+$", f"seeds = {seeds}", head, count=1)
+    head = re.sub(r'(?m)^name = ".*"$', f'name = "{name}"', head, count=1)
+    return head + extra + ("\n[[scenarios]]\nkind = \"single\"\ntable = \"single\"\n"
                    f"backbones = {json.dumps([backbone])}\ntasks = {json.dumps(tasks)}\n"
                    f"variants = {json.dumps(variants)}\n")
+
+
+def probe_suite(suite: str, backbone: str, tasks: list[str], variants: list[str],
+                rate: float) -> str:
+    """The suite's cells at one rate, seed 0 only."""
+    return derived_suite(suite, f"{suite}-lr-probe", backbone, tasks, variants,
+                         {"lr_grid": f"[{rate!r}]"}, seeds=1)
 
 
 def ok_runs(path: Path) -> dict[str, dict]:
@@ -66,23 +77,33 @@ def compare(records: dict[str, dict], probe: dict[str, dict]) -> None:
               f"{100 * run['result']['harmonic_mean']:.1f} |")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def cell_parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments every script over chosen cells of a suite takes."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--suite", required=True, help="shipped suite name or TOML path")
     ap.add_argument("--backbone", required=True)
     ap.add_argument("--tasks", nargs="+", required=True)
     ap.add_argument("--variants", nargs="+", required=True)
-    ap.add_argument("--rate", type=float, required=True, help="the one rate to train at")
     ap.add_argument("--records", type=Path, required=True, help="the suite's results.json")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--threads", type=int, default=1)
+    return ap
+
+
+def run_bench(toml: Path, out: Path, threads: int, *flags: str) -> None:
+    subprocess.run([sys.executable, "-m", "deltapatch", "--threads", str(threads), "bench",
+                    "--suite", str(toml), "--out", str(out), "--no-progress", *flags],
+                   check=True, stdout=subprocess.DEVNULL)
+
+
+def main() -> None:
+    ap = cell_parser(__doc__)
+    ap.add_argument("--rate", type=float, required=True, help="the one rate to train at")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     toml = a.out / "probe.toml"
     toml.write_text(probe_suite(a.suite, a.backbone, a.tasks, a.variants, a.rate))
-    subprocess.run([sys.executable, "-m", "deltapatch", "--threads", str(a.threads), "bench",
-                    "--suite", str(toml), "--out", str(a.out), "--no-progress"], check=True,
-                   stdout=subprocess.DEVNULL)
+    run_bench(toml, a.out, a.threads)
     compare(ok_runs(a.records), ok_runs(a.out / "results.json"))
 
 

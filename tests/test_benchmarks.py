@@ -65,6 +65,69 @@ def test_lr_edge_probe_writes_a_loadable_one_rate_suite(monkeypatch, tmp_path):
         {k: v for k, v in shipped.defaults.items() if k != "lr_grid"}
 
 
+def test_protocol4_suite_is_the_shipped_one_with_lr_extend_and_its_seeds(monkeypatch, tmp_path):
+    from deltapatch.bench.runner import build_jobs
+    from deltapatch.bench.suite import load_suite
+    probe = _script("lr_edge_probe", monkeypatch)
+    path = tmp_path / "p4.toml"
+    path.write_text(probe.derived_suite("cpu", "cpu-p4", "resnet20", ["gtsrb"], ["delta1"],
+                                        {"lr_extend": "3"}, seeds=3))
+    suite, shipped = load_suite(str(path)), load_suite("cpu")
+    assert suite.defaults == {**shipped.defaults, "lr_extend": 3} and suite.seeds == 3
+    jobs = build_jobs(suite)
+    assert [j.key for j in jobs] == [f"single/resnet20/gtsrb/delta1/seed{s}" for s in range(3)]
+    assert {j.lr_extend for j in jobs} == {3}
+
+
+@pytest.mark.parametrize("suite", ["cpu", "imagenet"])
+def test_frontier_suite_reuses_the_published_cells_it_shares(suite, monkeypatch, tmp_path):
+    """The frontier's suite is the shipped one plus more sizes: a published seed-0 cell keeps
+    its fingerprint there, so bench reuses its record instead of training it again."""
+    import json
+
+    from deltapatch.bench.runner import build_jobs
+    from deltapatch.bench.suite import load_suite
+    front = _script("frontier", monkeypatch)
+    probe = _script("lr_edge_probe", monkeypatch)
+    extra, variants = front.plan(suite)
+    path = tmp_path / "f.toml"
+    path.write_text(probe.derived_suite(suite, "f", front.SUITES[suite]["backbone"], ["dtd10"],
+                                        variants, {}, seeds=1, extra=extra))
+    jobs = build_jobs(load_suite(str(path)))
+    assert len(jobs) == len(variants) and {j.seed for j in jobs} == {0}
+    published = BENCH.parent / "docs" / "results" / suite / "runs"
+    shared = [(j, published / f"{j.key}.json") for j in jobs if (published / f"{j.key}.json").exists()]
+    assert len(shared) >= 6
+    assert all(json.loads(f.read_text())["config"] == j.config for j, f in shared)
+
+
+def test_protocol4_cost_prices_edge_cells_only(monkeypatch):
+    times = _script("suite_times", monkeypatch)
+
+    def rec(chosen, seed=0):
+        grid = {"0.001": 0.1, "0.01": 0.2, "0.03": 0.3}
+        return {"seed": seed, "result": {"wall_seconds": 10.0, "lr_search": (
+            {"wall_seconds": 30.0, "chosen": chosen, "val_score": grid} if seed == 0 else {})}}
+    done = {"a/seed0": rec(0.03), "a/seed1": rec(0.03, 1), "a/seed2": rec(0.03, 2),
+            "b/seed0": rec(0.01)}
+    assert times.protocol4_cost(done, extend=3) == (10.0, 10.0 * (3 + 2), 1)
+
+
+def test_grid_edges_finds_the_edge_among_the_rates_tried(monkeypatch, tmp_path):
+    import json
+    edges = _script("grid_edges", monkeypatch)
+    runs = [{"key": f"single/bb/t/{v}/seed0", "label": v, "status": "ok", "result": {
+        "lr_search": {"grid": [0.001, 0.03], "chosen": c, "val_score": s}}}
+        for v, c, s in [("top", 0.03, {"0.001": 0.1, "0.03": 0.2}),
+                        ("moved", 0.03, {"0.001": 0.1, "0.03": 0.3, "0.1": 0.2})]]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"runs": runs}))
+    lines = edges.report(path)
+    assert any(line.startswith("single/bb/t/top | top | 0.03 | highest") for line in lines)
+    assert any(line.startswith("single/bb/t/moved | moved | 0.03 | interior") for line in lines)
+    assert lines[-1].startswith("summary: 1 of 2 cells on a grid edge")
+
+
 def test_suite_times_counts_every_rate_a_tuned_cell_trained(monkeypatch):
     times = _script("suite_times", monkeypatch)
     tuned = {"lr_search": {"wall_seconds": 400.0, "val_score": {"0.001": 0.5, "0.01": 0.6}},

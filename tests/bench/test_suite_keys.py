@@ -61,6 +61,18 @@ def test_lr_grid_is_a_suite_key_and_must_be_positive_rates(tmp_path):
             _suite(tmp_path, bad)
 
 
+def test_lr_extend_is_protocol_4s_suite_key_and_is_bounded(tmp_path):
+    from deltapatch.bench.runner import build_jobs
+    jobs = build_jobs(_suite(tmp_path, "lr_grid = [1e-3, 1e-2]\nlr_extend = 3"))
+    assert jobs[0].lr_extend == 3
+    assert build_jobs(_suite(tmp_path, "lr_grid = [1e-3, 1e-2]"))[0].lr_extend == 0
+    for bad in ("lr_extend = -1", "lr_extend = 1000"):
+        with pytest.raises(DeltaPatchError, match="lr_extend must be 0 to"):
+            _suite(tmp_path, bad)
+    with pytest.raises(DeltaPatchError):
+        _suite(tmp_path, 'lr_extend = "3"')
+
+
 def test_zsda_takes_the_fully_trained_network_as_a_variant(tmp_path):
     text = SUITE.replace('[[scenarios]]\nkind = "single"', '[[scenarios]]\nkind = "zsda"\n'
                          'source = "digits"\ntarget = "digits"').replace(

@@ -97,3 +97,36 @@ def test_validation_score_prefers_paints_criterion_and_refuses_none():
     assert validation_score({"val_top1": 0.9}) == 0.9
     with pytest.raises(ValueError, match="no validation score"):
         validation_score(json.loads('{"patch_top1": 0.5}'))
+
+
+def _edge_job(calls: list, val: dict, extend: int) -> Job:
+    def run(out, lr=None):
+        calls.append(lr)
+        return {"val_top1": val[lr], "patch_top1": 0.5, "wall_seconds": 1.0}
+    return Job("single/e/seed0", "single", "single", "bb", "t", "v", "V", 0, run,
+               {"name": "delta"}, "c", list(GRID), lr_extend=extend)
+
+
+def test_protocol_4_extends_a_top_edge_until_the_choice_is_interior(tmp_path):
+    calls: list = []
+    val = {1e-3: 0.1, 3e-3: 0.2, 1e-2: 0.3, 3e-2: 0.4, 0.1: 0.5, 0.3: 0.45}
+    record = run_jobs([_edge_job(calls, val, 3)], tmp_path, progress=False)[0]
+    found = record["result"]["lr_search"]
+    assert calls == GRID + [0.1, 0.3]  # 3e-2 → 1e-1 (an edge again) → 3e-1, then interior
+    assert found["chosen"] == 0.1 and found["interior"] and found["extended"] == [0.1, 0.3]
+    assert found["grid"] == GRID  # later seeds check the base grid
+
+
+def test_protocol_4_extends_a_bottom_edge_and_stops_at_its_limit(tmp_path):
+    calls: list = []
+    val = {1e-3: 0.5, 3e-3: 0.4, 1e-2: 0.3, 3e-2: 0.2, 3e-4: 0.6, 1e-4: 0.7}
+    found = run_jobs([_edge_job(calls, val, 2)], tmp_path, progress=False)[0]["result"]["lr_search"]
+    assert calls == GRID + [3e-4, 1e-4]
+    assert found["chosen"] == 1e-4 and found["interior"] is False
+
+
+def test_protocol_3_records_are_unchanged_without_lr_extend(tmp_path):
+    calls: list = []
+    val = {1e-3: 0.1, 3e-3: 0.2, 1e-2: 0.3, 3e-2: 0.4}
+    found = run_jobs([_edge_job(calls, val, 0)], tmp_path, progress=False)[0]["result"]["lr_search"]
+    assert calls == GRID and found["chosen"] == 3e-2 and "extended" not in found

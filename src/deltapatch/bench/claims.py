@@ -251,7 +251,11 @@ GUARANTEES: list[tuple[str, Callable[[list[dict]], str]]] = [
 
 
 def claims_section(records: list[dict]) -> str:
-    lines = ["## The paper's claims, checked against these runs only\n"]
+    lines = ["## The paper's claims, checked against these runs only\n",
+             "The verdicts below count cells and compare each difference with the seeds' "
+             "spread; they are not intervals. A paired difference with its 95 % interval per "
+             "claim (holds / within noise / reversed) comes from `benchmarks/claim_intervals.py` "
+             "(bench/intervals.py); where the two disagree, the interval decides.\n"]
     lines += [f"- *{claim}*: {check(records)}" for claim, check in CLAIMS]
     lines += ["\n### Guarantees (hold by construction; checked here, not evidence)\n",
               "A patch adds modules beside the frozen backbone and never writes to it or to "

@@ -14,7 +14,7 @@ from ..batches import evaluate
 from ..data.sets import ImageSet
 from ..run import RunSpec, build_model, placement_facts, task_data
 from ..train import fit
-from .jobs import Job, describe, fingerprint, grid, lr_grid, run_spec, scenario
+from .jobs import Job, describe, fingerprint, grid, run_spec, scenario, tuning
 from .schema import TASK_KEYS, Shape
 from .suite import Suite
 
@@ -72,7 +72,7 @@ def _full(kind: str):
                 jobs.append(Job(f"{kind}/{bb}/{t}/{v.key}/seed{seed}", kind, kind, bb, t,
                                 v.key, v.label, seed, run, describe(v),
                                 fingerprint(suite, bb, [task], v),
-                                lr_grid(suite, task, v)))
+                                **tuning(suite, task, v)))
         return jobs
     return build
 

@@ -38,6 +38,7 @@ class Job:
     config: str = ""  # fingerprint of every setting that shapes the run's numbers
     lr_grid: list[float] = field(default_factory=list)  # the suite's lr_grid (empty: untuned)
     lr_from: list[str] = field(default_factory=list)  # runs whose chosen rate this one uses
+    lr_extend: int = 0  # protocol 4: steps the search may add past the grid's edge
 
     def __post_init__(self) -> None:
         if self.lr_grid and not self.lr_from:  # its own cell's run at the tuning seed
@@ -117,6 +118,13 @@ def run_spec(suite: Suite, bb_key: str, task: Task, v: Variant, seed: int,
 
 def lr_grid(suite: Suite, task: Task, v: Variant) -> list[float]:
     return list(suite.settings(task.settings, v.settings).get("lr_grid", []))
+
+
+def tuning(suite: Suite, task: Task, v: Variant) -> dict:
+    """A tuned job's search: its grid and how far past the grid's edge it may go (``Job``'s
+    keyword arguments)."""
+    s = suite.settings(task.settings, v.settings)
+    return {"lr_grid": list(s.get("lr_grid", [])), "lr_extend": int(s.get("lr_extend", 0))}
 
 
 def describe(v: Variant) -> dict:

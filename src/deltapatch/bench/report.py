@@ -11,6 +11,8 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .tuning import edge
+
 UNSTAMPED = "not recorded in the run record (see the Note in the header)"
 Value = Callable[[dict], float | None]
 
@@ -178,7 +180,7 @@ def lr_section(records: list[dict]) -> str | None:
             continue
         seen.add(r["key"])
         scores = " · ".join(f"{lr}: {100 * v:.1f}" for lr, v in found["val_score"].items())
-        edge = grid_edge(found["chosen"], found.get("grid", []))
+        edge = grid_edge(found["chosen"], [float(lr) for lr in found["val_score"]])
         edges += bool(edge)
         rows.append([r["table"], r["backbone"], r["task"], r["label"],
                      f"{found['chosen']:g}" + (f" ({edge})" if edge else ""), scores])
@@ -195,13 +197,11 @@ def lr_section(records: list[dict]) -> str | None:
 
 
 def grid_edge(chosen: float, grid: list[float]) -> str:
-    """Which end of the grid the chosen rate sits at ('' inside it): a search that stops at an
-    edge may not have found the method's best rate, which a reader comparing methods must know."""
-    if len(grid) < 2:
-        return ""
-    if chosen == min(grid):
-        return "lowest in grid"
-    return "highest in grid" if chosen == max(grid) else ""
+    """Which end of the rates tried the chosen rate sits at ('' inside them): a search that
+    stops at an edge may not have found the method's best rate, which a reader comparing methods
+    must know. Protocol 4's added rates count as tried."""
+    where = edge(grid, chosen)
+    return f"{where} in grid" if where else ""
 
 
 def _alpha_table(result: dict) -> dict | None:

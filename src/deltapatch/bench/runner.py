@@ -146,7 +146,8 @@ def execute(job: Job, out: Path) -> dict:
     if not job.lr_grid:
         return job.run(_fresh_dir(out / RUNS / job.key, job.config), None)
     if job.tunes:
-        return search(job.run, _fresh_dir(out / RUNS / job.key, job.config), job.lr_grid)
+        return search(job.run, _fresh_dir(out / RUNS / job.key, job.config), job.lr_grid,
+                      job.lr_extend)
     rates = [chosen_rate(_read(out / RUNS / f"{key}.json"), key, job.lr_grid)
              for key in job.lr_from]
     lr = rates[0] if job.lr_from == [job.tuning_key] else rates  # borrowed: one per task

@@ -15,7 +15,7 @@ import torch
 from ..data.sets import ImageSet, TaskData
 from ..metrics import harmonic_mean
 from ..run import base_task_data, build_model, input_size, native_size, run_one, task_data, test_split
-from .jobs import Job, Skip, describe, fingerprint, grid, lr_grid, run_spec, scenario
+from .jobs import Job, Skip, describe, fingerprint, grid, lr_grid, run_spec, scenario, tuning
 from .schema import TASK_KEY, TASK_KEYS, TASK_LISTS, Shape
 from .suite import Suite, Variant, train_config
 from .tuning import TUNE_SEED
@@ -39,7 +39,7 @@ def single(suite: Suite, entry: dict, seeds: int) -> list[Job]:
 
             jobs.append(Job(f"single/{bb}/{t}/{v.key}/seed{seed}", "single", table, bb, t,
                             v.key, v.label, seed, run, describe(v),
-                            fingerprint(suite, bb, [task], v), lr_grid(suite, task, v)))
+                            fingerprint(suite, bb, [task], v), **tuning(suite, task, v)))
     return jobs
 
 
@@ -64,7 +64,7 @@ def zsda(suite: Suite, entry: dict, seeds: int) -> list[Job]:
         name = f"{src.key}→{tgt.key}"
         jobs.append(Job(f"zsda/{bb}/{src.key}-{tgt.key}/{v.key}/seed{seed}", "zsda", "zsda", bb,
                         name, v.key, v.label, seed, run, describe(v),
-                        fingerprint(suite, bb, [src, tgt], v), lr_grid(suite, src, v)))
+                        fingerprint(suite, bb, [src, tgt], v), **tuning(suite, src, v)))
     return jobs
 
 
@@ -115,7 +115,7 @@ def joint(suite: Suite, entry: dict, seeds: int) -> list[Job]:
             jobs.append(Job(f"joint/{bb}/{name}/{v.key}/seed{seed}", "joint", "joint", bb, name,
                             v.key, v.label, seed, run, describe(v),
                             fingerprint(suite, bb, [suite.tasks[t] for t in group], v),
-                            lr_grid(suite, suite.tasks[group[0]], v)))
+                            **tuning(suite, suite.tasks[group[0]], v)))
     return jobs
 
 

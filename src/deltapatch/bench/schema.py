@@ -25,10 +25,11 @@ from ..train import TrainConfig
 TRAIN_KEYS = {f.name for f in fields(TrainConfig)} - {"seed", "progress"}
 DATA_KEYS = {"max_train", "max_test", "max_val", "image_size", "base_image_size",
              "val_fraction"}
-TUNING_KEYS = {"lr_grid"}  # one learning-rate grid for every method (bench/tuning.py)
+TUNING_KEYS = {"lr_grid", "lr_extend"}  # one grid for every method, protocol 4 (bench/tuning.py)
 SETTING_KEYS = TRAIN_KEYS | DATA_KEYS | TUNING_KEYS | {"lambda_images"}
 """Keys a suite's ``[defaults]``, task and variant tables may set: TrainConfig's fields and
-RunSpec's data fields, the same definitions the CLI's flags come from, and ``lr_grid``."""
+RunSpec's data fields, the same definitions the CLI's flags come from, ``lr_grid`` and
+``lr_extend``."""
 FULL_TRAINING = {"scratch", "transfer"}  # scenario kinds whose variants name no method
 FULL_ALLOWED = {"zsda"}  # kinds that also take method = "full" (the whole network ± Δ)
 MAX_SEEDS = 1000
@@ -39,7 +40,7 @@ MAX_SUITE_BYTES = 1 << 20
 
 def _setting_types() -> dict[str, object]:
     hints = {**get_type_hints(RunSpec), **get_type_hints(TrainConfig)}
-    return {**{k: hints[k] for k in SETTING_KEYS - TUNING_KEYS}, "lr_grid": list}
+    return {**{k: hints[k] for k in SETTING_KEYS - TUNING_KEYS}, "lr_grid": list, "lr_extend": int}
 
 
 SETTINGS = _setting_types()
@@ -138,6 +139,10 @@ def settings(path: Path, where: str, layer: object, schema: dict[str, object]) -
     if grid is not None and not (0 < len(grid) <= MAX_GRID and all(map(_rate, grid))):
         raise refuse(path, where, f"lr_grid must be a non-empty list of positive learning "
                                   f"rates (at most {MAX_GRID}), got {grid!r}")
+    extend = layer.get("lr_extend")
+    if extend is not None and not 0 <= extend <= MAX_GRID:
+        raise refuse(path, where, f"lr_extend must be 0 to {MAX_GRID} steps past the grid's "
+                                  f"edge, got {extend!r}")
     _bounded(path, where, layer)
     return layer
 

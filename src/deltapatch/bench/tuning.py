@@ -6,6 +6,12 @@ the other seeds train once at that rate. Test numbers never choose anything.
 
 A cell that cannot score validation on its own (sequential patching) takes each task's rate from
 that task's single-task cell, named in ``Job.lr_from``.
+
+Protocol 4 (suite key ``lr_extend = N``): a rate chosen at either end of the grid may not be the
+method's best, so the search goes on one step past that end (the grid's own spacing continued:
+3e-2 → 1e-1, 1e-3 → 3e-4), every method alike, until the choice is interior or N steps were
+added. The record keeps the base grid (``grid``, which later seeds and sequential cells check),
+the added rates (``extended``) and whether the choice ended interior.
 """
 
 from __future__ import annotations
@@ -36,29 +42,66 @@ def rate_dir(out: Path, lr: float) -> Path:
     return out / f"lr={lr:g}"
 
 
-def search(run: Callable[[Path, float], dict], out: Path, grid: list[float]) -> dict:
-    """Train at every rate of ``grid`` (each into its own folder, resumable: a finished rate is
-    read back, not redone) and return the run of the best validation score, ties going to the
-    rate listed first, with the whole search in ``lr_search``."""
-    results, scores, wall = {}, {}, 0.0
-    for lr in grid:
-        folder = rate_dir(out, lr)
-        done = folder / "result.json"
-        if done.exists():
-            results[lr] = json.loads(done.read_text())
-        else:
-            folder.mkdir(parents=True, exist_ok=True)
-            results[lr] = run(folder, lr)
-            tmp = done.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(results[lr], indent=1) + "\n")
-            os.replace(tmp, done)
+def _train_at(run: Callable[[Path, float], dict], out: Path, lr: float) -> dict:
+    """One rate's run, into its own folder; a finished rate is read back, not redone."""
+    folder = rate_dir(out, lr)
+    done = folder / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    result = run(folder, lr)
+    tmp = done.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    os.replace(tmp, done)
+    return result
+
+
+def edge(tried: list[float], chosen: float) -> str:
+    """'highest', 'lowest' or '' (interior) for ``chosen`` among the rates ``tried``."""
+    order = sorted(tried)
+    if len(order) < 2:
+        return ""
+    return "highest" if chosen == order[-1] else "lowest" if chosen == order[0] else ""
+
+
+def step_past(tried: list[float], side: str) -> float:
+    """The next rate past ``side`` of the rates tried, continuing the grid's own spacing: the
+    step before the outermost one (so a 1-3-10 grid goes on 3e-2 → 1e-1 → 3e-1 and
+    1e-3 → 3e-4 → 1e-4); a two-rate grid repeats its one ratio."""
+    g = sorted(tried)
+    if side == "highest":
+        ratio = g[-2] / g[-3] if len(g) >= 3 else g[-1] / g[-2]
+        return float(f"{g[-1] * ratio:.3g}")
+    ratio = g[2] / g[1] if len(g) >= 3 else g[1] / g[0]
+    return float(f"{g[0] / ratio:.3g}")
+
+
+def search(run: Callable[[Path, float], dict], out: Path, grid: list[float],
+           extend: int = 0) -> dict:
+    """Train at every rate of ``grid`` and return the run of the best validation score, ties
+    going to the rate tried first, with the whole search in ``lr_search``. With ``extend`` > 0
+    (protocol 4), a best rate at an end of the rates tried adds the next rate past it, up to
+    ``extend`` times."""
+    tried = list(grid)
+    results = {lr: _train_at(run, out, lr) for lr in tried}
+    scores = {lr: validation_score(r) for lr, r in results.items()}
+
+    def best() -> float:
+        return max(tried, key=lambda lr: (scores[lr], -tried.index(lr)))
+
+    while len(tried) - len(grid) < extend and len(tried) >= 2 and edge(tried, best()):
+        lr = step_past(tried, edge(tried, best()))
+        tried.append(lr)
+        results[lr] = _train_at(run, out, lr)
         scores[lr] = validation_score(results[lr])
-        wall += results[lr].get("wall_seconds") or 0.0
-    best = max(grid, key=lambda lr: (scores[lr], -grid.index(lr)))
-    return {**results[best], "lr": best,
-            "lr_search": {"grid": list(grid), "chosen": best, "seed": TUNE_SEED,
-                          "wall_seconds": round(wall, 2),
-                          "val_score": {f"{lr:g}": round(s, 6) for lr, s in scores.items()}}}
+    chosen = best()
+    found = {"grid": list(grid), "chosen": chosen, "seed": TUNE_SEED,
+             "wall_seconds": round(sum(r.get("wall_seconds") or 0.0 for r in results.values()), 2),
+             "val_score": {f"{lr:g}": round(scores[lr], 6) for lr in tried}}
+    if extend:
+        found.update(extended=tried[len(grid):], extend_limit=extend,
+                     interior=not edge(tried, chosen))
+    return {**results[chosen], "lr": chosen, "lr_search": found}
 
 
 def chosen_rate(record: dict | None, key: str, grid: list[float]) -> float:

@@ -1,0 +1,144 @@
+"""Accuracy against trainable parameters, per task: is Δ on the frontier?
+
+Runs a copy of a shipped suite (same defaults, data and learning-rate grid, so the protocol is
+the suite's) over the sizes of each method, seed 0 only: Δ(1) and Δ(all) at Δ-module reduction
+r ∈ {2, 4, 8}, PEFT LoRA at rank ×1, ×2, ×4 of the Δ(1)-matched rank, the adapters, BN
+adaptation and FC only. Cells the suite has already published (same settings, so the same
+fingerprint) are copied in from its records and not rerun. Then, per task, one PNG (harmonic
+mean against parameters) and one statement, computed from the points (bench/frontier.py).
+Resumable: rerun the same command; ``--report-only`` draws what has finished.
+
+    PYTHONPATH=src nice -n 19 python benchmarks/frontier.py --suite cpu --tasks dtd10 \\
+        --out runs/frontier-cpu --report docs/results/frontier/cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from lr_edge_probe import derived_suite, run_bench
+
+from deltapatch.bench.frontier import figure, points_from, statement
+from deltapatch.hardware import describe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _delta(key: str, label: str, stages: int, r: int, init: str | None) -> str:
+    start = f'init = "{init}"\n' if init else ""
+    return (f'[variants.{key}]\nmethod = "delta"\nlabel = "{label}, r={r}"\nstages = {stages}\n'
+            f"options = {{ reduction = {r} }}\n{start}")
+
+
+def _lora(key: str, scale: int, init: str | None) -> str:
+    start = f'init = "{init}"\n' if init else ""
+    label = "rank matched to Δ(1)" if scale == 1 else f"{scale}× rank"
+    scaled = f"options = {{ rank_scale = {scale} }}\n" if scale > 1 else ""
+    return (f'[variants.{key}]\nmethod = "lora"\nlabel = "LoRA ({label})"\nstages = 1\n'
+            f"{scaled}{start}")
+
+
+# per suite: backbone, Δ(1) and Δ(all) variant keys (r = 4, published) with their stages and
+# start, the added variants' TOML, and every variant of the figure
+SUITES = {
+    "cpu": {"backbone": "resnet20", "all": 3, "init": None, "d1": "delta1", "dall": "delta3",
+            "lora": "", "others": ["adapter-series", "adapter-parallel", "bn-adapt"]},
+    "imagenet": {"backbone": "lite0", "all": 5, "init": "base", "d1": "delta1-base",
+                 "dall": "delta5-base", "lora": "lora lora2",
+                 "others": ["adapter-parallel", "bn-adapt"]},
+}
+
+
+def plan(suite: str) -> tuple[str, list[str]]:
+    """(TOML of the added variants, every variant of the figure)."""
+    s = SUITES[suite]
+    extra, variants = "", ["linear"]
+    for key, stages, name in ((s["d1"], 1, "Δ(1)"), (s["dall"], s["all"], f"Δ({s['all']}), all")):
+        for r in (2, 4, 8):
+            if r == 4:
+                variants.append(key)
+                continue
+            extra += _delta(f"{key}-r{r}", name, stages, r, s["init"])
+            variants.append(f"{key}-r{r}")
+    init = "random" if s["init"] else None
+    published = s["lora"].split()
+    for scale, key in ((1, "lora"), (2, "lora2"), (4, "lora4")):
+        if key not in published:
+            extra += (_lora(key, scale, init) if scale > 1 else
+                      '[variants.lora]\nmethod = "lora"\nlabel = "LoRA (rank matched to Δ(1))"\n'
+                      "stages = 1\n" + (f'init = "{init}"\n' if init else ""))
+        variants.append(key)
+    return extra, variants + s["others"]
+
+
+def seed_records(published: Path, out: Path, backbone: str, tasks: list[str],
+                 variants: list[str]) -> int:
+    """Copy the suite's published seed-0 records of these cells into ``out`` (bench reuses a
+    record only if its settings fingerprint still matches; a stale one is rerun)."""
+    n = 0
+    for t in tasks:
+        for v in variants:
+            src = published / "runs" / "single" / backbone / t / v / "seed0.json"
+            dst = out / "runs" / "single" / backbone / t / v / "seed0.json"
+            if src.exists() and not dst.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
+                n += 1
+    return n
+
+
+def report(suite: str, out: Path, dest: Path, tasks: list[str], command: str) -> list[str]:
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    dest.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for t in tasks:
+        pts = points_from(runs, t, lambda m: m.get("name") == "delta")
+        if not pts:
+            lines.append(f"- {t}: no finished runs yet")
+            continue
+        png = figure(t, pts, dest / f"frontier_{t}.png",
+                     f"{suite} suite, {t}: harmonic mean vs trainable parameters (seed 0)")
+        lines.append(f"- {statement(t, pts)} ({len(pts)} points; [figure]({png.name}))")
+    for r in runs:  # the records behind the figures, new and copied alike
+        if r.get("status") == "ok" and r["seed"] == 0 and r["task"] in tasks:
+            f = dest / "runs" / f"{r['key']}.json"
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_text(json.dumps(r, indent=1) + "\n")
+    pending = sum(r.get("status") != "ok" for r in runs)
+    head = [f"# Accuracy against trainable parameters: {suite} suite", "",
+            f"Command: `{command}`. Seed 0 only (one run per point; not a significance test).",
+            f"Hardware: {describe()}, shared with other jobs. Finished points: "
+            f"{len(runs) - pending} of {len(runs)}.", ""]
+    (dest / "FRONTIER.md").write_text("\n".join(head + lines) + "\n")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--suite", choices=sorted(SUITES), required=True)
+    ap.add_argument("--tasks", nargs="+", required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--report", type=Path, required=True, help="where the figures and records go")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--report-only", action="store_true")
+    a = ap.parse_args()
+    s = SUITES[a.suite]
+    extra, variants = plan(a.suite)
+    a.out.mkdir(parents=True, exist_ok=True)
+    toml = a.out / "frontier.toml"
+    toml.write_text(derived_suite(a.suite, f"{a.suite}-frontier", s["backbone"], a.tasks,
+                                  variants, {}, seeds=1, extra=extra))
+    copied = seed_records(ROOT / "docs" / "results" / a.suite, a.out, s["backbone"], a.tasks,
+                          variants)
+    print(f"{copied} published records copied in; suite copy {toml}")
+    run_bench(toml, a.out, a.threads, *(["--report-only"] if a.report_only else []))
+    command = (f"python benchmarks/frontier.py --suite {a.suite} --tasks {' '.join(a.tasks)} "
+               f"--out {a.out} --report {a.report}")
+    print("\n".join(report(a.suite, a.out, a.report, a.tasks, command)))
+
+
+if __name__ == "__main__":
+    main()

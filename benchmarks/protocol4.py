@@ -1,0 +1,109 @@
+"""Protocol 4 on chosen cells of a suite: the same grid, extended past its edge until interior.
+
+Writes a copy of a shipped suite restricted to the chosen (backbone, tasks, variants) cells with
+``lr_extend = N`` in its defaults (bench/tuning.py: a seed-0 choice at either end of the grid
+adds the next rate past it, every method alike, until interior or N rates were added), runs it
+with ``deltapatch bench`` (resumable: rerun the same command after an interruption; finished
+rates and runs are kept), and prints, per cell, what moved against the suite's published
+protocol-3 records: the rate chosen, the rates added, and test harmonic mean over seeds.
+
+    PYTHONPATH=src nice -n 19 python benchmarks/protocol4.py --suite cpu --backbone resnet20 \\
+        --tasks gtsrb --variants linear delta1 delta3 --extend 3 \\
+        --records docs/results/cpu/results.json --out runs/p4-cpu
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+from _common import replace_block
+from lr_edge_probe import cell_parser, derived_suite, ok_runs, run_bench
+
+from deltapatch.hardware import describe
+
+
+def cell(key: str) -> str:
+    return key.rsplit("/seed", 1)[0]
+
+
+def summary(runs: dict[str, dict]) -> dict[str, dict]:
+    """Cell -> its seed-0 search and the test harmonic means of its seeds."""
+    out: dict[str, dict] = {}
+    for key, r in runs.items():
+        if r["result"].get("harmonic_mean") is None:  # transfer and ZSDA runs have none
+            continue
+        c = out.setdefault(cell(key), {"label": r["label"], "hm": []})
+        c["hm"].append(100 * r["result"]["harmonic_mean"])
+        if "val_score" in r["result"].get("lr_search", {}):
+            c["search"] = r["result"]["lr_search"]
+    return out
+
+
+def hm_text(values: list[float]) -> str:
+    sd = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
+    return f"{statistics.fmean(values):.2f}{sd} (n={len(values)})"
+
+
+def compare(p3: dict[str, dict], p4: dict[str, dict]) -> list[str]:
+    lines = ["| cell | method | protocol 3: rate | protocol 4: rate (added; interior) | "
+             "protocol 3 HM | protocol 4 HM |", "|---|---|---|---|---|---|"]
+    for key, new in sorted(p4.items()):
+        old = p3.get(key, {})
+        s4 = new.get("search", {})
+        added = ", ".join(f"{lr:g}" for lr in s4.get("extended", [])) or "none"
+        rate4 = (f"{s4['chosen']:g} ({added}; {'yes' if s4.get('interior', True) else 'no'})"
+                 if s4 else "pending")
+        rate3 = f"{old['search']['chosen']:g}" if "search" in old else "–"
+        lines.append(f"| {key} | {new['label']} | {rate3} | {rate4} | "
+                     f"{hm_text(old['hm']) if old else '–'} | {hm_text(new['hm'])} |")
+    return lines
+
+
+def main() -> None:
+    ap = cell_parser(__doc__)
+    ap.add_argument("--extend", type=int, default=3, help="rates at most added past the edge")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--report-only", action="store_true", help="compare what has finished")
+    ap.add_argument("--write", type=Path, default=None,
+                    help="also put the comparison between <!-- protocol4:begin/end --> here")
+    ap.add_argument("--publish", type=Path, default=None,
+                    help="copy the finished run records and the suite copy here (to commit); "
+                         "to resume elsewhere, copy its runs/ back into --out first")
+    a = ap.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    toml = a.out / "protocol4.toml"
+    toml.write_text(derived_suite(a.suite, f"{a.suite}-p4", a.backbone, a.tasks, a.variants,
+                                  {"lr_extend": str(a.extend)}, a.seeds))
+    flags = ["--report-only"] if a.report_only else []
+    run_bench(toml, a.out, a.threads, *flags)
+    runs = json.loads((a.out / "results.json").read_text())["runs"]
+    done = sum(r.get("status") == "ok" for r in runs)
+    machines = "; ".join(sorted({r["hardware"] for r in runs if r.get("hardware")})) or describe()
+    text = "\n".join([
+        f"`PYTHONPATH=src python benchmarks/protocol4.py --suite {a.suite} --backbone {a.backbone} "
+        f"--tasks {' '.join(a.tasks)} --variants {' '.join(a.variants)} --extend {a.extend} "
+        f"--records {a.records} --out {a.out}` (lr_extend = {a.extend}; {done} of {len(runs)} "
+        f"runs finished; {machines}, shared with other jobs). HM: test harmonic mean, %, "
+        "mean ± sd over the seeds finished:", "",
+        *compare(summary(ok_runs(a.records)), summary(ok_runs(a.out / "results.json")))])
+    print(text)
+    if a.write:
+        replace_block(a.write, "protocol4", text)
+    if a.publish:
+        publish(a.out, a.publish)
+
+
+def publish(out: Path, dest: Path) -> None:
+    """The finished runs' records (not their patch files) and the suite they answer."""
+    for f in (out / "runs").rglob("seed*.json"):
+        target = dest / "runs" / f.relative_to(out / "runs")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, target)
+    shutil.copy2(out / "protocol4.toml", dest / "protocol4.toml")
+
+
+if __name__ == "__main__":
+    main()
