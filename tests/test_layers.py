@@ -16,7 +16,7 @@ LAYERS = [  # lowest first; a module may import its own layer and those before i
     {"baseinit", "delta", "patch", "routing", "execution", "model"},
     {"data", "batches", "distributed", "train", "cache"},
     {"methods"},
-    {"run"},
+    {"runinputs", "runfolder", "run"},
     {"bench", "demo", "demo_config", "demo_report", "export", "serve", "dense"},
     {"cli", "__main__", "__init__"},
 ]
