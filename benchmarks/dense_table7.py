@@ -111,8 +111,7 @@ def figure(out: Path, path: Path, backbone: str = "efficientnet_lite0", seed: in
 
     from deltapatch.dense import load_dense, load_dense_data
     from deltapatch.dense.draw import predict_one
-    from deltapatch.run import build_model
-
+    from deltapatch.runinputs import build_model
     weights = BACKBONES[backbone][0]
     test = load_dense_data("pennfudan").test[:photos]
     cells = [(t, v) for t in TASKS for v in ("heads", "delta_all")]

@@ -11,13 +11,13 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "src" / "deltapatch"
 LAYERS = [  # lowest first; a module may import its own layer and those before it
     {"errors", "registry", "options", "progress", "preprocess", "weights", "metrics", "hardware",
-     "paths", "tensorfile", "store", "devices"},
+     "paths", "tensorfile", "store", "devices", "version", "skips"},
     {"backbones"},
-    {"baseinit", "delta", "patch", "routing", "model"},
-    {"data", "distributed", "train", "cache"},
+    {"baseinit", "delta", "patch", "routing", "execution", "model"},
+    {"data", "batches", "distributed", "train", "cache"},
     {"methods"},
-    {"run"},
-    {"bench", "demo", "demo_report", "export", "serve", "dense"},
+    {"runinputs", "runfolder", "run"},
+    {"bench", "demo", "demo_config", "demo_report", "export", "serve", "dense"},
     {"cli", "__main__", "__init__"},
 ]
 
@@ -66,3 +66,47 @@ def test_nothing_imports_the_cli():
     for file in SOURCES:
         if file.relative_to(PKG).parts[0] not in ("cli", "__main__.py"):
             assert "cli" not in _imports(file), file
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Module → the package's modules it imports, at any depth, lazy imports included."""
+    names = {".".join(p.relative_to(PKG).with_suffix("").parts): p for p in SOURCES}
+    names = {n.removesuffix(".__init__") if n != "__init__" else "": p for n, p in names.items()}
+    graph: dict[str, set[str]] = {}
+    for mod, file in names.items():
+        pkg = mod if file.name == "__init__.py" else mod.rpartition(".")[0]
+        found = set()
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = pkg.split(".") if pkg else []
+                base = base[: len(base) - (node.level - 1)] + (node.module.split(".")
+                                                               if node.module else [])
+                target = ".".join(base)
+                subs = [f"{target}.{a.name}".lstrip(".") for a in node.names]
+                subs = [s for s in subs if s in names]
+                found.update(subs if len(subs) == len(node.names) else [target, *subs])
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("deltapatch"):
+                found.add(node.module.removeprefix("deltapatch").lstrip("."))
+        graph[mod] = {m for m in found if m in names and m != mod}
+    return graph
+
+
+def test_no_import_circles():
+    """No module reaches itself through imports (lazy ones included), and nothing inside the
+    package imports its root: each layer stands on the ones below without reaching back."""
+    graph = _module_graph()
+    assert not [m for m, deps in graph.items() if "" in deps and m], "imports of the root"
+    graph.pop("")
+
+    def reaches(start: str) -> bool:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            m = todo.pop()
+            if m == start:
+                return True
+            if m not in seen:
+                seen.add(m)
+                todo.extend(graph[m])
+        return False
+
+    assert [m for m in graph if reaches(m)] == []

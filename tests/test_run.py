@@ -38,7 +38,7 @@ def test_the_base_task_is_scored_at_the_backbones_own_size(tmp_path, base_image_
     import torch
 
     from deltapatch.data import load_test
-    from deltapatch.run import build_model
+    from deltapatch.runinputs import build_model
     from deltapatch.train import evaluate
     spec = RunSpec(backbone="cifar_resnet20", data="digits", base_data="digits", image_size=16,
                    base_image_size=base_image_size, max_train=64, max_test=48, stages=0,

@@ -11,7 +11,7 @@ import torch
 
 from .batches import device_of, model_inputs
 from .data.sets import TaskData
-from .demo import BACKBONE, BASE_SIZE, METHODS, DemoConfig, Row
+from .demo_config import BACKBONE, BASE_SIZE, METHODS, DemoConfig, Row
 from .model import PatchedModel
 from .preprocess import Preprocess
 

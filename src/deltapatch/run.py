@@ -2,10 +2,9 @@
 code path of ``deltapatch train`` and of every single-task cell of ``deltapatch bench``, so a bench
 number is exactly what ``train`` prints for the same arguments.
 
-A run folder belongs to one run. ``run/settings.json`` records everything that shapes it (the
-spec, the backbone's and the data's fingerprints); a folder holding another run is refused, naming
-the first field that differs, instead of being silently resumed into a hybrid. The folder is
-locked for the whole run, so two trainings cannot write into it at once.
+A run checks everything before it writes (:func:`resolve_run`), reads its model and data through
+:mod:`deltapatch.runinputs`, and claims its folder (:mod:`deltapatch.runfolder`), locked for the
+whole run so two trainings cannot write into it at once.
 
 Where a run trains (``device``) is not a setting: the same run on another device resumes in the
 same folder, and its record says where it ran (``device``) and in what ``precision``.
@@ -13,9 +12,6 @@ same folder, and its record says where it ran (``device``) and in what ``precisi
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,27 +19,26 @@ from pathlib import Path
 import torch
 
 from . import devices, distributed, hardware, metrics, store
-from .backbones import load_backbone
 from .backbones.registry import family_init
 from .baseinit import INITS, LEGACY_INIT
 from .batches import evaluate, model_inputs
-from .data import check_data_options, load_data, load_test
+from .data import check_data_options
 from .data.sets import ImageSet, TaskData
 from .delta import GATES, resolve_init
-from .errors import DeltaPatchError
 from .methods import METHODS, Method, MethodContext, get_method
 from .model import PatchedModel
 from .options import opt, validate
 from .patch import CLASSIFICATION, check_name
+from .runfolder import claim_run_folder
+from .runinputs import (
+    base_task_data,
+    build_model,
+    data_fingerprint,
+    native_size,
+    task_data,
+    test_split,
+)
 from .train import TrainConfig
-
-SETTINGS_FILE = "settings.json"
-
-DATA_PROTOCOL = 2
-"""Version of how bench data are drawn; a stored run of another version is redone, not mixed
-into the same table. 1: seeded subsets drawn after resizing, validation held out of the whole
-train split (then capped at ``max_val``). 2 (main from 8733333 on): subsets drawn before
-resizing, validation held out of the ``max_train`` images."""
 
 
 @dataclass
@@ -135,79 +130,16 @@ def check_stages(stages: object) -> None:
         raise ValueError(f"stages must list 0-based stage indices or names, got {stages!r}")
 
 
-# ---------------------------------------------------------------- data, cached per process
-_CACHE: dict[tuple, object] = {}
-
-
-def cached(key: tuple, make):
-    """Data sets are re-used across the runs of one process (decoding CIFAR-10 once, not per
-    run); everything cached is read-only to callers."""
-    if key not in _CACHE:
-        _CACHE[key] = make()
-    return _CACHE[key]
-
-
-def task_data(spec: str, size: int, *, seed: int, max_train: int | None,
-              max_test: int | None, val_fraction: float = 0.1, max_val: int | None = None
-              ) -> TaskData:
-    """A task, cached; ``max_val`` caps the validation split (10% of MNIST's train is 6,000
-    images scored every epoch, which would dominate a small CPU run)."""
-    def make() -> TaskData:
-        data = load_data(spec, size, val_fraction=val_fraction, seed=seed,
-                         max_train=max_train, max_test=max_test)
-        data.val = data.val.sample(max_val, seed, rng="torch")  # as every published run drew it
-        return data
-    return cached(("data", spec, size, seed, max_train, max_test, val_fraction, max_val), make)
-
-
-def base_task_data(spec: str, size: int, *, seed: int, max_test: int | None,
-                   val_fraction: float = 0.1) -> TaskData:
-    """The full base task for methods that choose on it (train not capped; its test split is
-    the same seeded subset that ``load_test`` gives)."""
-    return task_data(spec, size, seed=seed, max_train=None, max_test=max_test,
-                     val_fraction=val_fraction)
-
-
-def test_split(spec: str, size: int, *, seed: int, max_test: int | None) -> ImageSet:
-    return cached(("test", spec, size, seed, max_test),
-                  lambda: load_test(spec, size, max_test=max_test, seed=seed)[0])
-
-
-def build_model(backbone: str, weights: str | None, image_size: int | None = None,
-                device: torch.device | None = None) -> PatchedModel:
-    """The wrapped backbone on ``device`` (None: the CPU)."""
-    model = PatchedModel(load_backbone(backbone, weights or None, device=device))
-    model.preprocess = model.preprocess.with_size(image_size or model.preprocess.size)
-    return model
-
-
 def input_size(spec: RunSpec) -> int:
     """The run's image size: ``spec.image_size`` or the backbone's own, looked up once per
     backbone in a process (building a model only to read its size would load weights per run)."""
     return spec.image_size or native_size(spec.backbone, spec.weights)
 
 
-def native_size(backbone: str, weights: str | None) -> int:
-    return cached(("size", backbone, weights),
-                  lambda: build_model(backbone, weights).preprocess.size)
-
-
 def base_size(spec: RunSpec) -> int:
     """The base task is the backbone's own task: scored at its own size unless told otherwise,
     so patching at a smaller size (a cheaper patch task) does not change how the base scores."""
     return spec.base_image_size or native_size(spec.backbone, spec.weights)
-
-
-def data_fingerprint(data: TaskData) -> str:
-    """sha256 of every split's images and labels: two runs on "the same" path with other
-    contents are two runs."""
-    h = hashlib.sha256()
-    for split in (data.train, data.val, data.test):
-        for t in (split.images, split.labels):
-            t = t.contiguous()
-            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:32]
 
 
 @torch.inference_mode()
@@ -224,45 +156,6 @@ def mean_lambdas(model: PatchedModel, patch: str, images: ImageSet, n: int) -> d
             sums[stage] = sums.get(stage, 0) + lam.float().sum(0)
     count = min(n, len(images))
     return {str(s): [round(float(v) / count, 5) for v in t] for s, t in sums.items()}
-
-
-# ---------------------------------------------------------------- the run folder
-def claim_run_folder(out: Path, settings: dict) -> None:
-    """Make ``out`` this run's folder, or refuse (nothing changed) if it holds another run.
-
-    A folder with no ``run/settings.json`` but a checkpoint or a task in it holds a run of
-    unknown settings and is refused too: resuming it could mix two runs."""
-    run = out / "run"
-    file = run / SETTINGS_FILE
-    if file.is_file():
-        try:
-            old = json.loads(file.read_text())
-        except (OSError, ValueError) as err:
-            raise DeltaPatchError(f"{file} is unreadable ({err}); delete {run} to start afresh") from None
-        diff = _first_difference(old, settings)
-        if diff is not None:
-            raise DeltaPatchError(
-                f"{out} holds another run ({diff}); choose another --out, or delete {run} to "
-                "start this one afresh there")
-        return
-    if (run / "checkpoint.pt").exists() or (out / store.CONFIG_FILE).exists():
-        raise DeltaPatchError(f"{out} already holds a patch or checkpoint of a run with "
-                              "unknown settings; choose another --out or delete it")
-    run.mkdir(parents=True, exist_ok=True)
-    tmp = run / (SETTINGS_FILE + ".tmp")
-    tmp.write_text(json.dumps(settings, indent=1, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, file)
-
-
-def _first_difference(old, new, path: str = "") -> str | None:
-    if isinstance(old, dict) and isinstance(new, dict):
-        for k in sorted(set(old) | set(new)):
-            d = _first_difference(old.get(k), new.get(k), f"{path}.{k}" if path else k)
-            if d is not None:
-                return d
-        return None
-    new = json.loads(json.dumps(new, default=str))  # compare as stored (tuples → lists)
-    return None if old == new else f"{path}: {old!r} there, {new!r} now"
 
 
 def run_device(device: str | torch.device | None) -> torch.device:

@@ -69,7 +69,7 @@ def test_concat_tasks_offsets_labels():
 
 def test_stale_run_dirs_are_wiped(tmp_path):
     from deltapatch.bench.runner import _fresh_dir
-    from deltapatch.run import DATA_PROTOCOL
+    from deltapatch.runinputs import DATA_PROTOCOL
     old = tmp_path / "run"
     (old / "run").mkdir(parents=True)
     (old / "run" / "checkpoint.pt").write_text("from another data protocol")

@@ -125,20 +125,14 @@ def imagenet() -> nn.Module:
     return model
 
 
-def register() -> None:
-    """Register ``efficientnet_lite0`` when the model package is installed; its spec and block
-    split are registered then too (the package is optional)."""
-    from .registry import BackboneEntry, register_backbone
-
+def register_blocks() -> None:
+    """Register the family's spec and block split when the model package is installed (it is
+    optional); :mod:`.registry` registers the backbone itself."""
     if importlib.util.find_spec("efficientnet_lite_pytorch") is not None:
         from efficientnet_lite_pytorch.model import EfficientNet, MBConvBlock
 
         register_block(MBConvBlock, residual=_mbconv_residual, shortcut=_identity_shortcut)
         register_spec(EfficientNet)(_lite_spec)
-    register_backbone("efficientnet_lite0", BackboneEntry(
-        build=build, preprocess=LITE_PREPROCESS, named_weights={"imagenet": imagenet},
-        # on its ImageNet base, init=random left Δ(1) and Δ(5) far below init=base (docs/INIT.md)
-        default_init="base"))
 
 
 def _identity_shortcut(block: nn.Module, x: Tensor) -> Tensor:

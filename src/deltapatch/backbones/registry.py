@@ -109,9 +109,13 @@ def _register_cifar() -> None:
 
 
 def _register_efficientnet_lite() -> None:
-    from .efficientnet_lite import register
+    from . import efficientnet_lite as lite
 
-    register()
+    lite.register_blocks()
+    register_backbone("efficientnet_lite0", BackboneEntry(
+        build=lite.build, preprocess=lite.LITE_PREPROCESS, named_weights={"imagenet": lite.imagenet},
+        # on its ImageNet base, init=random left Δ(1) and Δ(5) far below init=base (docs/INIT.md)
+        default_init="base"))
 
 
 register_weight_classes("imagenet", lambda: imagenet_classes())

@@ -12,7 +12,8 @@ from torch import nn
 from .. import metrics
 from ..batches import evaluate
 from ..data.sets import ImageSet
-from ..run import RunSpec, build_model, placement_facts, task_data
+from ..run import RunSpec, placement_facts
+from ..runinputs import build_model, task_data
 from ..train import fit
 from .jobs import Job, describe, fingerprint, grid, run_spec, scenario, tuning
 from .schema import TASK_KEYS, Shape

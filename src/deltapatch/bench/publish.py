@@ -183,7 +183,7 @@ def render(records: list[dict], meta: dict, suite: Suite, sections: dict[str, st
             f"- Code of this report: {meta.get('code', '?')}; code of the runs: "
             f"{', '.join(codes) or '–'}\n"
             f"- Data protocol of the runs: {', '.join(map(str, protocols)) or '–'} "
-            "(see `deltapatch.run.DATA_PROTOCOL`; a rerun redoes runs of another one)\n"
+            "(see `deltapatch.runinputs.DATA_PROTOCOL`; a rerun redoes runs of another one)\n"
             + (f"- Note: {meta['note']}\n" if meta.get("note") else "") +
             f"- Finished runs: {len(ok)} of {runs}; summed run wall time "
             f"{wall / 60:.1f} min (other jobs shared the machine; times are not benchmarks)\n"

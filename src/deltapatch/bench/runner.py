@@ -18,7 +18,7 @@ from pathlib import Path
 from ..errors import DeltaPatchError
 from ..hardware import describe
 from ..progress import log, progress_bar
-from ..run import DATA_PROTOCOL
+from ..runinputs import DATA_PROTOCOL
 from . import full, scenarios  # noqa: F401  (register the scenario kinds)
 from .jobs import SCENARIOS, Job, Skip
 from .suite import Suite, selected

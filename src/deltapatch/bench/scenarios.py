@@ -14,12 +14,12 @@ import torch
 
 from ..data.sets import ImageSet, TaskData
 from ..metrics import harmonic_mean
-from ..run import base_task_data, build_model, input_size, native_size, run_one, task_data, test_split
+from ..run import input_size, run_one
+from ..runinputs import base_task_data, build_model, native_size, task_data, test_split
 from .jobs import Job, Skip, describe, fingerprint, grid, lr_grid, run_spec, scenario, tuning
 from .schema import TASK_KEY, TASK_KEYS, TASK_LISTS, Shape
 from .suite import Suite, Variant, train_config
 from .tuning import TUNE_SEED
-
 
 SINGLE_TABLES = ("single", "adapted", "ablation", "init")  # the report's single-task tables
 

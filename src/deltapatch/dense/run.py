@@ -20,7 +20,9 @@ from ..methods.base import SHARED_OPTIONS
 from ..model import PatchedModel
 from ..options import MethodOption, check_options
 from ..patch import check_name
-from ..run import RunSpec, build_model, claim_run_folder, placement_facts, run_device
+from ..run import RunSpec, placement_facts, run_device
+from ..runfolder import claim_run_folder
+from ..runinputs import build_model
 from .data import load_dense_data
 from .heads import DETECTION
 from .task import (
