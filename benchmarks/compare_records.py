@@ -18,7 +18,10 @@ VOLATILE = {"finished", "code", "hardware"}
 
 
 def runs(folder: Path) -> dict[str, dict]:
-    return {r["key"]: r for r in json.loads((folder / "results.json").read_text())["runs"]}
+    file = folder / "results.json"
+    if not file.is_file():
+        raise SystemExit(f"no results.json in {folder}: give a folder that bench --out wrote")
+    return {r["key"]: r for r in json.loads(file.read_text())["runs"]}
 
 
 def stable(record: dict) -> dict:
