@@ -195,7 +195,7 @@ class PatchedModel(nn.Module):
         return placement(self.backbone)[0]
 
     def _apply(self, fn, recurse: bool = True):  # what .to(), .cuda(), .half() all run
-        self.fingerprint  # of the weights as loaded: a later cast must not change what fits
+        _ = self.fingerprint  # of the weights as loaded: a later cast must not change what fits
         return super()._apply(fn, recurse)
 
     def get_patch(self, name: str) -> Patch:
