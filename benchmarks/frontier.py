@@ -42,36 +42,36 @@ def _lora(key: str, scale: int, init: str | None) -> str:
 
 
 # per suite: backbone, Δ(1) and Δ(all) variant keys (r = 4, published) with their stages and
-# start, the added variants' TOML, and every variant of the figure
+# start, the LoRA variants it has published, and the other published points (no cost)
 SUITES = {
     "cpu": {"backbone": "resnet20", "all": 3, "init": None, "d1": "delta1", "dall": "delta3",
-            "lora": "", "others": ["adapter-series", "adapter-parallel", "bn-adapt"]},
+            "lora": "", "others": ["delta2", "adapter-series", "adapter-parallel", "bn-adapt"]},
     "imagenet": {"backbone": "lite0", "all": 5, "init": "base", "d1": "delta1-base",
                  "dall": "delta5-base", "lora": "lora lora2",
-                 "others": ["adapter-parallel", "bn-adapt"]},
+                 "others": ["delta2-base", "adapter-parallel", "bn-adapt"]},
 }
 
 
 def plan(suite: str) -> tuple[str, list[str]]:
-    """(TOML of the added variants, every variant of the figure)."""
+    """(TOML of the added variants, every variant of the figure). Published cells come first
+    (they cost nothing), then the new ones, cheapest first: seed-major runs then answer the
+    cheap sizes before the expensive ones."""
     s = SUITES[suite]
-    extra, variants = "", ["linear"]
-    for key, stages, name in ((s["d1"], 1, "Δ(1)"), (s["dall"], s["all"], f"Δ({s['all']}), all")):
-        for r in (2, 4, 8):
-            if r == 4:
-                variants.append(key)
-                continue
-            extra += _delta(f"{key}-r{r}", name, stages, r, s["init"])
-            variants.append(f"{key}-r{r}")
     init = "random" if s["init"] else None
     published = s["lora"].split()
+    extra, new = "", []
+    for key, stages, name in ((s["d1"], 1, "Δ(1)"), (s["dall"], s["all"], f"Δ({s['all']}), all")):
+        for r in (8, 2):
+            extra += _delta(f"{key}-r{r}", name, stages, r, s["init"])
+            new.append(f"{key}-r{r}")
     for scale, key in ((1, "lora"), (2, "lora2"), (4, "lora4")):
         if key not in published:
-            extra += (_lora(key, scale, init) if scale > 1 else
-                      '[variants.lora]\nmethod = "lora"\nlabel = "LoRA (rank matched to Δ(1))"\n'
-                      "stages = 1\n" + (f'init = "{init}"\n' if init else ""))
-        variants.append(key)
-    return extra, variants + s["others"]
+            extra += _lora(key, scale, init)
+            new.append(key)
+    order = {v: i for i, v in enumerate([f"{s['d1']}-r8", f"{s['d1']}-r2", "lora", "lora2",
+                                          f"{s['dall']}-r8", f"{s['dall']}-r2", "lora4"])}
+    first = ["linear", s["d1"], s["dall"], *published, *s["others"]]
+    return extra, first + sorted(new, key=order.__getitem__)
 
 
 def seed_records(published: Path, out: Path, backbone: str, tasks: list[str],
@@ -102,16 +102,25 @@ def report(suite: str, out: Path, dest: Path, tasks: list[str], command: str) ->
         png = figure(t, pts, dest / f"frontier_{t}.png",
                      f"{suite} suite, {t}: harmonic mean vs trainable parameters (seed 0)")
         lines.append(f"- {statement(t, pts)} ({len(pts)} points; [figure]({png.name}))")
-    for r in runs:  # the records behind the figures, new and copied alike
-        if r.get("status") == "ok" and r["seed"] == 0 and r["task"] in tasks:
+    published = ROOT / "docs" / "results" / suite / "runs"
+    for r in runs:  # the new records behind the figures (the suite's own are published already)
+        if (r.get("status") == "ok" and r["seed"] == 0 and r["task"] in tasks
+                and not (published / f"{r['key']}.json").exists()):
             f = dest / "runs" / f"{r['key']}.json"
             f.parent.mkdir(parents=True, exist_ok=True)
             f.write_text(json.dumps(r, indent=1) + "\n")
     pending = sum(r.get("status") != "ok" for r in runs)
+    machines = "; ".join(sorted({r["hardware"] for r in runs if r.get("hardware")}))
+    shutil.copy2(out / "frontier.toml", dest / "frontier.toml")
     head = [f"# Accuracy against trainable parameters: {suite} suite", "",
             f"Command: `{command}`. Seed 0 only (one run per point; not a significance test).",
-            f"Hardware: {describe()}, shared with other jobs. Finished points: "
-            f"{len(runs) - pending} of {len(runs)}.", ""]
+            f"Hardware of the runs: {machines or describe()}, shared with other jobs. Finished "
+            f"points: {len(runs) - pending} of {len(runs)} (the suite's published seed-0 cells "
+            f"are reused, from docs/results/{suite}/runs; new records in runs/ here; the suite "
+            "copy they answer: frontier.toml). A point is on the frontier when no other has as "
+            "few or fewer trainable parameters and as high or higher a score; the scores are "
+            "one seed's test harmonic means, so gaps of a few points are within noise "
+            "(RESULTS.md, claim intervals).", ""]
     (dest / "FRONTIER.md").write_text("\n".join(head + lines) + "\n")
     return lines
 
