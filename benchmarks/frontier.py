@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 from pathlib import Path
 
+from _common import replace_block
 from lr_edge_probe import derived_suite, run_bench
 
 from deltapatch.bench.frontier import figure, points_from, statement
@@ -90,18 +92,20 @@ def seed_records(published: Path, out: Path, backbone: str, tasks: list[str],
     return n
 
 
-def report(suite: str, out: Path, dest: Path, tasks: list[str], command: str) -> list[str]:
+def report(suite: str, out: Path, dest: Path, tasks: list[str],
+           command: str) -> list[tuple[str, Path | None]]:
+    """(statement, figure) per task; also writes the figures, new records and FRONTIER.md."""
     runs = json.loads((out / "results.json").read_text())["runs"]
     dest.mkdir(parents=True, exist_ok=True)
     lines = []
     for t in tasks:
         pts = points_from(runs, t, lambda m: m.get("name") == "delta")
         if not pts:
-            lines.append(f"- {t}: no finished runs yet")
+            lines.append((f"{t}: no finished runs yet", None))
             continue
         png = figure(t, pts, dest / f"frontier_{t}.png",
                      f"{suite} suite, {t}: harmonic mean vs trainable parameters (seed 0)")
-        lines.append(f"- {statement(t, pts)} ({len(pts)} points; [figure]({png.name}))")
+        lines.append((f"{statement(t, pts)} ({len(pts)} points", png))
     published = ROOT / "docs" / "results" / suite / "runs"
     for r in runs:  # the new records behind the figures (the suite's own are published already)
         if (r.get("status") == "ok" and r["seed"] == 0 and r["task"] in tasks
@@ -121,8 +125,15 @@ def report(suite: str, out: Path, dest: Path, tasks: list[str], command: str) ->
             "few or fewer trainable parameters and as high or higher a score; the scores are "
             "one seed's test harmonic means, so gaps of a few points are within noise "
             "(RESULTS.md, claim intervals).", ""]
-    (dest / "FRONTIER.md").write_text("\n".join(head + lines) + "\n")
+    (dest / "FRONTIER.md").write_text("\n".join(head + as_lines(lines, dest)) + "\n")
     return lines
+
+
+def as_lines(found: list[tuple[str, Path | None]], base: Path) -> list[str]:
+    """Markdown bullets with each figure linked relative to ``base``, the folder of the file
+    they go into."""
+    return [f"- {text}" + (f"; [figure]({os.path.relpath(png, base)}))" if png else "")
+            for text, png in found]
 
 
 def main() -> None:
@@ -133,6 +144,9 @@ def main() -> None:
     ap.add_argument("--report", type=Path, required=True, help="where the figures and records go")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--write", type=Path, nargs="*", default=[],
+                    help="Markdown files whose <!-- frontier-SUITE:begin/end --> block gets the "
+                         "statements")
     a = ap.parse_args()
     s = SUITES[a.suite]
     extra, variants = plan(a.suite)
@@ -146,7 +160,15 @@ def main() -> None:
     run_bench(toml, a.out, a.threads, *(["--report-only"] if a.report_only else []))
     command = (f"python benchmarks/frontier.py --suite {a.suite} --tasks {' '.join(a.tasks)} "
                f"--out {a.out} --report {a.report}")
-    print("\n".join(report(a.suite, a.out, a.report, a.tasks, command)))
+    found = report(a.suite, a.out, a.report, a.tasks, command)
+    print("\n".join(as_lines(found, a.report)))
+    for path in a.write:
+        # a preface (docs/results/preface-*.md) is placed into docs/RESULTS.md: links from there
+        base = path.parent.parent if path.name.startswith("preface-") else path.parent
+        text = "\n".join([f"`{command}` ([FRONTIER.md]"
+                           f"({os.path.relpath(a.report / 'FRONTIER.md', base)})):", "",
+                           *as_lines(found, base)])
+        replace_block(path, f"frontier-{a.suite}", text)
 
 
 if __name__ == "__main__":
