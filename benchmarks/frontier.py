@@ -76,18 +76,19 @@ def plan(suite: str) -> tuple[str, list[str]]:
     return extra, first + sorted(new, key=order.__getitem__)
 
 
-def seed_records(published: Path, out: Path, backbone: str, tasks: list[str],
+def seed_records(sources: list[Path], out: Path, backbone: str, tasks: list[str],
                  variants: list[str]) -> int:
-    """Copy the suite's published seed-0 records of these cells into ``out`` (bench reuses a
-    record only if its settings fingerprint still matches; a stale one is rerun)."""
+    """Copy the seed-0 records of these cells from ``sources`` (the suite's published folder,
+    then this script's own committed report folder, so a run resumes from committed records)
+    into ``out``; bench reuses a record only if its settings fingerprint still matches."""
     n = 0
     for t in tasks:
         for v in variants:
-            src = published / "runs" / "single" / backbone / t / v / "seed0.json"
-            dst = out / "runs" / "single" / backbone / t / v / "seed0.json"
-            if src.exists() and not dst.exists():
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, dst)
+            rel = Path("runs") / "single" / backbone / t / v / "seed0.json"
+            src = next((s / rel for s in sources if (s / rel).exists()), None)
+            if src is not None and not (out / rel).exists():
+                (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, out / rel)
                 n += 1
     return n
 
@@ -154,8 +155,8 @@ def main() -> None:
     toml = a.out / "frontier.toml"
     toml.write_text(derived_suite(a.suite, f"{a.suite}-frontier", s["backbone"], a.tasks,
                                   variants, {}, seeds=1, extra=extra))
-    copied = seed_records(ROOT / "docs" / "results" / a.suite, a.out, s["backbone"], a.tasks,
-                          variants)
+    copied = seed_records([ROOT / "docs" / "results" / a.suite, a.report], a.out, s["backbone"],
+                          a.tasks, variants)
     print(f"{copied} published records copied in; suite copy {toml}")
     run_bench(toml, a.out, a.threads, *(["--report-only"] if a.report_only else []))
     command = (f"python benchmarks/frontier.py --suite {a.suite} --tasks {' '.join(a.tasks)} "
