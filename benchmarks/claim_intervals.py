@@ -38,7 +38,7 @@ class Claim(NamedTuple):
 
 
 def _base_n(suite: str) -> int:
-    return {"cpu": 1000, "imagenet": 500}[suite]  # the suites' base test sizes (max_test)
+    return {"cpu": 1000, "cpu-protocol4": 1000, "imagenet": 500}[suite]  # base test sizes
 
 
 def score(record: dict, metric: str, base_n: int) -> Score:
@@ -100,7 +100,7 @@ def line(claim: Claim, records: dict, per_cell: bool) -> str:
 
 METRIC_TEXT = {"hm": "harmonic mean", "top1": "top-1", "target": "USPS (target) top-1",
                "sequential": "mean top-1 after the last task"}
-SUITE_TEXT = {"cpu": "cpu", "imagenet": "Lite0"}
+SUITE_TEXT = {"cpu": "cpu", "cpu-protocol4": "cpu, protocol 4", "imagenet": "Lite0"}
 
 
 def claims(suite: str, scenario: str, metric: str, pairs: str) -> list[Claim]:
@@ -117,6 +117,7 @@ CLAIMS = [
             "delta1>linear"),
     *claims("cpu", "zsda", "target", "delta1>linear delta3>linear ft-delta3>ft-plain"),
     *claims("cpu", "transfer", "top1", "ft-delta3>ft-plain"),
+    *claims("cpu-protocol4", "single", "hm", "delta3>delta1 delta1>linear delta3>linear"),
     *claims("imagenet", "single", "hm", "delta1-base>paint delta5-base>paint linear>paint "
             "delta1-base>linear delta5-base>linear delta1-base>lora delta5-base>lora "
             "delta5-base>lora2 delta1-base>delta1 delta5-base>delta5"),

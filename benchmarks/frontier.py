@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 from pathlib import Path
 
+from _common import replace_block
 from lr_edge_probe import derived_suite, run_bench
 
 from deltapatch.bench.frontier import figure, points_from, statement
@@ -42,78 +44,97 @@ def _lora(key: str, scale: int, init: str | None) -> str:
 
 
 # per suite: backbone, Δ(1) and Δ(all) variant keys (r = 4, published) with their stages and
-# start, the added variants' TOML, and every variant of the figure
+# start, the LoRA variants it has published, and the other published points (no cost)
 SUITES = {
     "cpu": {"backbone": "resnet20", "all": 3, "init": None, "d1": "delta1", "dall": "delta3",
-            "lora": "", "others": ["adapter-series", "adapter-parallel", "bn-adapt"]},
+            "lora": "", "others": ["delta2", "adapter-series", "adapter-parallel", "bn-adapt"]},
     "imagenet": {"backbone": "lite0", "all": 5, "init": "base", "d1": "delta1-base",
                  "dall": "delta5-base", "lora": "lora lora2",
-                 "others": ["adapter-parallel", "bn-adapt"]},
+                 "others": ["delta2-base", "adapter-parallel", "bn-adapt"]},
 }
 
 
 def plan(suite: str) -> tuple[str, list[str]]:
-    """(TOML of the added variants, every variant of the figure)."""
+    """(TOML of the added variants, every variant of the figure). Published cells come first
+    (they cost nothing), then the new ones, cheapest first: seed-major runs then answer the
+    cheap sizes before the expensive ones."""
     s = SUITES[suite]
-    extra, variants = "", ["linear"]
-    for key, stages, name in ((s["d1"], 1, "Δ(1)"), (s["dall"], s["all"], f"Δ({s['all']}), all")):
-        for r in (2, 4, 8):
-            if r == 4:
-                variants.append(key)
-                continue
-            extra += _delta(f"{key}-r{r}", name, stages, r, s["init"])
-            variants.append(f"{key}-r{r}")
     init = "random" if s["init"] else None
     published = s["lora"].split()
+    extra, new = "", []
+    for key, stages, name in ((s["d1"], 1, "Δ(1)"), (s["dall"], s["all"], f"Δ({s['all']}), all")):
+        for r in (8, 2):
+            extra += _delta(f"{key}-r{r}", name, stages, r, s["init"])
+            new.append(f"{key}-r{r}")
     for scale, key in ((1, "lora"), (2, "lora2"), (4, "lora4")):
         if key not in published:
-            extra += (_lora(key, scale, init) if scale > 1 else
-                      '[variants.lora]\nmethod = "lora"\nlabel = "LoRA (rank matched to Δ(1))"\n'
-                      "stages = 1\n" + (f'init = "{init}"\n' if init else ""))
-        variants.append(key)
-    return extra, variants + s["others"]
+            extra += _lora(key, scale, init)
+            new.append(key)
+    order = {v: i for i, v in enumerate([f"{s['d1']}-r8", f"{s['d1']}-r2", "lora", "lora2",
+                                          f"{s['dall']}-r8", f"{s['dall']}-r2", "lora4"])}
+    first = ["linear", s["d1"], s["dall"], *published, *s["others"]]
+    return extra, first + sorted(new, key=order.__getitem__)
 
 
-def seed_records(published: Path, out: Path, backbone: str, tasks: list[str],
+def seed_records(sources: list[Path], out: Path, backbone: str, tasks: list[str],
                  variants: list[str]) -> int:
-    """Copy the suite's published seed-0 records of these cells into ``out`` (bench reuses a
-    record only if its settings fingerprint still matches; a stale one is rerun)."""
+    """Copy the seed-0 records of these cells from ``sources`` (the suite's published folder,
+    then this script's own committed report folder, so a run resumes from committed records)
+    into ``out``; bench reuses a record only if its settings fingerprint still matches."""
     n = 0
     for t in tasks:
         for v in variants:
-            src = published / "runs" / "single" / backbone / t / v / "seed0.json"
-            dst = out / "runs" / "single" / backbone / t / v / "seed0.json"
-            if src.exists() and not dst.exists():
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, dst)
+            rel = Path("runs") / "single" / backbone / t / v / "seed0.json"
+            src = next((s / rel for s in sources if (s / rel).exists()), None)
+            if src is not None and not (out / rel).exists():
+                (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, out / rel)
                 n += 1
     return n
 
 
-def report(suite: str, out: Path, dest: Path, tasks: list[str], command: str) -> list[str]:
+def report(suite: str, out: Path, dest: Path, tasks: list[str],
+           command: str) -> list[tuple[str, Path | None]]:
+    """(statement, figure) per task; also writes the figures, new records and FRONTIER.md."""
     runs = json.loads((out / "results.json").read_text())["runs"]
     dest.mkdir(parents=True, exist_ok=True)
     lines = []
     for t in tasks:
         pts = points_from(runs, t, lambda m: m.get("name") == "delta")
         if not pts:
-            lines.append(f"- {t}: no finished runs yet")
+            lines.append((f"{t}: no finished runs yet", None))
             continue
         png = figure(t, pts, dest / f"frontier_{t}.png",
                      f"{suite} suite, {t}: harmonic mean vs trainable parameters (seed 0)")
-        lines.append(f"- {statement(t, pts)} ({len(pts)} points; [figure]({png.name}))")
-    for r in runs:  # the records behind the figures, new and copied alike
-        if r.get("status") == "ok" and r["seed"] == 0 and r["task"] in tasks:
+        lines.append((f"{statement(t, pts)} ({len(pts)} points", png))
+    published = ROOT / "docs" / "results" / suite / "runs"
+    for r in runs:  # the new records behind the figures (the suite's own are published already)
+        if (r.get("status") == "ok" and r["seed"] == 0 and r["task"] in tasks
+                and not (published / f"{r['key']}.json").exists()):
             f = dest / "runs" / f"{r['key']}.json"
             f.parent.mkdir(parents=True, exist_ok=True)
             f.write_text(json.dumps(r, indent=1) + "\n")
     pending = sum(r.get("status") != "ok" for r in runs)
+    machines = "; ".join(sorted({r["hardware"] for r in runs if r.get("hardware")}))
+    shutil.copy2(out / "frontier.toml", dest / "frontier.toml")
     head = [f"# Accuracy against trainable parameters: {suite} suite", "",
             f"Command: `{command}`. Seed 0 only (one run per point; not a significance test).",
-            f"Hardware: {describe()}, shared with other jobs. Finished points: "
-            f"{len(runs) - pending} of {len(runs)}.", ""]
-    (dest / "FRONTIER.md").write_text("\n".join(head + lines) + "\n")
+            f"Hardware of the runs: {machines or describe()}, shared with other jobs. Finished "
+            f"points: {len(runs) - pending} of {len(runs)} (the suite's published seed-0 cells "
+            f"are reused, from docs/results/{suite}/runs; new records in runs/ here; the suite "
+            "copy they answer: frontier.toml). A point is on the frontier when no other has as "
+            "few or fewer trainable parameters and as high or higher a score; the scores are "
+            "one seed's test harmonic means, so gaps of a few points are within noise "
+            "(RESULTS.md, claim intervals).", ""]
+    (dest / "FRONTIER.md").write_text("\n".join(head + as_lines(lines, dest)) + "\n")
     return lines
+
+
+def as_lines(found: list[tuple[str, Path | None]], base: Path) -> list[str]:
+    """Markdown bullets with each figure linked relative to ``base``, the folder of the file
+    they go into."""
+    return [f"- {text}" + (f"; [figure]({os.path.relpath(png, base)}))" if png else "")
+            for text, png in found]
 
 
 def main() -> None:
@@ -124,6 +145,9 @@ def main() -> None:
     ap.add_argument("--report", type=Path, required=True, help="where the figures and records go")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--write", type=Path, nargs="*", default=[],
+                    help="Markdown files whose <!-- frontier-SUITE:begin/end --> block gets the "
+                         "statements")
     a = ap.parse_args()
     s = SUITES[a.suite]
     extra, variants = plan(a.suite)
@@ -131,13 +155,21 @@ def main() -> None:
     toml = a.out / "frontier.toml"
     toml.write_text(derived_suite(a.suite, f"{a.suite}-frontier", s["backbone"], a.tasks,
                                   variants, {}, seeds=1, extra=extra))
-    copied = seed_records(ROOT / "docs" / "results" / a.suite, a.out, s["backbone"], a.tasks,
-                          variants)
+    copied = seed_records([ROOT / "docs" / "results" / a.suite, a.report], a.out, s["backbone"],
+                          a.tasks, variants)
     print(f"{copied} published records copied in; suite copy {toml}")
     run_bench(toml, a.out, a.threads, *(["--report-only"] if a.report_only else []))
     command = (f"python benchmarks/frontier.py --suite {a.suite} --tasks {' '.join(a.tasks)} "
                f"--out {a.out} --report {a.report}")
-    print("\n".join(report(a.suite, a.out, a.report, a.tasks, command)))
+    found = report(a.suite, a.out, a.report, a.tasks, command)
+    print("\n".join(as_lines(found, a.report)))
+    for path in a.write:
+        # a preface (docs/results/preface-*.md) is placed into docs/RESULTS.md: links from there
+        base = path.parent.parent if path.name.startswith("preface-") else path.parent
+        text = "\n".join([f"`{command}` ([FRONTIER.md]"
+                           f"({os.path.relpath(a.report / 'FRONTIER.md', base)})):", "",
+                           *as_lines(found, base)])
+        replace_block(path, f"frontier-{a.suite}", text)
 
 
 if __name__ == "__main__":

@@ -103,6 +103,7 @@ def publish(out: Path, dest: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(f, target)
     shutil.copy2(out / "protocol4.toml", dest / "protocol4.toml")
+    shutil.copy2(out / "results.json", dest / "results.json")  # what claim_intervals.py reads
 
 
 if __name__ == "__main__":

@@ -22,6 +22,13 @@ def test_statement_says_on_when_a_delta_point_is_undominated():
     assert "**on the frontier**: Δ(1) (7.0k, 60.0)" in statement("gtsrb", [FC, D1, AD, BIG])
 
 
+def test_a_frontier_place_that_rests_on_a_few_parameters_is_flagged():
+    close = Point("LoRA", 7300, 0.65, False)
+    got = statement("gtsrb", [FC, D1, close])
+    assert "**on the frontier**: Δ(1) (7.0k, 60.0), but LoRA (7.3k, 65.0) scores higher" in got
+    assert "compared with: FC only, LoRA" in got
+
+
 def test_statement_names_what_beats_each_delta_point_when_off():
     cheap_better = Point("BN adaptation", 3000, 0.70, False)
     got = statement("gtsrb", [FC, D1, AD, cheap_better])

@@ -35,21 +35,40 @@ def frontier(points: list[Point]) -> list[Point]:
                   key=lambda p: (p.params, -p.score))
 
 
+NEAR = 1.1  # a frontier point whose lead rests on < 10 % fewer parameters is flagged
+
+
 def statement(task: str, points: list[Point]) -> str:
-    """One line: whether Δ is on this task's frontier, with the evidence either way."""
+    """One line: whether Δ is on this task's frontier, with the evidence either way, and what
+    it was compared with (a frontier of Δ and FC only says little)."""
     front = frontier(points)
+    others = ", ".join(p.label for p in sorted(points, key=lambda p: p.params) if not p.delta)
+    against = f" (compared with: {others or 'nothing else'})"
     mine = [p for p in front if p.delta]
     if mine:
-        names = ", ".join(f"{p.label} ({_k(p.params)}, {100 * p.score:.1f})" for p in mine)
-        return f"{task}: Δ **on the frontier**: {names}"
+        return (f"{task}: Δ **on the frontier**: " + "; ".join(_near(p, points) for p in mine)
+                + against)
     beaten = []
     for p in (q for q in points if q.delta):
         by = max((q for q in points if dominates(q, p)), key=lambda q: (q.score, -q.params))
-        beaten.append(f"{p.label} ({_k(p.params)}, {100 * p.score:.1f}) by {by.label} "
-                      f"({_k(by.params)}, {100 * by.score:.1f})")
+        beaten.append(f"{_pt(p)} by {_pt(by)}")
     if not beaten:
         return f"{task}: no Δ point measured"
-    return f"{task}: Δ **not on the frontier**: " + "; ".join(beaten)
+    return f"{task}: Δ **not on the frontier**: " + "; ".join(beaten) + against
+
+
+def _near(p: Point, points: list[Point]) -> str:
+    """The point, flagged where a higher score costs under 10 % more parameters: a place on
+    the frontier that thin is not a finding."""
+    higher = [q for q in points if q.score > p.score and q.params <= NEAR * p.params]
+    if not higher:
+        return _pt(p)
+    best = max(higher, key=lambda q: q.score)
+    return f"{_pt(p)}, but {_pt(best)} scores higher with under 10 % more parameters"
+
+
+def _pt(p: Point) -> str:
+    return f"{p.label} ({_k(p.params)}, {100 * p.score:.1f})"
 
 
 def _k(n: int) -> str:
