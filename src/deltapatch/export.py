@@ -87,7 +87,7 @@ def metadata(model: PatchedModel, names: Sequence[str]) -> dict[str, str]:
     tasks = {}
     for n in names:
         if n == BASE:
-            tasks[n] = {"num_classes": model.base_classes, "class_names": None,
+            tasks[n] = {"num_classes": model.base_classes, "class_names": model.base_class_names,
                         "preprocess": model.preprocess.to_dict()}
         else:
             cfg = model.get_patch(n).config

@@ -16,7 +16,12 @@ import torch
 from torch import Tensor, nn
 
 from .backbones.check import check_spec
-from .backbones.registry import backbone_name, default_preprocess, family_init
+from .backbones.registry import (
+    backbone_name,
+    base_class_names,
+    default_preprocess,
+    family_init,
+)
 from .backbones.spec import StageSpec, block_split, spec_for
 from .delta import resolve_init
 from .devices import own_dtype, placement
@@ -30,6 +35,7 @@ from .patch import (
     check_head,
     check_name,
     check_tensors,
+    class_labels,
     fingerprint,
     read_patch,
     write_patch,
@@ -101,6 +107,17 @@ class PatchedModel(nn.Module):
     def base_classes(self) -> int:
         """How many classes the base task has."""
         return self._head.out_features
+
+    @property
+    def base_class_names(self) -> list[str] | None:
+        """The base task's class names where its weights have them (a named set such as
+        ``cifar10`` or ``imagenet``, or a factory's ``deltapatch_class_names``), else None."""
+        return base_class_names(self.backbone, self.base_classes)
+
+    @property
+    def base_labels(self) -> list[str]:
+        """The base task's label of each class: its name, else its index as text."""
+        return class_labels(self.base_class_names, self.base_classes)
 
     def stage_shapes(self) -> list[StageShape]:
         """Channels in/out and sub-block count per stage, measured by the spec check's probe."""

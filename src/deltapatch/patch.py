@@ -40,6 +40,12 @@ __all__ = ["CLASSIFICATION", "CONFIG_FILE", "FORMAT", "HEADS", "TENSORS_FILE", "
            "register_head", "write_patch"]
 
 
+def class_labels(names: list[str] | None, num_classes: int) -> list[str]:
+    """Each class's label: its name, or its index as text where the task has no names. The one
+    labelling rule of local ``predict`` and the server, so both answer the same for any task."""
+    return list(names) if names else [str(i) for i in range(num_classes)]
+
+
 @dataclass
 class PatchConfig:
     """Everything needed to rebuild one task's modules and to check they fit a backbone."""
@@ -64,6 +70,10 @@ class PatchConfig:
     task: str = CLASSIFICATION
     """The kind of head (:data:`HEADS`): a classifier, or a detection / segmentation head
     (:mod:`deltapatch.dense`) that reads the patched feature pyramid."""
+
+    @property
+    def labels(self) -> list[str]:
+        return class_labels(self.class_names, self.num_classes)
 
     def to_json(self) -> dict:
         from . import __version__

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import needs_shared
 from torchvision.models import resnet
 
 import deltapatch as dp
@@ -47,3 +48,22 @@ def test_override_registers_a_gate_a_patch_can_use(backbone):
         assert model.lambdas(torch.randn(2, 3, 32, 32), "p")[2].eq(1).all()
     finally:
         GATES.unregister("test-ones")
+
+
+@needs_shared
+def test_base_class_names_come_from_the_weights_provenance():
+    from deltapatch.backbones.cifar import CIFAR10_CLASSES
+    from deltapatch.backbones.registry import imagenet_classes
+
+    named = dp.PatchedModel(dp.load_backbone("cifar_resnet20", weights="cifar10"))
+    assert named.base_class_names == list(CIFAR10_CLASSES) and named.base_labels[3] == "cat"
+    random = dp.PatchedModel(dp.load_backbone("cifar_resnet20"))  # no provenance: indices
+    assert random.base_class_names is None and random.base_labels == [str(i) for i in range(10)]
+    assert dp.PatchedModel(dp.load_backbone("resnet18")).base_class_names == imagenet_classes()
+
+
+def test_weight_set_class_names_refuse_duplicates():
+    from deltapatch.backbones.registry import register_weight_classes
+
+    with pytest.raises(dp.DeltaPatchError, match="cifar10"):
+        register_weight_classes("cifar10", lambda: ["x"] * 10)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import png, save_patch
 from fastapi.testclient import TestClient
+from helpers import needs_shared
 
 import deltapatch as dp
 from deltapatch.data.sets import to_image_tensor
@@ -309,3 +310,35 @@ def test_a_client_that_leaves_mid_body_is_a_499_one_line_no_traceback(registry, 
     assert "Traceback" not in caplog.text and "Exception in ASGI" not in caplog.text
     gone = [r.getMessage() for r in caplog.records if "went away" in r.getMessage()]
     assert len(gone) == 3 and all("\n" not in m for m in gone), gone
+
+
+@needs_shared
+def test_predict_server_is_byte_identical_to_local_predict(tmp_path, capsys, monkeypatch):
+    """SERVING.md: ``predict --server`` prints what local ``predict`` prints, base rows included:
+    the CIFAR-10 weights label their base classes with CIFAR-10's names on both sides."""
+    from deltapatch.cli import main
+    from deltapatch.serve.client import Client
+    from deltapatch.serve.registry import PatchRegistry
+
+    backbone = dp.load_backbone("cifar_resnet20", weights="cifar10")
+    save_patch(backbone, tmp_path / "patches", "a", 5, 1)
+    image = tmp_path / "img.png"
+    image.write_bytes(png(3))
+    registry = PatchRegistry(dp.PatchedModel(backbone).eval())
+    registry.load_dir(tmp_path / "patches")
+
+    def lines(*argv) -> str:
+        assert main([str(a) for a in argv]) == 0
+        return capsys.readouterr().out
+
+    local = [lines("predict", "--backbone", "cifar_resnet20", "--weights", "cifar10", *patch,
+                   "--top", "3", image) for patch in ([], ["--patch", tmp_path / "patches/a"])]
+    with client(registry) as c:
+        monkeypatch.setattr(Client, "_call", lambda self, method, path, body, kind: c.post(
+            path, content=body, headers={"content-type": kind}).json())
+        remote = [lines("predict", "--server", "http://test", *patch, "--top", "3", image)
+                  for patch in ([], ["--patch", "a"])]
+    assert remote == local  # the bytes printed
+    base, patched = (json.loads(text) for text in local)
+    assert {t["name"] for t in base["top"]} <= set(dp.backbones.cifar.CIFAR10_CLASSES)
+    assert patched["top"][0]["name"].startswith("a-")

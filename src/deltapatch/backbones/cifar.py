@@ -8,6 +8,11 @@ from torch import Tensor, nn
 
 from .spec import StageSpec, flatten, register_block, register_spec
 
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                   "ship", "truck")
+"""The head order of the CIFAR-10 weights (``../shared/data/README.md``; torchvision's
+``CIFAR10.classes`` and the image folders' sorted names give the same)."""
+
 
 class PadShortcut(nn.Module):
     """Option A: subsample by 2 and zero-pad the new channels (no parameters)."""

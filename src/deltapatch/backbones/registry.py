@@ -16,6 +16,7 @@ from ..errors import BackboneError
 from ..preprocess import Preprocess
 from ..registry import Registry
 from ..weights import load_state_dict_file
+from .cifar import CIFAR10_CLASSES
 from .factory import build_from_factory, is_factory_ref
 from .hub import imagenet_download
 
@@ -33,6 +34,17 @@ class BackboneEntry:
 
 
 BACKBONES: Registry[str, BackboneEntry] = Registry("backbone")
+
+WEIGHT_CLASSES: Registry[str, Callable[[], list[str]]] = Registry("weight set's class names")
+"""Class names, in head order, of the data a named weight set was trained on (``"imagenet"``,
+``"cifar10"``): a backbone loaded with that set labels its base task with them."""
+
+
+def register_weight_classes(weights: str, names: Callable[[], list[str]],
+                            override: bool = False) -> None:
+    """Name the base classes of every backbone loaded with named set ``weights``; an existing
+    name raises unless ``override=True``."""
+    WEIGHT_CLASSES.register(weights, names, override=override)
 
 
 def register_backbone(name: str, entry: BackboneEntry, override: bool = False) -> None:
@@ -102,6 +114,8 @@ def _register_efficientnet_lite() -> None:
     register()
 
 
+register_weight_classes("imagenet", lambda: imagenet_classes())
+register_weight_classes("cifar10", lambda: list(CIFAR10_CLASSES))
 _register_torchvision()
 _register_timm()
 _register_cifar()
@@ -149,6 +163,8 @@ def load_backbone(name: str, weights: str | Path | None = None,
         raise BackboneError(f"unknown backbone '{name}'. Known: {', '.join(BACKBONES.names())}; "
                             "or a model factory PATH.py:FUNCTION (docs/BRING_YOUR_OWN.md).")
     model.eval()
+    if weights is not None and str(weights) in WEIGHT_CLASSES:  # a named set's own labels
+        model.deltapatch_class_names = WEIGHT_CLASSES[str(weights)]()
     model.deltapatch_name = name
     model.deltapatch_preprocess = preprocess
     return model if target is None else model.to(target)
@@ -183,6 +199,17 @@ def default_preprocess(model: nn.Module) -> Preprocess:
 
 def backbone_name(model: nn.Module) -> str:
     return getattr(model, "deltapatch_name", type(model).__qualname__)
+
+
+def base_class_names(model: nn.Module, num_classes: int) -> list[str] | None:
+    """The base task's class names: those recorded for the model's weights
+    (``model.deltapatch_class_names``, set by ``load_backbone`` for a named set or by a model
+    factory), else ImageNet-1k's for a 1000-way head (the only 1000-class weights these
+    backbones have), else ``None``; names of another length than the head are not the head's."""
+    names = getattr(model, "deltapatch_class_names", None)
+    if names is not None and len(names) == num_classes:
+        return [str(n) for n in names]
+    return imagenet_classes() if num_classes == 1000 else None
 
 
 def imagenet_classes() -> list[str]:

@@ -50,10 +50,10 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args).eval()
     if args.patch is not None and read_config(args.patch).task != CLASSIFICATION:
         return _dense(model, args)
-    name, names, pre, forward = BASE, None, model.preprocess, model
+    name, labels, pre, forward = BASE, model.base_labels, model.preprocess, model
     if args.patch is not None:
         task = load_task(model, args.patch)
-        name, names = task.config.name, task.config.class_names
+        name, labels = task.config.name, task.config.labels
         pre, forward = task.config.preprocess, task.outcome.patch_forward
     device = device_of(model)
     with torch.inference_mode():
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
             probs = forward(model_inputs(x, pre, device)).float().softmax(1)[0]
             top = [t.cpu() for t in probs.topk(min(args.top, probs.numel()))]
             print_json({"image": str(path), "task": name, "top": [
-                {"class": int(i), "name": names[int(i)] if names else None,
+                {"class": int(i), "name": labels[int(i)],
                  "prob": round(float(p), 5)}
                 for p, i in zip(*top, strict=True)]})
     return 0

@@ -14,7 +14,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..backbones.registry import imagenet_classes
 from ..errors import PatchError
 from ..methods import get_method, load_task
 from ..methods.patching import load_patch as _delta_family_load
@@ -55,13 +54,6 @@ class PatchInfo:
                 "image_size": self.preprocess.size}
 
 
-def base_labels(num_classes: int) -> list[str]:
-    """ImageNet class names for a 1000-way head (torchvision ships them), else indices."""
-    if num_classes == 1000:
-        return imagenet_classes()
-    return [str(i) for i in range(num_classes)]
-
-
 def check_batchable(config: PatchConfig) -> None:
     """Only classification tasks that load as patches of the shared model can join a routed
     batch."""
@@ -89,7 +81,7 @@ class PatchRegistry:
         self._busy: set[str] = set()  # names being added or removed: not free, not visible
         self._inflight: dict[str, int] = {}
         self.base = PatchInfo(BASE, model.base_classes, [], "base", 0,
-                              base_labels(model.base_classes), model.preprocess)
+                              model.base_labels, model.preprocess)
 
     # ------------------------------------------------------------ reading
     def infos(self) -> list[PatchInfo]:
@@ -158,8 +150,7 @@ class PatchRegistry:
             task = load_task(self.model, folder)  # every check runs before the model changes
             cfg = task.config
             info = PatchInfo(name, cfg.num_classes, list(cfg.stages), cfg.method,
-                             folder_bytes(folder), cfg.class_names
-                             or [str(i) for i in range(cfg.num_classes)], cfg.preprocess)
+                             folder_bytes(folder), cfg.labels, cfg.preprocess)
         finally:
             with self._cond:
                 self._busy.discard(name)
