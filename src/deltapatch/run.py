@@ -68,18 +68,19 @@ class RunSpec:
         "efficientnet_lite0, random elsewhere), docs/INIT.md",
         choices=INITS))
     base_data: str | None = field(default=None, metadata=opt(
-        "base task data; its test split is scored with the backbone's own head"))
+        "base task data; its test split is scored with the backbone's own head (default: "
+        "none, no base score)"))
     image_size: int | None = field(default=None, metadata=opt(
         "input size in pixels (default: the backbone's)"))
     base_image_size: int | None = field(default=None, metadata=opt(
         "size the base task is scored at (default: the backbone's own, e.g. 224 for an "
         "ImageNet base, whatever --image-size the patch task uses)", min=8, max=4096))
     max_train: int | None = field(default=None, metadata=opt(
-        "seeded subset of the train split"))
+        "seeded subset of the train split (default: all of it)"))
     max_test: int | None = field(default=None, metadata=opt(
-        "seeded subset of the test split"))
+        "seeded subset of the test split (default: all of it)"))
     max_val: int | None = field(default=None, metadata=opt(
-        "cap on the validation split", min=1))
+        "cap on the validation split (default: no cap)", min=1))
     val_fraction: float = field(default=0.1, metadata=opt(
         "share of train held out for validation"))
     name: str | None = field(default=None, metadata=opt("patch name (default: the data's)"))

@@ -49,7 +49,9 @@ class TrainConfig:
     definition that the CLI's flags, the suite files' keys and validation are derived from."""
 
     epochs: int = field(default=10, metadata=opt("training epochs", min=1, max=100_000))
-    batch_size: int = field(default=128, metadata=opt("batch size", min=1, max=1 << 20))
+    batch_size: int = field(default=128, metadata=opt(
+        "training batch size (CLI default: 128 images; 4 photos with --task detection or "
+        "segmentation)", min=1, max=1 << 20))
     lr: float = field(default=1e-3, metadata=opt(
         "learning rate (CLI default: the method's, 1e-2 for patches, 1e-3 for methods that "
         "move pretrained weights)", min=1e-12, max=10.0))
@@ -58,11 +60,15 @@ class TrainConfig:
     momentum: float = field(default=0.9, metadata=opt("SGD momentum", min=0.0, max=1.0))
     warmup_epochs: float = field(default=1.0, metadata=opt(
         "linear warm-up epochs before cosine decay", min=0.0))
-    augment: bool = field(default=True, metadata=opt("random crop / flip (--no-augment: off)"))
+    augment: bool = field(default=True, metadata=opt(
+        "augment training images: random crop and horizontal flip (no flip for data whose "
+        "labels a flip changes, e.g. digits); --no-augment trains on the images as they are"))
     seed: int = field(default=0, metadata=opt("seed", min=0))
     eval_batch_size: int = field(default=256, metadata=opt("evaluation batch size", min=1,
                                                             max=1 << 20))
-    progress: bool = field(default=True, metadata=opt("progress bars on a terminal"))
+    progress: bool = field(default=True, metadata=opt(
+        "report progress: a bar while an epoch runs (only when stderr is a terminal) and one "
+        "line per epoch on stderr; --no-progress prints neither, only the final JSON"))
     cache_features: str = field(default="auto", metadata=opt(
         "train on cached frozen-trunk features (auto: exactly when augmentation is off; on "
         "needs --no-augment)", choices=("auto", "on", "off")))

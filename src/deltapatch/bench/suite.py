@@ -122,8 +122,14 @@ def resolve(name_or_path: str) -> Path:
     shipped = SUITES_DIR / f"{name_or_path}.toml"
     if shipped.exists():
         return shipped
-    names = ", ".join(sorted(p.stem for p in SUITES_DIR.glob("*.toml")))
-    raise DeltaPatchError(f"no suite '{name_or_path}': give a .toml path or one of {names}")
+    raise DeltaPatchError(f"no suite '{name_or_path}': give a .toml path or one of "
+                          f"{', '.join(shipped_suites())}")
+
+
+def shipped_suites() -> list[str]:
+    """Names of the suites shipped with the package (``bench --suite NAME``), from the folder
+    itself, so help and errors list every one."""
+    return sorted(p.stem for p in SUITES_DIR.glob("*.toml"))
 
 
 def _parse(path: Path) -> tuple[dict, str]:

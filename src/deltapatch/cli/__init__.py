@@ -21,19 +21,21 @@ from . import (  # noqa: F401  (register commands)
     train,
     verify,
 )
-from .common import COMMANDS
+from .common import COMMANDS, HelpFormatter
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="deltapatch", description="Patch frozen pretrained CNNs with Δ-Networks.")
+        prog="deltapatch", description="Patch frozen pretrained CNNs with Δ-Networks.",
+        formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"deltapatch {__version__}")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's). On a shared, loaded machine "
                              "1 is often several times faster (docs/PERFORMANCE.md)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, cmd in sorted(COMMANDS.items()):
-        cmd.arguments(sub.add_parser(name, help=cmd.help, description=cmd.help))
+        cmd.arguments(sub.add_parser(name, help=cmd.help, description=cmd.help,
+                                     formatter_class=HelpFormatter))
     return parser
 
 

@@ -7,32 +7,35 @@ from pathlib import Path
 
 from ..bench.publish import BenchRequest, run_suite
 from ..bench.runner import parse_shard
+from ..bench.suite import shipped_suites
 from ..run import run_device
 from .common import command, device_args, print_json
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", required=True,
-                   help="a shipped suite (smoke, cpu, paper) or a path to a suite .toml")
+                   help=f"a shipped suite ({', '.join(shipped_suites())}) or a path to a suite "
+                        ".toml")
     p.add_argument("--out", required=True, type=Path,
                    help="output folder; runs/ inside holds one JSON per finished run (a rerun "
                         "of the same command resumes and redoes nothing that finished)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per cell (default: the suite's)")
     p.add_argument("--only", default=None,
                    help="comma-separated scenario kinds to run (single, joint, sequential, "
-                        "zsda, scratch, transfer); others are left out")
+                        "zsda, scratch, transfer); others are left out (default: all)")
     p.add_argument("--max-runs", type=int, default=None,
                    help="start at most this many new runs, then write the report (the rest "
-                        "are 'pending'); for running a long suite in slices")
+                        "are 'pending'); for running a long suite in slices (default: no limit)")
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="run only every N-th run starting at the I-th (0-based), so that N "
                         "processes share the suite and --out (e.g. 0/2 and 1/2 with --threads 1 "
-                        "each on 2 cores); finish with --report-only for the full report")
+                        "each on 2 cores); finish with --report-only for the full report "
+                        "(default: all runs)")
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="run the suite's runs as Ray tasks (one CPU each; retried when a worker "
                         "dies): on a new local Ray instance, or on the cluster at ADDRESS "
                         "(auto, host:6379, ray://host:10001); needs pip install "
-                        "'deltapatch[ray]' (docs/BENCH.md)")
+                        "'deltapatch[ray]' (docs/BENCH.md; default: off, runs in this process)")
     p.add_argument("--gpu-share", type=float, default=1.0,
                    help="with --ray on a GPU device: the share of a GPU each run asks Ray for "
                         "(0.25: four runs per GPU; default 1)")
@@ -40,12 +43,14 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report-only", action="store_true",
                    help="run nothing; rebuild the report from finished runs")
     p.add_argument("--results-md", type=Path, default=None,
-                   help="also write the report to this file (e.g. docs/RESULTS.md)")
+                   help="also write the report to this file, e.g. docs/RESULTS.md (default: "
+                        "only the report in --out)")
     p.add_argument("--preface", type=Path, default=None,
                    help="a Markdown file placed after the header of --results-md (what the "
-                        "numbers mean, the protocol's history)")
+                        "numbers mean, the protocol's history; default: none)")
     p.add_argument("--note", default=None,
-                   help="a line for the report header, e.g. how the runs were scheduled")
+                   help="a line for the report header, e.g. how the runs were scheduled "
+                        "(default: none)")
     p.add_argument("--no-progress", action="store_true",
                    help="quiet: no bar and no line per run, only the JSON summary (bars are "
                         "drawn only on a terminal anyway; logs get one line per run)")

@@ -30,6 +30,25 @@ class Command:
 COMMANDS: Registry[str, Command] = Registry("command")
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Every flag's help ends with its default: where the text does not already say it,
+    ``(default: VALUE)`` is added (``off`` for a switch, ``NAME on`` for ``--no-NAME``); a flag
+    whose default is "nothing" says what that means in its own words (tests/test_cli.py walks
+    every command's flags and checks both)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or not action.option_strings or action.required:
+            return text
+        if action.default in (None, argparse.SUPPRESS):
+            return text
+        if isinstance(action, argparse._StoreTrueAction):
+            return text + " (default: off)"
+        if isinstance(action, argparse._StoreFalseAction):  # --no-NAME: NAME is on unless given
+            return text + f" (default: {action.dest.replace('_', ' ')} on)"
+        return text + " (default: %(default)s)"
+
+
 def command(name: str, help: str, arguments: Callable[[argparse.ArgumentParser], None]):
     """Register ``run(args) -> exit code`` as ``deltapatch NAME``."""
     def deco(run: Callable[[argparse.Namespace], int]):
@@ -41,7 +60,8 @@ def command(name: str, help: str, arguments: Callable[[argparse.ArgumentParser],
 def backbone_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--backbone", required=required,
                    help="backbone name, or your model factory as path/to/file.py:function or "
-                        f"package.module:function (names: {', '.join(list_backbones())})")
+                        f"package.module:function (names: {', '.join(list_backbones())})"
+                        + ("" if required else "; needed unless --server (default: none)"))
     p.add_argument("--weights", default=None,
                    help="weights: a .safetensors / torch file, or a named set (imagenet, cifar10); "
                         "default: random init")

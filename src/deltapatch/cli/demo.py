@@ -15,16 +15,23 @@ from .common import command, device_args
 def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("deltapatch-demo"),
                    help="report folder (default ./deltapatch-demo)")
+    fast, full = demo.PROFILES["fast"], demo.PROFILES["full"]
     p.add_argument("--fast", action="store_true",
-                   help="quicker profile (300 train / 200 test images a task, 3 epochs): for CI")
+                   help=f"quicker profile ({fast.max_train} train / {fast.max_test} test images "
+                        f"a task, {fast.epochs} epochs; the full one: {full.max_train} / "
+                        f"{full.max_test}, {full.epochs} epochs): for CI")
     p.add_argument("--image-size", type=int, default=None,
-                   help="input size of the patch tasks (default 64)")
-    p.add_argument("--epochs", type=int, default=None)
+                   help=f"input size of the patch tasks (default {full.image_size})")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"training epochs of each patch (default: {full.epochs}; "
+                        f"{fast.epochs} with --fast)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default 1: on a shared 2-core machine one thread was "
                         "5x faster than two; raise it on an idle machine)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the data subsets, patch init and batch order (default 0)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="draw no progress bars (they are drawn only on a terminal anyway)")
     device_args(p)
 
 

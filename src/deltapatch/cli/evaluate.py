@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 
 from .. import metrics
-from ..data import load_test
+from ..data import describe_builtins, load_test
 from ..errors import DataError
 from ..methods import load_task
 from ..patch import CLASSIFICATION, read_config
@@ -31,7 +31,8 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patch", required=True, type=Path,
                    help="a task folder written by train (any method)")
     add_options(p, RunSpec, ("data", "base_data", "image_size", "base_image_size", "max_test",
-                             "seed"), required={"data"})
+                             "seed"), required={"data"},
+                more_help={"data": f" (built-in: {describe_builtins()})"})
     device_args(p)
 
 

@@ -30,8 +30,10 @@ def arguments(p: argparse.ArgumentParser) -> None:
                    help="leave the base task's output out (the patches alone)")
     p.add_argument("--out", required=True, type=Path, help="the .onnx file to write")
     p.add_argument("--image-size", type=int, default=None,
-                   help="input size of the example batch (the batch size stays dynamic)")
-    p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default {OPSET})")
+                   help="input size of the example batch (default: the backbone's; the batch "
+                        "size stays dynamic)")
+    p.add_argument("--opset", type=int, default=OPSET,
+                   help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default {OPSET})")
     device_args(p)
 
 

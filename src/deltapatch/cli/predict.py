@@ -26,7 +26,8 @@ def arguments(p: argparse.ArgumentParser) -> None:
                    help="a task folder written by train (default: the base task); with --server "
                         "the name of a patch the server has loaded")
     p.add_argument("--server", default=None,
-                   help="URL of a running `deltapatch serve` (then --backbone is not needed)")
+                   help="URL of a running `deltapatch serve` (then --backbone is not needed; "
+                        "default: none, predict here)")
     p.add_argument("--top", type=int, default=5, help="how many classes per image (default 5)")
     p.add_argument("--draw", type=Path, default=Path("predictions"),
                    help="folder for the pictures of a detection / segmentation task's "

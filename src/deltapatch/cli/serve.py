@@ -30,7 +30,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
                    help="waiting requests before new ones get 503 + Retry-After (default 256)")
     p.add_argument("--api-key-file", type=Path, default=None,
                    help="file holding the key that admin endpoints (upload, delete) require as "
-                        "'Authorization: Bearer KEY'; without it they are open")
+                        "'Authorization: Bearer KEY'; default: none, they are open")
     p.add_argument("--batch-base", action="store_true",
                    help="batch base-task requests too (faster; their logits may then differ "
                         "from the plain backbone's on one image in the last bits, unless "
@@ -40,7 +40,8 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="serve as a Ray Serve deployment of --replicas replicas, on a new local "
                         "Ray instance or the cluster at ADDRESS; patches are added and removed "
-                        "by writing / deleting folders under --patches (docs/SERVING.md)")
+                        "by writing / deleting folders under --patches (docs/SERVING.md; "
+                        "default: off, one process)")
     p.add_argument("--replicas", type=int, default=1,
                    help="Ray Serve replicas, each holding the backbone and every patch "
                         "(with --ray; default 1)")

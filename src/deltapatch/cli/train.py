@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from .. import distributed
-from ..data import list_builtins
+from ..data import describe_builtins
 from ..errors import DeltaPatchError
 from ..methods import METHODS, get_method
 from ..patch import CLASSIFICATION
@@ -37,7 +37,7 @@ TRAIN_FLAGS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "momen
 def arguments(p: argparse.ArgumentParser) -> None:
     backbone_args(p)
     add_options(p, RunSpec, RUN_FLAGS, required={"data"},
-                more_help={"data": f" ({', '.join(list_builtins())})",
+                more_help={"data": f" (built-in: {describe_builtins()})",
                            "method": f": {', '.join(METHODS.names())}"})
     add_options(p, TrainConfig, TRAIN_FLAGS, defaults={"lr": None, "batch_size": None})
     device_args(p, precision=True)
@@ -45,13 +45,15 @@ def arguments(p: argparse.ArgumentParser) -> None:
                    help="task folder to write (run/ inside holds the checkpoint and per-epoch "
                         "metrics; the same command again resumes an interrupted run)")
     p.add_argument("--stages", default="1",
-                   help="Δ(n): last n stages (int), or comma-separated 0-based indices/names")
+                   help="Δ(n): the last n stages (an int), or comma-separated 0-based stage "
+                        "indices / names; 0 is a head-only patch")
     p.add_argument("--reduction", type=int, default=4,
                    help="Δ-module second conv width C/r, 1..1024 and at most the patched stages' "
-                        "channels (4: DESIGN.md; 2: the paper's counts)")
+                        "channels (default 4: DESIGN.md; 2: the paper's counts)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="method option (repeatable; VALUE parsed as JSON when it can be), "
-                        "e.g. --option base_val_max=1000 (docs/METHODS.md lists them)")
+                        "e.g. --option base_val_max=1000 (docs/METHODS.md lists them; "
+                        "default: none)")
 
 
 def spec_from(args: argparse.Namespace) -> RunSpec:

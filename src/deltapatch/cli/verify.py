@@ -42,7 +42,8 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--onnx", type=Path, default=None,
                    help="instead: run this exported graph in onnxruntime and compare every "
                         "output with PyTorch (base logits to 1e-5, patches to 1e-4, relative "
-                        "to the logits' scale); --patch gives the graph's patches")
+                        "to the logits' scale); --patch gives the graph's patches (default: "
+                        "none, the PyTorch checks)")
     p.add_argument("--provider", choices=tuple(PROVIDERS), default=None,
                    help="with --onnx: onnxruntime's execution provider (default cpu; cuda needs "
                         "onnxruntime-gpu); the PyTorch side runs on --device")
@@ -50,8 +51,10 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="take inputs from this data's test split "
                    "(default: random normal inputs)")
     p.add_argument("-n", type=int, default=16, help="number of inputs (default 16, at most 4096)")
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=None,
+                   help="input size in pixels (default: the backbone's)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random inputs or of the --data subset (default 0)")
 
 
 def _inputs(args: argparse.Namespace, backbone) -> torch.Tensor:

@@ -3,7 +3,16 @@
 from .augment import random_crop_flip
 from .checks import check_data_options
 from .sets import ImageSet, TaskData, seeded_subset
-from .sources import BUILTINS, builtin, list_builtins, load_data, load_test
+from .sources import (
+    BUILTINS,
+    TASK_DATA,
+    builtin,
+    describe_builtins,
+    list_builtins,
+    load_data,
+    load_test,
+)
 
-__all__ = ["BUILTINS", "ImageSet", "TaskData", "builtin", "check_data_options", "list_builtins",
-           "load_data", "load_test", "random_crop_flip", "seeded_subset"]
+__all__ = ["BUILTINS", "TASK_DATA", "ImageSet", "TaskData", "builtin", "check_data_options",
+           "describe_builtins", "list_builtins", "load_data", "load_test", "random_crop_flip",
+           "seeded_subset"]

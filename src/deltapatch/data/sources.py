@@ -22,8 +22,8 @@ from .images import IMAGE_EXTS, decode_image, read_image_tree
 from .npzfile import read_npz
 from .sets import ImageSet, TaskData, check_labels, make_set, seeded_subset, split_off
 
-__all__ = ["BUILTINS", "IMAGE_EXTS", "builtin", "decode_image", "list_builtins", "load_data",
-           "load_test"]
+__all__ = ["BUILTINS", "IMAGE_EXTS", "TASK_DATA", "builtin", "decode_image", "describe_builtins",
+           "list_builtins", "load_data", "load_test"]
 
 DIGITS = [str(i) for i in range(10)]
 
@@ -40,6 +40,11 @@ class Builtin:
 
 
 BUILTINS: Registry[str, Builtin] = Registry("data set")
+
+TASK_DATA: Registry[str, tuple[str, ...]] = Registry("data set of another task")
+"""Built-in data of other task kinds (``--task``, e.g. ``pennfudan`` for detection and
+segmentation), by name → its task kinds: their loaders live in later layers, which register
+the names here so that help and errors list every built-in."""
 
 
 def builtin(name: str, hflip: bool = True):
@@ -132,6 +137,9 @@ def _raw_from_spec(spec: str, size: int, only: str | None = None
     if spec == "cifar10" and only is not None:  # decode only the split asked for
         raw, names = _cifar10(only)
         return raw, names, BUILTINS.get(spec).hflip, spec
+    if spec in TASK_DATA:
+        kinds = TASK_DATA.get(spec)
+        raise DataError(f"data '{spec}' is {' / '.join(kinds)} data: add --task {kinds[0]}")
     if spec in BUILTINS:
         entry = BUILTINS.get(spec)
         raw, names = entry.load()
@@ -139,7 +147,7 @@ def _raw_from_spec(spec: str, size: int, only: str | None = None
     path = Path(spec)
     if not path.exists():
         raise DataError(f"data '{spec}' is neither a file, a folder, nor a built-in name "
-                        f"({', '.join(BUILTINS.names())})")
+                        f"({describe_builtins()})")
     if path.suffix == ".npz":
         return read_npz(path), None, True, path.stem
     raw, names = read_image_tree(path, size, only)
@@ -248,3 +256,14 @@ def _split_groups(s: ImageSet, groups: torch.Tensor, fraction: float, seed: int
 
 def list_builtins() -> list[str]:
     return BUILTINS.names()
+
+
+def describe_builtins() -> str:
+    """Every built-in data name, as help texts and errors list them (from the registries, so
+    the list cannot go stale)."""
+    by_kinds: dict[tuple[str, ...], list[str]] = {}
+    for name, kinds in sorted(TASK_DATA.items()):
+        by_kinds.setdefault(kinds, []).append(name)
+    others = "".join(f"; with --task {'|'.join(kinds)}: {', '.join(names)}"
+                     for kinds, names in by_kinds.items())
+    return ", ".join(list_builtins()) + others

@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from .. import devices
-from ..data.sources import decode_image
+from ..data.sources import TASK_DATA, decode_image
 from ..errors import DataError
 from ..paths import shared_data_file
 from ..registry import Registry
@@ -78,6 +78,7 @@ def _pennfudan() -> DenseData:
 
 
 DENSE_DATA.register("pennfudan", _pennfudan)
+TASK_DATA.register("pennfudan", ("detection", "segmentation"))  # listed with the built-ins
 
 
 def flipped(s: DenseSample) -> DenseSample:
