@@ -41,6 +41,10 @@ def test_train_eval_predict(kind, tmp_path, capsys):
                  str(tmp_path / "pics"), str(image)]) == 0
     answer = json.loads(capsys.readouterr().out)
     assert answer["kind"] == kind and (tmp_path / "pics" / "p.png").is_file()
+    # one task-folder layout for every task kind (README): what classification runs hold
+    assert {p.name for p in (out / "run").iterdir()} >= {
+        "settings.json", "checkpoint.pt", "metrics.csv", "metrics.jsonl"}
+    assert (out / "metrics.json").is_file()
 
 
 def test_dense_train_refuses_a_classification_method(tmp_path, capsys):

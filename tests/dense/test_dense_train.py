@@ -172,3 +172,15 @@ def test_dense_trains_scores_and_predicts_on_the_gpu(kind, data, x, tmp_path):
     assert drawn.device.type == "cpu" and answer
     with torch.inference_mode():
         assert torch.equal(model(x), base)
+
+
+def test_detection_that_finds_nothing_draws_the_photo_without_a_warning(data):
+    """torchvision warns "No box was drawn" when given no box; predict prints no such line."""
+    import warnings
+
+    _, task = _task("detection")
+    image = data.test[0].image
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        answer, drawn = predict_one(task, image, min_score=2.0)  # no score reaches 2
+    assert answer["boxes"] == [] and torch.equal(drawn, image)

@@ -32,7 +32,9 @@ def predict_one(task: DenseTask, image: Tensor, min_score: float = MIN_SCORE) ->
         names = task.config.class_names
         text = [f"{names[int(c)] if names else int(c)} {float(s):.2f}"
                 for c, s in zip(labels, scores, strict=True)]
-        drawn = draw_bounding_boxes(image, boxes, text, colors="red", width=2)
+        # nothing found: the photo as it is (torchvision would warn "No box was drawn")
+        drawn = draw_bounding_boxes(image, boxes, text, colors="red", width=2) if len(boxes) \
+            else image.clone()
         return {"boxes": [[round(float(v), 1) for v in b] for b in boxes],
                 "scores": [round(float(s), 4) for s in scores],
                 "labels": [int(c) for c in labels]}, drawn
