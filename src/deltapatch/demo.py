@@ -242,8 +242,10 @@ def _run(out: Path, cfg: DemoConfig, progress: bool, command_line: str,
           f"{facts['bit_identical']}, labels same {facts['labels_same']}, "
           f"weights fingerprint same {facts['fingerprint_same']}")
 
-    print("[4/5] one mixed batch routed across every patch and the base task")
     pre = fresh.preprocess.with_size(cfg.image_size)
+    print(f"[4/5] one mixed batch routed across every patch and the base task, at {pre.size} px "
+          f"(the patches' size: the base rows' photos too, so their labels can differ from "
+          f"step 1's at {BASE_SIZE} px)")
     mixed = mixed_batch(fresh, photo_u8, photo_names, tasks, classes, pre)
     for m in mixed:
         print(f"  row {m['row']:>2}  {m['input']:<26} → {m['route']:<22} {m['prediction']:<14} "
