@@ -139,7 +139,8 @@ def _raw_from_spec(spec: str, size: int, only: str | None = None
         return raw, names, BUILTINS.get(spec).hflip, spec
     if spec in TASK_DATA:
         kinds = TASK_DATA.get(spec)
-        raise DataError(f"data '{spec}' is {' / '.join(kinds)} data: add --task {kinds[0]}")
+        raise DataError(f"data '{spec}' is {' / '.join(kinds)} data, not classification: "
+                        f"train with --task {kinds[0]}; eval takes it with such a task folder")
     if spec in BUILTINS:
         entry = BUILTINS.get(spec)
         raw, names = entry.load()
