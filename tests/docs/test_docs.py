@@ -27,15 +27,18 @@ def _states():
         state.stop_servers()
 
 
+_LAST = {doc: example for doc, example in EXAMPLES}  # each document's last block
+
+
 @pytest.fixture
-def state(request, _states, tmp_path_factory) -> DocState:
-    """The document's state, made at its first block; the previous document's servers stop."""
-    doc: Path = request.node.callspec.params["doc_example"][0]
+def state(request, _states, tmp_path_factory):
+    """The document's state, made at its first block; its servers stop after its last block."""
+    doc, example = request.node.callspec.params["doc_example"]
     if doc not in _states:
-        for other in _states.values():
-            other.stop_servers()
         _states[doc] = new_state(tmp_path_factory.mktemp(doc.stem))
-    return _states[doc]
+    yield _states[doc]
+    if example is _LAST[doc]:
+        _states[doc].stop_servers()
 
 
 @pytest.mark.docs
