@@ -404,13 +404,13 @@ def test_recover_keeps_both_on_name_clash(tmp_path):
 
 
 def test_kill_9_at_random_times(tmp_path, swap):
-    """A writer looping saves is SIGKILLed at random moments; each time one complete patch remains."""
+    """A writer looping saves is SIGKILLed at random moments; each time one complete patch remains.
+    A fixed number of kills, not as many as fit a wall-clock budget: on a busy machine that
+    budget held fewer kills than the test required."""
     target = saved(tmp_path)
     write_folder(target, CONFIG, tensors(0, n=4096))
     rng = random.Random(0)
-    deadline = time.monotonic() + 4
-    kills = 0
-    while kills < 30 and time.monotonic() < deadline:
+    for _ in range(15):
         pid = os.fork()
         if pid == 0:
             try:
@@ -421,11 +421,9 @@ def test_kill_9_at_random_times(tmp_path, swap):
         time.sleep(rng.uniform(0, 0.03))
         os.kill(pid, signal.SIGKILL)
         assert os.waitpid(pid, 0)[1] & 0x7F == signal.SIGKILL
-        kills += 1
         recover(target)
         config, got = read_folder(target)
         assert any(torch.equal(got["w"], tensors(s, n=4096)["w"]) for s in (0, 1))
         assert (target / "run" / "ckpt.pt").read_bytes() == b"checkpoint"
         assert (target / "metrics.json").read_text() == "{}"
         assert hidden(target) == []
-    assert kills >= 15
