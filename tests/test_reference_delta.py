@@ -156,10 +156,11 @@ def test_stage_matches_reference(family, gate, norm, init):
 def _compare(model, patch, name, x, gate):
     blocks = _stages(model)
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad():  # frozen stages only: the same in train mode
+        inputs = {s: model.stage_input(x, s) for s in patch.config.stages}
         for s in patch.config.stages:
             d = patch.delta(s)
-            h0 = model.stage_input(x, s)
+            h0 = inputs[s]
             out, lam = d(h0, blocks[s])
             ref_out, ref_lam = ref_stage(d, h0, blocks[s], False,
                                          lam if gate == "random" else None)
@@ -176,7 +177,7 @@ def _compare(model, patch, name, x, gate):
     model.train()
     for s in patch.config.stages:
         d = patch.delta(s)
-        h0 = model.stage_input(x, s).detach().requires_grad_(True)
+        h0 = inputs[s].clone().requires_grad_(True)
         params = [h0] + [p for p in d.parameters() if p.requires_grad]
         out, lam = d(h0, blocks[s])
         ref_out, _ = ref_stage(d, h0, blocks[s], True, lam.detach() if gate == "random" else None)
