@@ -66,9 +66,11 @@ PY
     )
     ( cd "$dir" && OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
           nice -n 19 mutmut run --max-children "$CHILDREN" $names >/dev/null 2>&1 ) || true
-    local left
-    left=$(cd "$dir" && mutmut results --all true 2>/dev/null | sed 's/^ *//' \
-           | grep -F -f <(tr ' ' '\n' <<<"$names" | sed 's/$/:/') | tee /dev/stderr | grep -vc ': killed$' || true)
+    local results left
+    results=$(cd "$dir" && mutmut results --all true 2>/dev/null | sed 's/^ *//' \
+              | grep -F -f <(tr ' ' '\n' <<<"$names" | sed 's/$/:/') || true)
+    echo "$results"
+    left=$(grep -vc ': killed$' <<<"$results" || true)
     echo "$mod: $MUTATION_SAMPLE sampled (seed ${MUTATION_SEED:-0}), $left not killed"
     [ "$left" = 0 ] || exit 1
 }
