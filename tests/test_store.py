@@ -162,25 +162,60 @@ def header_file(folder: Path, claimed: int, rest: bytes = b"") -> None:
     (folder / TENSORS_FILE).write_bytes(struct.pack("<Q", claimed) + rest)
 
 
-@pytest.mark.parametrize("make", [
-    lambda f: header_file(f, 10**15),                       # claims a petabyte header
-    lambda f: header_file(f, 100, b"{}"),                    # header longer than the file
-    lambda f: header_file(f, 2, b"[]"),
-    lambda f: header_file(f, 4, b"\xff\xff\xff\xff"),
-    lambda f: header_file(f, 52, b'{"w":{"dtype":"F32","shape":[1000],"data_offsets":[0,4000]}}'),
-    lambda f: header_file(f, 52, b'{"w":{"dtype":"Q99","shape":[1],"data_offsets":[0,4]}}    ' + b"\0" * 4),
-    lambda f: header_file(f, 52, b'{"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}   ' + b"\0" * 4),
-    lambda f: (f / TENSORS_FILE).write_bytes(b""),
-    lambda f: (f / TENSORS_FILE).write_bytes(b"\x01\x02"),
-    lambda f: (f / TENSORS_FILE).write_bytes((f / TENSORS_FILE).read_bytes()[:-7]),  # truncated
+OUTSIDE = "lies outside its data"
+
+
+def header_only(folder: Path, header: bytes, data: bytes = b"") -> None:
+    """A tensors file whose length prefix is the header's true length (so the header parses)."""
+    header_file(folder, len(header), header + data)
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda f: header_file(f, 10**15), "header of"),          # claims a petabyte header
+    (lambda f: header_file(f, 100, b"{}"), "header of"),       # header longer than the file
+    (lambda f: header_file(f, 2, b"[]"), "not a JSON object"),
+    (lambda f: header_file(f, 4, b"\xff\xff\xff\xff"), "header is not JSON"),
+    (lambda f: header_only(f, b'{"w":{"dtype":"F32","shape":[1000],"data_offsets":[0,4000]}}'),
+     OUTSIDE),
+    (lambda f: header_only(f, b'{"w":{"dtype":"Q99","shape":[1],"data_offsets":[0,4]}}',
+                           b"\0" * 4), "malformed or unknown entry"),
+    (lambda f: header_only(f, b'{"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}',
+                           b"\0" * 4), OUTSIDE),
+    # negative dimensions whose product fits the data: refused for the sign, not the size
+    (lambda f: header_only(f, b'{"w":{"dtype":"F32","shape":[-2,-2],"data_offsets":[0,16]}}',
+                           b"\0" * 16), OUTSIDE),
+    (lambda f: (f / TENSORS_FILE).write_bytes(b""), "header of -1"),
+    (lambda f: (f / TENSORS_FILE).write_bytes(b"\x01\x02"), "header of -1"),
+    (lambda f: (f / TENSORS_FILE).write_bytes((f / TENSORS_FILE).read_bytes()[:-7]),  # truncated
+     OUTSIDE),
 ])
-def test_bad_tensors_file_refused(tmp_path, make):
+def test_bad_tensors_file_refused(tmp_path, make, says):
+    """Each reader refuses, naming the file and what is wrong with it (the config's hash
+    removed, so that read_folder reaches its own checks of the file)."""
     target = saved(tmp_path)
+    config = json.loads((target / CONFIG_FILE).read_text())
+    del config["content_hash"]
+    (target / CONFIG_FILE).write_text(json.dumps(config))
     make(target)
-    with pytest.raises(PatchError):
-        tensor_shapes(target)
-    with pytest.raises(PatchError):
-        read_folder(target, require_hash=False)
+    for read in (tensor_shapes, lambda t: read_folder(t, require_hash=False)):
+        with pytest.raises(PatchError, match=says) as err:
+            read(target)
+        assert str(target / TENSORS_FILE) in str(err.value)
+
+
+def test_config_with_a_json_constant_is_refused_naming_it(tmp_path):
+    target = saved(tmp_path)
+    (target / CONFIG_FILE).write_text('{"format": NaN}')
+    with pytest.raises(PatchError, match="not valid JSON: NaN is not allowed"):
+        read_config_json(target)
+
+
+def test_why_an_os_error_is_its_reason_else_the_message_else_the_type():
+    from deltapatch.tensorfile import why
+
+    assert why(OSError(errno.ENOSPC, "No space left on device")) == "No space left on device"
+    assert why(ValueError("bad value")) == "bad value"
+    assert why(ValueError()) == "ValueError"
 
 
 def test_oversized_tensors_file_refused_unread(tmp_path, monkeypatch):
