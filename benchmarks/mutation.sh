@@ -6,6 +6,7 @@
 #   MUTATION_SAMPLE=20 MUTATION_SEED=1 benchmarks/mutation.sh baseinit
 #       # 20 mutants drawn by the seed (not those listed in equivalent.txt); prints each one's
 #       # status and exits 1 if any survived: a quick check, no report written
+#   MUTATION_RETEST=1 benchmarks/mutation.sh tensorfile   # survivors again, with today's tests
 #   benchmarks/mutation.sh serve/batcher      # a module in a subpackage: its path under deltapatch/
 #
 # Each module runs in its own scratch copy of the checkout ($MUTATION_DIR/<module>, default
@@ -100,8 +101,14 @@ for mod in "${@:-delta}"; do
         continue
     fi
     if [ -z "${MUTATION_REPORT_ONLY:-}" ]; then  # =1: only (re)write the report of what ran
+        retest=()  # mutmut reruns a finished mutant only if its function changed, not its tests
+        if [ -n "${MUTATION_RETEST:-}" ]; then
+            mapfile -t retest < <(cd "$dir" && mutmut results 2>/dev/null \
+                                  | awk -F': ' '$2 == "survived" {gsub(/ /, "", $1); print $1}')
+            [ "${#retest[@]}" -gt 0 ] || { echo "$mod: no survivors to retest"; continue; }
+        fi
         ( cd "$dir" && OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
-              nice -n 19 mutmut run --max-children "$CHILDREN" ) || true
+              nice -n 19 mutmut run --max-children "$CHILDREN" "${retest[@]}" ) || true
     fi
     {
         echo "# Mutation testing: $src"
