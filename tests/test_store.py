@@ -184,6 +184,8 @@ def header_only(folder: Path, header: bytes, data: bytes = b"") -> None:
     # negative dimensions whose product fits the data: refused for the sign, not the size
     (lambda f: header_only(f, b'{"w":{"dtype":"F32","shape":[-2,-2],"data_offsets":[0,16]}}',
                            b"\0" * 16), OUTSIDE),
+    (lambda f: header_only(f, b'{"w":{"dtype":"F32","shape":["x"],"data_offsets":[0,4]}}',
+                           b"\0" * 4), OUTSIDE),
     (lambda f: (f / TENSORS_FILE).write_bytes(b""), "header of -1"),
     (lambda f: (f / TENSORS_FILE).write_bytes(b"\x01\x02"), "header of -1"),
     (lambda f: (f / TENSORS_FILE).write_bytes((f / TENSORS_FILE).read_bytes()[:-7]),  # truncated
@@ -201,6 +203,15 @@ def test_bad_tensors_file_refused(tmp_path, make, says):
         with pytest.raises(PatchError, match=says) as err:
             read(target)
         assert str(target / TENSORS_FILE) in str(err.value)
+
+
+def test_a_tensor_with_a_zero_dimension_reads_beside_others(tmp_path):
+    """The size check stops multiplying only past the data's length: a (16, 0) tensor next to
+    16 bytes of data is empty, not 16 elements."""
+    target = tmp_path / "out"
+    write_folder(target, CONFIG, {"e": torch.zeros(16, 0), "w": torch.ones(4)})
+    assert tensor_shapes(target) == {"e": ((16, 0), "float32"), "w": ((4,), "float32")}
+    assert read_folder(target)[1]["e"].shape == (16, 0)
 
 
 def test_config_with_a_json_constant_is_refused_naming_it(tmp_path):
