@@ -186,6 +186,9 @@ def header_only(folder: Path, header: bytes, data: bytes = b"") -> None:
                            b"\0" * 16), OUTSIDE),
     (lambda f: header_only(f, b'{"w":{"dtype":"F32","shape":["x"],"data_offsets":[0,4]}}',
                            b"\0" * 4), OUTSIDE),
+    (lambda f: header_file(f, 2**64 - 1), f"header of {2**64 - 1} bytes"),  # read unsigned
+    (lambda f: header_file(f, 0), "header is not JSON"),     # an empty header is read, then refused
+    (lambda f: (f / TENSORS_FILE).write_bytes(b"\0" * 7), "header of -1"),  # no whole prefix
     (lambda f: (f / TENSORS_FILE).write_bytes(b""), "header of -1"),
     (lambda f: (f / TENSORS_FILE).write_bytes(b"\x01\x02"), "header of -1"),
     (lambda f: (f / TENSORS_FILE).write_bytes((f / TENSORS_FILE).read_bytes()[:-7]),  # truncated
@@ -234,6 +237,9 @@ def test_oversized_tensors_file_refused_unread(tmp_path, monkeypatch):
     monkeypatch.setattr("deltapatch.tensorfile.MAX_TENSOR_FILE_BYTES", 100)
     with pytest.raises(PatchError, match="limit"):
         read_folder(target)
+    size = (target / TENSORS_FILE).stat().st_size  # the limit itself is allowed
+    monkeypatch.setattr("deltapatch.tensorfile.MAX_TENSOR_FILE_BYTES", size)
+    assert torch.equal(read_folder(target)[1]["w"], tensors(0)["w"])
 
 
 def test_symlinked_target_keeps_link(tmp_path, swap):
