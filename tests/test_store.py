@@ -242,6 +242,16 @@ def test_oversized_tensors_file_refused_unread(tmp_path, monkeypatch):
     assert torch.equal(read_folder(target)[1]["w"], tensors(0)["w"])
 
 
+def test_header_length_limit_is_inclusive(tmp_path, monkeypatch):
+    target = saved(tmp_path)
+    n = struct.unpack("<Q", (target / TENSORS_FILE).read_bytes()[:8])[0]
+    monkeypatch.setattr("deltapatch.tensorfile.MAX_HEADER_BYTES", n)
+    assert set(tensor_shapes(target)) == {"w", "b"}
+    monkeypatch.setattr("deltapatch.tensorfile.MAX_HEADER_BYTES", n - 1)
+    with pytest.raises(PatchError, match=f"header of {n} bytes"):
+        tensor_shapes(target)
+
+
 def test_symlinked_target_keeps_link(tmp_path, swap):
     real = saved(tmp_path)
     link = tmp_path / "link"
