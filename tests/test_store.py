@@ -165,6 +165,15 @@ def header_file(folder: Path, claimed: int, rest: bytes = b"") -> None:
 OUTSIDE = "lies outside its data"
 
 
+def unhashed(target: Path) -> Path:
+    """The folder with its config's content hash removed (as a patch/1 config has none), so
+    that ``read_folder(..., require_hash=False)`` reaches its own checks of the tensors file."""
+    config = json.loads((target / CONFIG_FILE).read_text())
+    del config["content_hash"]
+    (target / CONFIG_FILE).write_text(json.dumps(config))
+    return target
+
+
 def header_only(folder: Path, header: bytes, data: bytes = b"") -> None:
     """A tensors file whose length prefix is the header's true length (so the header parses)."""
     header_file(folder, len(header), header + data)
@@ -195,12 +204,8 @@ def header_only(folder: Path, header: bytes, data: bytes = b"") -> None:
      OUTSIDE),
 ])
 def test_bad_tensors_file_refused(tmp_path, make, says):
-    """Each reader refuses, naming the file and what is wrong with it (the config's hash
-    removed, so that read_folder reaches its own checks of the file)."""
-    target = saved(tmp_path)
-    config = json.loads((target / CONFIG_FILE).read_text())
-    del config["content_hash"]
-    (target / CONFIG_FILE).write_text(json.dumps(config))
+    """Each reader refuses, naming the file and what is wrong with it."""
+    target = unhashed(saved(tmp_path))
     make(target)
     for read in (tensor_shapes, lambda t: read_folder(t, require_hash=False)):
         with pytest.raises(PatchError, match=says) as err:
@@ -215,6 +220,60 @@ def test_a_tensor_with_a_zero_dimension_reads_beside_others(tmp_path):
     write_folder(target, CONFIG, {"e": torch.zeros(16, 0), "w": torch.ones(4)})
     assert tensor_shapes(target) == {"e": ((16, 0), "float32"), "w": ((4,), "float32")}
     assert read_folder(target)[1]["e"].shape == (16, 0)
+
+
+def test_a_header_that_safetensors_refuses_is_damaged_naming_the_file(tmp_path):
+    """Our bounds pass (the tensor lies inside the data) but the data has bytes no tensor owns."""
+    target = unhashed(saved(tmp_path))
+    header_only(target, b'{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', b"\0" * 8)
+    with pytest.raises(PatchError, match="patch.safetensors is damaged: ") as err:
+        read_folder(target, require_hash=False)
+    assert str(target / TENSORS_FILE) in str(err.value)
+
+
+def test_non_finite_tensors_are_refused_naming_the_file(tmp_path):
+    target = unhashed(saved(tmp_path))
+    header_only(target, b'{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}',
+                struct.pack("<f", float("nan")))
+    with pytest.raises(PatchError, match="tensor 'w' holds NaN or Inf") as err:
+        read_folder(target, require_hash=False)
+    assert str(err.value).startswith(str(target / TENSORS_FILE))
+
+
+def test_a_file_shorter_than_its_size_said_is_truncated(tmp_path, monkeypatch):
+    """st_size can lie (a file shrinking under us): the read's own length decides."""
+    target = saved(tmp_path)
+    header_file(target, 100, b"{}")
+    real = os.fstat
+    monkeypatch.setattr("deltapatch.tensorfile.os.fstat",
+                        lambda fd: os.stat_result((*real(fd)[:6], 1000, *real(fd)[7:])))
+    with pytest.raises(PatchError, match=f"{TENSORS_FILE} is truncated"):
+        tensor_shapes(target)
+
+
+@pytest.mark.parametrize("name", [CONFIG_FILE, TENSORS_FILE])
+def test_a_read_error_names_the_file_and_the_reason(tmp_path, monkeypatch, name):
+    target = saved(tmp_path)
+
+    def failing_open(file, *args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+    if name == TENSORS_FILE:
+        read_config_json(target)  # the config is read first: fail only the tensors file
+        config = json.loads((target / CONFIG_FILE).read_text())
+        monkeypatch.setattr("deltapatch.tensorfile.read_config_json", lambda folder: config)
+    monkeypatch.setattr("deltapatch.tensorfile.open", failing_open, raising=False)
+    with pytest.raises(PatchError, match=f"cannot read .*{name}: Input/output error$"):
+        read_folder(target)
+
+
+def test_a_config_at_the_size_limit_reads(tmp_path, monkeypatch):
+    target = saved(tmp_path)
+    size = (target / CONFIG_FILE).stat().st_size
+    monkeypatch.setattr("deltapatch.tensorfile.MAX_CONFIG_BYTES", size)
+    assert read_config_json(target)["name"] == "t"
+    monkeypatch.setattr("deltapatch.tensorfile.MAX_CONFIG_BYTES", size - 1)
+    with pytest.raises(PatchError, match="larger than"):
+        read_config_json(target)
 
 
 def test_config_with_a_json_constant_is_refused_naming_it(tmp_path):
