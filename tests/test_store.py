@@ -276,6 +276,25 @@ def test_a_config_at_the_size_limit_reads(tmp_path, monkeypatch):
         read_config_json(target)
 
 
+def test_a_config_that_is_no_object_is_refused_naming_its_type(tmp_path):
+    target = saved(tmp_path)
+    (target / CONFIG_FILE).write_text("[1, 2]")
+    with pytest.raises(PatchError, match=r"config.json holds a JSON list, not an object"):
+        read_config_json(target)
+
+
+def test_finite_checks_keep_each_dtype_range():
+    """A float64 value past float32's range is finite; float8 (no isfinite kernel) is checked
+    through float32; NaN is refused in every float dtype."""
+    from deltapatch.tensorfile import refuse_non_finite
+
+    refuse_non_finite({"big": torch.tensor([1e300], dtype=torch.float64),
+                       "f8": torch.ones(2, dtype=torch.float8_e4m3fn)}, "here")
+    for dtype in (torch.float64, torch.float16, torch.float8_e4m3fn):
+        with pytest.raises(PatchError, match="here: tensor 'x' holds NaN or Inf"):
+            refuse_non_finite({"x": torch.tensor([0.0, float("nan")]).to(dtype)}, "here")
+
+
 def test_config_with_a_json_constant_is_refused_naming_it(tmp_path):
     target = saved(tmp_path)
     (target / CONFIG_FILE).write_text('{"format": NaN}')
