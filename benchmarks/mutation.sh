@@ -3,6 +3,11 @@
 #
 #   benchmarks/mutation.sh [MODULE ...]      # default: delta; e.g. delta baseinit routing
 #   MUTATION_REPORT_ONLY=1 benchmarks/mutation.sh delta   # the report of a partial run
+#   MUTATION_SAMPLE=20 MUTATION_SEED=1 benchmarks/mutation.sh baseinit
+#       # 20 mutants drawn by the seed (not those listed in equivalent.txt); prints each one's
+#       # status and exits 1 if any survived: a quick check, no report written
+#   MUTATION_RETEST=1 benchmarks/mutation.sh tensorfile   # survivors again, with today's tests
+#   benchmarks/mutation.sh serve/batcher      # a module in a subpackage: its path under deltapatch/
 #
 # Each module runs in its own scratch copy of the checkout ($MUTATION_DIR/<module>, default
 # /tmp/deltapatch-mutation), so the checkout's pyproject.toml is never edited and mutmut's
@@ -30,8 +35,45 @@ tests_for() {
         tensorfile|store) echo "tests/test_store.py tests/test_patch.py tests/test_patch_integrity.py" ;;
         train)    echo "tests/test_train.py tests/test_epoch_draws.py" ;;
         cache)    echo "tests/test_perf.py" ;;
+        serve/batcher) echo "tests/serve/test_serve_concurrency.py tests/serve/test_serve_api.py" ;;
         *) echo "no test selection for module '$1'; add it to tests_for in $0" >&2; exit 2 ;;
     esac
+}
+
+# MUTATION_SAMPLE: generate the module's mutants (no test run), draw N names by the seed from
+# those not listed as equivalent, run just those; mutmut still collects its test map once.
+sample() {
+    local dir=$1 src=$2 mod=$3
+    ( cd "$dir" && [ -f "mutants/$src.meta" ] || python - <<'PY'
+import os
+from mutmut import __main__ as m  # generation only: what `mutmut run` does before any test
+m.set_mutant_under_test("mutant_generation")
+os.makedirs("mutants", exist_ok=True)
+m.copy_src_dir(); m.copy_also_copy_files(); m.setup_source_paths()
+m.store_lines_covered_by_tests(); m.create_mutants(1)
+PY
+    )
+    local names
+    names=$(python - "$dir/mutants/$src.meta" "$MUTATION_SAMPLE" "${MUTATION_SEED:-0}" \
+                "$OUT/equivalent.txt" <<'PY'
+import json, os, random, sys
+meta, n, seed, equivalent = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+skip = set()
+if os.path.exists(equivalent):  # one mutant name a line, then why
+    skip = {line.split()[0] for line in open(equivalent) if line.strip() and line[0] != "#"}
+keys = sorted(k for k in json.load(open(meta))["exit_code_by_key"] if k not in skip)
+print(" ".join(random.Random(seed).sample(keys, min(n, len(keys)))))
+PY
+    )
+    ( cd "$dir" && OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
+          nice -n 19 mutmut run --max-children "$CHILDREN" $names >/dev/null 2>&1 ) || true
+    local results left
+    results=$(cd "$dir" && mutmut results --all true 2>/dev/null | sed 's/^ *//' \
+              | grep -F -f <(tr ' ' '\n' <<<"$names" | sed 's/$/:/') || true)
+    echo "$results"
+    left=$(grep -vc ': killed$' <<<"$results" || true)
+    echo "$mod: $MUTATION_SAMPLE sampled (seed ${MUTATION_SEED:-0}), $left not killed"
+    [ "$left" = 0 ] || exit 1
 }
 
 for mod in "${@:-delta}"; do
@@ -54,9 +96,19 @@ for mod in "${@:-delta}"; do
         echo "pytest_add_cli_args_test_selection ="
         printf '    %s\n' $sel
     } > "$dir/setup.cfg"
+    if [ -n "${MUTATION_SAMPLE:-}" ]; then
+        sample "$dir" "$src" "$mod"
+        continue
+    fi
     if [ -z "${MUTATION_REPORT_ONLY:-}" ]; then  # =1: only (re)write the report of what ran
+        retest=()  # mutmut reruns a finished mutant only if its function changed, not its tests
+        if [ -n "${MUTATION_RETEST:-}" ]; then
+            mapfile -t retest < <(cd "$dir" && mutmut results 2>/dev/null \
+                                  | awk -F': ' '$2 == "survived" {gsub(/ /, "", $1); print $1}')
+            [ "${#retest[@]}" -gt 0 ] || { echo "$mod: no survivors to retest"; continue; }
+        fi
         ( cd "$dir" && OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
-              nice -n 19 mutmut run --max-children "$CHILDREN" ) || true
+              nice -n 19 mutmut run --max-children "$CHILDREN" "${retest[@]}" ) || true
     fi
     {
         echo "# Mutation testing: $src"
@@ -80,6 +132,6 @@ for mod in "${@:-delta}"; do
             ( cd "$dir" && mutmut show "$name" 2>/dev/null ) || true
             echo '```'
         done
-    } > "$OUT/$mod.md"
-    echo "report: $OUT/$mod.md"
+    } > "$OUT/${mod//\//.}.md"
+    echo "report: $OUT/${mod//\//.}.md"
 done

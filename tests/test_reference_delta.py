@@ -156,10 +156,11 @@ def test_stage_matches_reference(family, gate, norm, init):
 def _compare(model, patch, name, x, gate):
     blocks = _stages(model)
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad():  # frozen stages only: the same in train mode
+        inputs = {s: model.stage_input(x, s) for s in patch.config.stages}
         for s in patch.config.stages:
             d = patch.delta(s)
-            h0 = model.stage_input(x, s)
+            h0 = inputs[s]
             out, lam = d(h0, blocks[s])
             ref_out, ref_lam = ref_stage(d, h0, blocks[s], False,
                                          lam if gate == "random" else None)
@@ -176,7 +177,7 @@ def _compare(model, patch, name, x, gate):
     model.train()
     for s in patch.config.stages:
         d = patch.delta(s)
-        h0 = model.stage_input(x, s).detach().requires_grad_(True)
+        h0 = inputs[s].clone().requires_grad_(True)
         params = [h0] + [p for p in d.parameters() if p.requires_grad]
         out, lam = d(h0, blocks[s])
         ref_out, _ = ref_stage(d, h0, blocks[s], True, lam.detach() if gate == "random" else None)
@@ -414,3 +415,38 @@ def _shifted_residual(b, h):
 dp.register_block(_Shifted, residual=_shifted_residual,
                   shortcut=lambda b, h: block_split(b.block).shortcut(b.block, h),
                   post=lambda b, h: block_split(b.block).post(b.block, h))
+
+
+class _Projected(torch.nn.Module):
+    """A sub-block whose own shortcut is a shape-preserving 1×1 projection (no built-in family
+    has one: their first shortcut is the identity or changes the shape)."""
+
+    def __init__(self, c: int, g: torch.Generator):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.proj = torch.nn.Conv2d(c, c, 1, bias=False)
+        for w in (self.conv.weight, self.proj.weight):
+            w.data.copy_(torch.randn(w.shape, generator=g) * 0.3)
+
+    def forward(self, h):
+        return torch.relu(self.conv(h) + self.proj(h))
+
+
+dp.register_block(_Projected, residual=lambda b, h: b.conv(h), shortcut=lambda b, h: b.proj(h),
+                  post=lambda b, h: torch.relu(h))
+
+
+def test_a_skip_from_h0_is_the_identity_where_shapes_agree_even_with_a_projected_shortcut():
+    """P_{0→j} = S_1(h_0) only where h_0 has another shape (DESIGN.md): with a shortcut that
+    projects without changing the shape, the skips h_0 → h_2, h_3 carry h_0 itself."""
+    from deltapatch.delta import DeltaStage
+
+    g = torch.Generator().manual_seed(6)
+    blocks = [_Projected(4, g) for _ in range(3)]
+    stage = DeltaStage(4, 4, 3, gate="learned", norm="none")
+    perturb(stage, g)
+    h0 = torch.randn(2, 4, 5, 5, generator=g)
+    with torch.no_grad():
+        out, lam = stage(h0, blocks)
+        want, _ = ref_stage(stage, h0, blocks, False)
+        torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
