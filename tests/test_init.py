@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import deltapatch as dp
-from deltapatch.baseinit import GatedBatchNorm, clip_unit
+from deltapatch.baseinit import GatedBatchNorm, check_init, clip_unit
 from deltapatch.skips import existing_skips, num_skips
 from deltapatch.errors import PatchError
 from deltapatch.patch import PatchConfig, fingerprint
@@ -60,6 +60,27 @@ def test_clip_passes_gradient_inside_and_only_inward_outside():
     x.grad = None
     clip_unit(x).backward(-torch.ones(5))  # descent would raise every x
     assert x.grad.tolist() == [-1.0, -1.0, -1.0, -1.0, 0.0]
+
+
+def test_clip_blocks_any_outward_gradient_below_zero_not_only_a_unit_one():
+    """Below 0 only a gradient that raises x under descent (g < 0) passes; any g > 0 is
+    blocked, small ones too."""
+    x = torch.tensor([-0.5, -0.5], requires_grad=True)
+    clip_unit(x).backward(torch.tensor([0.5, -0.25]))
+    assert x.grad.tolist() == [0.0, -0.25]
+
+
+def test_gated_norm_blend_keeps_the_activations_dtype():
+    """The mix parameter stays float32 (autocast does not cast parameters); the blended output
+    must still be in h's dtype, or a bf16 stage would turn float32 behind the patch."""
+    norm = GatedBatchNorm(3)
+    h = torch.randn(2, 3, 4, 4).to(torch.bfloat16)
+    assert norm.blend(h, h * 2).dtype == torch.bfloat16
+
+
+def test_unknown_init_names_the_choices():
+    with pytest.raises(ValueError, match="choose from base, random"):
+        check_init("zeros", "delta", True)
 
 
 @pytest.mark.parametrize("gate", BASE_GATES)
