@@ -84,6 +84,10 @@ for mod in "${@:-delta}"; do
     # refresh the copy (sources and tests), keeping mutants/ and its results
     rm -rf "$dir/src" "$dir/tests"
     cp -r "$ROOT/src" "$ROOT/tests" "$dir/"
+    [ -n "${MUTATION_REPORT_ONLY:-}" ] || {   # what this run's mutants and tests come from
+        git -C "$ROOT" rev-parse --short HEAD | tr -d '\n'
+        [ -z "$(git -C "$ROOT" status --porcelain -- src tests)" ] || printf ' (plus uncommitted changes)'
+    } > "$dir/COMMIT"
     grep -v '^\[tool.mutmut\]' "$ROOT/pyproject.toml" > "$dir/pyproject.toml"
     sel=$(tests_for "$mod")
     {
@@ -114,7 +118,7 @@ for mod in "${@:-delta}"; do
         echo "# Mutation testing: $src"
         echo
         echo "mutmut $(python -c 'import importlib.metadata as m; print(m.version("mutmut"))'),"\
-             "$(date -u +%Y-%m-%d), commit $(git -C "$ROOT" rev-parse --short HEAD)."
+             "$(date -u +%Y-%m-%d), sources and tests of commit $(cat "$dir/COMMIT" 2>/dev/null || echo unknown)."
         echo "Command: \`benchmarks/mutation.sh $mod\`; runner: \`pytest -x $sel\`."
         echo
         echo '```'
