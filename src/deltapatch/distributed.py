@@ -70,9 +70,6 @@ class Session:
         return self.rank == 0
 
 
-_SESSION: list[Session] = []  # started at most once per process
-
-
 def env_world() -> tuple[int, int, int] | None:
     """(rank, world, local rank) from torchrun's environment; None without it or for one
     process (a world of one is the plain, unchanged path)."""
@@ -107,22 +104,23 @@ def local_device(device: torch.device) -> torch.device:
 
 
 def session(device: torch.device = CPU) -> Session | None:
-    """The torchrun session, its process group started on first use with the backend of
-    ``device`` (where the model is); None when not under torchrun (or with one process)."""
-    if _SESSION:
-        return _SESSION[0]
+    """The torchrun session of one training run, or None when not under torchrun (or with one
+    process). torch's default process group is started on first use, with the backend of
+    ``device`` (where the model is); each call adds a BatchNorm-statistics group of its own, so
+    nothing of a run is kept in this module between runs (every rank calls this at the same
+    point of a run, as ``new_group`` requires)."""
     where = env_world()
     if where is None:
         return None
     rank, world, local = where
-    backend = backend_for(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world)
+        dist.init_process_group(backend_for(device), init_method="env://", rank=rank,
+                                world_size=world)
         atexit.register(_close)
-    _SESSION.append(Session(rank, world, local, backend, dist.new_group(backend=backend)))
-    return _SESSION[0]
+    backend = dist.get_backend()
+    return Session(rank, world, local, backend, dist.new_group(backend=backend))
 
 
 def _close() -> None:
@@ -387,7 +385,7 @@ class Shard:
 
 def shard_for(data: TaskData, local: bool = False, device: torch.device = CPU) -> Shard | None:
     """The shard of this rank for ``data`` (whole sets), or None when not under torchrun; the
-    first call starts the session with ``device``'s backend."""
+    first call in a process starts torch's process group with ``device``'s backend."""
     s = session(device)
     if s is None:
         return None
