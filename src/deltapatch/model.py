@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from . import execution
 from .backbones.check import check_spec
-from .backbones.registry import (
+from .backbones.catalog import (
     backbone_name,
     base_class_names,
     default_preprocess,
@@ -300,7 +300,7 @@ class PatchedModel(nn.Module):
         """The base task (``"__base__"``) or patch ``name``, as a forward runs it."""
         return self._base if name == BASE else self.get_patch(name)
 
-    def classifier(self, name: str) -> Task:
+    def logit_task(self, name: str) -> Task:
         """Task ``name`` if it answers with logits: the base task or a classification patch.
         A detection or segmentation patch answers through :mod:`deltapatch.dense` instead."""
         task = self.task(name)
@@ -343,7 +343,7 @@ class PatchedModel(nn.Module):
     def _routed(self, x: Tensor, names: list[str], empty: str, head: bool = True,
                 record: Record | None = None) -> Tensor:
         """One forward for rows of any tasks (an empty batch takes task ``empty``'s width)."""
-        tasks = {n: self.classifier(n) for n in dict.fromkeys(names or [empty])}
+        tasks = {n: self.logit_task(n) for n in dict.fromkeys(names or [empty])}
         return execution.forward(self._trunk, x, names, tasks, head, record)
 
     def stage_input(self, x: Tensor, stage: int) -> Tensor:
@@ -387,7 +387,7 @@ class PatchedModel(nn.Module):
             raise ValueError("first_residual needs all rows on one patch that patches stage "
                              f"{start}")
         groups = group_rows(names, BASE if patches is not None else one, h.device)
-        tasks = {n: self.classifier(n) for n in groups}
+        tasks = {n: self.logit_task(n) for n in groups}
         return execution.run_from(self._trunk, h, start, tasks, groups, head,
                                   first_residual=first_residual)
 
@@ -404,7 +404,7 @@ class PatchedModel(nn.Module):
         ``backbone(x)`` (tests/test_fanout.py checks it on every family at several batch sizes).
         Names repeated in ``patches`` are computed once.
         """
-        tasks = {n: self.classifier(n) for n in dict.fromkeys(patches)}
+        tasks = {n: self.logit_task(n) for n in dict.fromkeys(patches)}
         return execution.fanout(self._trunk, x, tasks)
 
     def pyramid(self, x: Tensor, patch: str | None = None) -> dict[str, Tensor]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from . import devices, distributed, hardware, metrics, store
-from .backbones.registry import family_init
+from .backbones.catalog import family_init
 from .baseinit import INITS, LEGACY_INIT
 from .batches import evaluate, model_inputs
 from .data import check_data_options

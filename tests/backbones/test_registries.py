@@ -53,7 +53,7 @@ def test_override_registers_a_gate_a_patch_can_use(backbone):
 @needs_shared
 def test_base_class_names_come_from_the_weights_provenance():
     from deltapatch.backbones.cifar import CIFAR10_CLASSES
-    from deltapatch.backbones.registry import imagenet_classes
+    from deltapatch.backbones.catalog import imagenet_classes
 
     named = dp.PatchedModel(dp.load_backbone("cifar_resnet20", weights="cifar10"))
     assert named.base_class_names == list(CIFAR10_CLASSES) and named.base_labels[3] == "cat"
@@ -63,7 +63,7 @@ def test_base_class_names_come_from_the_weights_provenance():
 
 
 def test_weight_set_class_names_refuse_duplicates():
-    from deltapatch.backbones.registry import register_weight_classes
+    from deltapatch.backbones.catalog import register_weight_classes
 
     with pytest.raises(dp.DeltaPatchError, match="cifar10"):
         register_weight_classes("cifar10", lambda: ["x"] * 10)

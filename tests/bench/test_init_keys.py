@@ -84,7 +84,7 @@ def test_cli_init_flag():
 def test_a_familys_default_start_enters_settings_and_fingerprints(tmp_path, monkeypatch):
     """A backbone whose family starts patches at the base network records that start where
     ``init`` is left out, so its runs cannot pass for the random-start runs made before."""
-    from deltapatch.backbones import registry
+    from deltapatch.backbones import catalog
     from deltapatch.bench import jobs
 
     suite = _suite(tmp_path)
@@ -98,9 +98,9 @@ def test_a_familys_default_start_enters_settings_and_fingerprints(tmp_path, monk
     after = prints()
     assert after["plain"] != before["plain"]  # left out, init now resolves to base
     assert after["pinned"] == before["pinned"] and after["base"] == before["base"]
-    assert registry.family_init("cifar_resnet20") is None
+    assert catalog.family_init("cifar_resnet20") is None
     assert "init" not in RunSpec(backbone="cifar_resnet20", data="digits").settings()
-    if registry.family_init("efficientnet_lite0") == "base":  # where its package is installed
+    if catalog.family_init("efficientnet_lite0") == "base":  # where its package is installed
         lite = RunSpec(backbone="efficientnet_lite0", data="digits")
         assert lite.settings()["init"] == "base"
         assert "init" not in RunSpec(backbone="efficientnet_lite0", data="digits",

@@ -1,5 +1,5 @@
 """A tiny live server in-process: cifar_resnet20 (random init), two Δ-patches saved to tmp and
-loaded through the registry as ``deltapatch serve`` loads them, and PNG images."""
+loaded through the patchset as ``deltapatch serve`` loads them, and PNG images."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from PIL import Image
 
 import deltapatch as dp
 from deltapatch.serve.app import create_app
-from deltapatch.serve.registry import PatchRegistry
+from deltapatch.serve.patchset import PatchSet
 
 
 def png(seed: int, size: int = 32) -> bytes:
@@ -46,8 +46,8 @@ def patch_dir(tmp_path, backbone) -> Path:
 
 
 @pytest.fixture
-def registry(backbone, patch_dir) -> PatchRegistry:
-    reg = PatchRegistry(dp.PatchedModel(backbone).eval())
+def patchset(backbone, patch_dir) -> PatchSet:
+    reg = PatchSet(dp.PatchedModel(backbone).eval())
     assert reg.load_dir(patch_dir) == ["a", "b"]
     return reg
 
@@ -61,9 +61,9 @@ def library(backbone, patch_dir) -> dp.PatchedModel:
     return model
 
 
-def run_async(registry: PatchRegistry, body, **settings):
+def run_async(patchset: PatchSet, body, **settings):
     """Run ``await body(client, app)`` against a started app (lifespan included), bounded."""
-    app = create_app(registry, **settings)
+    app = create_app(patchset, **settings)
 
     async def main():
         async with app.router.lifespan_context(app):

@@ -22,8 +22,8 @@ from deltapatch.serve.inputs import Limits
 KEY = "k" * 24
 
 
-def client(registry, **settings) -> TestClient:
-    return TestClient(create_app(registry, **settings), raise_server_exceptions=False)
+def client(patchset, **settings) -> TestClient:
+    return TestClient(create_app(patchset, **settings), raise_server_exceptions=False)
 
 
 def b64(data: bytes) -> str:
@@ -37,8 +37,8 @@ def library_logits(model: dp.PatchedModel, image: bytes, patch: str) -> torch.Te
         return model(model.preprocess.normalize(x), patch=patch)[0]
 
 
-def test_health_ready_metrics_and_patch_list(registry):
-    with client(registry) as c:
+def test_health_ready_metrics_and_patch_list(patchset):
+    with client(patchset) as c:
         assert c.get("/health").json() == {"status": "ok"}
         r = c.get("/ready")
         assert r.status_code == 200 and r.json()["patches"] == 2
@@ -53,8 +53,8 @@ def test_health_ready_metrics_and_patch_list(registry):
         assert "deltapatch_batch_size_count 1.0" in text
 
 
-def test_base_answers_are_the_plain_backbones_bit_for_bit(registry, library, backbone):
-    with client(registry) as c:
+def test_base_answers_are_the_plain_backbones_bit_for_bit(patchset, library, backbone):
+    with client(patchset) as c:
         for seed in range(3):
             image = png(seed)
             want = library_logits(library, image, dp.BASE)
@@ -76,9 +76,9 @@ def test_base_answers_are_the_plain_backbones_bit_for_bit(registry, library, bac
             assert plain["top_k"] == form["top_k"] == body["top_k"]
 
 
-def test_patch_answers_and_labels_equal_the_library(registry, library):
+def test_patch_answers_and_labels_equal_the_library(patchset, library):
     image = png(7)
-    with client(registry) as c:
+    with client(patchset) as c:
         for name in ("a", "b"):
             r = c.post("/v1/predict", json={"image": b64(image), "patch": name, "top_k": 2,
                                             "return_logits": True}).json()
@@ -90,9 +90,9 @@ def test_patch_answers_and_labels_equal_the_library(registry, library):
             assert len(r["top_k"]) == 2
 
 
-def test_fanout_answers_every_task(registry, library):
+def test_fanout_answers_every_task(patchset, library):
     image = png(3)
-    with client(registry) as c:
+    with client(patchset) as c:
         r = c.post("/v1/predict", json={"image": b64(image), "patches": ["b", "__base__", "a"],
                                         "top_k": 3, "return_logits": True})
         assert r.status_code == 200, r.text
@@ -108,10 +108,10 @@ def test_fanout_answers_every_task(registry, library):
                       ).status_code == 404
 
 
-def test_upload_predict_duplicate_delete(registry, backbone, tmp_path):
+def test_upload_predict_duplicate_delete(patchset, backbone, tmp_path):
     folder = save_patch(backbone, tmp_path, "c", 4, 2)
     files = {n: (n, (folder / n).read_bytes()) for n in ("config.json", "patch.safetensors")}
-    with client(registry) as c:
+    with client(patchset) as c:
         r = c.post("/v1/patches", files=files)
         assert (r.status_code, r.json()) == (201, {"name": "c"})
         assert [p["name"] for p in c.get("/v1/patches").json()["patches"]] == ["a", "b", "c"]
@@ -119,7 +119,7 @@ def test_upload_predict_duplicate_delete(registry, backbone, tmp_path):
         dup = c.post("/v1/patches", files=files)
         assert dup.status_code == 409 and "already loaded" in dup.json()["error"]
         assert c.delete("/v1/patches/c").json() == {"removed": "c"}
-        assert "c" not in registry.model.patches
+        assert "c" not in patchset.model.patches
         gone = c.post("/v1/predict", json={"image": b64(png(1)), "patch": "c"})
         assert gone.status_code == 404 and "no patch named 'c'" in gone.json()["error"]
         assert c.delete("/v1/patches/c").status_code == 404
@@ -163,29 +163,29 @@ def _bad_uploads(backbone, tmp_path) -> dict[str, dict]:
     }
 
 
-def test_bad_uploads_are_refused_and_nothing_changes(registry, backbone, tmp_path):
+def test_bad_uploads_are_refused_and_nothing_changes(patchset, backbone, tmp_path):
     x = torch.randn(2, 3, 32, 32)
     base = backbone(x)
-    before = dict(registry.model.patches.items())
-    with client(registry) as c:
+    before = dict(patchset.model.patches.items())
+    with client(patchset) as c:
         for why, files in _bad_uploads(backbone, tmp_path).items():
             r = c.post("/v1/patches", files=files)
             assert r.status_code in (400, 422), (why, r.status_code, r.text)
             assert r.json()["error"], why
-            assert dict(registry.model.patches.items()) == before, why
+            assert dict(patchset.model.patches.items()) == before, why
             assert [p["name"] for p in c.get("/v1/patches").json()["patches"]] == ["a", "b"]
         r = c.post("/v1/patches", files=_bad_uploads(backbone, tmp_path)["another method"])
         assert r.status_code == 422 and "batches Δ-family patches only" in r.json()["error"]
         r = c.post("/v1/patches", files=_bad_uploads(backbone, tmp_path)["a segmentation patch"])
         assert r.status_code == 422 and "segmentation patch" in r.json()["error"]
         assert c.post("/v1/patches", json={"x": 1}).status_code == 415
-    assert torch.equal(registry.model(x), base)
+    assert torch.equal(patchset.model(x), base)
 
 
-def test_admin_endpoints_need_the_key(registry, backbone, tmp_path):
+def test_admin_endpoints_need_the_key(patchset, backbone, tmp_path):
     folder = save_patch(backbone, tmp_path, "c", 4, 2)
     files = {n: (n, (folder / n).read_bytes()) for n in ("config.json", "patch.safetensors")}
-    with client(registry, api_key=KEY) as c:
+    with client(patchset, api_key=KEY) as c:
         r = c.post("/v1/patches", files=files)
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
         assert c.post("/v1/patches", files=files,
@@ -193,7 +193,7 @@ def test_admin_endpoints_need_the_key(registry, backbone, tmp_path):
         assert c.delete("/v1/patches/a").status_code == 401
         assert c.delete("/v1/patches/a", headers={"Authorization": "Basic " + KEY}
                         ).status_code == 401
-        assert "a" in registry.model.patches
+        assert "a" in patchset.model.patches
         ok = {"Authorization": f"Bearer {KEY}"}
         assert c.post("/v1/patches", files=files, headers=ok).status_code == 201
         assert c.delete("/v1/patches/a", headers=ok).status_code == 200
@@ -201,7 +201,7 @@ def test_admin_endpoints_need_the_key(registry, backbone, tmp_path):
         assert c.post("/v1/predict", json={"image": b64(png(0))}).status_code == 200
 
 
-def test_bad_input_is_a_4xx_with_an_error_never_a_5xx(registry):
+def test_bad_input_is_a_4xx_with_an_error_never_a_5xx(patchset):
     tiny = png(0, size=1)
     big = png(0, size=64)
     cases = [
@@ -225,7 +225,7 @@ def test_bad_input_is_a_4xx_with_an_error_never_a_5xx(registry):
         (422, dict(json={"image": b64(tiny)})),
     ]
     limits = Limits(max_request_bytes=200_000, max_image_pixels=40 * 40)
-    with client(registry, limits=limits) as c:
+    with client(patchset, limits=limits) as c:
         for status, kwargs in cases:
             r = c.post("/v1/predict", **kwargs)
             assert (r.status_code, set(r.json())) == (status, {"error"}), (kwargs.keys(), r.text)
@@ -239,30 +239,30 @@ def test_bad_input_is_a_4xx_with_an_error_never_a_5xx(registry):
         assert 'deltapatch_errors_total{status="500"}' not in metrics
 
 
-def test_upload_over_the_limit_is_413(registry, backbone, tmp_path):
+def test_upload_over_the_limit_is_413(patchset, backbone, tmp_path):
     folder = save_patch(backbone, tmp_path, "c", 4, 2)
     files = {n: (n, (folder / n).read_bytes()) for n in ("config.json", "patch.safetensors")}
-    with client(registry, limits=Limits(max_upload_bytes=1000)) as c:
+    with client(patchset, limits=Limits(max_upload_bytes=1000)) as c:
         r = c.post("/v1/patches", files=files)
         assert r.status_code == 413 and "limit" in r.json()["error"]
-        assert "c" not in registry.model.patches
+        assert "c" not in patchset.model.patches
 
 
 @pytest.mark.parametrize("fanout", [False, True])
-def test_a_fanout_of_tasks_with_different_image_sizes_is_refused(registry, backbone, tmp_path,
+def test_a_fanout_of_tasks_with_different_image_sizes_is_refused(patchset, backbone, tmp_path,
                                                                  fanout):
     donor = dp.PatchedModel(backbone)
     donor.add_patch("big", 3, stages=1, preprocess=dp.Preprocess(48))
     donor.save_patch("big", tmp_path / "big")
-    registry.add(tmp_path / "big")
-    with client(registry) as c:
+    patchset.add(tmp_path / "big")
+    with client(patchset) as c:
         body = {"image": b64(png(0))}
         body.update({"patches": ["big", "a"]} if fanout else {"patch": "big"})
         r = c.post("/v1/predict", json=body)
         assert r.status_code == (422 if fanout else 200), r.text
 
 
-def test_a_client_that_leaves_mid_body_is_a_499_one_line_no_traceback(registry, caplog):
+def test_a_client_that_leaves_mid_body_is_a_499_one_line_no_traceback(patchset, caplog):
     """Headers and part of a body, then the socket closes, against a real uvicorn on
     127.0.0.1: one log line per client, counted under 499 (nginx's "client closed request"),
     never a 5xx, never "Exception in ASGI application" with a traceback."""
@@ -278,7 +278,7 @@ def test_a_client_that_leaves_mid_body_is_a_499_one_line_no_traceback(registry, 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(registry), host="127.0.0.1", port=port,
+    server = uvicorn.Server(uvicorn.Config(create_app(patchset), host="127.0.0.1", port=port,
                                            log_config=None, log_level="info"))
     thread = threading.Thread(target=server.run, daemon=True)
     requests = [("/v1/predict", "application/json"),
@@ -318,14 +318,14 @@ def test_predict_server_is_byte_identical_to_local_predict(tmp_path, capsys, mon
     the CIFAR-10 weights label their base classes with CIFAR-10's names on both sides."""
     from deltapatch.cli import main
     from deltapatch.serve.client import Client
-    from deltapatch.serve.registry import PatchRegistry
+    from deltapatch.serve.patchset import PatchSet
 
     backbone = dp.load_backbone("cifar_resnet20", weights="cifar10")
     save_patch(backbone, tmp_path / "patches", "a", 5, 1)
     image = tmp_path / "img.png"
     image.write_bytes(png(3))
-    registry = PatchRegistry(dp.PatchedModel(backbone).eval())
-    registry.load_dir(tmp_path / "patches")
+    patchset = PatchSet(dp.PatchedModel(backbone).eval())
+    patchset.load_dir(tmp_path / "patches")
 
     def lines(*argv) -> str:
         assert main([str(a) for a in argv]) == 0
@@ -333,7 +333,7 @@ def test_predict_server_is_byte_identical_to_local_predict(tmp_path, capsys, mon
 
     local = [lines("predict", "--backbone", "cifar_resnet20", "--weights", "cifar10", *patch,
                    "--top", "3", image) for patch in ([], ["--patch", tmp_path / "patches/a"])]
-    with client(registry) as c:
+    with client(patchset) as c:
         monkeypatch.setattr(Client, "_call", lambda self, method, path, body, kind: c.post(
             path, content=body, headers={"content-type": kind}).json())
         remote = [lines("predict", "--server", "http://test", *patch, "--top", "3", image)

@@ -20,11 +20,11 @@ def body(seed: int, **fields) -> dict:
     return {"image": base64.b64encode(png(seed)).decode(), "return_logits": True, **fields}
 
 
-def test_mixed_requests_land_in_one_batch_and_match_the_library(registry, library):
+def test_mixed_requests_land_in_one_batch_and_match_the_library(patchset, library):
     tasks = ["a", "b", "__base__", "a", "b", "__base__"]
 
     routed: list[int] = []  # rows of each call of the model's own forward (the routed path)
-    hook = registry.model.register_forward_pre_hook(lambda _m, args: routed.append(len(args[0])))
+    hook = patchset.model.register_forward_pre_hook(lambda _m, args: routed.append(len(args[0])))
 
     async def go(client, app):
         rs = await asyncio.gather(*(client.post("/v1/predict", json=body(i, patch=t))
@@ -33,7 +33,7 @@ def test_mixed_requests_land_in_one_batch_and_match_the_library(registry, librar
             (await client.get("/metrics")).text
 
     try:
-        answers, batches, metrics = run_async(registry, go, max_batch=6, max_wait_ms=2000)
+        answers, batches, metrics = run_async(patchset, go, max_batch=6, max_wait_ms=2000)
     finally:
         hook.remove()
     assert routed == [4]  # one routed forward for the four patched rows of two patches
@@ -58,7 +58,7 @@ def _hold_batches(batcher, gate: threading.Event) -> None:
     batcher._run = lambda batch: (gate.wait(30), run(batch))[1]
 
 
-def test_queue_full_is_503_with_retry_after(registry):
+def test_queue_full_is_503_with_retry_after(patchset):
     gate = threading.Event()
 
     async def go(client, app):
@@ -71,12 +71,12 @@ def test_queue_full_is_503_with_retry_after(registry):
         return [r.status_code for r in await asyncio.gather(*pending)], \
             [r.headers.get("retry-after") for r in await asyncio.gather(*pending)]
 
-    codes, retry = run_async(registry, go, max_batch=1, max_wait_ms=0, max_queue=1)
+    codes, retry = run_async(patchset, go, max_batch=1, max_wait_ms=0, max_queue=1)
     assert 503 in codes and set(codes) <= {200, 503} and codes.count(200) >= 1
     assert all(r == "1" for c, r in zip(codes, retry, strict=True) if c == 503)
 
 
-def test_delete_during_traffic_lets_queued_requests_finish(registry):
+def test_delete_during_traffic_lets_queued_requests_finish(patchset):
     gate = threading.Event()
 
     async def go(client, app):
@@ -84,24 +84,24 @@ def test_delete_during_traffic_lets_queued_requests_finish(registry):
         _hold_batches(batcher, gate)
         first = [asyncio.ensure_future(client.post("/v1/predict", json=body(i, patch="a")))
                  for i in range(4)]
-        while registry._inflight.get("a", 0) < 4 or not batcher.recent:  # all held, one runs
+        while patchset._inflight.get("a", 0) < 4 or not batcher.recent:  # all held, one runs
             await asyncio.sleep(0.01)
         deleting = asyncio.ensure_future(client.delete("/v1/patches/a"))
         await asyncio.sleep(0.2)
         late = await client.post("/v1/predict", json=body(9, patch="a"))
-        still_there = "a" in registry.model.patches and not deleting.done()
+        still_there = "a" in patchset.model.patches and not deleting.done()
         gate.set()
         return [r.status_code for r in await asyncio.gather(*first)], late.status_code, \
             still_there, (await deleting).status_code
 
-    codes, late, still_there, deleted = run_async(registry, go, max_batch=2, max_wait_ms=0)
+    codes, late, still_there, deleted = run_async(patchset, go, max_batch=2, max_wait_ms=0)
     assert codes == [200] * 4  # every request that got in before the DELETE is answered
     assert late == 404  # a new one is not: the patch is invisible at once
     assert still_there  # ... but stays in the model until the held requests are done
-    assert deleted == 200 and "a" not in registry.model.patches
+    assert deleted == 200 and "a" not in patchset.model.patches
 
 
-def test_concurrent_uploads_and_deletes_of_one_name_stay_consistent(registry, backbone,
+def test_concurrent_uploads_and_deletes_of_one_name_stay_consistent(patchset, backbone,
                                                                     tmp_path):
     folder = save_patch(backbone, tmp_path, "c", 4, 2)
     files = {n: (n, (folder / n).read_bytes()) for n in ("config.json", "patch.safetensors")}
@@ -118,7 +118,7 @@ def test_concurrent_uploads_and_deletes_of_one_name_stay_consistent(registry, ba
         return [(r.request.method, r.url.path, r.status_code) for r in rs], listed, \
             final.status_code
 
-    results, listed, final = run_async(registry, go)
+    results, listed, final = run_async(patchset, go)
     for method, path, status in results:
         if path == "/v1/patches":
             assert status in (201, 409)
@@ -126,16 +126,16 @@ def test_concurrent_uploads_and_deletes_of_one_name_stay_consistent(registry, ba
             assert status in (200, 404)
         else:
             assert status in (200, 404)
-    assert ("c" in listed) == ("c" in registry.model.patches) == (final == 200)
+    assert ("c" in listed) == ("c" in patchset.model.patches) == (final == 200)
     assert any(s == 201 for _, p, s in results if p == "/v1/patches")
 
 
-def test_shutdown_drains_in_flight_requests(registry):
+def test_shutdown_drains_in_flight_requests(patchset):
     import httpx
 
     from deltapatch.serve.app import create_app
 
-    app = create_app(registry, max_batch=2, max_wait_ms=50)
+    app = create_app(patchset, max_batch=2, max_wait_ms=50)
 
     async def main():
         transport = httpx.ASGITransport(app=app)

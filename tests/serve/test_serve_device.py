@@ -22,7 +22,7 @@ from deltapatch.serve.batcher import Batcher, Job
 from deltapatch.serve.inputs import Limits, image_tensor
 from deltapatch.serve.metrics import ServeMetrics
 from deltapatch.serve.readout import Answer, Ask, pack, read_out
-from deltapatch.serve.registry import PatchRegistry
+from deltapatch.serve.patchset import PatchSet
 
 TASKS = {"delta": 5, "two": 7, "head": 3, dp.BASE: 10}
 
@@ -125,7 +125,7 @@ def test_base_answers_on_a_gpu_are_the_backbone_per_image():
             for im in images))
         return [r.json() for r in rs], list(app.state.batcher.recent)
 
-    answers, batches = run_async(PatchRegistry(model), go, max_batch=16, max_wait_ms=200)
+    answers, batches = run_async(PatchSet(model), go, max_batch=16, max_wait_ms=200)
     assert max(len(b) for b in batches) > 1  # they did share batches
     with torch.inference_mode():
         for image, answer in zip(images, answers, strict=True):

@@ -15,7 +15,7 @@ import deltapatch as dp
 from deltapatch.data.sets import to_image_tensor
 from deltapatch.data.sources import decode_image
 from deltapatch.serve.app import create_app
-from deltapatch.serve.registry import PatchRegistry
+from deltapatch.serve.patchset import PatchSet
 
 
 def b64(data: bytes) -> str:
@@ -32,19 +32,19 @@ def library_lambdas(model: dp.PatchedModel, image: bytes, patch: str) -> dict[st
 def test_lambdas_equal_the_library_and_are_absent_where_there_are_none(backbone, patch_dir,
                                                                           library):
     save_patch(backbone, patch_dir, "h", 4, [], method="linear")  # head-only: no Δ-stage
-    registry = PatchRegistry(dp.PatchedModel(backbone).eval())
-    assert registry.load_dir(patch_dir) == ["a", "b", "h"]
+    patchset = PatchSet(dp.PatchedModel(backbone).eval())
+    assert patchset.load_dir(patch_dir) == ["a", "b", "h"]
     threads = []
-    lambdas = registry.model.lambdas
+    lambdas = patchset.model.lambdas
 
     def spy(*args, **kwargs):
         threads.append(threading.current_thread().name)
         return lambdas(*args, **kwargs)
 
-    registry.model.lambdas = spy
+    patchset.model.lambdas = spy
     image = png(5)
-    names = registry.model.stage_names
-    with TestClient(create_app(registry), raise_server_exceptions=False) as c:
+    names = patchset.model.stage_names
+    with TestClient(create_app(patchset), raise_server_exceptions=False) as c:
         plain = c.post("/v1/predict", json={"image": b64(image), "patch": "b"}).json()
         one = c.post("/v1/predict", json={"image": b64(image), "patch": "b",
                                           "return_lambdas": True})

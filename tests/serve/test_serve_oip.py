@@ -28,8 +28,8 @@ from deltapatch.serve.oip_codec import decode_request
 HEADER = "Inference-Header-Content-Length"
 
 
-def client(registry, **settings) -> TestClient:
-    return TestClient(create_app(registry, **settings), raise_server_exceptions=False)
+def client(patchset, **settings) -> TestClient:
+    return TestClient(create_app(patchset, **settings), raise_server_exceptions=False)
 
 
 def normalized(image: bytes, pre: dp.Preprocess) -> torch.Tensor:
@@ -96,8 +96,8 @@ def v1_logits(c: TestClient, image: bytes, patch: str) -> torch.Tensor:
     return torch.tensor(r.json()["logits"])
 
 
-def test_health_server_and_model_metadata(registry):
-    with client(registry) as c:
+def test_health_server_and_model_metadata(patchset):
+    with client(patchset) as c:
         assert c.get("/v2").json() == {"name": "deltapatch", "version": dp.__version__,
                                        "extensions": ["binary_tensor_data"]}
         assert c.get("/v2/health/live").json() == {"live": True}
@@ -113,7 +113,7 @@ def test_health_server_and_model_metadata(registry):
         p = meta["parameters"]
         assert json.loads(p["class_names"]) == [f"a-{i}" for i in range(5)]
         assert (p["image_size"], json.loads(p["mean"]), json.loads(p["std"])) == (
-            32, list(registry.model.preprocess.mean), list(registry.model.preprocess.std))
+            32, list(patchset.model.preprocess.mean), list(patchset.model.preprocess.std))
         assert all(isinstance(v, (str, int, float, bool)) for v in p.values())  # spec: scalars
         assert c.get("/v2/models/__base__").json()["outputs"][0]["shape"] == [-1, 10]
         fan = c.get("/v2/models/__fanout__").json()
@@ -131,13 +131,13 @@ def test_health_server_and_model_metadata(registry):
 
 
 @pytest.mark.parametrize("binary", [True, False])
-def test_base_answers_are_the_backbone_bit_for_bit(registry, backbone, binary):
+def test_base_answers_are_the_backbone_bit_for_bit(patchset, backbone, binary):
     images = [png(s) for s in range(3)]
-    x = torch.cat([normalized(im, registry.model.preprocess) for im in images])
+    x = torch.cat([normalized(im, patchset.model.preprocess) for im in images])
     with torch.inference_mode():
         want = [backbone(x[i:i + 1])[0] for i in range(3)]  # each image alone
     spec, raw = image_input(x, binary)
-    with client(registry) as c:
+    with client(patchset) as c:
         got = outputs_of(c.post("/v2/models/__base__/infer",
                                 **request([spec], raw, binary_data_output=binary)))
         for i in range(3):
@@ -150,10 +150,10 @@ def test_base_answers_are_the_backbone_bit_for_bit(registry, backbone, binary):
 
 
 @pytest.mark.parametrize("binary", [True, False])
-def test_patch_answers_equal_v1_predict(registry, binary):
+def test_patch_answers_equal_v1_predict(patchset, binary):
     image = png(7)
-    x = normalized(image, registry.model.preprocess)
-    with client(registry) as c:
+    x = normalized(image, patchset.model.preprocess)
+    with client(patchset) as c:
         for name in ("a", "b"):
             want = v1_logits(c, image, name)
             for spec, raw in (bytes_input([image], binary), image_input(x, binary)):
@@ -174,9 +174,9 @@ def test_patch_answers_equal_v1_predict(registry, binary):
             "model_name"] == "a"
 
 
-def test_fanout_answers_the_tasks_its_outputs_name(registry, library):
+def test_fanout_answers_the_tasks_its_outputs_name(patchset, library):
     images = [png(3), png(4)]
-    with client(registry) as c:
+    with client(patchset) as c:
         subset = [{"name": "b", "parameters": {"binary_data": True}}, {"name": "__base__"}]
         got = outputs_of(c.post("/v2/models/__fanout__/infer",
                                 **request(*bytes_input(images), subset)))
@@ -194,9 +194,9 @@ def test_fanout_answers_the_tasks_its_outputs_name(registry, library):
         assert r.status_code == 404 and "no patch named 'zz'" in r.json()["error"]
 
 
-def test_an_id_is_echoed_and_requests_count_per_api(registry):
+def test_an_id_is_echoed_and_requests_count_per_api(patchset):
     image = png(1)
-    with client(registry) as c:
+    with client(patchset) as c:
         doc = {"id": "req-7", "inputs": [bytes_input([image], binary=False)[0]]}
         r = c.post("/v2/models/a/infer", json=doc)
         assert r.json()["id"] == "req-7" and r.headers["content-type"] == "application/json"
@@ -244,17 +244,17 @@ def _errors(pre: dp.Preprocess) -> list[tuple[int, str, dict]]:
     ]
 
 
-def test_bad_requests_are_4xx_with_an_error_never_a_5xx(registry):
+def test_bad_requests_are_4xx_with_an_error_never_a_5xx(patchset):
     limits = Limits(max_request_bytes=200_000, max_image_pixels=40 * 40, max_images=8)
-    with client(registry, limits=limits) as c:
-        for status, model, kwargs in _errors(registry.model.preprocess):
+    with client(patchset, limits=limits) as c:
+        for status, model, kwargs in _errors(patchset.model.preprocess):
             r = c.post(f"/v2/models/{model}/infer", **kwargs)
             assert (r.status_code, list(r.json())) == (status, ["error"]), (kwargs, r.text)
         assert c.get("/v2/models/a/infer").status_code == 405
         assert c.post("/v2/models/a/versions/3/infer",
                       json={"inputs": [bytes_input([png(0)], False)[0]]}).status_code == 404
         assert 'deltapatch_errors_total{status="500"}' not in c.get("/metrics").text
-        assert not registry._inflight  # every refused request let go of its tasks
+        assert not patchset._inflight  # every refused request let go of its tasks
 
 
 def _lies() -> dict[str, tuple[bytes, str | None]]:
@@ -303,15 +303,15 @@ def test_sizes_that_lie_are_refused_before_anything_is_allocated(why):
     assert peak < 1 << 20, f"{why}: {peak} bytes allocated while refusing"
 
 
-def test_lying_sizes_over_http_are_400(registry):
-    with client(registry) as c:
+def test_lying_sizes_over_http_are_400(patchset):
+    with client(patchset) as c:
         for why, (body, header) in _lies().items():
             headers = {HEADER: header} if header else {"content-type": "application/json"}
             r = c.post("/v2/models/a/infer", content=body, headers=headers)
             assert (r.status_code, list(r.json())) == (400, ["error"]), (why, r.text)
 
 
-def test_a_full_queue_is_503_and_nothing_of_the_request_is_queued(registry):
+def test_a_full_queue_is_503_and_nothing_of_the_request_is_queued(patchset):
     """The worker held on its first batch; two queued images fill the queue (2); one more image
     is refused whole, and everything queued is answered once the worker goes on."""
     gate = threading.Event()
@@ -332,19 +332,19 @@ def test_a_full_queue_is_503_and_nothing_of_the_request_is_queued(registry):
         gate.set()
         return refused, await first, await queued
 
-    refused, first, queued = run_async(registry, go, max_batch=1, max_queue=2)
+    refused, first, queued = run_async(patchset, go, max_batch=1, max_queue=2)
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
     assert "error" in refused.json()
     assert outputs_of(first)["logits"].shape == (1, 5)
     assert outputs_of(queued)["logits"].shape == (2, 5)
-    assert not registry._inflight
+    assert not patchset._inflight
 
 
-def test_normalized_and_file_rows_share_a_batch_in_their_own_groups(registry, library):
+def test_normalized_and_file_rows_share_a_batch_in_their_own_groups(patchset, library):
     """A ``/v2`` float row and a ``/v1`` file row of one patch in the same batch: each is
     normalized once (never twice) and answered as the library answers."""
     image = png(5)
-    x = normalized(image, registry.model.preprocess)
+    x = normalized(image, patchset.model.preprocess)
     with torch.inference_mode():
         want = library(x, patch="a")[0]
 
@@ -355,7 +355,7 @@ def test_normalized_and_file_rows_share_a_batch_in_their_own_groups(registry, li
         r2, r1 = await asyncio.gather(v2, v1)
         return r2, r1, list(app.state.batcher.recent)
 
-    r2, r1, batches = run_async(registry, go, max_wait_ms=300)
+    r2, r1, batches = run_async(patchset, go, max_wait_ms=300)
     assert [len(b) for b in batches] == [2]  # they did share the batch
     assert torch.equal(torch.from_numpy(outputs_of(r2)["logits"][0].copy()), want)
     assert torch.equal(torch.tensor(r1.json()["logits"]), want)

@@ -24,7 +24,7 @@ httpclient = pytest.importorskip(
 
 
 @pytest.fixture
-def server(registry):
+def server(patchset):
     """``host:port`` of the app served by uvicorn for the test's length (at most 60 s to start,
     10 s to stop)."""
     import uvicorn
@@ -32,7 +32,7 @@ def server(registry):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    config = uvicorn.Config(create_app(registry), host="127.0.0.1", port=port, log_level="error")
+    config = uvicorn.Config(create_app(patchset), host="127.0.0.1", port=port, log_level="error")
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -93,10 +93,10 @@ def test_binary_infer_on_a_patch_equals_v1(server):
         assert np.allclose(row, v1_logits(server, image, "a"), rtol=1e-5, atol=1e-6)
 
 
-def test_json_tensors_on_the_base_are_the_backbone(server, registry, backbone):
+def test_json_tensors_on_the_base_are_the_backbone(server, patchset, backbone):
     c = httpclient.InferenceServerClient(server)
     image = png(3)
-    pre = registry.model.preprocess
+    pre = patchset.model.preprocess
     x = pre.normalize(to_image_tensor(decode_image(image, "t")[None], pre.size))
     with torch.inference_mode():
         want = backbone(x).numpy()

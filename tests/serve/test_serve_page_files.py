@@ -11,13 +11,13 @@ from fastapi.testclient import TestClient
 import deltapatch as dp
 from deltapatch.serve.app import create_app
 from deltapatch.serve.page import index_html
-from deltapatch.serve.registry import PatchRegistry
+from deltapatch.serve.patchset import PatchSet
 
 KEY = "k" * 24
 
 
-def test_page_files_headers_and_admin_rule(registry):
-    with TestClient(create_app(registry, api_key=KEY), raise_server_exceptions=False) as c:
+def test_page_files_headers_and_admin_rule(patchset):
+    with TestClient(create_app(patchset, api_key=KEY), raise_server_exceptions=False) as c:
         page = c.get("/")
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         csp = page.headers["content-security-policy"]
@@ -43,5 +43,5 @@ def test_page_files_headers_and_admin_rule(registry):
 
 def test_index_escapes_what_it_fills_in(backbone):
     model = dp.PatchedModel(backbone, name='x"><script>alert(1)</script>')
-    text = index_html(PatchRegistry(model).model).decode()
+    text = index_html(PatchSet(model).model).decode()
     assert "<script>alert" not in text and "&quot;&gt;&lt;script&gt;" in text

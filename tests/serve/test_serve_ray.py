@@ -44,7 +44,7 @@ def _library(weights: str, patches: Path, names) -> dp.PatchedModel:
 def test_a_replica_batches_any_patches_and_follows_the_folder(weights, backbone, patch_dir,
                                                               tmp_path):
     replica = PatchReplica("cifar_resnet20", weights, str(patch_dir), sync_s=3600)
-    assert [i.name for i in replica.registry.infos()] == ["a", "b"]
+    assert [i.name for i in replica.patchset.infos()] == ["a", "b"]
     lib = _library(weights, patch_dir, ["a", "b"])
     pre = lib.preprocess
     images = torch.stack([image_tensor(png(s), pre, Limits()) for s in range(3)])
@@ -65,7 +65,7 @@ def test_a_replica_batches_any_patches_and_follows_the_folder(weights, backbone,
     shutil.move(tmp_path / "staging" / "c", patch_dir / "c")  # as the docs say: mv it in
     shutil.rmtree(patch_dir / "a")
     assert replica.sync() == (["c"], ["a"])
-    assert [i.name for i in replica.registry.infos()] == ["b", "c"]
+    assert [i.name for i in replica.patchset.infos()] == ["b", "c"]
     assert "a" not in replica.model.patches
 
 

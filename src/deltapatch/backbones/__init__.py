@@ -1,6 +1,6 @@
-"""Backbone families, their stage specs, and the name registry."""
+"""Backbone families, their stage specs, and the catalogue of names (builders and weights)."""
 
-from .registry import (
+from .catalog import (
                        BACKBONES,
                        BackboneEntry,
                        backbone_name,

@@ -127,7 +127,7 @@ def imagenet() -> nn.Module:
 
 def register_blocks() -> None:
     """Register the family's spec and block split when the model package is installed (it is
-    optional); :mod:`.registry` registers the backbone itself."""
+    optional); :mod:`.catalog` registers the backbone itself."""
     if importlib.util.find_spec("efficientnet_lite_pytorch") is not None:
         from efficientnet_lite_pytorch.model import EfficientNet, MBConvBlock
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..backbones.registry import family_init
+from ..backbones.catalog import family_init
 from ..baseinit import LEGACY_INIT
 from ..delta import resolve_init
 from ..registry import Registry

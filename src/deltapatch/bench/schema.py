@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import get_args, get_type_hints
 
 from ..backbones.factory import is_factory_ref
-from ..backbones.registry import BACKBONES
+from ..backbones.catalog import BACKBONES
 from ..baseinit import INITS
 from ..data.sources import BUILTINS
 from ..delta import GATES, NORMS

@@ -88,15 +88,15 @@ def run(args: argparse.Namespace) -> int:
 
     from ..serve.app import create_app
     from ..serve.inputs import Limits
-    from ..serve.registry import PatchRegistry
+    from ..serve.patchset import PatchSet
 
     server_cls = _server_class()
     model = load_model(args).eval()
-    registry = PatchRegistry(model)
-    names = registry.load_dir(args.patches)
+    patchset = PatchSet(model)
+    names = patchset.load_dir(args.patches)
     print(f"deltapatch serve: {len(names)} patches loaded from {args.patches}; "
           f"http://{args.host}:{args.port}", flush=True)
-    app = create_app(registry, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+    app = create_app(patchset, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                      max_queue=args.max_queue, api_key=key, exact_base=not args.batch_base,
                      limits=Limits(max_image_pixels=args.max_image_pixels))
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..backbones.registry import family_init
+from ..backbones.catalog import family_init
 from ..delta import resolve_init
 from ..errors import DeltaPatchError, PatchError
 from ..metrics import count_params

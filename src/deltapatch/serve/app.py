@@ -1,6 +1,6 @@
 """The HTTP API of ``deltapatch serve`` (DESIGN.md, "Interfaces added in the second round").
 
-Routes parse and check input (:mod:`.inputs`), hold the named patches in the registry for the
+Routes parse and check input (:mod:`.inputs`), hold the named patches in the patch set for the
 request's whole life, and hand the image to the batcher. Every failure is ``{"error": ...}`` with
 a 4xx status that says whose fault it is; a 5xx means a bug or a shutdown (503), never bad input.
 A client that leaves before its request is read is one log line and a 499, not a 5xx.
@@ -34,7 +34,7 @@ from .metrics import CONTENT_TYPE, ServeMetrics
 from .oip import oip_router
 from .page import mount_page
 from .readout import Answer, Ask
-from .registry import DuplicatePatch, Hold, PatchInfo, PatchRegistry, UnknownPatch
+from .patchset import DuplicatePatch, Hold, PatchInfo, PatchSet, UnknownPatch
 
 log = logging.getLogger("deltapatch.serve")
 RETRY_AFTER_S = 1
@@ -43,17 +43,17 @@ CLIENT_CLOSED = 499
 server's fault, so never a 5xx: anyone could otherwise fill the log and page the operator."""
 
 
-def create_app(registry: PatchRegistry, *, max_batch: int = 32, max_wait_ms: float = 5.0,
+def create_app(patchset: PatchSet, *, max_batch: int = 32, max_wait_ms: float = 5.0,
                max_queue: int = 256, api_key: str | None = None, exact_base: bool = True,
                limits: Limits | None = None) -> FastAPI:
-    """The ASGI app serving ``registry``'s model (patches already loaded into it)."""
+    """The ASGI app serving ``patchset``'s model (patches already loaded into it)."""
     limits = limits or Limits()
     metrics = ServeMetrics()
-    metrics.loaded.set(len(registry))
+    metrics.loaded.set(len(patchset))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.batcher = Batcher(registry.model, metrics, max_batch, max_wait_ms, max_queue,
+        app.state.batcher = Batcher(patchset.model, metrics, max_batch, max_wait_ms, max_queue,
                                     exact_base)
         app.state.batcher.start()
         app.state.ready = True
@@ -66,9 +66,9 @@ def create_app(registry: PatchRegistry, *, max_batch: int = 32, max_wait_ms: flo
     app = FastAPI(title="deltapatch", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.state.ready = False
-    app.state.registry, app.state.metrics = registry, metrics
+    app.state.patchset, app.state.metrics = patchset, metrics
     _errors(app, metrics)
-    app.include_router(oip_router(registry, limits, metrics))  # /v2: Open Inference Protocol
+    app.include_router(oip_router(patchset, limits, metrics))  # /v2: Open Inference Protocol
 
     def admin(request: Request) -> None:
         if api_key is None:
@@ -80,7 +80,7 @@ def create_app(registry: PatchRegistry, *, max_batch: int = 32, max_wait_ms: flo
         if not hmac.compare_digest(auth[7:].strip().encode(), api_key.encode()):
             raise HTTPFail(403, "admin endpoint: the key is wrong")
 
-    mount_page(app, registry.model)  # GET /: the web page (issue 26)
+    mount_page(app, patchset.model)  # GET /: the web page (issue 26)
 
     @app.get("/health")
     async def health():
@@ -91,7 +91,7 @@ def create_app(registry: PatchRegistry, *, max_batch: int = 32, max_wait_ms: flo
         if not app.state.ready:
             raise HTTPFail(503, "not ready (starting or shutting down)",
                            {"Retry-After": str(RETRY_AFTER_S)})
-        return {"status": "ready", "patches": len(registry)}
+        return {"status": "ready", "patches": len(patchset)}
 
     @app.get("/metrics")
     async def prometheus():
@@ -99,7 +99,7 @@ def create_app(registry: PatchRegistry, *, max_batch: int = 32, max_wait_ms: flo
 
     @app.get("/v1/patches")
     async def list_patches():
-        return {"patches": [i.public() for i in registry.infos()]}
+        return {"patches": [i.public() for i in patchset.infos()]}
 
     @app.post("/v1/patches", status_code=201)
     async def upload(request: Request):
@@ -114,14 +114,14 @@ def create_app(registry: PatchRegistry, *, max_batch: int = 32, max_wait_ms: flo
         try:
             for fixed, upload_file in files.items():  # our names, never the client's
                 (tmp / fixed).write_bytes(await upload_file.read())
-            name = await asyncio.to_thread(registry.add, tmp)
+            name = await asyncio.to_thread(patchset.add, tmp)
         except DuplicatePatch as err:
             raise HTTPFail(409, str(err)) from None
         except DeltaPatchError as err:  # NotBatchable, PatchError, ...
             raise HTTPFail(422, str(err).replace(str(tmp), "the upload")) from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        metrics.loaded.set(len(registry))
+        metrics.loaded.set(len(patchset))
         log.info("patch %s added", name)
         return JSONResponse({"name": name}, status_code=201)
 
@@ -129,11 +129,11 @@ def create_app(registry: PatchRegistry, *, max_batch: int = 32, max_wait_ms: flo
     async def delete(name: str, request: Request):
         admin(request)
         try:
-            await asyncio.to_thread(registry.remove, name)  # waits for requests holding it
+            await asyncio.to_thread(patchset.remove, name)  # waits for requests holding it
         except UnknownPatch as err:
             raise HTTPFail(404, str(err)) from None
         metrics.forget(name)
-        metrics.loaded.set(len(registry))
+        metrics.loaded.set(len(patchset))
         log.info("patch %s removed", name)
         return {"removed": name}
 
@@ -142,7 +142,7 @@ def create_app(registry: PatchRegistry, *, max_batch: int = 32, max_wait_ms: flo
         t0 = time.perf_counter()
         req = await predict_input(request, limits)
         try:
-            async with registry.holding(req.names) as hold:
+            async with patchset.holding(req.names) as hold:
                 answers = await _answer(app.state.batcher, req, hold, limits)
         except UnknownPatch as err:
             raise HTTPFail(404, str(err)) from None

@@ -1,5 +1,5 @@
 """The Open Inference Protocol, REST (the "V2" protocol of KServe, Triton, Seldon/MLServer,
-OpenVINO Model Server), beside ``/v1`` on the same server, batcher and registry, so that their
+OpenVINO Model Server), beside ``/v1`` on the same server, batcher and patch set, so that their
 clients (``tritonclient``, KServe's SDK), load tools and gateways reach every patch unchanged.
 
 Models: every loaded patch, ``"__base__"`` (the untouched backbone) and ``"__fanout__"``, which
@@ -54,7 +54,7 @@ from .oip_codec import (
     encode_response,
 )
 from .readout import Answer, Ask
-from .registry import PatchInfo, PatchRegistry, UnknownPatch
+from .patchset import PatchInfo, PatchSet, UnknownPatch
 
 FANOUT = "__fanout__"
 VERSION = "1"
@@ -108,7 +108,7 @@ class ModelView:
                 "method": task.method, "stages": json.dumps(task.stages)}
 
 
-def oip_router(registry: PatchRegistry, limits: Limits, metrics: ServeMetrics) -> APIRouter:
+def oip_router(patchset: PatchSet, limits: Limits, metrics: ServeMetrics) -> APIRouter:
     """The ``/v2`` routes of a server whose app holds ``state.batcher`` and ``state.ready``."""
     router = APIRouter(prefix="/v2")
 
@@ -129,13 +129,13 @@ def oip_router(registry: PatchRegistry, limits: Limits, metrics: ServeMetrics) -
     @router.get("/models/{name}/versions/{version}")
     async def model_metadata(name: str, version: str = VERSION):
         _version(version)
-        return _view(registry, name).metadata()
+        return _view(patchset, name).metadata()
 
     @router.get("/models/{name}/ready")
     @router.get("/models/{name}/versions/{version}/ready")
     async def model_ready(name: str, request: Request, version: str = VERSION):
         _version(version)
-        _view(registry, name)
+        _view(patchset, name)
         _ready(request)
         return {"name": name, "ready": True}
 
@@ -148,9 +148,9 @@ def oip_router(registry: PatchRegistry, limits: Limits, metrics: ServeMetrics) -
         if request.headers.get("content-encoding", "identity").strip().lower() != "identity":
             raise HTTPFail(415, "send the inference request uncompressed (no Content-Encoding)")
         req = decode_request(body, request.headers.get(HEADER))
-        names = _task_names(registry, name, req)
+        names = _task_names(patchset, name, req)
         try:  # the tasks are held until every job of the request is done
-            async with registry.holding(names) as hold:
+            async with patchset.holding(names) as hold:
                 view = ModelView(name, hold.infos, name == FANOUT)
                 done = await _queue(request.app.state.batcher, view, req, limits, names)
                 hold.until(done)
@@ -278,24 +278,24 @@ _INPUTS: dict[str, Callable[[InputTensor, Preprocess, Limits], tuple[list[Tensor
 
 
 # ------------------------------------------------------------------ models and checks
-def _view(registry: PatchRegistry, name: str) -> ModelView:
+def _view(patchset: PatchSet, name: str) -> ModelView:
     """The model ``name`` with every task it answers now (404 when unknown)."""
     try:
         if name == FANOUT:
-            return ModelView(FANOUT, [registry.base, *registry.infos()], True)
-        return ModelView(name, [registry.info(name)], False)
+            return ModelView(FANOUT, [patchset.base, *patchset.infos()], True)
+        return ModelView(name, [patchset.info(name)], False)
     except UnknownPatch as err:
         raise HTTPFail(404, f"no model named '{name}' (models: every patch, "
                             f"'{BASE}', '{FANOUT}'): {err}") from None
 
 
-def _task_names(registry: PatchRegistry, name: str, req: InferRequest) -> tuple[str, ...]:
+def _task_names(patchset: PatchSet, name: str, req: InferRequest) -> tuple[str, ...]:
     """The tasks one request runs: the model's own, or a fan-out's chosen by ``outputs``."""
     if name != FANOUT:
         return (name,)
     if req.outputs:
         return tuple(dict.fromkeys(o.name for o in req.outputs))
-    return tuple(t.name for t in _view(registry, FANOUT).tasks)
+    return tuple(t.name for t in _view(patchset, FANOUT).tasks)
 
 
 def _wanted(view: ModelView, req: InferRequest) -> list[OutputRequest]:

@@ -11,7 +11,7 @@ allowed); otherwise for one CPU.
 
 Which patches exist is the ``--patches`` folder (on a filesystem all replicas share): each
 replica re-reads it every ``sync_s`` seconds and attaches new patch folders, detaches vanished
-ones (after the requests holding them finish, :class:`PatchRegistry`). So a patch added or
+ones (after the requests holding them finish, :class:`PatchSet`). So a patch added or
 removed there reaches every replica, including replicas started later. The HTTP admin endpoints
 of the single server (upload, delete) are not served here; write or delete the folder instead
 (write it elsewhere and ``mv`` it in, so no replica sees half a folder).
@@ -46,7 +46,7 @@ def _ray_serve():
 
 
 class PatchReplica:
-    """One replica: backbone, patch registry, batching core. Made a Ray Serve deployment by
+    """One replica: backbone, patch set, batching core. Made a Ray Serve deployment by
     :func:`deployment` (kept a plain class so it can be built and tested without Ray)."""
 
     def __init__(self, backbone: str, weights: str | None, patches: str, max_batch: int = 32,
@@ -56,10 +56,10 @@ class PatchReplica:
         from .batcher import Batcher
         from .inputs import Limits
         from .metrics import ServeMetrics
-        from .registry import PatchRegistry
+        from .patchset import PatchSet
 
         self.model = PatchedModel(load_backbone(backbone, weights, device=device)).eval()
-        self.registry = PatchRegistry(self.model)
+        self.patchset = PatchSet(self.model)
         self.folder = Path(patches)
         self.limits = Limits(max_image_pixels=max_image_pixels)
         self.core = Batcher(self.model, ServeMetrics(), max_batch, max_wait_ms, 1, exact_base)
@@ -75,11 +75,11 @@ class PatchReplica:
         on_disk: dict[str, Path] = {}
         for sub in sorted(p for p in self.folder.iterdir() if (p / CONFIG_FILE).is_file()):
             on_disk[read_config(sub).name] = sub
-        loaded = {i.name for i in self.registry.infos()}
-        added = [self.registry.add(on_disk[n]) for n in sorted(set(on_disk) - loaded)]
+        loaded = {i.name for i in self.patchset.infos()}
+        added = [self.patchset.add(on_disk[n]) for n in sorted(set(on_disk) - loaded)]
         removed = sorted(loaded - set(on_disk))
         for name in removed:
-            self.registry.remove(name)
+            self.patchset.remove(name)
         return added, removed
 
     def _sync_loop(self, every: float) -> None:
@@ -100,20 +100,20 @@ class PatchReplica:
         """(status, JSON body) for one HTTP request."""
         from .app import predict_body, predict_job
         from .inputs import HTTPFail, image_tensor, predict_input
-        from .registry import UnknownPatch
+        from .patchset import UnknownPatch
 
         path, method = request.url.path.rstrip("/"), request.method
         try:
             if method == "GET" and path.endswith("/health"):
                 return 200, {"status": "ok"}
             if method == "GET" and path.endswith("/v1/patches"):
-                return 200, {"patches": [i.public() for i in self.registry.infos()]}
+                return 200, {"patches": [i.public() for i in self.patchset.infos()]}
             if not (method == "POST" and path.endswith("/v1/predict")):
                 return 404, {"error": f"no route {method} {path} (GET /health, GET /v1/patches, "
                                       "POST /v1/predict)"}
             req = await predict_input(request, self.limits)
             try:
-                async with self.registry.holding(req.names) as hold:
+                async with self.patchset.holding(req.names) as hold:
                     infos = hold.infos
                     pre = infos[0].preprocess
                     if any(i.preprocess != pre for i in infos):

@@ -1,6 +1,6 @@
-"""The server's patch registry: which Δ-patches requests may name, added and removed at runtime.
+"""The server's patch set: which Δ-patches requests may name, added and removed at runtime.
 
-The live :class:`~deltapatch.model.PatchedModel` holds the modules; the registry decides what is
+The live :class:`~deltapatch.model.PatchedModel` holds the modules; the patch set decides what is
 *visible*. A patch becomes visible only after :func:`~deltapatch.methods.load_task` has fully
 checked and attached it (the model is unchanged when that fails), and a patch being removed
 becomes invisible at once but leaves the model only when the last request holding it is done,
@@ -74,7 +74,7 @@ def check_batchable(config: PatchConfig) -> None:
 
 @dataclass
 class Hold:
-    """What :meth:`PatchRegistry.holding` gives a request: its tasks' infos, and the queued
+    """What :meth:`PatchSet.holding` gives a request: its tasks' infos, and the queued
     work (if any) that must finish before they are released."""
 
     infos: list[PatchInfo]
@@ -85,7 +85,7 @@ class Hold:
         self.work = work
 
 
-class PatchRegistry:
+class PatchSet:
     """Visible patches of one live model, with per-patch in-flight counts."""
 
     def __init__(self, model: PatchedModel) -> None:
