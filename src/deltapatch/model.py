@@ -16,13 +16,13 @@ import torch
 from torch import Tensor, nn
 
 from . import execution
-from .backbones.check import check_spec
 from .backbones.catalog import (
     backbone_name,
     base_class_names,
     default_preprocess,
     family_init,
 )
+from .backbones.check import check_spec
 from .backbones.spec import StageSpec, spec_for
 from .delta import resolve_init
 from .devices import placement

@@ -1,14 +1,17 @@
 """Settings dataclasses describe their own options: each field's ``metadata`` carries its help
 text, bounds and choices. The CLI's flags, the accepted suite keys and validation are all derived
 from that one definition (:class:`~deltapatch.train.TrainConfig`, :class:`~deltapatch.run.RunSpec`).
-Each method declares the ``--option KEY=VALUE`` keys it reads the same way (:class:`MethodOption`),
-so an unknown key or a value of the wrong kind is refused before a run starts."""
+Each method declares the ``--option KEY=VALUE`` keys it reads the same way: a frozen dataclass of
+:class:`OptionSet` whose fields are :func:`option` s (kind, bounds, default, help), so an unknown
+key or a value of the wrong kind is refused before a run starts, and the method reads typed
+attributes, not a dict."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
 
 def opt(help: str, **meta) -> dict:
@@ -94,3 +97,31 @@ def check_options(owner: str, declared: Mapping[str, MethodOption], given: Mappi
                          f"takes {', '.join(sorted(declared)) or 'no options'}")
     for key, value in given.items():
         declared[key].check(f"{owner} option {key}", value)
+
+
+Opts = TypeVar("Opts", bound="OptionSet")
+
+
+def option(kind: str, help: str, default: Any = None, **bounds) -> Any:
+    """A field of an :class:`OptionSet`: ``--option KEY=VALUE`` with KEY the field's name, a
+    :data:`KINDS` kind, ``min``/``max``/``also`` as :class:`MethodOption` takes them; the default
+    is what the method uses when the key is not given (None: the method's own rule, its help
+    says which)."""
+    return field(default=default, metadata={"option": MethodOption(kind, help, **bounds)})
+
+
+@dataclass(frozen=True)
+class OptionSet:
+    """The options one method reads, as a frozen dataclass of :func:`option` fields. The
+    accepted keys, their checks, the CLI's help and the suite schema all derive from it."""
+
+    @classmethod
+    def declared(cls) -> dict[str, MethodOption]:
+        return {f.name: f.metadata["option"] for f in fields(cls) if "option" in f.metadata}
+
+    @classmethod
+    def parse(cls: type[Opts], owner: str, given: Mapping) -> Opts:
+        """The typed options of ``given`` (keys not given take their defaults), after
+        :func:`check_options` has refused unknown keys and values of the wrong kind."""
+        check_options(owner, cls.declared(), given)
+        return cls(**given)

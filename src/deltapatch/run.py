@@ -202,7 +202,7 @@ def resolve_run(spec: RunSpec, out: Path, *, data: TaskData | None = None,
     model = build_model(spec.backbone, spec.weights, spec.image_size, device)
     model.resolve_stages(spec.stages)
     if method.check is not None:
-        method.check(model, spec.stages, spec.options)
+        method.check(model, spec.stages, method.check_options(spec.options))
     if data is None:
         data = task_data(spec.data, model.preprocess.size, seed=spec.seed,
                          max_train=spec.max_train, max_test=spec.max_test,

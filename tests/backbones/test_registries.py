@@ -52,8 +52,8 @@ def test_override_registers_a_gate_a_patch_can_use(backbone):
 
 @needs_shared
 def test_base_class_names_come_from_the_weights_provenance():
-    from deltapatch.backbones.cifar import CIFAR10_CLASSES
     from deltapatch.backbones.catalog import imagenet_classes
+    from deltapatch.backbones.cifar import CIFAR10_CLASSES
 
     named = dp.PatchedModel(dp.load_backbone("cifar_resnet20", weights="cifar10"))
     assert named.base_class_names == list(CIFAR10_CLASSES) and named.base_labels[3] == "cat"

@@ -21,8 +21,8 @@ from deltapatch.serve import staging
 from deltapatch.serve.batcher import Batcher, Job
 from deltapatch.serve.inputs import Limits, image_tensor
 from deltapatch.serve.metrics import ServeMetrics
-from deltapatch.serve.readout import Answer, Ask, pack, read_out
 from deltapatch.serve.patchset import PatchSet
+from deltapatch.serve.readout import Answer, Ask, pack, read_out
 
 TASKS = {"delta": 5, "two": 7, "head": 3, dp.BASE: 10}
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
-from .plots import _plt
+from .plots import pyplot
 
 
 class Point(NamedTuple):
@@ -90,7 +90,7 @@ def points_from(records: list[dict], task: str, is_delta) -> list[Point]:
 def figure(task: str, points: list[Point], path: Path, title: str) -> Path:
     """Harmonic mean against trainable parameters (log scale), Δ points filled, the frontier
     drawn as a step line."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for i, p in enumerate(sorted(points, key=lambda p: p.params)):
         ax.scatter(p.params, 100 * p.score, marker="o" if p.delta else "s",

@@ -28,9 +28,9 @@ from pathlib import Path
 from ..errors import DeltaPatchError
 from ..hardware import describe
 from ..progress import log
-from .jobs import Job
 from ..run import run_device
-from .runner import RUNS, _stored, attempt, build_jobs, code_version
+from .jobs import Job
+from .runner import RUNS, attempt, build_jobs, code_version, stored_run
 from .suite import load_suite, placed
 
 RETRIES = 3  # Ray's default for tasks, stated: a run whose worker dies is tried this often more
@@ -83,7 +83,7 @@ def run_key(suite_key: tuple, key: str, out: str, code: str) -> dict:
     """One run, in a Ray worker: its stored record if another task or invocation finished it,
     else :func:`attempt`'s record (written when ok)."""
     job = _jobs(*suite_key)[key]
-    old = _stored(Path(out) / RUNS / f"{key}.json", job)
+    old = stored_run(Path(out) / RUNS / f"{key}.json", job)
     return old if old is not None else attempt(job, Path(out), code, describe())
 
 
@@ -109,7 +109,7 @@ def run_jobs_on_ray(jobs: list[Job], out: Path, suite: RaySuite, address: str = 
     unique = list({j.key: j for j in jobs}.values())  # a run several tables share runs once
     final: dict[str, dict] = {}
     for j in unique:
-        old = _stored(out / RUNS / f"{j.key}.json", j)
+        old = stored_run(out / RUNS / f"{j.key}.json", j)
         if old is not None:
             final[j.key] = old
     budget = max_jobs

@@ -13,7 +13,9 @@ from pathlib import Path
 from ..skips import skip_index
 
 
-def _plt():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display), imported when a
+    figure is drawn: matplotlib is an extra."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -24,7 +26,7 @@ def accuracy_vs_params(records: list[dict], out: Path, table: str = "single",
                        metric: str = "harmonic_mean") -> list[Path]:
     """One PNG per backbone: each method's mean ``metric`` over tasks and seeds against its
     trainable parameters (log scale), one marker per task, so cost and gain read together."""
-    plt = _plt()
+    plt = pyplot()
     ok = [r for r in records if r.get("table") == table and r.get("status") == "ok"
           and r["result"].get(metric) is not None]
     files = []
@@ -72,7 +74,7 @@ def lambda_matrix(values: list[float]) -> list[list[float | None]]:
 def lambda_plots(records: list[dict], out: Path) -> list[Path]:
     """One PNG per (backbone, task, method) with recorded Λ: a heat map per Δ-stage of mean
     λ_{i→j} over test images and seeds."""
-    plt = _plt()
+    plt = pyplot()
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         lam = r.get("result", {}).get("lambda_mean") if r.get("status") == "ok" else None

@@ -79,7 +79,7 @@ def code_version() -> str:
                                           if commit else "")
 
 
-def _stored(file: Path, job: Job) -> dict | None:
+def stored_run(file: Path, job: Job) -> dict | None:
     """The finished run in ``file`` if it still answers ``job`` (same data protocol, same
     settings), with the job's current context (its table tag) over the stored one. A stale
     one is neither reported nor kept: the job runs again."""
@@ -99,7 +99,7 @@ def run_jobs(jobs: list[Job], out: Path, progress: bool = True, max_jobs: int | 
     order = {c: i for i, c in enumerate(dict.fromkeys(j.cell for j in jobs))}
     for i, job in enumerate(progress_bar(jobs, desc="bench", enabled=progress, unit="run")):
         file = out / RUNS / f"{job.key}.json"
-        old = _stored(file, job)
+        old = stored_run(file, job)
         if old is not None:
             records.append(old)
             continue

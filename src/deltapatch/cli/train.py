@@ -10,8 +10,9 @@ from pathlib import Path
 
 from .. import distributed
 from ..data import describe_builtins
+from ..dense.run import DenseOptions
 from ..errors import DeltaPatchError
-from ..methods import METHODS, get_method
+from ..methods import METHODS, MethodOptions, get_method
 from ..patch import CLASSIFICATION
 from ..run import RunSpec, run_device, run_one
 from ..train import TrainConfig
@@ -52,8 +53,21 @@ def arguments(p: argparse.ArgumentParser) -> None:
                         "channels (default 4: DESIGN.md; 2: the paper's counts)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="method option (repeatable; VALUE parsed as JSON when it can be), "
-                        "e.g. --option base_val_max=1000 (docs/METHODS.md lists them; "
-                        "default: none)")
+                        f"e.g. --option base_val_max=1000; keys by method: {method_keys()}; "
+                        f"--task detection|segmentation: {', '.join(own_keys(DenseOptions))} "
+                        "(docs/METHODS.md says what each does; default: none)")
+
+
+def own_keys(options: type[MethodOptions]) -> list[str]:
+    """The ``--option`` keys of an options class besides ``reduction``, which every method
+    takes and which has a flag of its own."""
+    return [k for k in options.declared() if k not in MethodOptions.declared()]
+
+
+def method_keys() -> str:
+    """Each method's own ``--option`` keys, read off its options class."""
+    own = {name: own_keys(m.options) for name, m in sorted(METHODS.items())}
+    return "; ".join(f"{name}: {', '.join(keys)}" for name, keys in own.items() if keys)
 
 
 def spec_from(args: argparse.Namespace) -> RunSpec:

@@ -10,15 +10,16 @@ logits on a probe batch are the same after training as before.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .. import metrics, store
 from ..errors import DeltaPatchError
-from ..methods.base import SHARED_OPTIONS
+from ..methods.base import MethodOptions
 from ..model import PatchedModel
-from ..options import MethodOption, check_options
+from ..options import option
 from ..patch import check_name
 from ..run import RunSpec, placement_facts, run_device
 from ..runfolder import claim_run_folder
@@ -38,16 +39,23 @@ from .train import evaluate_dense, fit_dense
 
 METHODS = ("delta", "linear", FINETUNE)
 DEFAULT_SIZE = {DETECTION: 320, "segmentation": 320}
-OPTIONS = {
-    **SHARED_OPTIONS,
-    "channels": MethodOption("int", "width of the dense heads (default 64)", min=1, max=4096),
-    "levels": MethodOption("ints", "pyramid levels the heads read (default: picked by size)",
-                           min=0),
-}
+
+
+@dataclass(frozen=True)
+class DenseOptions(MethodOptions):
+    """The ``--option`` keys of a detection or segmentation run, whatever its method."""
+
+    channels: int = option("int", "width of the dense heads (default 64)", 64, min=1, max=4096)
+    levels: list[int] | None = option("ints", "pyramid levels the heads read (default: picked "
+                                      "by size)", min=0)
+
+
+def options_of(spec: RunSpec) -> DenseOptions:
+    return DenseOptions.parse(f"--task {spec.task}", spec.options)
 
 
 def check_spec(spec: RunSpec) -> None:
-    check_options(f"--task {spec.task}", OPTIONS, spec.options)
+    options_of(spec)
     if spec.method not in METHODS:
         raise DeltaPatchError(f"--method {spec.method} does not train {spec.task} heads; use "
                               f"{', '.join(METHODS)}")
@@ -63,8 +71,8 @@ def task_name(spec: RunSpec) -> str:
 def build_task(model: PatchedModel, spec: RunSpec, num_classes: int, class_names: list[str]
                ) -> DenseTask:
     size = spec.image_size or DEFAULT_SIZE[spec.task]
-    channels = int(spec.options.get("channels", 64))
-    levels = spec.options.get("levels")
+    opts = options_of(spec)
+    channels, levels = opts.channels, opts.levels
     name = task_name(spec)
     if spec.method == FINETUNE:
         config = dense_config(model, name, spec.task, num_classes, levels=levels,

@@ -7,10 +7,12 @@ from .base import (
     BaseTask,
     Method,
     MethodContext,
+    MethodOptions,
     MethodOutcome,
     get_method,
     register_method,
 )
 
-__all__ = ["METHODS", "BaseTask", "LoadedTask", "Method", "MethodContext", "MethodOutcome",
+__all__ = ["METHODS", "BaseTask", "LoadedTask", "Method", "MethodContext", "MethodOptions",
+           "MethodOutcome",
            "get_method", "load_task", "register_method", "save_task"]

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..data.sets import ImageSet, TaskData
 from ..model import PatchedModel
-from ..options import MethodOption, check_options
+from ..options import OptionSet, option
 from ..patch import PatchConfig
 from ..registry import Registry
 from ..train import TrainConfig
@@ -37,7 +37,7 @@ class MethodContext:
     gate: str = "delta"
     init: str | None = None  # None: the measured default for the gate (docs/INIT.md)
     base_data: TaskData | None = None
-    options: dict = field(default_factory=dict)
+    options: Mapping = field(default_factory=dict)  # as given; the method reads its OptionSet
 
 
 @dataclass
@@ -63,14 +63,17 @@ class BaseTask:
 Train = Callable[[MethodContext], MethodOutcome]
 Load = Callable[[PatchedModel, PatchConfig, dict[str, Tensor]], MethodOutcome]
 Sequential = Callable[[PatchedModel, list[MethodContext], BaseTask], dict]
-Check = Callable[[PatchedModel, "int | list", dict], None]
+Check = Callable[[PatchedModel, "int | list", "MethodOptions"], None]
 
-SHARED_OPTIONS: dict[str, MethodOption] = {
-    "reduction": MethodOption("int", "the Δ-module's second width C/r (train --reduction); "
-                              "every run records it, methods that build Δ-modules use it",
-                              min=1, max=1024),
-}
-"""Options every method accepts: ``train`` passes ``reduction`` whatever the method."""
+
+@dataclass(frozen=True)
+class MethodOptions(OptionSet):
+    """Options every method accepts (``train`` passes ``reduction`` whatever the method); a
+    method with keys of its own subclasses it."""
+
+    reduction: int = option("int", "the Δ-module's second width C/r (train --reduction); every "
+                            "run records it, methods that build Δ-modules use it", 4,
+                            min=1, max=1024)
 
 
 @dataclass(frozen=True)
@@ -89,8 +92,9 @@ class Method:
         check: refuses bad ``stages`` / options on the built model with a ``ValueError`` (or
             a missing optional dependency with a ``DeltaPatchError``) before a run claims its
             folder, so bad input changes nothing on disk; ``train`` checks them again.
-        options: the ``--option`` keys the method reads (besides :data:`SHARED_OPTIONS`), with
-            their kinds and bounds; any other key is refused by :meth:`check_options`.
+        options: the typed ``--option`` keys the method reads (a :class:`MethodOptions`
+            subclass: kinds, bounds, defaults); any other key is refused by
+            :meth:`check_options`.
         batchable: its tasks load as patches of the shared :class:`PatchedModel`, so one
             routed batch can carry them beside other tasks (what the server batches).
     """
@@ -103,12 +107,13 @@ class Method:
     default_lr: float = 1e-2
     sequential: Sequential | None = None
     check: Check | None = None
-    options: Mapping[str, MethodOption] = field(default_factory=dict)
+    options: type[MethodOptions] = MethodOptions
     batchable: bool = False
 
-    def check_options(self, given: Mapping) -> None:
-        """Refuse keys this method does not read and values of the wrong kind or bounds."""
-        check_options(self.name, {**SHARED_OPTIONS, **self.options}, given)
+    def check_options(self, given: Mapping) -> MethodOptions:
+        """The typed options of ``given``; refuses keys this method does not read and values of
+        the wrong kind or bounds."""
+        return self.options.parse(self.name, given)
 
 
 METHODS: Registry[str, Method] = Registry("method")

@@ -32,23 +32,15 @@ from ..delta import resolve_init
 from ..errors import DeltaPatchError, PatchError
 from ..metrics import count_params
 from ..model import PatchedModel
-from ..options import MethodOption
+from ..options import option
 from ..patch import Patch, PatchConfig, check_tensors
 from ..train import fit
 from .artefact import beside, new_head, prefixed, save_task, unprefixed
-from .base import Method, MethodContext, MethodOutcome, register_method
+from .base import Method, MethodContext, MethodOptions, MethodOutcome, register_method
 from .copies import shared_copy
 from .finetune import FineTuned
 from .sequence import patch_per_task
 
-OPTIONS = {
-    "rank": MethodOption("int", 'LoRA rank ("auto": the Δ-patch\'s parameter count)', min=1,
-                         also=("auto",)),
-    "rank_scale": MethodOption("int", "multiplies the automatic rank", min=1),
-    "lora_alpha": MethodOption("number", "PEFT's lora_alpha > 0 (default: the rank)"),
-    "targets": MethodOption("names", "Conv2d module names to adapt (default: the stages')"),
-}
-SHARED = {"reduction"}  # every `train` run passes Δ's width; here it sizes the Δ count
 MAX_TARGETS = 10_000
 
 
@@ -62,49 +54,35 @@ def _peft():
 
 
 @dataclass(frozen=True)
-class LoraOptions:
-    """``--option`` values of ``lora``, checked; ``rank None`` is "auto", ``alpha`` (PEFT's
-    ``lora_alpha``) ``None`` is the rank: LoRA's scale alpha/rank is then 1 whatever the rank,
-    so ranks compare at one scale."""
+class LoraOptions(MethodOptions):
+    """``lora_alpha`` None is the rank: LoRA's scale alpha/rank is then 1 whatever the rank, so
+    ranks compare at one scale."""
 
-    rank: int | None = None
-    rank_scale: int = 1
-    alpha: float | None = None
-    targets: tuple[str, ...] | None = None
+    rank: int | str = option("int", 'LoRA rank ("auto": the Δ-patch\'s parameter count)', "auto",
+                             min=1, also=("auto",))
+    rank_scale: int = option("int", "multiplies the automatic rank", 1, min=1)
+    lora_alpha: float | None = option("number", "PEFT's lora_alpha > 0 (default: the rank)")
+    targets: str | list[str] | None = option(
+        "names", "Conv2d module names to adapt (default: the stages')")
 
+    def __post_init__(self) -> None:
+        if self.rank != "auto" and self.rank_scale != 1:
+            raise ValueError("lora option rank_scale multiplies the automatic rank; with an "
+                             "explicit rank leave it out")
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            raise ValueError(f"lora option lora_alpha must be a number > 0, got "
+                             f"{self.lora_alpha!r}")
 
-def _positive_int(key: str, v, extra: str = "") -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"lora option {key} must be an integer ≥ 1{extra}, got {v!r}")
-    return v
+    @property
+    def fixed_rank(self) -> int | None:
+        """The rank asked for, or None for "auto"."""
+        return None if self.rank == "auto" else int(self.rank)
 
-
-def lora_options(options: dict) -> LoraOptions:
-    """The checked options; unknown keys are refused (a typo must not silently fall back)."""
-    unknown = sorted(set(options) - OPTIONS.keys() - SHARED)
-    if unknown:
-        raise ValueError(f"unknown lora option(s) {', '.join(unknown)}; known: "
-                         f"{', '.join(sorted(OPTIONS))}")
-    rank = options.get("rank", "auto")
-    rank = None if rank == "auto" else _positive_int("rank", rank, ' or "auto"')
-    scale = _positive_int("rank_scale", options.get("rank_scale", 1))
-    if rank is not None and scale != 1:
-        raise ValueError("lora option rank_scale multiplies the automatic rank; with an explicit "
-                         "rank leave it out")
-    alpha = options.get("lora_alpha")
-    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))
-                              or not math.isfinite(alpha) or alpha <= 0):
-        raise ValueError(f"lora option lora_alpha must be a number > 0, got {alpha!r}")
-    targets = options.get("targets")
-    if isinstance(targets, str):
-        targets = [targets]
-    if targets is not None and (not isinstance(targets, list) or not targets
-                                or len(targets) > MAX_TARGETS
-                                or not all(isinstance(t, str) and t for t in targets)):
-        raise ValueError(f"lora option targets must be a module name or a list of them, got "
-                         f"{targets!r}")
-    return LoraOptions(rank, scale, None if alpha is None else float(alpha),
-                       None if targets is None else tuple(targets))
+    @property
+    def target_names(self) -> tuple[str, ...] | None:
+        if self.targets is None:
+            return None
+        return (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
 
 
 # ---------------------------------------------------------------- targets and ranks
@@ -189,7 +167,7 @@ def delta_params(model: PatchedModel, ctx: MethodContext) -> int:
     config = PatchConfig(name="count", num_classes=1, stages=model.resolve_stages(ctx.stages),
                          backbone=model.backbone_name, fingerprint=model.fingerprint,
                          preprocess=model.preprocess, gate=gate, norm=ctx.norm,
-                         reduction=int(ctx.options.get("reduction", 4)),
+                         reduction=LoraOptions.parse("lora", ctx.options).reduction,
                          init=resolve_init(ctx.init, gate, family_init(model.backbone_name)))
     patch = Patch(config, model.stage_shapes(), model.feature_width)
     return count_params(patch, trainable=True) - count_params(patch.head, trainable=True)
@@ -226,18 +204,17 @@ def _check_rank(model: PatchedModel, targets: list[str], rank: int) -> int:
     return rank
 
 
-def _checked(model: PatchedModel, stages, options: dict) -> tuple[LoraOptions, list[str]]:
-    opts = lora_options(options)
+def _targets(model: PatchedModel, stages, opts: LoraOptions) -> list[str]:
     _peft()
-    targets = resolve_targets(model, model.resolve_stages(stages), opts.targets)
-    if opts.rank is not None:
-        _check_rank(model, targets, opts.rank)
-    return opts, targets
+    targets = resolve_targets(model, model.resolve_stages(stages), opts.target_names)
+    if opts.fixed_rank is not None:
+        _check_rank(model, targets, opts.fixed_rank)
+    return targets
 
 
-def check(model: PatchedModel, stages, options: dict) -> None:
-    """What ``run_one`` calls before it claims the run folder: options, peft, targets."""
-    _checked(model, stages, options)
+def check(model: PatchedModel, stages, options: LoraOptions) -> None:
+    """What ``run_one`` calls before it claims the run folder: peft, targets, the rank."""
+    _targets(model, stages, options)
 
 
 @dataclass(frozen=True)
@@ -250,12 +227,13 @@ class LoraPlan:
 
 def plan(model: PatchedModel, ctx: MethodContext) -> LoraPlan:
     """Targets, rank and alpha for ``ctx``; every option is checked before anything trains."""
-    opts, targets = _checked(model, ctx.stages, ctx.options)
-    if opts.rank is not None:
-        return LoraPlan(targets, opts.rank, opts.alpha or float(opts.rank))
+    opts = LoraOptions.parse("lora", ctx.options)
+    targets = _targets(model, ctx.stages, opts)
+    if opts.fixed_rank is not None:
+        return LoraPlan(targets, opts.fixed_rank, opts.lora_alpha or float(opts.fixed_rank))
     budget = delta_params(model, ctx)
     rank = _check_rank(model, targets, auto_rank(model, targets, budget) * opts.rank_scale)
-    return LoraPlan(targets, rank, opts.alpha or float(rank), budget)
+    return LoraPlan(targets, rank, opts.lora_alpha or float(rank), budget)
 
 
 # ---------------------------------------------------------------- the task
@@ -318,7 +296,7 @@ def _stored_plan(model: PatchedModel, options: dict) -> LoraPlan:
         raise PatchError(f"lora task: rank {rank!r} does not fit its targets")
     if alpha is None:
         raise PatchError("lora task: options.lora_alpha is missing")
-    lora_options({"lora_alpha": alpha})
+    LoraOptions.parse("lora", {"lora_alpha": alpha})
     return LoraPlan(targets, rank, float(alpha))
 
 
@@ -339,4 +317,4 @@ def load(model: PatchedModel, config: PatchConfig, tensors: dict[str, Tensor]) -
 register_method(Method(
     "lora", "PEFT LoRA on the Conv2d layers of the chosen stages (--stages; rank matched to "
     "Δ's parameters) + a new head; the base task runs the untouched backbone",
-    train, load, sequential=patch_per_task(train), check=check, options=OPTIONS))
+    train, load, sequential=patch_per_task(train), check=check, options=LoraOptions))

@@ -29,12 +29,12 @@ from ..batches import device_of, evaluate
 from ..data.sets import ImageSet, TaskData
 from ..metrics import count_params, harmonic_mean, tensor_bytes
 from ..model import PatchedModel
-from ..options import MethodOption
+from ..options import option
 from ..patch import PatchConfig
 from ..preprocess import Preprocess
 from ..train import FitResult, TrainConfig
 from .artefact import new_head, prefixed, save_task, unprefixed
-from .base import BaseTask, Method, MethodContext, MethodOutcome, register_method
+from .base import BaseTask, Method, MethodContext, MethodOptions, MethodOutcome, register_method
 from .copies import restored_copy
 from .finetune import finetune_copy
 from .sequence import final_scores
@@ -174,13 +174,13 @@ def base_task(ctx: MethodContext) -> EvalTask:
     if ctx.base_data is None:
         raise ValueError("paint picks α on the base task's validation split: pass --base-data "
                          "(MethodContext.base_data)")
-    limit = int(ctx.options.get("base_val_max", 2000))
+    limit = PaintOptions.parse("paint", ctx.options).base_val_max
     return EvalTask("base", ctx.base_data.val.sample(limit, ctx.train.seed, rng="torch"), None,
                     ctx.base_data.test)
 
 
 def train(ctx: MethodContext) -> MethodOutcome:
-    alphas = [float(a) for a in ctx.options.get("alphas", ALPHAS)]
+    alphas = [float(a) for a in PaintOptions.parse("paint", ctx.options).alphas]
     step = paint_sequential_step(ctx.model, None, [base_task(ctx)], ctx.data, ctx.train,
                                  ctx.out / "run", name="patch", alphas=alphas, score="harmonic")
     net, head = step.net, step.head
@@ -219,7 +219,7 @@ def sequential(model: PatchedModel, contexts: list[MethodContext], base: BaseTas
     if base.full is None:
         raise ValueError("sequential PAINT needs the base task's data (α is chosen on it)")
     full = base.full()
-    val_max = int(contexts[0].options.get("base_val_max", 2000))
+    val_max = PaintOptions.parse("paint", contexts[0].options).base_val_max
     tasks = [EvalTask("base", full.val.sample(val_max, contexts[0].train.seed, rng="torch"), None,
                       base.test)]
     previous, heads, after, steps = None, {}, {}, []
@@ -248,12 +248,14 @@ def sequential(model: PatchedModel, contexts: list[MethodContext], base: BaseTas
             "n_test": {ctx.name: len(ctx.data.test) for ctx in contexts}}
 
 
-OPTIONS = {
-    "base_val_max": MethodOption("int", "base validation images α is chosen on (default 2000)",
-                                 min=1),
-    "alphas": MethodOption("numbers", f"the α tried (default {list(ALPHAS)})", min=0, max=1),
-}
+@dataclass(frozen=True)
+class PaintOptions(MethodOptions):
+    base_val_max: int = option("int", "base validation images α is chosen on (default 2000)",
+                               2000, min=1)
+    alphas: list[float] = option("numbers", f"the α tried (default {list(ALPHAS)})", ALPHAS,
+                                 min=0, max=1)
+
 
 register_method(Method("paint", "PAINT: fine-tune, then interpolate with the base weights "
                        "(α picked on validation)", train, load, needs_base_data=True,
-                       default_lr=1e-3, sequential=sequential, options=OPTIONS))
+                       default_lr=1e-3, sequential=sequential, options=PaintOptions))

@@ -7,7 +7,7 @@ from ..metrics import folder_bytes
 from ..model import PatchedModel
 from ..patch import PatchConfig
 from ..train import fit_patch
-from .base import Method, MethodContext, MethodOutcome, register_method
+from .base import Method, MethodContext, MethodOptions, MethodOutcome, register_method
 from .sequence import patch_per_task
 
 
@@ -16,7 +16,7 @@ def train_patch(ctx: MethodContext, method: str, stages, gate: str, norm: str) -
     as ``ctx.out``."""
     model = ctx.model
     model.add_patch(ctx.name, ctx.data.num_classes, stages=stages, gate=gate, norm=norm,
-                    reduction=int(ctx.options.get("reduction", 4)), init=ctx.init,
+                    reduction=MethodOptions.parse(method, ctx.options).reduction, init=ctx.init,
                     class_names=ctx.data.class_names, method=method)
     result = fit_patch(model, ctx.name, ctx.data, ctx.train, out=ctx.out)
     outcome = patch_outcome(model, ctx.name)
@@ -38,10 +38,10 @@ def load_patch(model: PatchedModel, config: PatchConfig, tensors: dict) -> Metho
     return patch_outcome(model, model.attach_patch(config, tensors))
 
 
-def check_reduction(model: PatchedModel, stages, options: dict) -> None:
+def check_reduction(model: PatchedModel, stages, options: MethodOptions) -> None:
     """The Δ-module's second width C/r must be at least one channel on every patched stage:
     past that, ``reduction`` would be silently clamped and the patch not the one asked for."""
-    r = options.get("reduction", 4)
+    r = options.reduction
     for s in model.resolve_stages(stages):
         c = model.stage_shapes()[s].in_channels
         if r > c:

@@ -39,11 +39,11 @@ from ..batches import device_of, model_inputs, predict
 from ..data.sets import ImageSet
 from ..metrics import count_params, learned_values
 from ..model import PatchedModel
-from ..options import MethodOption
+from ..options import option
 from ..patch import PatchConfig
 from ..train import fit
 from .artefact import beside, new_head, prefixed, save_task, unprefixed
-from .base import Method, MethodContext, MethodOutcome, register_method
+from .base import Method, MethodContext, MethodOptions, MethodOutcome, register_method
 from .copies import restored_copy
 from .finetune import FineTuned, finetune_copy
 
@@ -121,18 +121,18 @@ def merged_predictions(base: nn.Module, branch: nn.Module, images: ImageSet, pre
 
 def train(ctx: MethodContext) -> MethodOutcome:
     model = ctx.model
-    opts = ctx.options
+    opts = PncOptions.parse("pnc", ctx.options)
     base_test = ctx.base_data.test if ctx.base_data is not None else None
     before = (predict(model, base_test, model.preprocess, device=device_of(model))
               if base_test is not None else None)
     source_run = finetune_copy(model, ctx.data, ctx.train, ctx.out / "run" / "source")
     source_params = count_params(source_run.model, trainable=True)
     source = source_run.model.requires_grad_(False).eval()
-    positions = [int(s) for s in opts.get("pnc_positions", range(model.num_stages))]
-    search_epochs = int(opts.get("pnc_search_epochs", 1))
-    scores = {s: _train_branch(model, source, s, ctx, search_epochs, f"search-{s}")[1]
+    positions = (range(model.num_stages) if opts.pnc_positions is None
+                 else [int(s) for s in opts.pnc_positions])
+    scores = {s: _train_branch(model, source, s, ctx, opts.pnc_search_epochs, f"search-{s}")[1]
               for s in positions}
-    stage = choose_position(scores, float(opts.get("pnc_tolerance", 0.01)))
+    stage = choose_position(scores, float(opts.pnc_tolerance))
     branch, val = _train_branch(model, source, stage, ctx, ctx.train.epochs, "adapter")
     tensors = {**prefixed("adapter", branch.adapter.state_dict()), **branch.clone_tensors()}
     nbytes = save_task(ctx, "pnc", tensors,
@@ -177,23 +177,23 @@ def load(model: PatchedModel, config: PatchConfig, tensors: dict[str, Tensor]) -
                          trainable_params=0, patch_bytes=0)
 
 
-OPTIONS = {
-    "pnc_positions": MethodOption("ints", "stages tried as the insertion point (default: all)",
-                                  min=0),
-    "pnc_search_epochs": MethodOption("int", "epochs per candidate position (default 1)",
-                                      min=1, max=100_000),
-    "pnc_tolerance": MethodOption("number", "val top-1 within which the earliest position "
-                                  "wins (default 0.01)", min=0, max=1),
-}
+@dataclasses.dataclass(frozen=True)
+class PncOptions(MethodOptions):
+    pnc_positions: list[int] | None = option(
+        "ints", "stages tried as the insertion point (default: all)", min=0)
+    pnc_search_epochs: int = option("int", "epochs per candidate position (default 1)", 1,
+                                    min=1, max=100_000)
+    pnc_tolerance: float = option("number", "val top-1 within which the earliest position wins "
+                                  "(default 0.01)", 0.01, min=0, max=1)
 
 
-def check(model: PatchedModel, stages, options: dict) -> None:
+def check(model: PatchedModel, stages, options: PncOptions) -> None:
     """Candidate positions must be stages of this backbone."""
-    bad = [s for s in options.get("pnc_positions", []) if s >= model.num_stages]
+    bad = [s for s in options.pnc_positions or [] if s >= model.num_stages]
     if bad:
         raise ValueError(f"pnc option pnc_positions: {bad} not in 0..{model.num_stages - 1}")
 
 
 register_method(Method("pnc", "Partial Network Cloning: a fine-tuned suffix inserted through "
                        "an adapter (our reading, docs/METHODS.md)", train, load,
-                       needs_base_data=True, default_lr=1e-3, check=check, options=OPTIONS))
+                       needs_base_data=True, default_lr=1e-3, check=check, options=PncOptions))

@@ -28,13 +28,12 @@ from ..errors import DeltaPatchError
 from ..model import BASE
 from ..patch import CONFIG_FILE, TENSORS_FILE
 from .batcher import Batcher, Closed, Job, QueueFull
-from .inputs import (HTTPFail, Limits, PredictInput, image_tensor, media_type, predict_input,
-                     read_body)
+from .inputs import HTTPFail, Limits, PredictInput, image_tensor, media_type, predict_input, read_body
 from .metrics import CONTENT_TYPE, ServeMetrics
 from .oip import oip_router
 from .page import mount_page
-from .readout import Answer, Ask
 from .patchset import DuplicatePatch, Hold, PatchInfo, PatchSet, UnknownPatch
+from .readout import Answer, Ask
 
 log = logging.getLogger("deltapatch.serve")
 RETRY_AFTER_S = 1

@@ -53,8 +53,8 @@ from .oip_codec import (
     decode_request,
     encode_response,
 )
-from .readout import Answer, Ask
 from .patchset import PatchInfo, PatchSet, UnknownPatch
+from .readout import Answer, Ask
 
 FANOUT = "__fanout__"
 VERSION = "1"
