@@ -29,8 +29,8 @@ tests_for() {
     case "$1" in
         delta)    echo "tests/test_delta.py tests/test_reference_delta.py tests/test_init.py tests/backbones/test_registries.py" ;;
         baseinit) echo "tests/test_init.py tests/test_reference_delta.py" ;;
-        routing)  echo "tests/test_routing.py tests/test_reference_delta.py tests/test_fanout.py" ;;
-        model)    echo "tests/test_model.py tests/test_reference_delta.py tests/test_routing.py" ;;
+        routing)  echo "tests/test_routing.py tests/test_reference_delta.py tests/test_fanout.py tests/test_devices.py tests/test_model.py" ;;
+        model)    echo "tests/test_model.py tests/test_reference_delta.py tests/test_routing.py tests/test_devices.py" ;;
         patch)    echo "tests/test_patch.py tests/test_patch_integrity.py tests/test_init.py" ;;
         tensorfile|store) echo "tests/test_store.py tests/test_patch.py tests/test_patch_integrity.py" ;;
         train)    echo "tests/test_train.py tests/test_epoch_draws.py" ;;

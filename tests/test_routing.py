@@ -10,6 +10,7 @@ from helpers import FAMILIES
 
 from deltapatch import PatchedModel, load_backbone
 from deltapatch.model import BASE
+from deltapatch.routing import delta_fn, group_rows, mixed_stage, place_rows, scatter_rows
 
 
 def _model() -> PatchedModel:
@@ -100,3 +101,90 @@ def test_a_shared_stage_runs_its_frozen_blocks_once_for_the_whole_mixed_batch():
         h.remove()
     assert calls and set(calls) == {len(names)}  # every frozen conv once, on all 8 rows
     assert len(calls) == len(convs)
+
+
+# ------------------------------------------------------------ the row helpers themselves
+def test_group_rows_gives_long_indices_per_task_and_an_empty_batch_one_empty_group():
+    groups = group_rows(["a", "b", "a"], "z")
+    assert {n: g.tolist() for n, g in groups.items()} == {"a": [0, 2], "b": [1]}
+    empty = group_rows([], "z")
+    assert list(empty) == ["z"] and empty["z"].numel() == 0
+    assert all(g.dtype == torch.long for g in (*groups.values(), empty["z"]))
+
+
+def test_group_rows_puts_the_indices_on_the_batchs_device():
+    groups = group_rows(["a", "b"], "z", torch.device("meta"))
+    assert {g.device.type for g in groups.values()} == {"meta"}
+    assert group_rows(["a"], "z", torch.device("cpu"))["a"].device.type == "cpu"
+
+
+def test_scatter_rows_runs_each_group_on_its_rows_and_pads_narrower_outputs():
+    h = torch.arange(8.0).reshape(4, 2)
+    groups = group_rows(["w", "n", "w", "n"], "w")
+    fns = {"w": lambda t: t * 10, "n": lambda t: t[:, :1] + 0.5}
+    out = scatter_rows(h, groups, fns)  # default fill 0.0
+    assert out.tolist() == [[0, 10], [2.5, 0], [40, 50], [6.5, 0]]
+    padded = scatter_rows(h, groups, fns, fill=float("-inf"))
+    assert padded[1, 1] == float("-inf") and padded[0, 1] == 10
+    one = scatter_rows(h, group_rows(["w"] * 4, "w"), fns)  # one group on every row
+    assert torch.equal(one, h * 10)
+
+
+def test_place_rows_puts_a_group_covering_part_of_the_rows_in_its_place():
+    o = torch.ones(2, 3)
+    out = place_rows({"a": o}, {"a": torch.tensor([1, 3])}, 4, fill=-1.0)
+    assert out.tolist() == [[-1] * 3, [1] * 3, [-1] * 3, [1] * 3]
+    assert place_rows({"a": o}, {"a": torch.tensor([0, 1])}, 2) is o  # all rows: as it is
+
+
+def test_place_rows_pads_outputs_with_trailing_dimensions():
+    wide, narrow = torch.ones(1, 3, 2), torch.full((1, 1, 2), 2.0)
+    out = place_rows({"w": wide, "n": narrow}, {"w": torch.tensor([1]), "n": torch.tensor([0])},
+                     2)
+    assert out.shape == (2, 3, 2)
+    assert out[0].tolist() == [[2, 2], [0, 0], [0, 0]] and out[1].tolist() == [[1, 1]] * 3
+
+
+def _stage_parts(model: PatchedModel, names: list[str]):
+    s = model.num_stages - 1
+    blocks = list(model.spec.stage_module(model.backbone, s))
+    h = model.stage_input(torch.randn(len(names), 3, 32, 32), s)
+    deltas = {n: model.get_patch(n).delta(s) for n in dict.fromkeys(names) if n != BASE}
+    return s, blocks, h, deltas, group_rows(names, names[0])
+
+
+def test_a_given_first_residual_is_the_one_the_stage_uses():
+    """F_1(h_0) handed in (what feature caching computes once) is used, not recomputed: a
+    different tensor handed in changes the result."""
+    model = _model()
+    model.add_patch("a", 3, stages=1)
+    model.add_patch("b", 3, stages=1)
+    _perturb(model, "a")
+    s, blocks, h, deltas, groups = _stage_parts(model, ["a", "b", BASE])
+    r1 = model.first_residual(h, s)
+    with torch.no_grad():
+        plain = mixed_stage(h, s, blocks, deltas, groups, None)
+        given = mixed_stage(h, s, blocks, deltas, groups, None, first_residual=r1)
+        other = mixed_stage(h, s, blocks, deltas, groups, None, first_residual=r1 + 1)
+        torch.testing.assert_close(given, plain)
+        assert not torch.allclose(other, plain, atol=1e-3)
+        run = delta_fn(deltas["a"], blocks, s, None, first_residual=r1 + 1)
+        assert not torch.allclose(run(h), delta_fn(deltas["a"], blocks, s, None)(h), atol=1e-3)
+
+
+def test_a_mixed_stage_records_each_patchs_lambdas_on_its_own_rows():
+    model = _model()
+    model.add_patch("a", 3, stages=1)
+    model.add_patch("b", 3, stages=1)
+    _perturb(model, "a")
+    _perturb(model, "b")
+    names = ["a", BASE, "b", "a"]
+    s, blocks, h, deltas, groups = _stage_parts(model, names)
+    record: dict = {}
+    with torch.no_grad():
+        mixed_stage(h, s, blocks, deltas, groups, record)
+        for n in ("a", "b"):
+            rows = groups[n]
+            assert set(record[n]) == {s}
+            assert torch.equal(record[n][s], deltas[n].gate(h.index_select(0, rows)))
+    assert set(record) == {"a", "b"}
