@@ -31,7 +31,7 @@ tests_for() {
         baseinit) echo "tests/test_init.py tests/test_reference_delta.py" ;;
         routing)  echo "tests/test_routing.py tests/test_reference_delta.py tests/test_fanout.py tests/test_devices.py tests/test_model.py" ;;
         model)    echo "tests/test_model.py tests/test_reference_delta.py tests/test_routing.py tests/test_devices.py" ;;
-        patch)    echo "tests/test_patch.py tests/test_patch_integrity.py tests/test_init.py tests/test_store.py tests/data/test_hostile_files.py tests/test_bad_input.py" ;;
+        patch)    echo "tests/test_patch.py tests/test_patch_config.py tests/test_patch_integrity.py tests/test_init.py tests/test_store.py tests/data/test_hostile_files.py tests/test_bad_input.py" ;;
         tensorfile|store) echo "tests/test_store.py tests/test_patch.py tests/test_patch_integrity.py" ;;
         train)    echo "tests/test_train.py tests/test_epoch_draws.py tests/test_train_device.py tests/test_perf.py" ;;
         cache)    echo "tests/test_perf.py tests/test_train_device.py tests/test_train.py" ;;
