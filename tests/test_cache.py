@@ -101,3 +101,27 @@ def test_the_cached_forward_runs_the_cached_first_residual():
                                                              model.preprocess)
     parts = head_unpack.model_input(head_cached.train.images[:4])
     assert len(parts) == 1 and head_forward(parts).shape == (4, 3)
+
+
+META = torch.device("meta")
+
+
+def test_the_cache_is_in_ram_up_to_the_limit_and_on_disk_past_it(monkeypatch):
+    made = []
+    real = cache.tempfile.mkstemp
+    monkeypatch.setattr(cache.tempfile, "mkstemp", lambda **kw: made.append(kw) or real(**kw))
+    nbytes = 3 * 4 * 2  # float16
+    ram = cache._storage((3, 4), torch.float16, nbytes, None)
+    assert made == [] and ram.shape == (3, 4) and ram.dtype == torch.float16
+    disk = cache._storage((3, 4), torch.float16, nbytes - 1, None)
+    assert len(made) == 1 and disk.shape == (3, 4) and disk.dtype == torch.float16
+
+
+def test_an_accelerator_cache_stays_on_the_device_while_it_fits_its_room(monkeypatch):
+    nbytes = 5 * 2 * 4
+    for room, where in ((nbytes, "meta"), (nbytes - 1, "cpu"), (10 * nbytes, "meta")):
+        monkeypatch.setattr(cache, "device_room", lambda d, room=room: room if d == META else 0)
+        t = cache._storage((5, 2), torch.float32, 1 << 20, None, META)
+        assert (t.device.type, t.shape, t.dtype) == (where, (5, 2), torch.float32), room
+    half = cache._storage((5, 2), torch.bfloat16, 1 << 20, None, META)
+    assert half.device == META and half.dtype == torch.bfloat16
