@@ -4,6 +4,9 @@ Cached and uncached training agreeing is tests/test_perf.py's."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -125,3 +128,37 @@ def test_an_accelerator_cache_stays_on_the_device_while_it_fits_its_room(monkeyp
         assert (t.device.type, t.shape, t.dtype) == (where, (5, 2), torch.float32), room
     half = cache._storage((5, 2), torch.bfloat16, 1 << 20, None, META)
     assert half.device == META and half.dtype == torch.bfloat16
+
+
+def test_a_disk_cache_is_an_unlinked_named_file_in_the_folder_asked_for(monkeypatch, tmp_path):
+    """Named deltapatch-cache-*.bin in ``directory``: if a process dies between creating and
+    unlinking it, the leftover says what it is and sits where the user pointed."""
+    made = []
+    real = cache.tempfile.mkstemp
+
+    def spy(**kw):
+        made.append(real(**kw)[1])
+        return os.open(made[-1], os.O_RDWR), made[-1]
+    monkeypatch.setattr(cache.tempfile, "mkstemp", spy)
+    disk = cache._storage((2, 3), torch.float32, 0, tmp_path)
+    (name,) = made
+    assert Path(name).parent == tmp_path and Path(name).name.startswith("deltapatch-cache-")
+    assert name.endswith(".bin") and not Path(name).exists()  # unlinked: no disk left behind
+    disk[:] = 1.0
+    assert disk.sum() == 6
+
+
+def test_a_host_cache_for_a_gpu_is_pinned(monkeypatch):
+    """Pinned host memory lets batches reach the GPU without blocking; a CPU run does not pin."""
+    pins = []
+    real = torch.empty
+
+    def spy(*args, pin_memory=False, **kw):
+        if args and args[0] == (2, 2):  # the cache itself, not the element-size probe
+            pins.append(pin_memory)
+        return real(*args, **kw)
+    monkeypatch.setattr(cache, "device_room", lambda d: 0)
+    monkeypatch.setattr(torch, "empty", spy)
+    cache._storage((2, 2), torch.float32, 1 << 20, None, torch.device("cuda", 0))
+    cache._storage((2, 2), torch.float32, 1 << 20, None, torch.device("cpu"))
+    assert pins == [True, False]
