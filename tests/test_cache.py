@@ -162,3 +162,14 @@ def test_a_host_cache_for_a_gpu_is_pinned(monkeypatch):
     cache._storage((2, 2), torch.float32, 1 << 20, None, torch.device("cuda", 0))
     cache._storage((2, 2), torch.float32, 1 << 20, None, torch.device("cpu"))
     assert pins == [True, False]
+
+
+def test_use_cache_refusals_say_what_to_do():
+    assert cache.use_cache("auto", False) and not cache.use_cache("auto", True)
+    assert cache.use_cache("on", False) and not cache.use_cache("off", False)
+    with pytest.raises(ValueError, match="^cache mode 'maybe': choose from auto, on, off$"):
+        cache.use_cache("maybe", False)
+    with pytest.raises(ValueError, match=r"^cached features need augmentation off "
+                                         r"\(--no-augment\): augmented images give different "
+                                         r"frozen features every epoch$"):
+        cache.use_cache("on", True)
