@@ -256,3 +256,29 @@ def test_a_legacy_config_reads_without_a_content_hash_and_a_current_one_needs_it
     config, _ = read_patch(tmp_path / "p")
     assert config == _config()
     assert FORMAT not in LEGACY_FORMATS
+
+
+def test_config_json_holds_exactly_the_documented_keys_and_reads_every_one_back():
+    import deltapatch.dense  # noqa: F401  (registers the dense head kinds)
+
+    c = _config(method="lora", task="segmentation")
+    d = c.to_json()
+    assert set(d) == {"format", "library_version", "method", "name", "num_classes",
+                      "class_names", "backbone", "fingerprint", "preprocess", "stages", "gate",
+                      "norm", "reduction", "init", "trainable_params", "options", "task"}
+    assert d["format"] == FORMAT
+    back = PatchConfig.from_json(json.loads(json.dumps(d)))
+    assert (back.method, back.task) == ("lora", "segmentation") and back == c
+
+
+def test_refusals_name_the_choices_and_the_expected_shape():
+    with pytest.raises(PatchError, match=f"^patch config: norm must be one of "
+                                         f"{', '.join(NORMS)}, got 'x'$"):
+        PatchConfig.from_json(_json(norm="x"))
+    with pytest.raises(PatchError, match=r"^patch config: preprocess must be an object "
+                                         r"\{size, mean, std\}$"):
+        PatchConfig.from_json(_json(preprocess=None))
+    many = {f"t{i}": torch.zeros(1) for i in range(7)}
+    with pytest.raises(PatchError, match=r"missing \['t0', 't1', 't2', 't3', 't4'\], "
+                                         r"unexpected \['u0', 'u1', 'u2', 'u3', 'u4'\]$"):
+        check_tensors(many, {f"u{i}": torch.zeros(1) for i in range(7)})
