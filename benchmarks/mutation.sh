@@ -32,7 +32,8 @@ tests_for() {
         routing)  echo "tests/test_routing.py tests/test_reference_delta.py tests/test_fanout.py tests/test_devices.py tests/test_model.py" ;;
         model)    echo "tests/test_model.py tests/test_reference_delta.py tests/test_routing.py tests/test_devices.py" ;;
         patch)    echo "tests/test_patch.py tests/test_patch_integrity.py tests/test_init.py" ;;
-        tensorfile|store) echo "tests/test_store.py tests/test_patch.py tests/test_patch_integrity.py" ;;
+        tensorfile) echo "tests/test_store.py tests/test_patch.py tests/test_patch_integrity.py" ;;
+        store)    echo "tests/test_store.py tests/test_store_survivors.py tests/test_patch.py tests/test_patch_integrity.py" ;;
         train)    echo "tests/test_train.py tests/test_epoch_draws.py" ;;
         cache)    echo "tests/test_perf.py" ;;
         serve/batcher) echo "tests/serve/test_serve_concurrency.py tests/serve/test_serve_api.py" ;;
