@@ -273,6 +273,20 @@ def test_a_refusal_names_the_holder_only_by_a_short_pid(tmp_path, content, who):
                               "wait for it to finish or choose another --out")
 
 
+def test_a_holder_that_cannot_write_its_pid_leaves_no_stale_pid(tmp_path, monkeypatch):
+    """A killed holder's pid stays in the lock file; the next holder empties the file before
+    writing its own, so if that write fails (disk full) contenders see 'pid unknown', not a
+    piece of the dead holder's pid."""
+    target = saved(tmp_path)
+    (tmp_path / ".out.lock").write_text("98765\n")
+    monkeypatch.setattr(store.os, "pwrite", raising(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))))
+    with FolderLock(target):
+        monkeypatch.undo()
+        with pytest.raises(PatchError) as err:
+            FolderLock(target).__enter__()
+    assert "(pid unknown)" in str(err.value)
+
+
 def test_a_save_creates_every_missing_parent_folder(tmp_path):
     target = tmp_path / "a" / "b" / "c" / "out"
     write_folder(target, CONFIG, tensors())
