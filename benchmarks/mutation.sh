@@ -32,7 +32,8 @@ tests_for() {
         routing)  echo "tests/test_routing.py tests/test_reference_delta.py tests/test_fanout.py tests/test_devices.py tests/test_model.py" ;;
         model)    echo "tests/test_model.py tests/test_reference_delta.py tests/test_routing.py tests/test_devices.py" ;;
         patch)    echo "tests/test_patch.py tests/test_patch_config.py tests/test_patch_integrity.py tests/test_init.py tests/test_store.py tests/data/test_hostile_files.py tests/test_bad_input.py" ;;
-        tensorfile|store) echo "tests/test_store.py tests/test_patch.py tests/test_patch_integrity.py" ;;
+        tensorfile) echo "tests/test_store.py tests/test_patch.py tests/test_patch_integrity.py" ;;
+        store)    echo "tests/test_store.py tests/test_store_survivors.py tests/test_patch.py tests/test_patch_integrity.py" ;;
         train)    echo "tests/test_train.py tests/test_epoch_draws.py tests/test_train_device.py tests/test_perf.py" ;;
         cache)    echo "tests/test_cache.py tests/test_perf.py tests/test_train_device.py tests/test_train.py" ;;
         serve/batcher) echo "tests/serve/test_serve_concurrency.py tests/serve/test_serve_api.py" ;;

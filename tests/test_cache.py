@@ -54,8 +54,9 @@ def test_the_ram_limit_is_a_quarter_of_the_free_memory_or_2_gib(monkeypatch):
 
 def test_a_gpu_cache_may_take_half_of_the_free_device_memory(monkeypatch):
     assert device_room(torch.device("cpu")) == 0
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (1001, 8000))
-    assert device_room(torch.device("cuda", 0)) == 500
+    free = {torch.device("cuda", 1): (1001, 8000)}  # asked of the cache's own GPU
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: free.get(device, (0, 0)))
+    assert device_room(torch.device("cuda", 1)) == 500
 
 
 def test_cached_training_checks_its_dtype_and_defaults_to_float32():
