@@ -7,6 +7,7 @@
 #       # 20 mutants drawn by the seed (not those listed in equivalent.txt); prints each one's
 #       # status and exits 1 if any survived: a quick check, no report written
 #   MUTATION_RETEST=1 benchmarks/mutation.sh tensorfile   # survivors again, with today's tests
+#   MUTATION_PLANT=1 benchmarks/mutation.sh patch   # each survivor planted, today's tests run
 #   benchmarks/mutation.sh serve/batcher      # a module in a subpackage: its path under deltapatch/
 #
 # Each module runs in its own scratch copy of the checkout ($MUTATION_DIR/<module>, default
@@ -77,6 +78,31 @@ PY
     [ "$left" = 0 ] || exit 1
 }
 
+# MUTATION_PLANT: each survivor of the last run that is not listed as equivalent is written
+# into the scratch copy's source with `mutmut apply`, and the module's runner (today's tests,
+# copied above) runs on it; "killed" means a test failed. Unlike MUTATION_RETEST this leaves
+# mutmut's results as they are (a retest marks the module's other mutants "not checked").
+plant() {
+    local dir=$1 src=$2 mod=$3 sel=$4 n left=0
+    local skip=$OUT/equivalent.txt
+    for n in $(cd "$dir" && mutmut results 2>/dev/null \
+               | awk -F': ' '$2 == "survived" {gsub(/ /, "", $1); print $1}'); do
+        grep -q "^$n " "$skip" 2>/dev/null && continue
+        cp "$ROOT/$src" "$dir/$src"
+        ( cd "$dir" && mutmut apply "$n" >/dev/null 2>&1 ) || true
+        if cmp -s "$ROOT/$src" "$dir/$src"; then echo "$n: not applied"; left=$((left + 1)); continue; fi
+        if ( cd "$dir" && PYTHONPATH=src OMP_NUM_THREADS=1 nice -n 19 python -m pytest \
+                 -o addopts="" -x -q -p no:cacheprovider $sel >/dev/null 2>&1 ); then
+            echo "$n: survived"; left=$((left + 1))
+        else
+            echo "$n: killed"
+        fi
+    done
+    cp "$ROOT/$src" "$dir/$src"
+    echo "$mod: survivors planted under the tests of $(git -C "$ROOT" rev-parse --short HEAD)," \
+         "$left not killed"
+}
+
 for mod in "${@:-delta}"; do
     src=src/deltapatch/$mod.py
     [ -f "$ROOT/$src" ] || { echo "no $src" >&2; exit 2; }
@@ -101,6 +127,10 @@ for mod in "${@:-delta}"; do
         echo "pytest_add_cli_args_test_selection ="
         printf '    %s\n' $sel
     } > "$dir/setup.cfg"
+    if [ -n "${MUTATION_PLANT:-}" ]; then  # survivors planted one by one under today's tests
+        plant "$dir" "$src" "$mod" "$sel" | tee "$OUT/${mod//\//.}.planted.txt"
+        continue
+    fi
     if [ -n "${MUTATION_SAMPLE:-}" ]; then
         sample "$dir" "$src" "$mod"
         continue

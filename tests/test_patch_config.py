@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from deltapatch.baseinit import INITS, LEGACY_INIT
-from deltapatch.delta import GATES, NORMS
+from deltapatch.delta import GATES, NORMS, DeltaStage
 from deltapatch.errors import PatchError
 from deltapatch.patch import (
     CLASSIFICATION,
@@ -19,10 +19,14 @@ from deltapatch.patch import (
     HEADS,
     LEGACY_FORMATS,
     MAX_CLASSES,
+    Patch,
     PatchConfig,
+    StageShape,
     check_head,
+    check_name,
     check_tensors,
     class_labels,
+    fingerprint,
     read_config,
     read_patch,
     register_head,
@@ -282,3 +286,83 @@ def test_refusals_name_the_choices_and_the_expected_shape():
     with pytest.raises(PatchError, match=r"missing \['t0', 't1', 't2', 't3', 't4'\], "
                                          r"unexpected \['u0', 'u1', 'u2', 'u3', 'u4'\]$"):
         check_tensors(many, {f"u{i}": torch.zeros(1) for i in range(7)})
+
+
+# ------------------------------------------------------------------ the Patch module
+SHAPES = [StageShape(16, 16, 2), StageShape(16, 32, 2), StageShape(32, 64, 2)]
+
+
+def test_a_patch_builds_each_stage_as_its_config_says():
+    p = Patch(_config(stages=[1, 2], gate="delta", norm="skip", reduction=8), SHAPES, 64)
+    ref = DeltaStage(16, 32, 2, gate="delta", norm="skip", reduction=8, init="random")
+    assert p.delta(0) is None and p.delta(1) is not None and p.delta(2) is not None
+    assert p.delta(1).norm_at == "skip"
+    assert [t.shape for t in p.delta(1).state_dict().values()] == [
+        t.shape for t in ref.state_dict().values()]  # the config's reduction, not the default
+    assert (p.head.in_features, p.head.out_features) == (64, 3)
+
+
+def test_a_head_builder_gets_the_config_the_stage_shapes_and_the_feature_width():
+    seen = []
+
+    def probe(config, shapes, dim):
+        seen.append((config.task, shapes, dim))
+        return nn.Identity()
+    register_head("probe", probe)
+    try:
+        Patch(_config(task="probe"), SHAPES, 64)
+    finally:
+        HEADS.unregister("probe")
+    assert seen == [("probe", SHAPES, 64)]
+
+
+def test_a_patch_head_answers_its_own_rows():
+    p = Patch(_config(stages=[]), SHAPES, 5)
+    feats = torch.randn(4, 5)
+    with torch.no_grad():
+        assert torch.equal(p.logits(feats, torch.arange(4)), p.head(feats))
+        assert torch.equal(p.logits(feats, torch.tensor([1, 3])), p.head(feats[[1, 3]]))
+        assert torch.equal(p.logits(feats, torch.tensor([2])), p.head(feats[[2]]))
+        assert p.logits(feats, torch.tensor([], dtype=torch.long)).shape == (0, 3)
+    narrow = Patch(_config(stages=[]), SHAPES, 2)  # as many rows asked as features wide
+    feats = torch.randn(4, 2)
+    with torch.no_grad():
+        assert torch.equal(narrow.logits(feats, torch.tensor([1, 3])), narrow.head(feats[[1, 3]]))
+
+
+def test_a_fingerprint_reads_every_tensor_past_a_non_tensor_entry():
+    class WithExtra(nn.Module):
+        def __init__(self, w: float) -> None:
+            super().__init__()
+            self.z = nn.Linear(2, 2)
+            with torch.no_grad():
+                self.z.weight.fill_(w)
+
+        def get_extra_state(self):
+            return {"note": "not a tensor"}  # sorts first: "_extra_state" < "z.bias"
+
+        def set_extra_state(self, state):
+            pass
+    assert fingerprint(WithExtra(1.0)) != fingerprint(WithExtra(2.0))
+
+
+@pytest.mark.parametrize("name,ok", [
+    ("x" * 100, True), ("x" * 101, False), ("X", True), ("a b-c_D", True), ("a\0b", False),
+    ("a\\b", False), ("a/b", False), ("a\nb", False),
+])
+def test_patch_names_are_bounded_printable_and_path_free(name, ok):
+    if ok:
+        assert check_name(name) == name
+    else:
+        with pytest.raises(PatchError, match=r"^invalid patch name .*: 1-100 printable "
+                                             r"characters, no '\.', '/' or '\\', not "
+                                             r"'__base__'$"):
+            check_name(name)
+
+
+def test_stage_and_option_refusals_are_word_for_word():
+    with pytest.raises(PatchError, match=r"^patch config: stages must be a list of stage "
+                                         r"indices 0\.\.63$"):
+        PatchConfig.from_json(_json(stages="0"))
+    with pytest.raises(PatchError, match="^patch config: options must be a JSON object$"):
+        PatchConfig.from_json(_json(options=[]))
