@@ -1,0 +1,167 @@
+"""What a run folder's checkpoint may be, and what resuming from it refuses, word for word; the
+temporary-then-rename write of the run's files; the log line of an epoch."""
+
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from deltapatch import train
+from deltapatch.errors import DeltaPatchError
+from deltapatch.train import CHECKPOINT, Optimizing
+
+SETTINGS = {"lr": 0.1, "epochs": 3}
+
+
+def _owned() -> tuple[nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    owned = nn.Linear(3, 2)
+    return owned, torch.optim.SGD(owned.parameters(), lr=0.1, momentum=0.9)
+
+
+def _state(owned: nn.Module, opt: torch.optim.Optimizer, **more) -> dict:
+    return {"epoch": 2, "owned": owned.state_dict(), "optimizer": opt.state_dict(),
+            "history": [{"epoch": 1}], "best": {"epoch": 1}, "seconds": 1.5, **more}
+
+
+def test_no_checkpoint_is_no_resume(tmp_path):
+    assert train._resume(tmp_path, *_owned(), SETTINGS) is None
+
+
+def test_a_checkpoint_is_written_into_a_run_folder_made_on_the_way(tmp_path):
+    owned, opt = _owned()
+    run = tmp_path / "out" / "run"  # neither exists yet
+    scaler = torch.amp.GradScaler("cpu", enabled=True, init_scale=8.0)
+    train._checkpoint(run, owned, Optimizing(opt, scaler, [1.0]), 2, [], {}, 1.0, SETTINGS)
+    state = torch.load(run / CHECKPOINT, weights_only=True)
+    assert state["scaler"] == scaler.state_dict() and state["scaler"]["scale"] == 8.0
+    assert state["settings"] == SETTINGS and state["epoch"] == 2
+    plain = torch.amp.GradScaler("cpu", enabled=False)
+    train._checkpoint(run, owned, Optimizing(opt, plain, [1.0]), 3, [], {}, 1.0, SETTINGS)
+    assert "scaler" not in torch.load(run / CHECKPOINT, weights_only=True)
+
+
+def test_a_checkpoint_with_exactly_the_needed_keys_resumes(tmp_path):
+    """Checkpoints from before ``settings`` was recorded hold only the six keys."""
+    owned, opt = _owned()
+    torch.save(_state(owned, opt), tmp_path / CHECKPOINT)
+    fresh = nn.Linear(3, 2)
+    fresh_opt = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
+    state = train._resume(tmp_path, fresh, fresh_opt, SETTINGS)
+    assert state is not None and state["epoch"] == 2
+    assert torch.equal(fresh.weight, owned.weight)
+
+
+def test_a_resume_asks_for_cpu_tensors_and_plain_weights(tmp_path, monkeypatch):
+    """A checkpoint written on a GPU resumes on a machine without one (``map_location``), and
+    nothing but tensors and plain containers is unpickled (``weights_only``)."""
+    owned, opt = _owned()
+    torch.save(_state(owned, opt), tmp_path / CHECKPOINT)
+    asked = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: asked.append(kw) or real(*a, **kw))
+    train._resume(tmp_path, owned, opt, SETTINGS)
+    assert asked == [{"map_location": "cpu", "weights_only": True}]
+
+
+class _Planted:
+    def __reduce__(self):
+        return (Path.touch, (Path(_Planted.marker),))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_a_planted_pickle_is_refused_and_never_run(tmp_path):
+    _Planted.marker = str(tmp_path / "ran")
+    file = tmp_path / CHECKPOINT
+    file.write_bytes(pickle.dumps({"epoch": _Planted()}))
+    with pytest.raises(DeltaPatchError, match=rf"^{re.escape(str(file))} is unreadable "
+                                              r"\(UnpicklingError: .*\); delete it to start "
+                                              r"afresh$"):
+        train._resume(tmp_path, *_owned(), SETTINGS)
+    assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize("content", [["epoch", "owned", "optimizer", "history", "best",
+                                      "seconds"], {"epoch": 1, "owned": {}}])
+def test_what_is_not_a_training_checkpoint_is_refused_as_such(tmp_path, content):
+    file = tmp_path / CHECKPOINT
+    torch.save(content, file)
+    with pytest.raises(DeltaPatchError, match=rf"^{re.escape(str(file))} is unreadable "
+                                              r"\(ValueError: not a deltapatch training "
+                                              r"checkpoint\); delete it to start afresh$"):
+        train._resume(tmp_path, *_owned(), SETTINGS)
+
+
+def test_an_unreadable_message_keeps_200_characters_of_the_cause(tmp_path, monkeypatch):
+    (tmp_path / CHECKPOINT).write_bytes(b"x")
+
+    def boom(*a, **kw):
+        raise OSError("y" * 300)
+    monkeypatch.setattr(torch, "load", boom)
+    with pytest.raises(DeltaPatchError) as err:
+        train._resume(tmp_path, *_owned(), SETTINGS)
+    assert f"(OSError: {'y' * 200}); delete it" in str(err.value)
+
+
+def test_other_settings_are_named_with_both_values(tmp_path):
+    owned, opt = _owned()
+    file = tmp_path / CHECKPOINT
+    torch.save(_state(owned, opt, settings={"lr": 0.1, "epochs": 3, "gone": 1}), file)
+    with pytest.raises(DeltaPatchError) as err:
+        train._resume(tmp_path, owned, opt, {"lr": 0.2, "epochs": 3, "new": 5})
+    assert str(err.value) == (
+        f"{file} was trained with other settings (gone, lr, new: [1, 0.1, None] there, "
+        "[None, 0.2, 5] now); delete that checkpoint to start afresh, or use another output "
+        "folder")
+
+
+def test_a_checkpoint_of_another_model_does_not_fit(tmp_path):
+    owned, opt = _owned()
+    file = tmp_path / CHECKPOINT
+    torch.save(_state(owned, opt, settings=SETTINGS), file)
+    other = nn.Linear(4, 3)  # weight and bias both differ: a cause over 200 characters
+    with pytest.raises(DeltaPatchError) as err:
+        train._resume(tmp_path, other, torch.optim.SGD(other.parameters(), lr=0.1), SETTINGS)
+    message = str(err.value)
+    assert message.startswith(f"{file} does not fit this run (Error(s) in loading state_dict")
+    assert message.endswith("); delete it to start afresh")
+    cause = message[len(f"{file} does not fit this run ("):-len("); delete it to start afresh")]
+    assert len(cause) == 200  # the cause, cut at 200 characters
+
+
+def test_replace_keeps_the_old_file_when_the_write_fails(tmp_path):
+    file = tmp_path / "metrics.csv"
+    file.write_text("old")
+
+    def half(tmp: Path):
+        tmp.write_text("half")
+        raise OSError("disk full")
+    with pytest.raises(OSError, match="disk full"):
+        train._replace(file, half)
+    assert file.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "metrics.csv"]
+
+    def nothing(tmp: Path):
+        raise KeyboardInterrupt  # before the temporary exists: the interrupt, not a 2nd error
+    with pytest.raises(KeyboardInterrupt):
+        train._replace(file, nothing)
+    train._replace(file, lambda tmp: tmp.write_text("new"))
+    assert file.read_text() == "new"
+
+
+def test_the_epoch_line_says_loss_scores_and_time():
+    row = {"epoch": 2, "train_loss": 0.123456, "train_top1": 0.5, "val_top1": 0.25,
+           "seconds": 1.26}
+    both = SimpleNamespace(train_score="train_top1", val_score="val_top1")
+    assert train._epoch_line(row, both, 5) == ("epoch 2/5  loss 0.1235  train 0.5000  "
+                                              "val 0.2500  1.3 s")
+    none = SimpleNamespace(train_score=None, val_score=None)
+    assert train._epoch_line(row, none, 5) == "epoch 2/5  loss 0.1235  1.3 s"
+    val = SimpleNamespace(train_score=None, val_score="val_top1")
+    assert train._epoch_line(row, val, 9) == "epoch 2/9  loss 0.1235  val 0.2500  1.3 s"
