@@ -165,3 +165,28 @@ def test_the_epoch_line_says_loss_scores_and_time():
     assert train._epoch_line(row, none, 5) == "epoch 2/5  loss 0.1235  1.3 s"
     val = SimpleNamespace(train_score=None, val_score="val_top1")
     assert train._epoch_line(row, val, 9) == "epoch 2/9  loss 0.1235  val 0.2500  1.3 s"
+
+
+def test_each_epochs_draws_come_from_the_seed_published_runs_used():
+    """Every published run drew epoch e of seed s from ``s * 100_003 + e``: another formula
+    would change every record's batch order and augmentation."""
+    assert train._epoch_generator(0, 0).initial_seed() == 0
+    assert train._epoch_generator(1, 2).initial_seed() == 100_005
+    assert train._epoch_generator(7, 1).initial_seed() == 7 * 100_003 + 1
+
+
+def _images(hflip: bool):
+    from deltapatch.data.sets import ImageSet, TaskData
+
+    x = torch.zeros(64, 3, 8, 8, dtype=torch.uint8)
+    split = ImageSet(x, torch.zeros(64, dtype=torch.long))
+    return TaskData("t", split, split, split, ["a"], hflip=hflip)
+
+
+@pytest.mark.parametrize("hflip", [False, True])
+def test_an_epoch_flips_only_tasks_that_allow_it(hflip):
+    """Digits and text must not be mirrored: a task's ``hflip`` reaches the augmentation."""
+    config = train.TrainConfig(batch_size=64, augment=True)
+    (_, _, crops), = train.Local(64).epoch(_images(hflip), config, torch.Generator()
+                                           .manual_seed(0))
+    assert bool(crops.flip.any()) is hflip and crops.pad == 1  # 8 px: an eighth is 1 px
