@@ -5,9 +5,12 @@ with nothing to train says so."""
 from __future__ import annotations
 
 import math
+import re
+from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from deltapatch import train
@@ -68,3 +71,55 @@ def test_nothing_to_train_is_refused_before_a_step():
     with pytest.raises(ValueError, match="^nothing to train: the owned module has no parameter "
                                          "requiring grad$"):
         fit(owned, owned, _task(), Preprocess(8), _config())
+
+
+def test_each_epoch_row_holds_its_mean_loss_scores_rate_and_time(monkeypatch):
+    """With a frozen-in-place model (lr 1e-12) the epoch's mean loss is the model's own
+    cross-entropy on the train split; scores are fractions; the clock is a fake one so that
+    the times are exact: 100 at the start, 105 at every later reading."""
+    clock = iter([100.0])
+    monkeypatch.setattr(train, "time", SimpleNamespace(perf_counter=lambda: next(clock, 105.0)))
+    owned, data = _owned(), _task()
+    with torch.no_grad():
+        x = Preprocess(8).normalize(data.train.images)
+        expected = F.cross_entropy(owned(x), data.train.labels).item()
+    result = fit(owned, owned, data, Preprocess(8), _config(lr=1e-12, epochs=1))
+    (row,) = result.history
+    assert set(row) == {"epoch", "train_loss", "train_top1", "val_top1", "lr", "seconds"}
+    assert row["train_loss"] == pytest.approx(expected, rel=1e-5)
+    assert 0 <= row["train_top1"] <= 1 and 0 <= row["val_top1"] <= 1
+    assert row["seconds"] == 5.0 and result.seconds == 5.0
+
+
+def test_a_resumed_run_counts_its_time_from_the_checkpoint(monkeypatch, tmp_path):
+    clock = iter([100.0])
+    monkeypatch.setattr(train, "time", SimpleNamespace(perf_counter=lambda: next(clock, 105.0)))
+    real = train._epoch_generator
+
+    def stop_at_the_second(seed: int, epoch: int) -> torch.Generator:
+        if epoch == 1:
+            raise KeyboardInterrupt  # Ctrl-C after the first epoch's checkpoint
+        return real(seed, epoch)
+    monkeypatch.setattr(train, "_epoch_generator", stop_at_the_second)
+    owned = _owned()
+    with pytest.raises(KeyboardInterrupt):
+        fit(owned, owned, _task(), Preprocess(8), _config(epochs=2), run_dir=tmp_path)
+    monkeypatch.setattr(train, "_epoch_generator", real)
+    monkeypatch.setattr(train, "time", SimpleNamespace(perf_counter=lambda: 200.0))
+    owned = _owned()
+    result = fit(owned, owned, _task(), Preprocess(8), _config(epochs=2), run_dir=tmp_path)
+    assert [r["seconds"] for r in result.history] == [5.0, 5.0] and result.seconds == 5.0
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_progress_logs_one_line_per_epoch_and_nothing_without_it(progress, capsys):
+    owned = _owned()
+    fit(owned, owned, _task(), Preprocess(8), _config(progress=progress))
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("epoch ")]
+    if progress:
+        assert len(lines) == EPOCHS
+        assert all(re.fullmatch(rf"epoch {e}/{EPOCHS}  loss \d\.\d{{4}}  train \d\.\d{{4}}  "
+                                r"val \d\.\d{4}  \d+\.\d s", ln)
+                   for e, ln in enumerate(lines, 1)), lines
+    else:
+        assert lines == []
