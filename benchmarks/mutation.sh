@@ -128,7 +128,10 @@ for mod in "${@:-delta}"; do
         printf '    %s\n' $sel
     } > "$dir/setup.cfg"
     if [ -n "${MUTATION_PLANT:-}" ]; then  # survivors planted one by one under today's tests
-        plant "$dir" "$src" "$mod" "$sel" | tee "$OUT/${mod//\//.}.planted.txt"
+        # MUTATION_PLANT_TESTS: only these test files (a survivor of the whole runner that they
+        # kill is killed; one they do not kill stays a survivor either way)
+        plant "$dir" "$src" "$mod" "${MUTATION_PLANT_TESTS:-$sel}" \
+            | tee "$OUT/${mod//\//.}.planted.txt"
         continue
     fi
     if [ -n "${MUTATION_SAMPLE:-}" ]; then

@@ -91,6 +91,13 @@ def test_each_epoch_row_holds_its_mean_loss_scores_rate_and_time(monkeypatch):
     assert row["seconds"] == 5.0 and result.seconds == 5.0
 
 
+def test_the_first_of_equally_good_epochs_is_the_best():
+    """lr 1e-12 leaves every epoch's validation score the same: the earliest is kept."""
+    owned = _owned()
+    result = fit(owned, owned, _task(), Preprocess(8), _config(lr=1e-12, epochs=3))
+    assert len({r["val_top1"] for r in result.history}) == 1 and result.best_epoch == 1
+
+
 def test_a_resumed_run_counts_its_time_from_the_checkpoint(monkeypatch, tmp_path):
     clock = iter([100.0])
     monkeypatch.setattr(train, "time", SimpleNamespace(perf_counter=lambda: next(clock, 105.0)))
