@@ -1,0 +1,150 @@
+"""The batcher driven directly (no HTTP): its queue bound and refusals word for word, a refused
+request leaves nothing queued, a batch leaves when full without waiting for the deadline and
+waits for late arrivals otherwise, a failed forward is every job's answer, and closing leaves no
+device thread behind."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+import torch
+from helpers import random_backbone
+
+import deltapatch as dp
+from deltapatch.serve.batcher import Batcher, Closed, Job, QueueFull
+from deltapatch.serve.metrics import ServeMetrics
+from deltapatch.serve.readout import Ask
+
+BOUND = 10.0
+"""Seconds any awaited answer may take here; far above a forward of the tiny model (ms)."""
+
+
+@pytest.fixture(scope="module")
+def model() -> dp.PatchedModel:
+    m = dp.PatchedModel(random_backbone())
+    m.add_patch("a", num_classes=4, stages=1)
+    return m.eval()
+
+
+def job(seed: int, name: str = "a") -> Job:
+    g = torch.Generator().manual_seed(seed)
+    return Job(torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=g), (name,),
+               False, (Ask(4 if name == "a" else 10, 2),), dp.Preprocess(32))
+
+
+def run(body, model: dp.PatchedModel, **settings):
+    """``await body(batcher)`` on a fresh batcher (started unless ``start=False``), closed after."""
+    start = settings.pop("start", True)
+
+    async def main():
+        batcher = Batcher(model, ServeMetrics(), **settings)
+        if start:
+            batcher.start()
+        try:
+            return await asyncio.wait_for(body(batcher), 3 * BOUND)
+        finally:
+            await batcher.close()
+
+    return asyncio.run(main())
+
+
+def test_the_queue_holds_max_queue_jobs_and_refuses_the_next_in_words(model):
+    async def body(b):
+        b.submit(job(0)), b.submit(job(1))
+        with pytest.raises(QueueFull) as err:
+            b.submit(job(2))
+        return str(err.value), len(b._queue)
+
+    message, queued = run(body, model, max_queue=2, start=False)
+    assert message == "2 requests are waiting (--max-queue 2); retry shortly"
+    assert queued == 2
+
+
+def test_a_request_that_does_not_fit_is_refused_whole_and_queues_nothing(model):
+    async def body(b):
+        b.submit(job(0))
+        fits = b.submit_all([job(1), job(2)])  # 1 + 2 = max_queue: accepted
+        with pytest.raises(QueueFull) as err:
+            b.submit_all([job(3)])
+        return len(fits), str(err.value), len(b._queue)
+
+    n, message, queued = run(body, model, max_queue=3, start=False)
+    assert n == 2 and queued == 3
+    assert message == "3 requests are waiting and this one brings 1 (--max-queue 3); retry shortly"
+
+
+def test_a_request_larger_than_the_room_left_queues_none_of_its_jobs(model):
+    async def body(b):
+        b.submit(job(0))
+        with pytest.raises(QueueFull):
+            b.submit_all([job(1), job(2), job(3)])  # the first two would fit alone
+        return len(b._queue)
+
+    assert run(body, model, max_queue=3, start=False) == 1
+
+
+def test_a_closing_batcher_refuses_new_jobs_in_words(model):
+    async def body(b):
+        b._closing = True  # what close() sets first
+        with pytest.raises(Closed) as one:
+            b.submit(job(0))
+        with pytest.raises(Closed) as many:
+            b.submit_all([job(1)])
+        return str(one.value), str(many.value)
+
+    assert run(body, model, start=False) == ("the server is shutting down",) * 2
+
+
+def test_a_full_batch_leaves_at_once_without_waiting_for_the_deadline(model):
+    """max_wait is 60 s: only a batch that leaves when full answers within the bound."""
+    async def body(b):
+        futures = [b.submit(job(0)), b.submit(job(1))]
+        await asyncio.wait_for(asyncio.gather(*futures), BOUND)
+        return list(b.recent)
+
+    assert run(body, model, max_batch=2, max_wait_ms=60_000) == [[("a",), ("a",)]]
+
+
+def test_a_batch_waits_for_jobs_that_arrive_before_its_deadline(model):
+    async def body(b):
+        first = b.submit(job(0))
+        await asyncio.sleep(0.05)  # far inside the 60 s window
+        second = b.submit(job(1))
+        await asyncio.wait_for(asyncio.gather(first, second), BOUND)
+        return list(b.recent)
+
+    assert run(body, model, max_batch=2, max_wait_ms=60_000) == [[("a",), ("a",)]]
+
+
+def test_a_forward_that_fails_outside_any_group_is_every_jobs_error(model, monkeypatch):
+    boom = RuntimeError("staging failed")
+
+    def fail(batch):
+        raise boom
+
+    async def body(b):
+        monkeypatch.setattr(b, "_run", fail)
+        futures = [b.submit(job(i)) for i in range(3)]
+        done = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), BOUND)
+        return done
+
+    assert run(body, model, max_batch=3, max_wait_ms=60_000) == [boom] * 3
+
+
+def _device_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("deltapatch-device")}
+
+
+def test_closing_finishes_queued_jobs_and_leaves_no_device_thread(model):
+    before = _device_threads()  # other tests' servers may still hold theirs
+
+    async def body(b):
+        futures = [b.submit(job(i)) for i in range(3)]
+        await b.close()  # before any batch left: close drains the queue
+        return [f.result() for f in futures], _device_threads() - before
+
+    answers, left = run(body, model, max_batch=8, max_wait_ms=60_000)
+    assert [list(a) for a in answers] == [["a"]] * 3
+    assert not left
