@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import random
+import re
 import signal
 import struct
 import time
@@ -570,15 +571,19 @@ def test_recover_restores_old_folder_between_renames(tmp_path):
     assert (tmp_path / ".outer.tmp-7-aaaaaaaaaaaa").is_dir()
 
 
-def test_recover_keeps_both_on_name_clash(tmp_path):
+@pytest.mark.parametrize("leftover", ["tmp", "old"])
+def test_recover_keeps_both_on_name_clash(tmp_path, leftover):
+    """A crash leftover's file that clashes with the folder's own is kept beside it, under
+    ``<name>.recovered-<8 hex digits>``, never over it."""
     target = saved(tmp_path)
-    old = tmp_path / ".out.tmp-7-bbbbbbbbbbbb"
+    old = tmp_path / f".out.{leftover}-7-bbbbbbbbbbbb"
     old.mkdir()
     (old / "metrics.json").write_text("older")
     recover(target)
     assert (target / "metrics.json").read_text() == "{}"
-    [kept] = target.glob("metrics.json.recovered-*")
-    assert kept.read_text() == "older" and hidden(target) == []
+    [kept] = [n for n in os.listdir(target) if n.startswith("metrics.json.")]
+    assert re.fullmatch(r"metrics\.json\.recovered-[0-9a-f]{8}", kept)
+    assert (target / kept).read_text() == "older" and hidden(target) == []
 
 
 def test_kill_9_at_random_times(tmp_path, swap):

@@ -135,17 +135,6 @@ def test_recovery_keeps_a_leftover_with_data_while_the_target_is_no_folder(tmp_p
     assert target.read_text() == "a file now"
 
 
-def test_a_clashing_entry_is_kept_under_a_recovered_suffix_of_eight_hex_digits(tmp_path):
-    target = saved(tmp_path)
-    old = tmp_path / ".out.old-7-bbbbbbbbbbbb"
-    old.mkdir()
-    (old / "metrics.json").write_text("older")
-    recover(target)
-    names = [n for n in os.listdir(target) if n.startswith("metrics.json.")]
-    assert len(names) == 1 and re.fullmatch(r"metrics\.json\.recovered-[0-9a-f]{8}", names[0])
-    assert (target / names[0]).read_text() == "older"
-
-
 def test_recover_while_holding_the_lock_cleans_up_without_locking_again(tmp_path):
     """A run that holds its folder's lock may call recover(): it must not contend with itself."""
     target = saved(tmp_path)
