@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 import torch
@@ -148,3 +149,41 @@ def test_closing_finishes_queued_jobs_and_leaves_no_device_thread(model):
     answers, left = run(body, model, max_batch=8, max_wait_ms=60_000)
     assert [list(a) for a in answers] == [["a"]] * 3
     assert not left
+
+
+def test_with_no_wait_every_job_still_gets_its_answer(model):
+    """max_wait 0: each batch leaves at once, and the loop goes on serving the next."""
+    async def body(b):
+        for i in range(3):
+            await asyncio.wait_for(b.submit(job(i)), BOUND)
+        return list(b.recent)
+
+    assert run(body, model, max_batch=4, max_wait_ms=0) == [[("a",)]] * 3
+
+
+def test_a_client_that_went_away_does_not_cost_the_others_their_answers(model):
+    async def body(b):
+        futures = [b.submit(job(i)) for i in range(3)]
+        futures[0].cancel()  # before the batch leaves: its row still runs, its answer is dropped
+        rest = await asyncio.wait_for(asyncio.gather(*futures[1:]), BOUND)
+        return futures[0].cancelled(), [list(a) for a in rest], list(b.recent)
+
+    gone, rest, recent = run(body, model, max_batch=3, max_wait_ms=60_000)
+    assert gone and rest == [["a"], ["a"]] and recent == [[("a",)] * 3]
+
+
+def test_batch_metrics_count_each_batch_its_size_tasks_and_compute_time(model):
+    async def body(b):
+        t0 = time.perf_counter()
+        await asyncio.wait_for(asyncio.gather(b.submit(job(0)), b.submit(job(1, dp.BASE))),
+                               BOUND)
+        elapsed = time.perf_counter() - t0
+        value = b.metrics.registry.get_sample_value
+        return elapsed, {k: value(f"deltapatch_{k}") for k in (
+            "batch_seconds_count", "batch_seconds_sum", "batch_size_sum", "batch_patches_sum",
+            "queue_depth")}
+
+    elapsed, seen = run(body, model, max_batch=2, max_wait_ms=60_000, exact_base=False)
+    assert 0 < seen.pop("batch_seconds_sum") <= elapsed
+    assert seen == {"batch_seconds_count": 1, "batch_size_sum": 2, "batch_patches_sum": 2,
+                    "queue_depth": 0}
