@@ -148,8 +148,55 @@ def test_trainable_parameters_counts_patch_only(backbone, capsys):
     n = model.trainable_parameters("a")
     assert n == sum(p.numel() for p in patch.parameters())
     assert n < sum(p.numel() for p in backbone.parameters())
+    total = sum(p.numel() for p in backbone.parameters()) + sum(
+        p.numel() for p in patch.parameters())
     model.print_trainable_parameters("a")
-    assert f"trainable params: {n:,}" in capsys.readouterr().out
+    assert capsys.readouterr().out == (f"trainable params: {n:,} || all params: {total:,} || "
+                                       f"trainable%: {100 * n / total:.4f}\n")
+    model.set_patch("a")
+    model.print_trainable_parameters()  # the active patch
+    assert capsys.readouterr().out.startswith(f"trainable params: {n:,} ||")
+    model.set_patch(None)
+    with pytest.raises(dp.PatchError) as err:
+        model.print_trainable_parameters()
+    assert str(err.value) == "no patch given and none active"
+
+
+def test_patch_bytes_are_its_tensors_bytes_as_the_file_stores_them(backbone, tmp_path):
+    from safetensors import safe_open
+
+    model = dp.PatchedModel(backbone)
+    model.add_patch("a", 10, stages=1)
+    model.add_patch("b", 10, stages=[0, 2])
+    folder = model.save_patch("a", tmp_path / "a")
+    [file] = folder.glob("*.safetensors")
+    with safe_open(file, "pt") as f:
+        stored = sum(f.get_tensor(k).nbytes for k in f.keys())
+    assert model.patch_bytes("a") == stored > 0
+    assert model.patch_bytes("b") != stored  # each patch its own
+
+
+def test_set_patch_to_the_base_task_serves_the_backbone(backbone, x):
+    model = dp.PatchedModel(backbone)
+    model.add_patch("a", 10, stages=1)
+    model.set_patch("a")
+    assert model.active == "a" and not torch.equal(model(x), backbone(x))
+    model.set_patch(dp.BASE)
+    assert model.active is None and torch.equal(model(x), backbone(x))
+
+
+def test_a_stored_config_whose_stages_do_not_fit_is_refused_in_words(backbone, tmp_path):
+    from deltapatch.patch import read_patch
+
+    model = dp.PatchedModel(backbone)
+    model.add_patch("a", 10, stages=1)
+    config, tensors = read_patch(model.save_patch("a", tmp_path / "a"))
+    model.remove_patch("a")
+    config.stages = [model.num_stages]  # one past the last stage
+    with pytest.raises(dp.PatchError) as err:
+        model.attach_patch(config, tensors)
+    assert str(err.value).startswith("patch config does not fit this backbone: ")
+    assert "a" not in model.patches
 
 
 def test_deepcopy_free_wrap_keeps_identity_of_modules(backbone):
