@@ -1,9 +1,11 @@
-"""The training loop: deterministic, resumable to the same result, logs per-epoch metrics."""
+"""The training loop: deterministic, resumable to the same result, logs per-epoch metrics; the
+learning-rate schedule at exact steps; fit_patch's refusal and its torchrun wiring."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from test_model import _tiny_task
 
@@ -142,3 +144,71 @@ def test_one_process_and_a_torchrun_rank_offer_fit_the_same_loop():
         if callable(ours):
             assert (list(inspect.signature(ours).parameters)
                     == list(inspect.signature(theirs).parameters)), name
+
+
+def test_the_rate_at_exact_steps_of_warmup_and_cosine():
+    """Warm-up reaches the base rate at its last step; the cosine starts there (step = warmup)
+    at the base rate, is at half of it midway, and at 0 at ``total`` and after it."""
+    assert lr_at(9, 110, 10, 2.0) == 2.0 and lr_at(10, 110, 10, 2.0) == 2.0
+    assert lr_at(60, 110, 10, 2.0) == pytest.approx(1.0, abs=1e-12)  # cos(π/2)
+    assert lr_at(35, 110, 10, 2.0) == pytest.approx(1.0 + 2 ** -0.5, abs=1e-12)  # cos(π/4)
+    assert lr_at(110, 110, 10, 2.0) == 0.0
+    assert lr_at(210, 110, 10, 2.0) == 0.0 and lr_at(310, 110, 10, 2.0) == 0.0
+
+
+def test_a_one_step_cosine_decays_to_zero_at_its_end():
+    """One step after warm-up (total - warmup = 1): the base rate at that step, 0 at total."""
+    assert lr_at(0, 1, 0, 1.0) == 1.0 and lr_at(1, 1, 0, 1.0) == 0.0
+    assert lr_at(3, 4, 3, 1.0) == 1.0 and lr_at(4, 4, 3, 1.0) == 0.0
+
+
+def test_fit_patch_refuses_out_and_run_dir_together_in_words():
+    with pytest.raises(ValueError) as err:
+        fit_patch(None, "a", None, TrainConfig(), run_dir="r", out="o")
+    assert str(err.value) == ("give fit_patch out= (a task folder, run/ inside) or run_dir= "
+                              "(the training state alone), not both")
+
+
+def test_a_torchrun_rank_caches_only_its_images_and_trains_with_its_shard(backbone,
+                                                                          monkeypatch):
+    """fit_patch under torchrun (the shard found for the data, on the patch's device): with the
+    feature cache each rank caches only the images it owns (``shard.take``), marks its shard
+    local (its sets then hold its rows only), and trains with that shard through
+    ``PatchedModel.train``."""
+    import deltapatch.cache
+    from deltapatch import train
+
+    model = dp.PatchedModel(backbone)
+    model.add_patch("a", 4, stages=1)
+    model.to("meta")
+    data, taken, calls = _tiny_task(4), _tiny_task(4), {}
+
+    class Shard:
+        local = False
+
+        def take(self, d):
+            calls["take"] = d
+            return taken
+    shard = Shard()
+
+    def shard_for(*a, **kw):
+        calls["shard_for"] = (a, kw)
+        return shard
+
+    def cached_training(model, name, d, pre, dtype):
+        calls["cached"] = d
+        return d, "forward", pre
+
+    def fit(*a, **kw):
+        calls["fit"] = (a, kw)
+        return "result"
+    monkeypatch.setattr(train.distributed, "shard_for", shard_for)
+    monkeypatch.setattr(deltapatch.cache, "cached_training", cached_training)
+    monkeypatch.setattr(train, "fit", fit)
+    config = TrainConfig(augment=False, cache_features="on", progress=False)
+    assert fit_patch(model, "a", data, config) == "result"
+    assert calls["shard_for"] == ((data,), {"device": torch.device("meta")})
+    assert calls["take"] is data and calls["cached"] is taken and shard.local is True
+    args, kw = calls["fit"]
+    assert args[:3] == ("forward", model.get_patch("a"), taken)
+    assert kw == {"set_mode": model.train, "shard": shard}

@@ -209,3 +209,112 @@ def test_a_patch_trains_on_the_gpu_and_the_base_task_stays_exact(tmp_path):
         assert all(p.device.type == "cuda" for p in model.get_patch("t").parameters())
     with torch.no_grad():
         assert torch.equal(model(x), before)
+
+
+def test_a_step_trains_on_the_augmented_images():
+    """The batch's crops and flips are applied (on the device) before the forward."""
+    from deltapatch.batches import CPU, model_inputs
+    from deltapatch.preprocess import Preprocess
+
+    seen = []
+    x = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    crops = draw_crops(6, 8, torch.Generator().manual_seed(0))
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64, 3))
+    Local(6).step(lambda inp: seen.append(inp) or net(inp), Preprocess(8),
+                  (x, torch.arange(6) % 3, crops))
+    assert torch.equal(seen[0], model_inputs(x, Preprocess(8), CPU, crops))
+    assert not torch.equal(seen[0], model_inputs(x, Preprocess(8), CPU))
+
+
+def test_a_step_sums_the_loss_in_float64_and_counts_right_rows():
+    """The batch's summed loss is its mean times its rows in float64 (as the host's Python
+    floats summed it), and ``right`` counts the rows whose top class is the label."""
+    from deltapatch.preprocess import Preprocess
+
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0],
+                           [0.0, 0.0, 5.0], [0.3, 0.2, 0.1], [0.1, 0.7, 0.2]],
+                          requires_grad=True)
+    y = torch.tensor([0, 1, 0, 0, 2, 1, 1])  # rows 0, 1, 3, 4, 6 right
+    x = torch.zeros(7, 3, 8, 8, dtype=torch.uint8)
+    loss, summed, right, n = Local(7).step(lambda inp: logits, Preprocess(8), (x, y, None))
+    assert loss.item() == F.cross_entropy(logits, y).item()
+    assert summed.dtype == torch.float64 and summed.item() == loss.item() * 7
+    assert (int(right), n) == (5, 7)
+
+
+def test_a_fresh_loop_like_a_fresh_shard_works_on_the_host_until_prepared():
+    """Before ``prepare`` (which moves it to the trained module's device) a Local steps and
+    evaluates on the host, as a Shard does (its device defaults to the CPU)."""
+    from deltapatch.data.sets import ImageSet
+    from deltapatch.preprocess import Preprocess
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64, 3))
+    x, y = torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.arange(4) % 3
+    loop = Local(4)
+    *_, n = loop.step(net, Preprocess(8), (x, y, None))
+    assert n == 4
+    assert 0 <= loop.evaluate(net, ImageSet(x, y), Preprocess(8), 2) <= 1
+
+
+def test_validation_runs_on_the_trained_modules_device(monkeypatch):
+    from deltapatch import train
+    from deltapatch.preprocess import Preprocess
+
+    asked = []
+    monkeypatch.setattr(train, "evaluate", lambda *a, **kw: asked.append((a, kw)) or 0.5)
+    owned = torch.nn.Linear(2, 2).to("meta")
+    loop = Local(4)
+    loop.prepare(owned, owned, 0)
+    assert loop.evaluate(owned, "val", Preprocess(8), 16) == 0.5
+    (args, kw), = asked
+    device = args[4] if len(args) > 4 else kw.get("device")
+    assert device == torch.device("meta")
+
+
+class _Sums:
+    """An objective whose steps give fixed sums (``values``: (summed loss, right) per step)
+    and a loss from one parameter on ``device``."""
+
+    train_score = "s"
+
+    def __init__(self, values, device):
+        self.values, self.device = values, torch.device(device)
+        self.p = torch.nn.Parameter(torch.ones((), device=self.device))
+
+    def batches(self, config, g):
+        return range(len(self.values))
+
+    def step(self, step, i):
+        loss_sum, right = self.values[i]
+        return (self.p * 2, torch.tensor(loss_sum, dtype=torch.float64, device=self.device),
+                torch.tensor(right, dtype=torch.int64, device=self.device), 1)
+
+
+def _epoch(objective):
+    from types import SimpleNamespace
+
+    from deltapatch import train
+
+    opt = torch.optim.SGD([objective.p], lr=0.1)
+    optimizing = train.Optimizing(opt, torch.amp.GradScaler("cpu", enabled=False), [1.0])
+    loop = SimpleNamespace(device=objective.device, main=True)
+    config = TrainConfig(epochs=1, progress=False)
+    n = len(objective.values)
+    return train._train_epoch(objective, loop, None, optimizing, config, 0, (n, n, 0))
+
+
+def test_the_epochs_sums_are_exact_float64_and_int64():
+    """The summed loss adds in float64 (0.1 + 0.2 + 0.3 as Python adds it) and the training
+    score counts exactly past float32's integers (2**24 + 1 per step)."""
+    loss, score, seen = _epoch(_Sums([(0.1, 2**24 + 1), (0.2, 2**24 + 1), (0.3, 2**24 + 1)],
+                                     "cpu"))
+    assert (loss.dtype, score.dtype) == (torch.float64, torch.int64)
+    assert loss.item() == 0.1 + 0.2 + 0.3 and score.item() == 3 * (2**24 + 1) and seen == 3
+
+
+def test_the_epochs_sums_stay_on_the_trained_modules_device():
+    """The accumulators are made where the step's sums are (a host one would meet them in an
+    op, or hold sums that each step copies back to the host)."""
+    loss, score, _ = _epoch(_Sums([(0.5, 1), (0.25, 2)], "meta"))
+    assert loss.device.type == score.device.type == "meta"
+    assert (loss.dtype, score.dtype) == (torch.float64, torch.int64)

@@ -1,5 +1,6 @@
 """What a run folder's checkpoint may be, and what resuming from it refuses, word for word; the
-temporary-then-rename write of the run's files; the log line of an epoch."""
+temporary-then-rename write of the run's files; the log line of an epoch; what a torchrun rank
+other than the main one loads; the line endings of metrics.csv."""
 
 from __future__ import annotations
 
@@ -190,3 +191,45 @@ def test_an_epoch_flips_only_tasks_that_allow_it(hflip):
     (_, _, crops), = train.Local(64).epoch(_images(hflip), config, torch.Generator()
                                            .manual_seed(0))
     assert bool(crops.flip.any()) is hflip and crops.pad == 1  # 8 px: an eighth is 1 px
+
+
+def _stepped() -> tuple[nn.Module, torch.optim.Optimizer]:
+    """A module and its SGD after one step (the optimizer then holds momentum buffers)."""
+    owned, opt = _owned()
+    owned(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    return owned, opt
+
+
+def test_a_rank_other_than_the_main_one_loads_the_state_it_is_sent():
+    """Under torchrun only rank 0 reads the run folder; every other rank loads the module and
+    optimizer state that rank 0 broadcasts, and starts afresh when it broadcasts none."""
+    owned, opt = _stepped()
+    state = _state(owned, opt)
+    fresh = nn.Linear(3, 2)
+    fresh_opt = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
+    rank = SimpleNamespace(main=False, broadcast=lambda make: state)
+    assert train._resume_shared(rank, None, fresh, fresh_opt, SETTINGS) is state
+    assert torch.equal(fresh.weight, owned.weight) and torch.equal(fresh.bias, owned.bias)
+    buffers = [s["momentum_buffer"] for s in fresh_opt.state_dict()["state"].values()]
+    assert len(buffers) == 2 and all(torch.equal(a, b["momentum_buffer"]) for a, b in zip(
+        buffers, opt.state_dict()["state"].values(), strict=True))
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    rank = SimpleNamespace(main=False, broadcast=lambda make: None)
+    assert train._resume_shared(rank, None, fresh, fresh_opt, SETTINGS) is None
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in before.items())
+
+
+def test_the_metrics_csv_has_one_line_ending_per_row_even_where_text_mode_translates(
+        tmp_path, monkeypatch):
+    """The csv module ends rows with \\r\\n itself and asks for ``newline=""``: where text mode
+    turns \\n into \\r\\n (Windows, simulated here) another open would write \\r\\r\\n, a blank
+    row after every row in a spreadsheet."""
+    import builtins
+
+    def windows_open(file, mode="r", *args, newline=None, **kw):
+        return builtins.open(file, mode, *args, newline="\r\n" if newline is None else newline,
+                             **kw)
+    monkeypatch.setattr(train, "open", windows_open, raising=False)
+    train._write_csv(tmp_path / "m.csv", [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.25}])
+    assert (tmp_path / "m.csv").read_bytes() == b"epoch,loss\r\n1,0.5\r\n2,0.25\r\n"
