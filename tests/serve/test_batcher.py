@@ -6,8 +6,10 @@ device thread behind."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -187,3 +189,33 @@ def test_batch_metrics_count_each_batch_its_size_tasks_and_compute_time(model):
     assert 0 < seen.pop("batch_seconds_sum") <= elapsed
     assert seen == {"batch_seconds_count": 1, "batch_size_sum": 2, "batch_patches_sum": 2,
                     "queue_depth": 0}
+
+
+def test_each_image_of_a_batch_gets_its_own_lambdas(model):
+    """Λ is computed per image (that image alone), also when it shares a routed group."""
+    jobs = [replace(job(i), lambdas=("a",)) for i in range(3)]
+
+    async def body(b):
+        return await asyncio.wait_for(asyncio.gather(*(b.submit(j) for j in jobs)), BOUND)
+
+    answers = run(body, model, max_batch=3, max_wait_ms=60_000)
+    names = model.stage_names
+    for j, answer in zip(jobs, answers, strict=True):
+        with torch.inference_mode():
+            alone = model.lambdas(j.prepared(j.x[None]), patch="a")
+        assert answer["a"].lambdas == {s: (names[s], t.float().tolist()) for s, t in alone.items()}
+        assert all(len(rows) == 1 for _, rows in answer["a"].lambdas.values())
+
+
+def test_a_float64_model_gets_its_batch_in_float64(model):
+    """The batch is cast to the model's dtype on the device, whatever dtype staging made."""
+    double = copy.deepcopy(model).double()
+    j = replace(job(0), asks=(Ask(4, 4, logits=True),))
+
+    async def body(b):
+        return await asyncio.wait_for(b.submit(j), BOUND)
+
+    answer = run(body, double, max_batch=1)["a"]
+    with torch.inference_mode():
+        want = double(j.prepared(j.x[None]).double(), patch="a")[0]
+    assert answer.logits == want.float().tolist()
