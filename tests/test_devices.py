@@ -98,6 +98,8 @@ def test_every_path_runs_on_cuda_with_nothing_made_on_the_cpu(fake_cuda):
     assert _cuda(model.features(x, patch="delta"))
     start = model.first_patched_stage(["two"])
     assert _cuda(model.forward_from(model.stage_input(x, start), start, patch="two"))
+    routed = ["two", "__base__", "head", "two", "head", "two"]  # routed rows from a stage
+    assert _cuda(model.forward_from(model.stage_input(x, start), start, patches=routed))
 
 
 def test_the_checks_see_a_cpu_tensor_in_a_cuda_path(fake_cuda):

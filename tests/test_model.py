@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from helpers import assert_unchanged, snapshot
@@ -243,3 +245,140 @@ def _tiny_task(num_classes: int):
         return ImageSet(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
                         torch.arange(n) % num_classes)
     return TaskData("tiny", s(24), s(8), s(8), [str(i) for i in range(num_classes)])
+
+
+# ----------------------------------------------------------------- forward_from
+def _three_patches(backbone) -> dp.PatchedModel:
+    """'a' and 'c' start at stage 1, 'b' at stage 2, 'h' is head-only (starts past the last)."""
+    model = dp.PatchedModel(backbone).eval()
+    model.add_patch("a", 4, stages=[1])
+    model.add_patch("c", 5, stages=[1, 2])
+    model.add_patch("b", 6, stages=[2])
+    model.add_patch("h", 3, stages=0)
+    return model
+
+
+@torch.no_grad()
+def test_forward_from_any_start_up_to_the_first_patched_stage_equals_forward(backbone, x):
+    model = _three_patches(backbone)
+    mixed = ["a", dp.BASE, "b", "c", "h", "a"]
+    for s in (0, 1):
+        h = model.stage_input(x, s)
+        assert torch.equal(model.forward_from(h, s, patch="a"), model(x, patch="a"))
+        assert torch.equal(model.forward_from(h, s), backbone(x))  # nothing active: the base
+        assert torch.equal(model.forward_from(h, s, patches=mixed), model(x, patches=mixed))
+        assert torch.equal(model.forward_from(h, s, patch="c", head=False),
+                           model.features(x, "c"))
+        model.set_patch("a")  # the active patch, when none is named
+        assert torch.equal(model.forward_from(h, s), model(x, patch="a"))
+        model.set_patch(None)
+    assert not torch.equal(model(x, patch="a"), model(x, patches=mixed))  # routing has teeth
+
+
+@torch.no_grad()
+def test_forward_from_past_a_patched_stage_is_refused_in_words_for_any_batch(backbone, x):
+    model = _three_patches(backbone)
+    h = model.stage_input(x, 2)
+    for rows in (h, h[:0]):  # an empty batch too: it has no rows to name the patch
+        with pytest.raises(ValueError) as err:
+            model.forward_from(rows, 2, patch="a")
+        assert str(err.value) == "forward_from(start=2) would skip patched stage 1"
+    with pytest.raises(ValueError, match=r"^forward_from\(start=2\) would skip patched stage 1$"):
+        model.forward_from(h, 2, patches=["b"] * 5 + ["a"])
+    assert torch.equal(model.forward_from(h, 2, patches=["b", "h"] * 3),
+                       model(x, patches=["b", "h"] * 3))
+
+
+@torch.no_grad()
+def test_an_empty_routed_batch_from_a_stage_has_the_base_tasks_width(backbone):
+    model = _three_patches(backbone)
+    model.set_patch("a")  # routed rows name their tasks: the active patch plays no part
+    h = model.stage_input(torch.zeros(0, 3, 32, 32), 1)
+    assert model.forward_from(h, 1, patches=[]).shape == (0, 10)
+
+
+@torch.no_grad()
+def test_a_given_first_residual_is_the_one_forward_from_uses(backbone, x):
+    model = _three_patches(backbone)
+    h = model.stage_input(x, 1)
+    r1 = model.first_residual(h, 1)
+    assert torch.equal(model.forward_from(h, 1, patch="a", first_residual=r1),
+                       model(x, patch="a"))
+    assert not torch.equal(model.forward_from(h, 1, patch="a", first_residual=r1 + 1),
+                           model(x, patch="a"))
+
+
+@pytest.mark.parametrize("start, rows", [
+    (1, ["a", "c"] * 3),  # two patches, both starting at stage 1
+    (1, ["a"] * 5 + [dp.BASE]),  # a patch and the base task
+    (1, ["b"] * 6),  # one patch that starts later than ``start``
+    (3, ["h"] * 6),  # past the last stage: no stage to take F_1 of
+])
+@torch.no_grad()
+def test_a_first_residual_is_refused_unless_one_patch_starts_at_the_start(backbone, x, start,
+                                                                          rows):
+    model = _three_patches(backbone)
+    h = model.stage_input(x, start)
+    with pytest.raises(ValueError) as err:
+        model.forward_from(h, start, patches=rows, first_residual=torch.zeros(1))
+    assert str(err.value) == ("first_residual needs all rows on one patch that patches stage "
+                              f"{start}")
+
+
+# ----------------------------------------------------------------- the rest of the API
+def test_lambdas_without_a_patch_is_refused_in_words(backbone, x):
+    model = dp.PatchedModel(backbone)
+    with pytest.raises(dp.PatchError) as err:
+        model.lambdas(x)
+    assert str(err.value) == "lambdas() needs a patch: pass patch=NAME or set_patch(NAME)"
+    model.add_patch("h", 3, stages=0)
+    assert model.lambdas(x, patch="h") == {}  # a head-only patch has no Λ
+
+
+def test_a_frozen_patch_parameter_is_not_counted_as_trainable(backbone):
+    model = dp.PatchedModel(backbone)
+    patch = model.add_patch("a", 10, stages=1)
+    everything = sum(p.numel() for p in patch.parameters())
+    assert model.trainable_parameters("a") == everything
+    patch.head.bias.requires_grad_(False)
+    assert model.trainable_parameters("a") == everything - 10
+
+
+def test_a_saved_patch_records_its_trainable_parameters_and_loads_under_a_new_name(backbone,
+                                                                                     tmp_path):
+    import json
+
+    model = dp.PatchedModel(backbone)
+    model.add_patch("a", 10, stages=1)
+    folder = model.save_patch("a", tmp_path / "a")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["trainable_params"] == model.trainable_parameters("a") > 0
+    assert model.load_patch(folder, name="again") == "again"
+    assert set(model.patches) == {"a", "again"}
+
+
+def test_an_input_size_over_the_backbones_limit_is_refused_in_words(backbone, tmp_path):
+    from dataclasses import replace
+
+    from deltapatch.patch import read_patch
+
+    model = dp.PatchedModel(backbone)  # a 32 px backbone: files may ask up to 4 × 32 or 512 px
+    model.add_patch("a", 10, stages=1)
+    config, tensors = read_patch(model.save_patch("a", tmp_path / "a"))
+    model.remove_patch("a")
+    config.preprocess = replace(config.preprocess, size=512)
+    model.check_fits(config)  # at the limit: accepted
+    config.preprocess = replace(config.preprocess, size=513)
+    with pytest.raises(dp.PatchError) as err:
+        model.attach_patch(config, tensors)
+    assert str(err.value) == ("patch 'a' asks for 513 px inputs, over the limit of 512 px for "
+                              "this 32 px backbone; if you trust the patch, pass "
+                              "--max-image-size 513")
+    assert not model.patches
+
+
+def test_the_fingerprint_is_of_the_weights_as_loaded_whatever_the_model_is_cast_to(backbone):
+    want = dp.PatchedModel(backbone).fingerprint
+    cast = dp.PatchedModel(copy.deepcopy(backbone)).double()  # fingerprint never asked before
+    assert cast.fingerprint == want
+    assert dp.PatchedModel(copy.deepcopy(backbone).double()).fingerprint != want  # has teeth
