@@ -142,7 +142,7 @@ for mod in "${@:-delta}"; do
         # MUTATION_PLANT_TESTS: only these test files (a survivor of the whole runner that they
         # kill is killed; one they do not kill stays a survivor either way)
         plant "$dir" "$src" "$mod" "${MUTATION_PLANT_TESTS:-$sel}" \
-            | tee "$OUT/${mod//\//.}.planted.txt"
+            | tee "${MUTATION_PLANT_OUT:-$OUT/${mod//\//.}.planted.txt}"  # a file of its own for a second pass
         continue
     fi
     if [ -n "${MUTATION_SAMPLE:-}" ]; then
