@@ -219,3 +219,41 @@ def test_a_float64_model_gets_its_batch_in_float64(model):
     with torch.inference_mode():
         want = double(j.prepared(j.x[None]).double(), patch="a")[0]
     assert answer.logits == want.float().tolist()
+
+
+def test_defaults_and_bounds(model):
+    b = Batcher(model, ServeMetrics())
+    assert (b.max_batch, b.max_wait, b.max_queue, b.exact_base) == (32, 0.005, 256, True)
+    assert b.recent.maxlen == 256  # what tests and debugging see stays bounded
+    assert Batcher(model, ServeMetrics(), max_wait_ms=250).max_wait == 0.25
+    Batcher(model, ServeMetrics(), max_batch=1, max_queue=1, max_wait_ms=0)  # the smallest
+    for bad in ({"max_batch": 0}, {"max_queue": 0}, {"max_wait_ms": -1}):
+        with pytest.raises(ValueError) as err:
+            Batcher(model, ServeMetrics(), **bad)
+        assert str(err.value) == "max_batch and max_queue must be ≥ 1, max_wait_ms ≥ 0"
+
+
+def test_every_batch_runs_on_the_one_device_thread(model, monkeypatch):
+    """A GPU's context and stream are used from one thread only, batch after batch."""
+    threads = []
+
+    async def body(b):
+        run_batch = b._run
+
+        def recorded(batch):
+            threads.append(threading.current_thread())
+            return run_batch(batch)
+
+        monkeypatch.setattr(b, "_run", recorded)
+        for i in range(20):
+            await asyncio.wait_for(b.submit(job(i)), BOUND)
+
+    run(body, model, max_batch=1, max_wait_ms=0)
+    assert len(threads) == 20 and len(set(threads)) == 1
+
+
+def test_a_batcher_that_never_started_closes(model):
+    async def body(b):
+        return b._task
+
+    assert run(body, model, start=False) is None  # and run() closed it without error
