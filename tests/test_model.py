@@ -382,3 +382,83 @@ def test_the_fingerprint_is_of_the_weights_as_loaded_whatever_the_model_is_cast_
     cast = dp.PatchedModel(copy.deepcopy(backbone)).double()  # fingerprint never asked before
     assert cast.fingerprint == want
     assert dp.PatchedModel(copy.deepcopy(backbone).double()).fingerprint != want  # has teeth
+
+
+def test_a_spec_given_is_the_one_used(backbone, x):
+    """Two stages, the third folded into the pre-logits: a spec the catalog would not choose."""
+    from deltapatch.backbones.spec import spec_for
+
+    spec = dp.StageSpec(stem=spec_for(backbone).stem, stages=["layer1", "layer2"],
+                        pre_logits=["layer3", "avgpool", lambda t: t.flatten(1)], head="linear")
+    model = dp.PatchedModel(backbone, spec=spec)
+    assert model.spec is spec and model.num_stages == 2
+    assert torch.equal(model(x), backbone(x))
+
+
+def test_removing_a_patch_clears_it_as_the_active_one_and_only_it(backbone, x):
+    model = dp.PatchedModel(backbone)
+    model.add_patch("a", 10, stages=1)
+    model.add_patch("b", 10, stages=1)
+    model.set_patch("a")
+    model.remove_patch("b")
+    assert model.active == "a"
+    model.remove_patch("a")
+    assert model.active is None and torch.equal(model(x), backbone(x))
+    with pytest.raises(dp.PatchError) as err:  # nothing active again: the refusal of none
+        model.print_trainable_parameters()
+    assert str(err.value) == "no patch given and none active"
+
+
+def test_a_fresh_model_has_no_active_patch(backbone, x):
+    model = dp.PatchedModel(backbone)
+    assert model.active is None
+    with pytest.raises(dp.PatchError) as err:
+        model.print_trainable_parameters()
+    assert str(err.value) == "no patch given and none active"
+
+
+def test_a_dense_patch_is_refused_as_a_classifier_in_words(backbone, x):
+    model = dp.PatchedModel(backbone)
+    model.add_patch("boxes", 3, stages=1, task="detection", options={"levels": [1, 2]})
+    for call in (lambda: model(x, patch="boxes"), lambda: model.logit_task("boxes")):
+        with pytest.raises(dp.PatchError) as err:
+            call()
+        assert str(err.value) == ("patch 'boxes' is a detection patch; run it with "
+                                  "deltapatch.dense.DenseTask (or `deltapatch predict`), not as "
+                                  "a classifier")
+
+
+def test_routing_names_and_stage_bounds_are_refused_in_words(backbone, x):
+    model = dp.PatchedModel(backbone)
+    with pytest.raises(ValueError) as err:
+        model(x, patches=["__base__"] * 3)
+    assert str(err.value) == "3 patch names for a batch of 6"
+    for stage in (-1, 4):
+        with pytest.raises(ValueError) as err:
+            model.stage_input(x, stage)
+        assert str(err.value) == f"stage {stage} out of range 0..3"
+
+
+@torch.no_grad()
+def test_a_patchs_pyramid_has_every_row_also_none(backbone):
+    model = dp.PatchedModel(backbone).eval()
+    model.add_patch("a", 10, stages=[1])
+    x5 = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    for rows in (x5, x5[:0]):
+        for name in ("a", None):
+            out = model.pyramid(rows, name)
+            assert list(out) == model.stage_names
+            assert [t.shape[:2] for t in out.values()] == [(len(rows), c) for c in (16, 32, 64)]
+    patched, base = model.pyramid(x5, "a"), model.pyramid(x5)
+    names = model.stage_names
+    assert torch.equal(patched[names[0]], base[names[0]])  # before the Δ-stage: frozen
+    assert not torch.equal(patched[names[1]], base[names[1]])
+
+
+@torch.no_grad()
+def test_features_have_one_row_per_image(backbone):
+    model = dp.PatchedModel(backbone).eval()
+    model.add_patch("a", 10, stages=1)
+    for n in (0, 1, 5):
+        x = torch.randn(n, 3, 32, 32)
+        assert model.features(x, "a").shape == model.features(x).shape == (n, 64)
