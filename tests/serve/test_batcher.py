@@ -47,8 +47,8 @@ def run(body, model: dp.PatchedModel, **settings):
             batcher.start()
         try:
             return await asyncio.wait_for(body(batcher), 3 * BOUND)
-        finally:
-            await batcher.close()
+        finally:  # bounded too: a loop that never stops is a failure, not a hung test
+            await asyncio.wait_for(batcher.close(), BOUND)
 
     return asyncio.run(main())
 
@@ -108,6 +108,16 @@ def test_a_full_batch_leaves_at_once_without_waiting_for_the_deadline(model):
         return list(b.recent)
 
     assert run(body, model, max_batch=2, max_wait_ms=60_000) == [[("a",), ("a",)]]
+
+
+def test_a_lone_job_leaves_when_its_deadline_passes(model):
+    """Nothing else arrives: the batch of one leaves after max_wait (50 ms), not never."""
+    async def body(b):
+        await asyncio.wait_for(b.submit(job(0)), BOUND)
+        await asyncio.wait_for(b.submit(job(1)), BOUND)  # and the loop goes on after it
+        return list(b.recent)
+
+    assert run(body, model, max_batch=4, max_wait_ms=50) == [[("a",)], [("a",)]]
 
 
 def test_a_batch_waits_for_jobs_that_arrive_before_its_deadline(model):
