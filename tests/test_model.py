@@ -462,3 +462,67 @@ def test_features_have_one_row_per_image(backbone):
     for n in (0, 1, 5):
         x = torch.randn(n, 3, 32, 32)
         assert model.features(x, "a").shape == model.features(x).shape == (n, 64)
+
+
+# ----------------------------------------------------------------- add_patch and its arguments
+def test_add_patch_defaults_are_the_papers_delta_1(backbone):
+    config = dp.PatchedModel(backbone).add_patch("a", 10).config
+    assert (config.stages, config.gate, config.norm, config.reduction, config.method,
+            config.task, config.options, config.init) == (
+        [2], "delta", "output", 4, "delta", "classification", {}, "random")
+
+
+def test_every_add_patch_argument_reaches_the_patchs_config(backbone):
+    config = dp.PatchedModel(backbone).add_patch(
+        "a", 3, stages=["layer1", 2], gate="learned", norm="skip", reduction=2, init="base",
+        class_names=["x", "y", "z"], method="custom", options={"k": 1}).config
+    assert (config.stages, config.gate, config.norm, config.reduction, config.init,
+            config.class_names, config.method, config.options) == (
+        [0, 2], "learned", "skip", 2, "base", ["x", "y", "z"], "custom", {"k": 1})
+    dense = dp.PatchedModel(backbone).add_patch("d", 3, task="segmentation",
+                                                options={"levels": [1, 2]})
+    assert dense.config.task == "segmentation"
+
+
+def test_the_init_default_is_the_backbone_familys_for_gates_that_can_start_at_the_base():
+    model = dp.PatchedModel(dp.load_backbone("efficientnet_lite0"))  # its measured default: base
+    assert model.add_patch("a", 3).config.init == "base"
+    assert model.add_patch("f", 3, gate="fixed").config.init == "random"  # Λ fixed: the paper's
+
+
+def test_class_names_of_another_count_are_refused_in_words(backbone):
+    model = dp.PatchedModel(backbone)
+    with pytest.raises(ValueError) as err:
+        model.add_patch("a", 3, class_names=["x", "y"])
+    assert str(err.value) == "2 class names for 3 classes"
+    assert not model.patches
+
+
+def test_stages_are_resolved_or_refused_in_words(backbone):
+    model = dp.PatchedModel(backbone)  # stages layer1, layer2, layer3
+    assert model.resolve_stages(0) == [] and model.resolve_stages(3) == [0, 1, 2]
+    assert model.resolve_stages("layer2") == [1]  # one name, not its letters
+    assert model.resolve_stages(["layer3", 0, 0]) == [0, 2]
+    refusals = {
+        4: "stages=4: this backbone has 3 stages (0..3)",
+        -1: "stages=-1: this backbone has 3 stages (0..3)",
+        "layer9": "unknown stage 'layer9'; stages are ['layer1', 'layer2', 'layer3']",
+        (3,): "stage index 3 out of range 0..2 (layer1, layer2, layer3)",
+        (-1,): "stage index -1 out of range 0..2 (layer1, layer2, layer3)",
+    }
+    for stages, message in refusals.items():
+        with pytest.raises(ValueError) as err:
+            model.resolve_stages(stages)
+        assert str(err.value) == message
+
+
+def test_an_unknown_patch_is_refused_naming_those_loaded(backbone):
+    model = dp.PatchedModel(backbone)
+    with pytest.raises(dp.PatchError) as err:
+        model.get_patch("x")
+    assert str(err.value) == "no patch named 'x' (loaded: none)"
+    model.add_patch("a", 3)
+    model.add_patch("b", 3)
+    with pytest.raises(dp.PatchError) as err:
+        model.get_patch("x")
+    assert str(err.value) == "no patch named 'x' (loaded: a, b)"
