@@ -38,7 +38,7 @@ tests_for() {
         train)    echo "tests/test_train.py tests/test_train_resume.py tests/test_train_loop.py tests/test_epoch_draws.py tests/test_train_device.py tests/test_perf.py tests/test_distributed.py" ;;
         cache)    echo "tests/test_cache.py tests/test_perf.py tests/test_train_device.py tests/test_train.py" ;;
         serve/batcher) echo "tests/serve/test_batcher.py tests/serve/test_serve_concurrency.py tests/serve/test_serve_api.py tests/serve/test_serve_device.py tests/serve/test_serve_lambdas.py tests/serve/test_serve_oip.py" ;;
-        serve/readout|serve/staging) echo "tests/serve/test_staging.py tests/serve/test_serve_device.py tests/serve/test_batcher.py tests/serve/test_serve_oip.py tests/serve/test_serve_api.py tests/serve/test_serve_lambdas.py" ;;
+        serve/readout|serve/staging) echo "tests/serve/test_staging.py tests/serve/test_readout.py tests/serve/test_serve_device.py tests/serve/test_batcher.py tests/serve/test_serve_oip.py tests/serve/test_serve_api.py tests/serve/test_serve_lambdas.py" ;;
         *) echo "no test selection for module '$1'; add it to tests_for in $0" >&2; exit 2 ;;
     esac
 }
