@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import copy
+import json
+from dataclasses import replace
 
 import pytest
 import torch
 from helpers import assert_unchanged, snapshot
+from safetensors import safe_open
 
 import deltapatch as dp
+from deltapatch.backbones.spec import spec_for
+from deltapatch.patch import read_patch
 from deltapatch.train import TrainConfig, fit_patch
 
 
@@ -165,8 +170,6 @@ def test_trainable_parameters_counts_patch_only(backbone, capsys):
 
 
 def test_patch_bytes_are_its_tensors_bytes_as_the_file_stores_them(backbone, tmp_path):
-    from safetensors import safe_open
-
     model = dp.PatchedModel(backbone)
     model.add_patch("a", 10, stages=1)
     model.add_patch("b", 10, stages=[0, 2])
@@ -188,8 +191,6 @@ def test_set_patch_to_the_base_task_serves_the_backbone(backbone, x):
 
 
 def test_a_stored_config_whose_stages_do_not_fit_is_refused_in_words(backbone, tmp_path):
-    from deltapatch.patch import read_patch
-
     model = dp.PatchedModel(backbone)
     model.add_patch("a", 10, stages=1)
     config, tensors = read_patch(model.save_patch("a", tmp_path / "a"))
@@ -346,8 +347,6 @@ def test_a_frozen_patch_parameter_is_not_counted_as_trainable(backbone):
 
 def test_a_saved_patch_records_its_trainable_parameters_and_loads_under_a_new_name(backbone,
                                                                                      tmp_path):
-    import json
-
     model = dp.PatchedModel(backbone)
     model.add_patch("a", 10, stages=1)
     folder = model.save_patch("a", tmp_path / "a")
@@ -358,10 +357,6 @@ def test_a_saved_patch_records_its_trainable_parameters_and_loads_under_a_new_na
 
 
 def test_an_input_size_over_the_backbones_limit_is_refused_in_words(backbone, tmp_path):
-    from dataclasses import replace
-
-    from deltapatch.patch import read_patch
-
     model = dp.PatchedModel(backbone)  # a 32 px backbone: files may ask up to 4 × 32 or 512 px
     model.add_patch("a", 10, stages=1)
     config, tensors = read_patch(model.save_patch("a", tmp_path / "a"))
@@ -386,8 +381,6 @@ def test_the_fingerprint_is_of_the_weights_as_loaded_whatever_the_model_is_cast_
 
 def test_a_spec_given_is_the_one_used(backbone, x):
     """Two stages, the third folded into the pre-logits: a spec the catalog would not choose."""
-    from deltapatch.backbones.spec import spec_for
-
     spec = dp.StageSpec(stem=spec_for(backbone).stem, stages=["layer1", "layer2"],
                         pre_logits=["layer3", "avgpool", lambda t: t.flatten(1)], head="linear")
     model = dp.PatchedModel(backbone, spec=spec)

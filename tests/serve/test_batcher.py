@@ -1,7 +1,8 @@
 """The batcher driven directly (no HTTP): its queue bound and refusals word for word, a refused
-request leaves nothing queued, a batch leaves when full without waiting for the deadline and
-waits for late arrivals otherwise, a failed forward is every job's answer, and closing leaves no
-device thread behind."""
+request leaves nothing queued, a batch leaves when full or at its deadline and takes late
+arrivals before it, a failed forward is every job's answer and a gone client costs nobody
+theirs, the batch metrics, one device thread for every batch (none left after closing), Λ per
+image, and the batch in the model's dtype."""
 
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ def run(body, model: dp.PatchedModel, **settings):
 
 def test_the_queue_holds_max_queue_jobs_and_refuses_the_next_in_words(model):
     async def body(b):
-        b.submit(job(0)), b.submit(job(1))
+        b.submit(job(0))
+        b.submit(job(1))
         with pytest.raises(QueueFull) as err:
             b.submit(job(2))
         return str(err.value), len(b._queue)
