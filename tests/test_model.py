@@ -190,11 +190,18 @@ def test_set_patch_to_the_base_task_serves_the_backbone(backbone, x):
     assert model.active is None and torch.equal(model(x), backbone(x))
 
 
-def test_a_stored_config_whose_stages_do_not_fit_is_refused_in_words(backbone, tmp_path):
+def _stored_and_removed(backbone, folder) -> tuple[dp.PatchedModel, object, dict]:
+    """A model, and the config and tensors of its patch 'a' as read back from disk, 'a' removed
+    (so attaching them again is what a load does)."""
     model = dp.PatchedModel(backbone)
     model.add_patch("a", 10, stages=1)
-    config, tensors = read_patch(model.save_patch("a", tmp_path / "a"))
+    config, tensors = read_patch(model.save_patch("a", folder))
     model.remove_patch("a")
+    return model, config, tensors
+
+
+def test_a_stored_config_whose_stages_do_not_fit_is_refused_in_words(backbone, tmp_path):
+    model, config, tensors = _stored_and_removed(backbone, tmp_path / "a")
     config.stages = [model.num_stages]  # one past the last stage
     with pytest.raises(dp.PatchError) as err:
         model.attach_patch(config, tensors)
@@ -357,10 +364,8 @@ def test_a_saved_patch_records_its_trainable_parameters_and_loads_under_a_new_na
 
 
 def test_an_input_size_over_the_backbones_limit_is_refused_in_words(backbone, tmp_path):
-    model = dp.PatchedModel(backbone)  # a 32 px backbone: files may ask up to 4 × 32 or 512 px
-    model.add_patch("a", 10, stages=1)
-    config, tensors = read_patch(model.save_patch("a", tmp_path / "a"))
-    model.remove_patch("a")
+    # a 32 px backbone: files may ask up to 4 × 32 or 512 px
+    model, config, tensors = _stored_and_removed(backbone, tmp_path / "a")
     config.preprocess = replace(config.preprocess, size=512)
     model.check_fits(config)  # at the limit: accepted
     config.preprocess = replace(config.preprocess, size=513)
