@@ -17,7 +17,7 @@ def _images(n: int, dtype: torch.dtype = torch.uint8, seed: int = 0) -> list[tor
 
 
 @pytest.fixture
-def gpu(monkeypatch):
+def recorded(monkeypatch):
     """Staging for 'cuda' on the host: each buffer staging allocates (and whether pinned), and
     each tensor it sends, recorded; the send returns the tensor itself."""
     made, sent = [], []
@@ -38,8 +38,8 @@ def gpu(monkeypatch):
 
 
 @pytest.mark.parametrize("sizes", [(1,), (2, 1, 3)])
-def test_for_a_gpu_one_pinned_buffer_per_dtype_goes_over_and_groups_are_its_views(gpu, sizes):
-    made, sent = gpu
+def test_for_a_gpu_one_pinned_buffer_per_dtype_goes_over_and_groups_are_its_views(recorded, sizes):
+    made, sent = recorded
     groups = [_images(n, seed=i) for i, n in enumerate(sizes)]
     floats = [_images(2, torch.float32, seed=9)]
     device = torch.device("cuda")
@@ -54,16 +54,16 @@ def test_for_a_gpu_one_pinned_buffer_per_dtype_goes_over_and_groups_are_its_view
         assert o.untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr()
 
 
-def test_for_another_device_the_buffer_is_not_pinned(gpu):
+def test_for_another_device_the_buffer_is_not_pinned(recorded):
     """Pinned host memory serves copies to a CUDA device only."""
-    made, _ = gpu
+    made, _ = recorded
     staging.stage([_images(2)], torch.device("meta"))
     assert [pinned for _, pinned in made] == [False]
 
 
-def test_on_the_cpu_each_group_is_the_stack_of_its_images_with_no_buffer(gpu):
+def test_on_the_cpu_each_group_is_the_stack_of_its_images_with_no_buffer(recorded):
     """Nothing to copy on the CPU: no flat buffer is written, nothing is sent."""
-    made, sent = gpu
+    made, sent = recorded
     groups = [_images(2), _images(1, seed=1), _images(3, torch.float32, seed=2)]
     out = staging.stage(groups, torch.device("cpu"))
     assert [o.dtype for o in out] == [torch.uint8, torch.uint8, torch.float32]
