@@ -28,11 +28,13 @@ from deltapatch.bench.suite import resolve
 
 
 def derived_suite(suite: str, name: str, backbone: str, tasks: list[str], variants: list[str],
-                  defaults: dict[str, str], seeds: int, extra: str = "") -> str:
+                  defaults: dict[str, str], seeds: int, extra: str = "",
+                  keep: set[tuple[str, str]] | None = None) -> str:
     """A shipped suite's TOML up to its first scenario, with ``defaults`` lines replaced (key →
     new right-hand side; an absent key is added under ``[defaults]``), ``seeds`` seeds, the
-    TOML tables in ``extra`` (more variants) and one single-task scenario over the chosen
-    cells."""
+    TOML tables in ``extra`` (more variants) and a single-task scenario over the chosen
+    cells: every task × variant, or, given ``keep`` (task, variant) pairs, one scenario per
+    task over its kept variants only (a scenario is a product, so a subset needs several)."""
     text = resolve(suite).read_text()
     head = text[:text.index("[[scenarios]]")]
     for key, value in defaults.items():
@@ -41,9 +43,12 @@ def derived_suite(suite: str, name: str, backbone: str, tasks: list[str], varian
             head = head.replace("[defaults]\n", f"[defaults]\n{key} = {value}\n", 1)
     head = re.sub(r"(?m)^seeds = \d+$", f"seeds = {seeds}", head, count=1)
     head = re.sub(r'(?m)^name = ".*"$', f'name = "{name}"', head, count=1)
-    return head + extra + ("\n[[scenarios]]\nkind = \"single\"\ntable = \"single\"\n"
-                   f"backbones = {json.dumps([backbone])}\ntasks = {json.dumps(tasks)}\n"
-                   f"variants = {json.dumps(variants)}\n")
+    groups = [(tasks, variants)] if keep is None else [
+        ([t], kept) for t in tasks if (kept := [v for v in variants if (t, v) in keep])]
+    return head + extra + "".join(
+        "\n[[scenarios]]\nkind = \"single\"\ntable = \"single\"\n"
+        f"backbones = {json.dumps([backbone])}\ntasks = {json.dumps(ts)}\n"
+        f"variants = {json.dumps(vs)}\n" for ts, vs in groups)
 
 
 def probe_suite(suite: str, backbone: str, tasks: list[str], variants: list[str],

@@ -20,13 +20,28 @@ import statistics
 from pathlib import Path
 
 from _common import replace_block
+from grid_edges import tuned_cells
 from lr_edge_probe import cell_parser, derived_suite, ok_runs, run_bench
 
+from deltapatch.bench.tuning import edge
 from deltapatch.hardware import describe
 
 
 def cell(key: str) -> str:
     return key.rsplit("/seed", 1)[0]
+
+
+def edge_cells(records: Path, backbone: str) -> set[tuple[str, str]]:
+    """(task, variant) of the single-task cells whose published seed-0 choice is at an edge of
+    the rates it tried: the only cells protocol 4 can change (an interior one reruns as is)."""
+    found = set()
+    for key, r in tuned_cells(records).items():
+        scenario, bb, task, variant = key.split("/")
+        s = r["result"]["lr_search"]
+        if scenario == "single" and bb == backbone and edge([float(x) for x in s["val_score"]],
+                                                             s["chosen"]):
+            found.add((task, variant))
+    return found
 
 
 def summary(runs: dict[str, dict]) -> dict[str, dict]:
@@ -67,6 +82,8 @@ def main() -> None:
     ap.add_argument("--extend", type=int, default=3, help="rates at most added past the edge")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--report-only", action="store_true", help="compare what has finished")
+    ap.add_argument("--edges-only", action="store_true",
+                    help="of the tasks × variants, only the cells --records has on a grid edge")
     ap.add_argument("--write", type=Path, default=None,
                     help="also put the comparison between <!-- protocol4:begin/end --> here")
     ap.add_argument("--publish", type=Path, default=None,
@@ -75,8 +92,9 @@ def main() -> None:
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     toml = a.out / "protocol4.toml"
+    keep = edge_cells(a.records, a.backbone) if a.edges_only else None
     toml.write_text(derived_suite(a.suite, f"{a.suite}-p4", a.backbone, a.tasks, a.variants,
-                                  {"lr_extend": str(a.extend)}, a.seeds))
+                                  {"lr_extend": str(a.extend)}, a.seeds, keep=keep))
     flags = ["--report-only"] if a.report_only else []
     run_bench(toml, a.out, a.threads, *flags)
     runs = json.loads((a.out / "results.json").read_text())["runs"]
@@ -85,7 +103,7 @@ def main() -> None:
     text = "\n".join([
         f"`PYTHONPATH=src python benchmarks/protocol4.py --suite {a.suite} --backbone {a.backbone} "
         f"--tasks {' '.join(a.tasks)} --variants {' '.join(a.variants)} --extend {a.extend} "
-        f"--records {a.records} --out {a.out}` (lr_extend = {a.extend}; {done} of {len(runs)} "
+        f"{'--edges-only ' if a.edges_only else ''}--records {a.records} --out {a.out}` (lr_extend = {a.extend}; {done} of {len(runs)} "
         f"runs finished; {machines}, shared with other jobs). HM: test harmonic mean, %, "
         "mean ± sd over the seeds finished:", "",
         *compare(summary(ok_runs(a.records)), summary(ok_runs(a.out / "results.json")))])

@@ -79,6 +79,35 @@ def test_protocol4_suite_is_the_shipped_one_with_lr_extend_and_its_seeds(monkeyp
     assert {j.lr_extend for j in jobs} == {3}
 
 
+def test_protocol4_edges_only_reruns_the_edge_cells_and_nothing_else(monkeypatch, tmp_path):
+    """A scenario is a task × variant product: the edge cells of several tasks need one
+    scenario each, or the interior cells between them would be retrained for nothing."""
+    import json
+
+    from deltapatch.bench.runner import build_jobs
+    from deltapatch.bench.suite import load_suite
+    p4 = _script("protocol4", monkeypatch)
+    probe = _script("lr_edge_probe", monkeypatch)
+
+    def rec(cell, chosen):
+        return {"key": f"{cell}/seed0", "status": "ok", "label": cell, "seed": 0, "result": {
+            "lr_search": {"chosen": chosen, "val_score": {"0.001": 0.1, "0.01": 0.2,
+                                                           "0.03": 0.3}}}}
+    records = tmp_path / "results.json"
+    records.write_text(json.dumps({"runs": [
+        rec("single/resnet20/gtsrb/delta1", 0.03), rec("single/resnet20/gtsrb/delta2", 0.01),
+        rec("single/resnet20/dtd10/delta2", 0.001), rec("single/resnet56/dtd10/delta1", 0.03),
+        rec("transfer/resnet20/dtd10/delta1", 0.03)]}))
+    keep = p4.edge_cells(records, "resnet20")
+    assert keep == {("gtsrb", "delta1"), ("dtd10", "delta2")}
+    path = tmp_path / "p4.toml"
+    path.write_text(probe.derived_suite("cpu", "cpu-p4", "resnet20", ["gtsrb", "dtd10"],
+                                        ["delta1", "delta2"], {"lr_extend": "3"}, seeds=1,
+                                        keep=keep))
+    assert sorted(j.key for j in build_jobs(load_suite(str(path)))) == [
+        "single/resnet20/dtd10/delta2/seed0", "single/resnet20/gtsrb/delta1/seed0"]
+
+
 @pytest.mark.parametrize("suite", ["cpu", "imagenet"])
 def test_frontier_suite_reuses_the_published_cells_it_shares(suite, monkeypatch, tmp_path):
     """The frontier's suite is the shipped one plus more sizes: a published seed-0 cell keeps
