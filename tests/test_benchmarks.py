@@ -180,3 +180,24 @@ def test_gpu_bench_reads_serve_load_and_judges_each_goal(monkeypatch):
     assert gpu.verdict("server_p99_over_p50_at_70pct", 1.5).endswith("met)")
     assert "NOT met" in gpu.verdict("mixed64_vs_base", 1.31)
     assert gpu.verdict("delta_cache_vs_lora", None) == "not measured"
+
+
+def test_dense_claim_pairs_seeds_from_the_records_and_says_when_it_cannot(monkeypatch, tmp_path):
+    claims = _script("claim_intervals", monkeypatch)
+    pytest.importorskip("scipy")
+
+    def record(variant: str, seed: int, box_map: float) -> None:
+        path = tmp_path / "efficientnet_lite0" / "detection" / variant / f"seed{seed}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f'{{"seed": {seed}, "box_map": {box_map}}}')
+
+    record("heads", 0, 0.40)
+    record("delta_all", 0, 0.45)
+    assert "fewer than two paired seeds" in claims.dense_line(tmp_path)
+    record("heads", 1, 0.42)
+    record("delta_all", 1, 0.46)
+    record("heads", 2, 0.41)
+    record("delta_all", 2, 0.47)  # differences 5, 4, 6 points: mean 5, sd 1
+    assert "+5.0 [+2.5, +7.5] points, holds" in claims.dense_line(tmp_path)
+    record("delta_all", 2, 0.31)  # 5, 4, −10: the interval now spans zero
+    assert "within noise" in claims.dense_line(tmp_path)
