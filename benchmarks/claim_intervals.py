@@ -23,7 +23,8 @@ from typing import NamedTuple
 
 from _common import replace_block
 
-from deltapatch.bench.intervals import DRAWS, METHOD, Score, hm_score, mean_score, paired, top1_score
+from deltapatch.bench.intervals import (DRAWS, METHOD, Score, hm_score, joint_hm_score, mean_score,
+                                        paired, top1_score)
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "results"
 SEED = 0  # the bootstrap's seed: the block is the same on every run
@@ -46,6 +47,10 @@ def score(record: dict, metric: str, base_n: int) -> Score:
     if metric == "hm":
         return hm_score(r["patch_top1"], r["n_test"], r["base_top1"],
                         r.get("n_base_test") or base_n)
+    if metric == "joint":
+        return joint_hm_score({"base": (r["base_top1"], r.get("n_base_test") or base_n),
+                               **{t: (acc, r["n_by_test"][t])
+                                  for t, acc in r["top1_by_test"].items()}})
     if metric == "top1":
         return top1_score(r["patch_top1"], r["n_test"])
     if metric == "target":
@@ -98,7 +103,8 @@ def line(claim: Claim, records: dict, per_cell: bool) -> str:
     return head + "; per cell: " + "; ".join(f"{t} {i.text()}" for (_, t), i in each.items())
 
 
-METRIC_TEXT = {"hm": "harmonic mean", "top1": "top-1", "target": "USPS (target) top-1",
+METRIC_TEXT = {"hm": "harmonic mean", "joint": "harmonic mean over the base and every joint task",
+               "top1": "top-1", "target": "USPS (target) top-1",
                "sequential": "mean top-1 after the last task"}
 SUITE_TEXT = {"cpu": "cpu", "cpu-protocol4": "cpu, protocol 4", "imagenet": "Lite0"}
 
@@ -113,6 +119,11 @@ CLAIMS = [
             "delta2>paint delta3>paint linear>paint delta2>delta1 delta3>delta1 delta3>delta2 "
             "delta3>adapter-parallel delta3>adapter-series delta3>bn-adapt delta3>pnc "
             "delta1-base>delta1 delta3-base>delta3"),
+    *claims("cpu", "single", "top1", "delta3>existing delta3>learned delta3>learned-bn "
+            "delta3>fixed delta3>fixed-bn delta3>random delta3>delta3-nobn learned-bn>learned "
+            "fixed-bn>fixed"),
+    *claims("cpu", "joint", "joint", "delta1>paint delta3>paint linear>paint delta1>linear "
+            "delta3>delta1"),
     *claims("cpu", "sequential", "sequential", "delta1>paint delta3>paint linear>paint "
             "delta1>linear"),
     *claims("cpu", "zsda", "target", "delta1>linear delta3>linear ft-delta3>ft-plain"),
@@ -127,19 +138,23 @@ CLAIMS = [
 ]
 
 
-def dense_line(folder: Path = DOCS / "dense" / "runs") -> str:
-    """Box mAP@[.5:.95] of Lite0 heads + Δ(all) against heads only, paired by seed, from the
-    committed dense records: a t-interval over seeds (mAP is not a per-image rate, so the
-    binomial bootstrap of the other lines does not apply)."""
+DENSE_TEXT = {"heads": "heads only", "delta_all": "heads + Δ(all)", "finetune": "heads + fine-tuning"}
+
+
+def dense_line(folder: Path = DOCS / "dense" / "runs", a: str = "delta_all",
+               b: str = "heads") -> str:
+    """Box mAP@[.5:.95] of two Lite0 variants, paired by seed, from the committed dense
+    records: a t-interval over seeds (mAP is not a per-image rate, so the binomial bootstrap of
+    the other lines does not apply)."""
     from scipy import stats  # only here: the one claim without per-image counts
 
     def by_seed(variant: str) -> dict[int, float]:
         return {(r := json.loads(f.read_text()))["seed"]: r["box_map"] for f in
                 sorted((folder / "efficientnet_lite0" / "detection" / variant).glob("seed*.json"))}
 
-    delta, heads = by_seed("delta_all"), by_seed("heads")
+    delta, heads = by_seed(a), by_seed(b)
     seeds = sorted(set(delta) & set(heads))
-    text = "- dense · Lite0 box mAP@[.5:.95] heads + Δ(all) − heads only"
+    text = f"- dense · Lite0 box mAP@[.5:.95] {DENSE_TEXT[a]} − {DENSE_TEXT[b]}"
     if len(seeds) < 2:
         return f"{text}: fewer than two paired seeds in docs/results/dense/runs yet"
     diff = [100 * (delta[s] - heads[s]) for s in seeds]
@@ -159,9 +174,11 @@ def block(per_cell: bool) -> str:
         f"do not edit by hand. Each line: A − B in points, mean over the cells of the paired "
         f"per-seed difference, with its 95 % interval ({METHOD}; {DRAWS} draws, bootstrap seed "
         f"{SEED}), and the verdict: **holds** only where the interval excludes zero, **reversed** "
-        f"where it excludes zero on the other side, else **within noise**. cpu: protocol 3, "
+        f"where it excludes zero on the other side, else **within noise**. cpu: protocol 3 "
+        f"(the Table 8 ablation, on patch top-1 as the paper's table, and joint patching since "
+        f"2026-12-06), "
         f"3 seeds per cell; Lite0: seed 0 (Δ(1) init=random: 2 seeds on two tasks), so its "
-        f"intervals cover test images only, not seeds.", "", *lines, dense_line()])
+        f"intervals cover test images only, not seeds.", "", *lines, dense_line(), dense_line(a="finetune", b="delta_all")])
 
 
 def main() -> None:

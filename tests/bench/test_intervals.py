@@ -2,7 +2,7 @@
 
 import pytest
 
-from deltapatch.bench.intervals import hm_score, paired, top1_score
+from deltapatch.bench.intervals import hm_score, joint_hm_score, paired, top1_score
 
 
 def _cell(a: float, b: float, seeds: int = 3, n: int = 1000, base: float = 0.8):
@@ -66,3 +66,20 @@ def test_three_scattered_seeds_do_not_decide_a_claim():
     zero, which resampling three seeds with replacement would hide."""
     cell = [(top1_score(0.6 + d, 10**6), top1_score(0.6, 10**6)) for d in (0.042, 0.099, 0.185)]
     assert paired([cell]).verdict == "within noise"
+
+
+def test_a_joint_score_is_the_harmonic_mean_of_the_base_and_every_task():
+    parts = {"base": (0.808, 1000), "mnist": (0.752, 1000), "gtsrb": (0.429, 1000),
+             "dtd10": (0.2975, 400)}
+    assert joint_hm_score(parts).value() == pytest.approx(0.484276, abs=1e-6)  # a record's own
+    assert joint_hm_score({**parts, "dtd10": (0.0, 400)}).value() == 0.0
+    assert joint_hm_score({"base": (0.8, 10), "a": (0.4, 10)}).value() == pytest.approx(
+        hm_score(0.4, 10, 0.8, 10).value())
+
+
+def test_a_joint_claim_shares_the_untouched_base_and_decides_a_clear_gap():
+    def run(task: float):
+        return joint_hm_score({"base": (0.8, 1000), "a": (task, 1000), "b": (task, 1000)})
+
+    assert paired([[(run(0.7), run(0.4))] * 3]).verdict == "holds"
+    assert paired([[(run(0.5), run(0.5))] * 3]).verdict == "within noise"

@@ -64,6 +64,15 @@ def harmonic(parts: dict[str, np.ndarray]) -> np.ndarray:
         return np.where(p + b > 0, 2 * p * b / np.where(p + b > 0, p + b, 1), 0.0)
 
 
+def harmonic_all(parts: dict[str, np.ndarray]) -> np.ndarray:
+    """The harmonic mean of every part (joint patching: the base task and each joint task); 0
+    where any part is 0, as for two."""
+    acc = np.stack(list(parts.values()))
+    with np.errstate(divide="ignore"):
+        inverse = np.sum(1.0 / np.where(acc > 0, acc, 1.0), axis=0)
+    return np.where((acc > 0).all(axis=0), len(acc) / inverse, 0.0)
+
+
 def single(parts: dict[str, np.ndarray]) -> np.ndarray:
     return parts["value"]
 
@@ -74,6 +83,12 @@ def mean(parts: dict[str, np.ndarray]) -> np.ndarray:
 
 def hm_score(patch: float, n_patch: int, base: float, n_base: int) -> Score:
     return Score({"patch": (patch, n_patch), "base": (base, n_base)}, harmonic)
+
+
+def joint_hm_score(parts: dict[str, tuple[float, int]]) -> Score:
+    """Joint patching's number: the harmonic mean over the base task ("base") and every task of
+    the group, each measured on its own test images."""
+    return Score(dict(parts), harmonic_all)
 
 
 def top1_score(acc: float, n: int) -> Score:
