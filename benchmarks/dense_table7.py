@@ -7,6 +7,7 @@ and is skipped when that record exists; the report (``--report``) reads only tho
     python benchmarks/dense_table7.py --out /work/runs/dense --seeds 0          # run (resumes)
     python benchmarks/dense_table7.py --out /work/runs/dense --report docs/results/dense.md
     python benchmarks/dense_table7.py --out /work/runs/dense --figure docs/results/dense.png
+    python benchmarks/dense_table7.py --out /work/runs/dense --publish docs/results/dense
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -64,6 +66,17 @@ def run_all(out: Path, seeds: list[int], backbones: list[str]) -> None:
                     tmp = rec.with_suffix(".tmp")
                     tmp.write_text(json.dumps(result, indent=1) + "\n")
                     os.replace(tmp, rec)
+
+
+def publish(out: Path, dest: Path) -> int:
+    """Copy the finished records (not the patch folders) to ``dest``, where ``--out dest
+    --report`` reads them: what gets committed."""
+    records = sorted((out / "runs").rglob("seed*.json"))
+    for rec in records:
+        target = dest / rec.relative_to(out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(rec, target)
+    return len(records)
 
 
 def _cell(values: list[float]) -> str:
@@ -145,7 +158,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="write the Markdown table of the finished runs here; runs nothing")
     p.add_argument("--figure", type=Path, default=None,
                    help="draw Lite0's seed-0 predictions on test photos into this PNG; runs nothing")
+    p.add_argument("--publish", type=Path, default=None,
+                   help="copy the finished run records here (e.g. docs/results/dense); runs nothing")
     args = p.parse_args(argv)
+    if args.publish is not None:
+        print(f"{publish(args.out, args.publish)} records copied to {args.publish / 'runs'}")
+        return 0
     if args.figure is not None:
         print(figure(args.out, args.figure))
         return 0

@@ -201,3 +201,17 @@ def test_dense_claim_pairs_seeds_from_the_records_and_says_when_it_cannot(monkey
     assert "+5.0 [+2.5, +7.5] points, holds" in claims.dense_line(tmp_path)
     record("delta_all", 2, 0.31)  # 5, 4, −10: the interval now spans zero
     assert "within noise" in claims.dense_line(tmp_path)
+
+
+def test_dense_publish_copies_records_only_where_the_report_reads_them(monkeypatch, tmp_path):
+    dense = _script("dense_table7", monkeypatch)
+    out = tmp_path / "out"
+    rec = dense.record_path(out, "cifar_resnet20", "detection", "heads", 0)
+    rec.parent.mkdir(parents=True)
+    rec.write_text("{}")
+    patch = out / "patches" / "cifar_resnet20" / "detection" / "heads" / "seed0" / "p.safetensors"
+    patch.parent.mkdir(parents=True)
+    patch.write_bytes(b"x")
+    assert dense.publish(out, tmp_path / "docs") == 1
+    assert dense.record_path(tmp_path / "docs", "cifar_resnet20", "detection", "heads", 0).exists()
+    assert not (tmp_path / "docs" / "patches").exists()
