@@ -128,7 +128,9 @@ CLAIMS = [
             "delta1>linear"),
     *claims("cpu", "zsda", "target", "delta1>linear delta3>linear ft-delta3>ft-plain"),
     *claims("cpu", "transfer", "top1", "ft-delta3>ft-plain"),
-    *claims("cpu-protocol4", "single", "hm", "delta3>delta1 delta1>linear delta3>linear"),
+    *claims("cpu-protocol4", "single", "hm", "delta3>delta1 delta1>linear delta3>linear "
+            "delta2>delta1 delta3>adapter-parallel delta3>adapter-series delta3>bn-adapt "
+            "delta1-base>delta1 delta3-base>delta3"),
     *claims("imagenet", "single", "hm", "delta1-base>paint delta5-base>paint linear>paint "
             "delta1-base>linear delta5-base>linear delta1-base>lora delta5-base>lora "
             "delta5-base>lora2 delta1-base>delta1 delta5-base>delta5"),
