@@ -35,7 +35,8 @@ class Claim(NamedTuple):
     scenario: str
     a: str  # variant keys of the suite file
     b: str
-    metric: str  # hm | top1 | target | sequential
+    metric: str  # hm | top1 | target | sequential | joint
+    backbone: str | None = None  # only this backbone's cells (None: all the suite has)
 
 
 def _base_n(suite: str) -> int:
@@ -76,13 +77,16 @@ def cells(claim: Claim, records: dict) -> dict[tuple[str, str], list[tuple[Score
     base_n = _base_n(claim.suite)
     return {cell: [(score(a[cell][s], claim.metric, base_n), score(b[cell][s], claim.metric, base_n))
                    for s in sorted(set(a[cell]) & set(b[cell]))]
-            for cell in sorted(set(a) & set(b)) if set(a[cell]) & set(b[cell])}
+            for cell in sorted(set(a) & set(b)) if set(a[cell]) & set(b[cell])
+            and claim.backbone in (None, cell[0])}
 
 
 def title(claim: Claim, records: dict) -> str:
     label = {v: next(iter(next(iter(cells_.values())).values()))["label"]
              for (s, v), cells_ in records.items() if s == claim.scenario}
-    return (f"{SUITE_TEXT[claim.suite]} · {claim.scenario} · {label.get(claim.a, claim.a)} − "
+    where = SUITE_TEXT[claim.suite] + (f" {BACKBONE_TEXT[claim.backbone]}"
+                                       if claim.backbone in BACKBONE_TEXT else "")
+    return (f"{where} · {claim.scenario} · {label.get(claim.a, claim.a)} − "
             f"{label.get(claim.b, claim.b)}, {METRIC_TEXT[claim.metric]}")
 
 
@@ -106,19 +110,23 @@ def line(claim: Claim, records: dict, per_cell: bool) -> str:
 METRIC_TEXT = {"hm": "harmonic mean", "joint": "harmonic mean over the base and every joint task",
                "top1": "top-1", "target": "USPS (target) top-1",
                "sequential": "mean top-1 after the last task"}
+BACKBONE_TEXT = {"resnet56": "ResNet-56"}  # named in a line's title; the cpu default, ResNet-20, is not
 SUITE_TEXT = {"cpu": "cpu", "cpu-protocol4": "cpu, protocol 4", "imagenet": "Lite0"}
 
 
-def claims(suite: str, scenario: str, metric: str, pairs: str) -> list[Claim]:
+def claims(suite: str, scenario: str, metric: str, pairs: str,
+           backbone: str | None = None) -> list[Claim]:
     """One claim per ``A>B`` in the space-separated ``pairs`` (variant keys of the suite)."""
-    return [Claim(suite, scenario, *p.split(">"), metric) for p in pairs.split()]
+    return [Claim(suite, scenario, *p.split(">"), metric, backbone) for p in pairs.split()]
 
 
 CLAIMS = [
     *claims("cpu", "single", "hm", "delta1>linear delta2>linear delta3>linear delta1>paint "
             "delta2>paint delta3>paint linear>paint delta2>delta1 delta3>delta1 delta3>delta2 "
             "delta3>adapter-parallel delta3>adapter-series delta3>bn-adapt delta3>pnc "
-            "delta1-base>delta1 delta3-base>delta3"),
+            "delta1-base>delta1 delta3-base>delta3", backbone="resnet20"),
+    *claims("cpu", "single", "hm", "delta1>linear delta3>linear delta1>paint delta3>paint "
+            "delta3>delta1", backbone="resnet56"),
     *claims("cpu", "single", "top1", "delta3>existing delta3>learned delta3>learned-bn "
             "delta3>fixed delta3>fixed-bn delta3>random delta3>delta3-nobn learned-bn>learned "
             "fixed-bn>fixed"),
@@ -128,6 +136,7 @@ CLAIMS = [
             "delta1>linear"),
     *claims("cpu", "zsda", "target", "delta1>linear delta3>linear ft-delta3>ft-plain"),
     *claims("cpu", "transfer", "top1", "ft-delta3>ft-plain"),
+    *claims("cpu", "scratch", "top1", "full-delta3>plain"),
     *claims("cpu-protocol4", "single", "hm", "delta3>delta1 delta1>linear delta3>linear "
             "delta2>delta1 delta3>adapter-parallel delta3>adapter-series delta3>bn-adapt "
             "delta1-base>delta1 delta3-base>delta3"),

@@ -215,3 +215,20 @@ def test_dense_publish_copies_records_only_where_the_report_reads_them(monkeypat
     assert dense.publish(out, tmp_path / "docs") == 1
     assert dense.record_path(tmp_path / "docs", "cifar_resnet20", "detection", "heads", 0).exists()
     assert not (tmp_path / "docs" / "patches").exists()
+
+
+def test_a_claim_named_for_one_backbone_pairs_only_its_cells(monkeypatch):
+    claims = _script("claim_intervals", monkeypatch)
+
+    def run(acc: float) -> dict:
+        return {0: {"label": "x", "result": {"patch_top1": acc, "n_test": 100}}}
+
+    records = {("single", v): {(bb, "gtsrb"): run(acc) for bb, acc in (("resnet20", 0.5),
+                                                                        ("resnet56", 0.6))}
+               for v in ("delta1", "linear")}
+    pooled = claims.Claim("cpu", "single", "delta1", "linear", "top1")
+    only56 = claims.Claim("cpu", "single", "delta1", "linear", "top1", "resnet56")
+    assert sorted(claims.cells(pooled, records)) == [("resnet20", "gtsrb"), ("resnet56", "gtsrb")]
+    assert list(claims.cells(only56, records)) == [("resnet56", "gtsrb")]
+    assert "cpu ResNet-56 · single" in claims.title(only56, records)
+    assert claims.title(pooled, records).startswith("cpu · single")
