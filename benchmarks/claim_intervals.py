@@ -163,12 +163,12 @@ def dense_line(folder: Path = DOCS / "dense" / "runs", a: str = "delta_all",
         return {(r := json.loads(f.read_text()))["seed"]: r["box_map"] for f in
                 sorted((folder / "efficientnet_lite0" / "detection" / variant).glob("seed*.json"))}
 
-    delta, heads = by_seed(a), by_seed(b)
-    seeds = sorted(set(delta) & set(heads))
+    first, second = by_seed(a), by_seed(b)
+    seeds = sorted(set(first) & set(second))
     text = f"- dense · Lite0 box mAP@[.5:.95] {DENSE_TEXT[a]} − {DENSE_TEXT[b]}"
     if len(seeds) < 2:
         return f"{text}: fewer than two paired seeds in docs/results/dense/runs yet"
-    diff = [100 * (delta[s] - heads[s]) for s in seeds]
+    diff = [100 * (first[s] - second[s]) for s in seeds]
     mean, n = sum(diff) / len(diff), len(diff)
     half = stats.t.ppf(0.975, n - 1) * stats.tstd(diff) / n ** 0.5
     lo, hi = mean - half, mean + half
@@ -186,10 +186,11 @@ def block(per_cell: bool) -> str:
         f"per-seed difference, with its 95 % interval ({METHOD}; {DRAWS} draws, bootstrap seed "
         f"{SEED}), and the verdict: **holds** only where the interval excludes zero, **reversed** "
         f"where it excludes zero on the other side, else **within noise**. cpu: protocol 3 "
-        f"(the Table 8 ablation, on patch top-1 as the paper's table, and joint patching since "
-        f"2026-12-06), "
-        f"3 seeds per cell; Lite0: seed 0 (Δ(1) init=random: 2 seeds on two tasks), so its "
-        f"intervals cover test images only, not seeds.", "", *lines, dense_line(), dense_line(a="finetune", b="delta_all")])
+        f"(the Table 8 ablation, on patch top-1 as the paper's table, joint patching, ResNet-56 "
+        f"and from scratch since 2026-12-06), 3 seeds per cell; cpu, protocol 4: the seeds "
+        f"each line states; Lite0: seed 0 (Δ(1) init=random: 2 seeds on two tasks), so its "
+        f"intervals cover test images only, not seeds.", "", *lines, dense_line(),
+        dense_line(a="finetune", b="delta_all")])
 
 
 def main() -> None:
