@@ -88,3 +88,16 @@ def replace_block(path, name: str, text: str) -> None:
     if not pattern.search(old):
         raise SystemExit(f"{path}: no {begin} … {end} markers")
     Path(path).write_text(pattern.sub(lambda _: f"{begin}\n{text}\n{end}", old))
+
+
+def copy_records(out, dest) -> int:
+    """Copy the finished runs' records, ``out/runs/**/seed*.json`` (not their patch files), to
+    the same places under ``dest/runs``: what a script publishes to commit."""
+    import shutil
+    from pathlib import Path
+    records = sorted((Path(out) / "runs").rglob("seed*.json"))
+    for rec in records:
+        target = Path(dest) / rec.relative_to(out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(rec, target)
+    return len(records)

@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+from _common import copy_records
 
 from deltapatch.dense.run import run_dense
 from deltapatch.run import RunSpec
@@ -71,12 +71,7 @@ def run_all(out: Path, seeds: list[int], backbones: list[str]) -> None:
 def publish(out: Path, dest: Path) -> int:
     """Copy the finished records (not the patch folders) to ``dest``, where ``--out dest
     --report`` reads them: what gets committed."""
-    records = sorted((out / "runs").rglob("seed*.json"))
-    for rec in records:
-        target = dest / rec.relative_to(out)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(rec, target)
-    return len(records)
+    return copy_records(out, dest)
 
 
 def _cell(values: list[float]) -> str:

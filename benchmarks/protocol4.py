@@ -19,7 +19,7 @@ import shutil
 import statistics
 from pathlib import Path
 
-from _common import replace_block
+from _common import copy_records, replace_block
 from grid_edges import tuned_cells
 from lr_edge_probe import cell_parser, derived_suite, ok_runs, run_bench
 
@@ -116,10 +116,7 @@ def main() -> None:
 
 def publish(out: Path, dest: Path) -> None:
     """The finished runs' records (not their patch files) and the suite they answer."""
-    for f in (out / "runs").rglob("seed*.json"):
-        target = dest / "runs" / f.relative_to(out / "runs")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(f, target)
+    copy_records(out, dest)
     shutil.copy2(out / "protocol4.toml", dest / "protocol4.toml")
     shutil.copy2(out / "results.json", dest / "results.json")  # what claim_intervals.py reads
 

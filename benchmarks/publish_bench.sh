@@ -7,14 +7,8 @@
 set -euo pipefail
 src=$1 dst=$2 suite=$3 md=${4:-}
 mkdir -p "$dst/runs"
-python - "$src/runs" "$dst/runs" <<'PY'
-import shutil, sys
-from pathlib import Path
-src, dst = Path(sys.argv[1]), Path(sys.argv[2])
-for f in src.rglob("seed*.json"):
-    (dst / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(f, dst / f.relative_to(src))
-PY
+PYTHONPATH="$(dirname "$0")" python -c 'import sys; from _common import copy_records
+copy_records(sys.argv[1], sys.argv[2])' "$src" "$dst"
 args=(bench --suite "$suite" --out "$dst" --report-only --no-progress)
 if [ -n "$md" ]; then args+=(--results-md "$md"); fi
 if [ -n "${NOTE:-}" ]; then args+=(--note "$NOTE"); fi
