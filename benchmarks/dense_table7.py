@@ -62,6 +62,7 @@ def run_all(out: Path, seeds: list[int], backbones: list[str]) -> None:
                     print(f"{time.strftime('%H:%M:%S')} {backbone} {task} {variant} seed {seed}",
                           flush=True)
                     result = run_dense(spec(backbone, task, variant, seed), folder)
+                    result["finished"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
                     rec.parent.mkdir(parents=True, exist_ok=True)
                     tmp = rec.with_suffix(".tmp")
                     tmp.write_text(json.dumps(result, indent=1) + "\n")

@@ -153,7 +153,7 @@ def main() -> None:
     extra, variants = plan(a.suite)
     a.out.mkdir(parents=True, exist_ok=True)
     toml = a.out / "frontier.toml"
-    toml.write_text(derived_suite(a.suite, f"{a.suite}-frontier", s["backbone"], a.tasks,
+    toml.write_text(derived_suite(a.suite, f"{a.suite}-frontier", [s["backbone"]], a.tasks,
                                   variants, {}, seeds=1, extra=extra))
     copied = seed_records([ROOT / "docs" / "results" / a.suite, a.report], a.out, s["backbone"],
                           a.tasks, variants)

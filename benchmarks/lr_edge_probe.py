@@ -27,14 +27,15 @@ from pathlib import Path
 from deltapatch.bench.suite import resolve
 
 
-def derived_suite(suite: str, name: str, backbone: str, tasks: list[str], variants: list[str],
-                  defaults: dict[str, str], seeds: int, extra: str = "",
-                  keep: set[tuple[str, str]] | None = None) -> str:
+def derived_suite(suite: str, name: str, backbones: list[str], tasks: list[str],
+                  variants: list[str], defaults: dict[str, str], seeds: int, extra: str = "",
+                  keep: set[tuple[str, str, str]] | None = None) -> str:
     """A shipped suite's TOML up to its first scenario, with ``defaults`` lines replaced (key →
     new right-hand side; an absent key is added under ``[defaults]``), ``seeds`` seeds, the
-    TOML tables in ``extra`` (more variants) and a single-task scenario over the chosen
-    cells: every task × variant, or, given ``keep`` (task, variant) pairs, one scenario per
-    task over its kept variants only (a scenario is a product, so a subset needs several)."""
+    TOML tables in ``extra`` (more variants) and single-task scenarios over the chosen cells:
+    every backbone × task × variant, or, given ``keep`` (backbone, task, variant) triples, one
+    scenario per backbone and task over its kept variants only (a scenario is a product, so a
+    subset needs several)."""
     text = resolve(suite).read_text()
     head = text[:text.index("[[scenarios]]")]
     for key, value in defaults.items():
@@ -43,18 +44,19 @@ def derived_suite(suite: str, name: str, backbone: str, tasks: list[str], varian
             head = head.replace("[defaults]\n", f"[defaults]\n{key} = {value}\n", 1)
     head = re.sub(r"(?m)^seeds = \d+$", f"seeds = {seeds}", head, count=1)
     head = re.sub(r'(?m)^name = ".*"$', f'name = "{name}"', head, count=1)
-    groups = [(tasks, variants)] if keep is None else [
-        ([t], kept) for t in tasks if (kept := [v for v in variants if (t, v) in keep])]
+    groups = [(b, tasks, variants) for b in backbones] if keep is None else [
+        (b, [t], kept) for b in backbones for t in tasks
+        if (kept := [v for v in variants if (b, t, v) in keep])]
     return head + extra + "".join(
         "\n[[scenarios]]\nkind = \"single\"\ntable = \"single\"\n"
-        f"backbones = {json.dumps([backbone])}\ntasks = {json.dumps(ts)}\n"
-        f"variants = {json.dumps(vs)}\n" for ts, vs in groups)
+        f"backbones = {json.dumps([b])}\ntasks = {json.dumps(ts)}\n"
+        f"variants = {json.dumps(vs)}\n" for b, ts, vs in groups)
 
 
-def probe_suite(suite: str, backbone: str, tasks: list[str], variants: list[str],
+def probe_suite(suite: str, backbones: list[str], tasks: list[str], variants: list[str],
                 rate: float) -> str:
     """The suite's cells at one rate, seed 0 only."""
-    return derived_suite(suite, f"{suite}-lr-probe", backbone, tasks, variants,
+    return derived_suite(suite, f"{suite}-lr-probe", backbones, tasks, variants,
                          {"lr_grid": f"[{rate!r}]"}, seeds=1)
 
 
@@ -86,7 +88,7 @@ def cell_parser(doc: str) -> argparse.ArgumentParser:
     """The arguments every script over chosen cells of a suite takes."""
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--suite", required=True, help="shipped suite name or TOML path")
-    ap.add_argument("--backbone", required=True)
+    ap.add_argument("--backbone", nargs="+", required=True, help="suite backbone key(s)")
     ap.add_argument("--tasks", nargs="+", required=True)
     ap.add_argument("--variants", nargs="+", required=True)
     ap.add_argument("--records", type=Path, required=True, help="the suite's results.json")

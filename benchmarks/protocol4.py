@@ -31,16 +31,17 @@ def cell(key: str) -> str:
     return key.rsplit("/seed", 1)[0]
 
 
-def edge_cells(records: Path, backbone: str) -> set[tuple[str, str]]:
-    """(task, variant) of the single-task cells whose published seed-0 choice is at an edge of
-    the rates it tried: the only cells protocol 4 can change (an interior one reruns as is)."""
+def edge_cells(records: Path, backbones: list[str]) -> set[tuple[str, str, str]]:
+    """(backbone, task, variant) of the single-task cells whose published seed-0 choice is at
+    an edge of the rates it tried: the only cells protocol 4 can change (an interior one reruns
+    as is). The Table 8 ablation's cells are single-task cells too."""
     found = set()
     for key, r in tuned_cells(records).items():
         scenario, bb, task, variant = key.split("/")
         s = r["result"]["lr_search"]
-        if scenario == "single" and bb == backbone and edge([float(x) for x in s["val_score"]],
+        if scenario == "single" and bb in backbones and edge([float(x) for x in s["val_score"]],
                                                              s["chosen"]):
-            found.add((task, variant))
+            found.add((bb, task, variant))
     return found
 
 
@@ -84,6 +85,9 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="compare what has finished")
     ap.add_argument("--edges-only", action="store_true",
                     help="of the tasks × variants, only the cells --records has on a grid edge")
+    ap.add_argument("--shard", default=None, metavar="I/N",
+                    help="run only shard I of N (deltapatch bench --shard): one process per "
+                         "core, same --out")
     ap.add_argument("--write", type=Path, default=None,
                     help="also put the comparison between <!-- protocol4:begin/end --> here")
     ap.add_argument("--publish", type=Path, default=None,
@@ -95,7 +99,8 @@ def main() -> None:
     keep = edge_cells(a.records, a.backbone) if a.edges_only else None
     toml.write_text(derived_suite(a.suite, f"{a.suite}-p4", a.backbone, a.tasks, a.variants,
                                   {"lr_extend": str(a.extend)}, a.seeds, keep=keep))
-    flags = ["--report-only"] if a.report_only else []
+    flags = (["--report-only"] if a.report_only else []) + (
+        ["--shard", a.shard] if a.shard else [])
     run_bench(toml, a.out, a.threads, *flags)
     runs = json.loads((a.out / "results.json").read_text())["runs"]
     done = sum(r.get("status") == "ok" for r in runs)

@@ -55,7 +55,7 @@ def test_lr_edge_probe_writes_a_loadable_one_rate_suite(monkeypatch, tmp_path):
     from deltapatch.bench.suite import load_suite
     probe = _script("lr_edge_probe", monkeypatch)
     path = tmp_path / "probe.toml"
-    path.write_text(probe.probe_suite("cpu", "resnet20", ["dtd10"], ["linear", "delta1"], 0.1))
+    path.write_text(probe.probe_suite("cpu", ["resnet20"], ["dtd10"], ["linear", "delta1"], 0.1))
     suite, shipped = load_suite(str(path)), load_suite("cpu")
     assert suite.defaults["lr_grid"] == [0.1] and shipped.defaults["lr_grid"] != [0.1]
     assert suite.seeds == 1
@@ -70,7 +70,7 @@ def test_protocol4_suite_is_the_shipped_one_with_lr_extend_and_its_seeds(monkeyp
     from deltapatch.bench.suite import load_suite
     probe = _script("lr_edge_probe", monkeypatch)
     path = tmp_path / "p4.toml"
-    path.write_text(probe.derived_suite("cpu", "cpu-p4", "resnet20", ["gtsrb"], ["delta1"],
+    path.write_text(probe.derived_suite("cpu", "cpu-p4", ["resnet20"], ["gtsrb"], ["delta1"],
                                         {"lr_extend": "3"}, seeds=3))
     suite, shipped = load_suite(str(path)), load_suite("cpu")
     assert suite.defaults == {**shipped.defaults, "lr_extend": 3} and suite.seeds == 3
@@ -98,14 +98,22 @@ def test_protocol4_edges_only_reruns_the_edge_cells_and_nothing_else(monkeypatch
         rec("single/resnet20/gtsrb/delta1", 0.03), rec("single/resnet20/gtsrb/delta2", 0.01),
         rec("single/resnet20/dtd10/delta2", 0.001), rec("single/resnet56/dtd10/delta1", 0.03),
         rec("transfer/resnet20/dtd10/delta1", 0.03)]}))
-    keep = p4.edge_cells(records, "resnet20")
-    assert keep == {("gtsrb", "delta1"), ("dtd10", "delta2")}
+    keep = p4.edge_cells(records, ["resnet20"])
+    assert keep == {("resnet20", "gtsrb", "delta1"), ("resnet20", "dtd10", "delta2")}
     path = tmp_path / "p4.toml"
-    path.write_text(probe.derived_suite("cpu", "cpu-p4", "resnet20", ["gtsrb", "dtd10"],
+    path.write_text(probe.derived_suite("cpu", "cpu-p4", ["resnet20"], ["gtsrb", "dtd10"],
                                         ["delta1", "delta2"], {"lr_extend": "3"}, seeds=1,
                                         keep=keep))
     assert sorted(j.key for j in build_jobs(load_suite(str(path)))) == [
         "single/resnet20/dtd10/delta2/seed0", "single/resnet20/gtsrb/delta1/seed0"]
+    both = p4.edge_cells(records, ["resnet20", "resnet56"])
+    assert both == keep | {("resnet56", "dtd10", "delta1")}
+    path.write_text(probe.derived_suite("cpu", "cpu-p4", ["resnet20", "resnet56"],
+                                        ["gtsrb", "dtd10"], ["delta1", "delta2"],
+                                        {"lr_extend": "3"}, seeds=1, keep=both))
+    assert sorted(j.key for j in build_jobs(load_suite(str(path)))) == [
+        "single/resnet20/dtd10/delta2/seed0", "single/resnet20/gtsrb/delta1/seed0",
+        "single/resnet56/dtd10/delta1/seed0"]
 
 
 @pytest.mark.parametrize("suite", ["cpu", "imagenet"])
@@ -120,7 +128,7 @@ def test_frontier_suite_reuses_the_published_cells_it_shares(suite, monkeypatch,
     probe = _script("lr_edge_probe", monkeypatch)
     extra, variants = front.plan(suite)
     path = tmp_path / "f.toml"
-    path.write_text(probe.derived_suite(suite, "f", front.SUITES[suite]["backbone"], ["dtd10"],
+    path.write_text(probe.derived_suite(suite, "f", [front.SUITES[suite]["backbone"]], ["dtd10"],
                                         variants, {}, seeds=1, extra=extra))
     jobs = build_jobs(load_suite(str(path)))
     assert len(jobs) == len(variants) and {j.seed for j in jobs} == {0}
