@@ -103,7 +103,23 @@ def report(out: Path) -> str:
                 if det else "–",
                 "–" if same is None else ("yes" if same else "NO"),
                 f"{_mean_wall(det)} / {_mean_wall(seg)}"]) + " |")
-    return "\n".join(rows) + "\n"
+    return "\n".join(rows) + "\n\n" + run_times(out) + "\n"
+
+
+def run_times(out: Path) -> str:
+    """Run time per backbone and seed from the records alone: what docs quote, re-derivable
+    (records written before the ``finished`` stamp give no end time)."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for f in sorted((out / "runs").glob("*/*/*/seed*.json")):
+        r = json.loads(f.read_text())
+        groups.setdefault((f.parts[-4], r["seed"]), []).append(r)
+    parts = []
+    for (backbone, seed), recs in sorted(groups.items()):
+        ends = sorted(r["finished"] for r in recs if "finished" in r)
+        last = f", last finished {ends[-1]} UTC" if len(ends) == len(recs) else ""
+        parts.append(f"{backbone} seed {seed}: {len(recs)} runs, "
+                     f"{sum(r['wall_seconds'] for r in recs) / 60:.0f} min{last}")
+    return "Run time (sum of the records' wall_seconds): " + "; ".join(parts) + "."
 
 
 def _mean_wall(recs: list[dict]) -> str:

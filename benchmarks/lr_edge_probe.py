@@ -27,15 +27,10 @@ from pathlib import Path
 from deltapatch.bench.suite import resolve
 
 
-def derived_suite(suite: str, name: str, backbones: list[str], tasks: list[str],
-                  variants: list[str], defaults: dict[str, str], seeds: int, extra: str = "",
-                  keep: set[tuple[str, str, str]] | None = None) -> str:
-    """A shipped suite's TOML up to its first scenario, with ``defaults`` lines replaced (key →
-    new right-hand side; an absent key is added under ``[defaults]``), ``seeds`` seeds, the
-    TOML tables in ``extra`` (more variants) and single-task scenarios over the chosen cells:
-    every backbone × task × variant, or, given ``keep`` (backbone, task, variant) triples, one
-    scenario per backbone and task over its kept variants only (a scenario is a product, so a
-    subset needs several)."""
+def suite_head(suite: str, name: str, defaults: dict[str, str], seeds: int) -> str:
+    """A shipped suite's TOML up to its first scenario, renamed, with ``defaults`` lines
+    replaced (key → new right-hand side; an absent key is added under ``[defaults]``) and
+    ``seeds`` seeds: what a copy of the suite over chosen cells starts from."""
     text = resolve(suite).read_text()
     head = text[:text.index("[[scenarios]]")]
     for key, value in defaults.items():
@@ -43,14 +38,23 @@ def derived_suite(suite: str, name: str, backbones: list[str], tasks: list[str],
         if n == 0:
             head = head.replace("[defaults]\n", f"[defaults]\n{key} = {value}\n", 1)
     head = re.sub(r"(?m)^seeds = \d+$", f"seeds = {seeds}", head, count=1)
-    head = re.sub(r'(?m)^name = ".*"$', f'name = "{name}"', head, count=1)
-    groups = [(b, tasks, variants) for b in backbones] if keep is None else [
-        (b, [t], kept) for b in backbones for t in tasks
-        if (kept := [v for v in variants if (b, t, v) in keep])]
-    return head + extra + "".join(
-        "\n[[scenarios]]\nkind = \"single\"\ntable = \"single\"\n"
-        f"backbones = {json.dumps([b])}\ntasks = {json.dumps(ts)}\n"
-        f"variants = {json.dumps(vs)}\n" for b, ts, vs in groups)
+    return re.sub(r'(?m)^name = ".*"$', f'name = "{name}"', head, count=1)
+
+
+def scenario_toml(entry: dict) -> str:
+    """One ``[[scenarios]]`` table (its values are strings and lists of them, which JSON
+    writes as TOML does)."""
+    return "\n[[scenarios]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in entry.items())
+
+
+def derived_suite(suite: str, name: str, backbones: list[str], tasks: list[str],
+                  variants: list[str], defaults: dict[str, str], seeds: int,
+                  extra: str = "") -> str:
+    """The suite's head (``suite_head``), the TOML tables in ``extra`` (more variants) and one
+    single-task scenario per backbone over every task × variant."""
+    return suite_head(suite, name, defaults, seeds) + extra + "".join(
+        scenario_toml({"kind": "single", "table": "single", "backbones": [b], "tasks": tasks,
+                       "variants": variants}) for b in backbones)
 
 
 def probe_suite(suite: str, backbones: list[str], tasks: list[str], variants: list[str],

@@ -17,12 +17,15 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
+import tomllib
 from pathlib import Path
 
 from _common import copy_records, replace_block
 from grid_edges import tuned_cells
-from lr_edge_probe import cell_parser, derived_suite, ok_runs, run_bench
+from lr_edge_probe import (cell_parser, derived_suite, ok_runs, run_bench, scenario_toml,
+                           suite_head)
 
+from deltapatch.bench.suite import resolve
 from deltapatch.bench.tuning import edge
 from deltapatch.hardware import describe
 
@@ -31,41 +34,77 @@ def cell(key: str) -> str:
     return key.rsplit("/seed", 1)[0]
 
 
-def edge_cells(records: Path, backbones: list[str]) -> set[tuple[str, str, str]]:
-    """(backbone, task, variant) of the single-task cells whose published seed-0 choice is at
-    an edge of the rates it tried: the only cells protocol 4 can change (an interior one reruns
-    as is). The Table 8 ablation's cells are single-task cells too."""
+def edge_keys(records: Path) -> set[str]:
+    """The cells (run keys without the seed) whose published seed-0 choice is at an edge of the
+    rates it tried: the only cells protocol 4 can change (an interior one reruns as is)."""
     found = set()
     for key, r in tuned_cells(records).items():
-        scenario, bb, task, variant = key.split("/")
         s = r["result"]["lr_search"]
-        if scenario == "single" and bb in backbones and edge([float(x) for x in s["val_score"]],
-                                                             s["chosen"]):
-            found.add((bb, task, variant))
+        if edge([float(x) for x in s["val_score"]], s["chosen"]):
+            found.add(key)
     return found
 
 
+def units(entry: dict) -> list[tuple[str, list[str], dict]]:
+    """A shipped scenario's cells per backbone and variant: each one's name in run keys, the
+    tasks it reads and the entry fields that select it alone. A sequential scenario has none
+    of its own: it borrows each task's single-task rate."""
+    if entry["kind"] == "zsda":
+        return [(f"{entry['source']}-{entry['target']}", [entry["source"], entry["target"]], {})]
+    if "groups" in entry:  # joint
+        return [("+".join(g), g, {"groups": [g]}) for g in entry["groups"]]
+    return [(t, [t], {"tasks": [t]}) for t in entry.get("tasks", [])]
+
+
+def edge_suite(suite: str, name: str, edges: set[str], backbones: list[str], tasks: list[str],
+               variants: list[str], defaults: dict[str, str], seeds: int) -> str:
+    """The shipped suite over its edge cells only, every scenario kind with a grid of its own
+    (single-task with the Table 8 ablation, joint, ZSDA, transfer): one scenario per backbone
+    and cell unit over its edge variants (a scenario is a product, so a subset needs several);
+    a cell several tables share, once."""
+    blocks, seen = [], set()
+    for entry in tomllib.loads(resolve(suite).read_text())["scenarios"]:
+        for bb in (b for b in entry["backbones"] if b in backbones):
+            for unit, reads, fields in units(entry):
+                keys = {v: f"{entry['kind']}/{bb}/{unit}/{v}" for v in entry["variants"]}
+                kept = [v for v, k in keys.items() if v in variants and k in edges - seen]
+                if kept and set(reads) <= set(tasks):
+                    seen.update(keys[v] for v in kept)
+                    blocks.append(scenario_toml({**entry, "backbones": [bb], **fields,
+                                                 "variants": kept}))
+    return suite_head(suite, name, defaults, seeds) + "".join(blocks)
+
+
+HEADLINE = {  # scenario kind -> (what its comparison shows, from a run's result)
+    "single": ("HM", lambda r: r["harmonic_mean"]),
+    "joint": ("joint HM", lambda r: r["joint_harmonic_mean"]),
+    "zsda": ("USPS top-1", lambda r: r["top1_by_test"]["target"]),
+    "transfer": ("top-1", lambda r: r["patch_top1"]),
+}
+
+
 def summary(runs: dict[str, dict]) -> dict[str, dict]:
-    """Cell -> its seed-0 search and the test harmonic means of its seeds."""
+    """Cell -> its seed-0 search and its seeds' headline score (HEADLINE), %."""
     out: dict[str, dict] = {}
     for key, r in runs.items():
-        if r["result"].get("harmonic_mean") is None:  # transfer and ZSDA runs have none
+        if r["scenario"] not in HEADLINE:
             continue
-        c = out.setdefault(cell(key), {"label": r["label"], "hm": []})
-        c["hm"].append(100 * r["result"]["harmonic_mean"])
+        metric, value = HEADLINE[r["scenario"]]
+        c = out.setdefault(cell(key), {"label": r["label"], "metric": metric, "score": []})
+        c["score"].append(100 * value(r["result"]))
         if "val_score" in r["result"].get("lr_search", {}):
             c["search"] = r["result"]["lr_search"]
     return out
 
 
-def hm_text(values: list[float]) -> str:
+def score_text(values: list[float]) -> str:
     sd = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
     return f"{statistics.fmean(values):.2f}{sd} (n={len(values)})"
 
 
 def compare(p3: dict[str, dict], p4: dict[str, dict]) -> list[str]:
     lines = ["| cell | method | protocol 3: rate | protocol 4: rate (added; interior) | "
-             "protocol 3 HM | protocol 4 HM |", "|---|---|---|---|---|---|"]
+             "test score | protocol 3 | protocol 4 |", "|---|---|---|---|---|---|---|"]
     for key, new in sorted(p4.items()):
         old = p3.get(key, {})
         s4 = new.get("search", {})
@@ -73,8 +112,8 @@ def compare(p3: dict[str, dict], p4: dict[str, dict]) -> list[str]:
         rate4 = (f"{s4['chosen']:g} ({added}; {'yes' if s4.get('interior', True) else 'no'})"
                  if s4 else "pending")
         rate3 = f"{old['search']['chosen']:g}" if "search" in old else "–"
-        lines.append(f"| {key} | {new['label']} | {rate3} | {rate4} | "
-                     f"{hm_text(old['hm']) if old else '–'} | {hm_text(new['hm'])} |")
+        lines.append(f"| {key} | {new['label']} | {rate3} | {rate4} | {new['metric']} | "
+                     f"{score_text(old['score']) if old else '–'} | {score_text(new['score'])} |")
     return lines
 
 
@@ -84,7 +123,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--report-only", action="store_true", help="compare what has finished")
     ap.add_argument("--edges-only", action="store_true",
-                    help="of the tasks × variants, only the cells --records has on a grid edge")
+                    help="of the tasks × variants, only the cells --records has on a grid "
+                         "edge, in every scenario kind with a grid of its own")
     ap.add_argument("--shard", default=None, metavar="I/N",
                     help="run only shard I of N (deltapatch bench --shard): one process per "
                          "core, same --out")
@@ -96,9 +136,11 @@ def main() -> None:
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     toml = a.out / "protocol4.toml"
-    keep = edge_cells(a.records, a.backbone) if a.edges_only else None
-    toml.write_text(derived_suite(a.suite, f"{a.suite}-p4", a.backbone, a.tasks, a.variants,
-                                  {"lr_extend": str(a.extend)}, a.seeds, keep=keep))
+    defaults, name = {"lr_extend": str(a.extend)}, f"{a.suite}-p4"
+    toml.write_text(edge_suite(a.suite, name, edge_keys(a.records), a.backbone, a.tasks,
+                               a.variants, defaults, a.seeds) if a.edges_only else
+                    derived_suite(a.suite, name, a.backbone, a.tasks, a.variants, defaults,
+                                  a.seeds))
     flags = (["--report-only"] if a.report_only else []) + (
         ["--shard", a.shard] if a.shard else [])
     run_bench(toml, a.out, a.threads, *flags)
@@ -109,8 +151,9 @@ def main() -> None:
         f"`PYTHONPATH=src python benchmarks/protocol4.py --suite {a.suite} --backbone {a.backbone} "
         f"--tasks {' '.join(a.tasks)} --variants {' '.join(a.variants)} --extend {a.extend} "
         f"{'--edges-only ' if a.edges_only else ''}--records {a.records} --out {a.out}` (lr_extend = {a.extend}; {done} of {len(runs)} "
-        f"runs finished; {machines}, shared with other jobs). HM: test harmonic mean, %, "
-        "mean ± sd over the seeds finished:", "",
+        f"runs finished; {machines}, shared with other jobs). Test score, %, mean ± sd over the "
+        "seeds finished: HM, the harmonic mean of base and patch top-1; joint HM, over the base "
+        "and every joint task; USPS top-1 for MNIST → USPS; top-1 for transfer:", "",
         *compare(summary(ok_runs(a.records)), summary(ok_runs(a.out / "results.json")))])
     print(text)
     if a.write:

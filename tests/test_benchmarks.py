@@ -80,40 +80,42 @@ def test_protocol4_suite_is_the_shipped_one_with_lr_extend_and_its_seeds(monkeyp
 
 
 def test_protocol4_edges_only_reruns_the_edge_cells_and_nothing_else(monkeypatch, tmp_path):
-    """A scenario is a task × variant product: the edge cells of several tasks need one
-    scenario each, or the interior cells between them would be retrained for nothing."""
+    """A scenario is a product: the edge cells of several tasks need one scenario each, or the
+    interior cells between them would be retrained for nothing; every kind with a grid of its
+    own (joint, ZSDA, transfer) and every backbone asked for takes part, a shared cell once."""
     import json
 
     from deltapatch.bench.runner import build_jobs
     from deltapatch.bench.suite import load_suite
     p4 = _script("protocol4", monkeypatch)
-    probe = _script("lr_edge_probe", monkeypatch)
 
     def rec(cell, chosen):
         return {"key": f"{cell}/seed0", "status": "ok", "label": cell, "seed": 0, "result": {
             "lr_search": {"chosen": chosen, "val_score": {"0.001": 0.1, "0.01": 0.2,
                                                            "0.03": 0.3}}}}
+    edge_cells = ["single/resnet20/gtsrb/delta1", "single/resnet20/dtd10/delta2",
+                  "single/resnet20/dtd10/fixed", "single/resnet56/dtd10/delta1",
+                  "joint/resnet20/mnist+gtsrb+dtd10/delta1", "zsda/resnet20/mnist-usps/linear",
+                  "transfer/resnet20/gtsrb/ft-plain"]
     records = tmp_path / "results.json"
     records.write_text(json.dumps({"runs": [
-        rec("single/resnet20/gtsrb/delta1", 0.03), rec("single/resnet20/gtsrb/delta2", 0.01),
-        rec("single/resnet20/dtd10/delta2", 0.001), rec("single/resnet56/dtd10/delta1", 0.03),
-        rec("transfer/resnet20/dtd10/delta1", 0.03)]}))
-    keep = p4.edge_cells(records, ["resnet20"])
-    assert keep == {("resnet20", "gtsrb", "delta1"), ("resnet20", "dtd10", "delta2")}
+        *(rec(c, 0.03 if i % 2 else 0.001) for i, c in enumerate(edge_cells)),
+        rec("single/resnet20/gtsrb/delta2", 0.01), rec("single/resnet20/dtd10/delta3", 0.01)]}))
+    edges = p4.edge_keys(records)
+    assert edges == set(edge_cells)
+    variants = ["linear", "delta1", "delta2", "delta3", "fixed", "ft-plain"]
     path = tmp_path / "p4.toml"
-    path.write_text(probe.derived_suite("cpu", "cpu-p4", ["resnet20"], ["gtsrb", "dtd10"],
-                                        ["delta1", "delta2"], {"lr_extend": "3"}, seeds=1,
-                                        keep=keep))
-    assert sorted(j.key for j in build_jobs(load_suite(str(path)))) == [
-        "single/resnet20/dtd10/delta2/seed0", "single/resnet20/gtsrb/delta1/seed0"]
-    both = p4.edge_cells(records, ["resnet20", "resnet56"])
-    assert both == keep | {("resnet56", "dtd10", "delta1")}
-    path.write_text(probe.derived_suite("cpu", "cpu-p4", ["resnet20", "resnet56"],
-                                        ["gtsrb", "dtd10"], ["delta1", "delta2"],
-                                        {"lr_extend": "3"}, seeds=1, keep=both))
-    assert sorted(j.key for j in build_jobs(load_suite(str(path)))) == [
-        "single/resnet20/dtd10/delta2/seed0", "single/resnet20/gtsrb/delta1/seed0",
-        "single/resnet56/dtd10/delta1/seed0"]
+
+    def keys(backbones, tasks):
+        path.write_text(p4.edge_suite("cpu", "cpu-p4", edges, backbones, tasks, variants,
+                                      {"lr_extend": "3"}, seeds=1))
+        return sorted(j.key.removesuffix("/seed0") for j in build_jobs(load_suite(str(path))))
+    assert keys(["resnet20", "resnet56"], ["mnist", "gtsrb", "dtd10", "usps"]) == \
+        sorted(edge_cells)
+    assert keys(["resnet20"], ["gtsrb", "dtd10"]) == [
+        "single/resnet20/dtd10/delta2", "single/resnet20/dtd10/fixed",
+        "single/resnet20/gtsrb/delta1", "transfer/resnet20/gtsrb/ft-plain"]
+    assert load_suite(str(path)).defaults["lr_extend"] == 3
 
 
 @pytest.mark.parametrize("suite", ["cpu", "imagenet"])
@@ -223,6 +225,21 @@ def test_dense_publish_copies_records_only_where_the_report_reads_them(monkeypat
     assert dense.publish(out, tmp_path / "docs") == 1
     assert dense.record_path(tmp_path / "docs", "cifar_resnet20", "detection", "heads", 0).exists()
     assert not (tmp_path / "docs" / "patches").exists()
+
+
+def test_dense_run_times_come_from_the_records_and_end_only_where_every_one_is_stamped(
+        monkeypatch, tmp_path):
+    import json
+    dense = _script("dense_table7", monkeypatch)
+    for variant, seed, extra in (("heads", 0, {}), ("delta_all", 0, {}),
+                                 ("heads", 1, {"finished": "2026-12-06 21:30:00"}),
+                                 ("delta_all", 1, {"finished": "2026-12-06 21:40:00"})):
+        rec = dense.record_path(tmp_path, "cifar_resnet20", "detection", variant, seed)
+        rec.parent.mkdir(parents=True, exist_ok=True)
+        rec.write_text(json.dumps({"seed": seed, "wall_seconds": 90, **extra}))
+    assert dense.run_times(tmp_path) == (
+        "Run time (sum of the records' wall_seconds): cifar_resnet20 seed 0: 2 runs, 3 min; "
+        "cifar_resnet20 seed 1: 2 runs, 3 min, last finished 2026-12-06 21:40:00 UTC.")
 
 
 def test_a_claim_named_for_one_backbone_pairs_only_its_cells(monkeypatch):
