@@ -83,7 +83,7 @@ def cells(claim: Claim, records: dict) -> dict[tuple[str, str], list[tuple[Score
 
 def title(claim: Claim, records: dict) -> str:
     label = {v: next(iter(next(iter(cells_.values())).values()))["label"]
-             for (s, v), cells_ in records.items() if s == claim.scenario}
+             for (s, v), cells_ in records.items() if s == claim.scenario and cells_}
     where = SUITE_TEXT[claim.suite] + (f" {BACKBONE_TEXT[claim.backbone]}"
                                        if claim.backbone in BACKBONE_TEXT else "")
     return (f"{where} · {claim.scenario} · {label.get(claim.a, claim.a)} − "
@@ -139,7 +139,13 @@ CLAIMS = [
     *claims("cpu", "scratch", "top1", "full-delta3>plain"),
     *claims("cpu-protocol4", "single", "hm", "delta3>delta1 delta1>linear delta3>linear "
             "delta2>delta1 delta3>adapter-parallel delta3>adapter-series delta3>bn-adapt "
-            "delta1-base>delta1 delta3-base>delta3"),
+            "delta1-base>delta1 delta3-base>delta3", backbone="resnet20"),
+    *claims("cpu-protocol4", "single", "hm", "delta1>linear delta3>linear delta1>paint "
+            "delta3>paint delta3>delta1", backbone="resnet56"),
+    *claims("cpu-protocol4", "single", "top1", "delta3>existing delta3>learned-bn delta3>fixed "
+            "delta3>fixed-bn delta3>random delta3>delta3-nobn fixed-bn>fixed"),
+    *claims("cpu-protocol4", "joint", "joint", "delta1>linear delta3>delta1"),
+    *claims("cpu-protocol4", "zsda", "target", "delta1>linear delta3>linear"),
     *claims("imagenet", "single", "hm", "delta1-base>paint delta5-base>paint linear>paint "
             "delta1-base>linear delta5-base>linear delta1-base>lora delta5-base>lora "
             "delta5-base>lora2 delta1-base>delta1 delta5-base>delta5"),
