@@ -147,10 +147,12 @@ def main() -> None:
     runs = json.loads((a.out / "results.json").read_text())["runs"]
     done = sum(r.get("status") == "ok" for r in runs)
     machines = "; ".join(sorted({r["hardware"] for r in runs if r.get("hardware")})) or describe()
+    command = (f"PYTHONPATH=src python benchmarks/protocol4.py --suite {a.suite} --backbone "
+               f"{' '.join(a.backbone)} --tasks {' '.join(a.tasks)} --variants "
+               f"{' '.join(a.variants)} --extend {a.extend} "
+               f"{'--edges-only ' if a.edges_only else ''}--records {a.records} --out {a.out}")
     text = "\n".join([
-        f"`PYTHONPATH=src python benchmarks/protocol4.py --suite {a.suite} --backbone {a.backbone} "
-        f"--tasks {' '.join(a.tasks)} --variants {' '.join(a.variants)} --extend {a.extend} "
-        f"{'--edges-only ' if a.edges_only else ''}--records {a.records} --out {a.out}` (lr_extend = {a.extend}; {done} of {len(runs)} "
+        f"`{command}` (lr_extend = {a.extend}; {done} of {len(runs)} "
         f"runs finished; {machines}, shared with other jobs). Test score, %, mean ± sd over the "
         "seeds finished: HM, the harmonic mean of base and patch top-1; joint HM, over the base "
         "and every joint task; USPS top-1 for MNIST → USPS; top-1 for transfer:", "",
