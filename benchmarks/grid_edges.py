@@ -7,7 +7,8 @@ grid's lowest or highest end means the search may have stopped short of the meth
 rate is on an edge, and the counts per suite, so the docs' edge counts can be re-derived.
 
     python benchmarks/grid_edges.py docs/results/cpu/results.json \\
-        docs/results/imagenet/results.json > docs/results/grid_edges.txt
+        docs/results/imagenet/results.json docs/results/cpu-protocol4/results.json \\
+        docs/results/cpu-protocol4-round2/results.json > docs/results/grid_edges.txt
 """
 
 from __future__ import annotations
