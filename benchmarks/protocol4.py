@@ -129,7 +129,7 @@ def main() -> None:
                     help="run only shard I of N (deltapatch bench --shard): one process per "
                          "core, same --out")
     ap.add_argument("--write", type=Path, default=None,
-                    help="also put the comparison between <!-- protocol4:begin/end --> here")
+                    help="also put the comparison between <!-- protocol4-SUITE:begin/end --> here")
     ap.add_argument("--publish", type=Path, default=None,
                     help="copy the finished run records and the suite copy here (to commit); "
                          "to resume elsewhere, copy its runs/ back into --out first")
@@ -159,7 +159,7 @@ def main() -> None:
         *compare(summary(ok_runs(a.records)), summary(ok_runs(a.out / "results.json")))])
     print(text)
     if a.write:
-        replace_block(a.write, "protocol4", text)
+        replace_block(a.write, f"protocol4-{a.suite}", text)
     if a.publish:
         publish(a.out, a.publish)
 
