@@ -40,7 +40,8 @@ class Claim(NamedTuple):
 
 
 def _base_n(suite: str) -> int:
-    return {"cpu": 1000, "cpu-protocol4": 1000, "imagenet": 500}[suite]  # base test sizes
+    return {"cpu": 1000, "cpu-protocol4": 1000, "imagenet": 500,
+            "imagenet-protocol4": 500}[suite]  # base test sizes
 
 
 def score(record: dict, metric: str, base_n: int) -> Score:
@@ -111,7 +112,8 @@ METRIC_TEXT = {"hm": "harmonic mean", "joint": "harmonic mean over the base and 
                "top1": "top-1", "target": "USPS (target) top-1",
                "sequential": "mean top-1 after the last task"}
 BACKBONE_TEXT = {"resnet56": "ResNet-56"}  # named in a line's title; the cpu default, ResNet-20, is not
-SUITE_TEXT = {"cpu": "cpu", "cpu-protocol4": "cpu, protocol 4", "imagenet": "Lite0"}
+SUITE_TEXT = {"cpu": "cpu", "cpu-protocol4": "cpu, protocol 4", "imagenet": "Lite0",
+              "imagenet-protocol4": "Lite0, protocol 4"}
 
 
 def claims(suite: str, scenario: str, metric: str, pairs: str,
@@ -149,6 +151,7 @@ CLAIMS = [
     *claims("imagenet", "single", "hm", "delta1-base>paint delta5-base>paint linear>paint "
             "delta1-base>linear delta5-base>linear delta1-base>lora delta5-base>lora "
             "delta5-base>lora2 delta1-base>delta1 delta5-base>delta5"),
+    *claims("imagenet-protocol4", "single", "hm", "delta5>delta1"),
     *claims("imagenet", "sequential", "sequential", "delta5-base>paint delta1-base>paint "
             "linear>paint delta5-base>linear"),
     *claims("imagenet", "zsda", "target", "ft-delta5>ft-plain delta5-base>linear"),
@@ -195,7 +198,8 @@ def block(per_cell: bool) -> str:
         f"(the Table 8 ablation, on patch top-1 as the paper's table, joint patching, ResNet-56 "
         f"and from scratch since 2026-12-06), 3 seeds per cell; cpu, protocol 4: the seeds "
         f"each line states; Lite0: seed 0 (Δ(1) init=random: 2 seeds on two tasks), so its "
-        f"intervals cover test images only, not seeds.", "", *lines, dense_line(),
+        f"intervals cover test images only, not seeds; Lite0, protocol 4: the random-start Δ "
+        f"cells rerun from 2026-12-06 with the seeds each line states.", "", *lines, dense_line(),
         dense_line(a="finetune", b="delta_all")])
 
 
