@@ -78,7 +78,7 @@ def edge_suite(suite: str, name: str, edges: set[str], backbones: list[str], tas
 HEADLINE = {  # scenario kind -> (what its comparison shows, from a run's result)
     "single": ("HM", lambda r: r["harmonic_mean"]),
     "joint": ("joint HM", lambda r: r["joint_harmonic_mean"]),
-    "zsda": ("USPS top-1", lambda r: r["top1_by_test"]["target"]),
+    "zsda": ("target top-1", lambda r: r["top1_by_test"]["target"]),
     "transfer": ("top-1", lambda r: r["patch_top1"]),
 }
 
@@ -155,7 +155,8 @@ def main() -> None:
         f"`{command}` (lr_extend = {a.extend}; {done} of {len(runs)} "
         f"runs finished; {machines}, shared with other jobs). Test score, %, mean ± sd over the "
         "seeds finished: HM, the harmonic mean of base and patch top-1; joint HM, over the base "
-        "and every joint task; USPS top-1 for MNIST → USPS; top-1 for transfer:", "",
+        "and every joint task; target top-1 for ZSDA (train on the source, test on the target); "
+        "top-1 for transfer:", "",
         *compare(summary(ok_runs(a.records)), summary(ok_runs(a.out / "results.json")))])
     print(text)
     if a.write:
