@@ -24,6 +24,7 @@ import torch
 from _common import copy_records
 
 from deltapatch.dense.run import run_dense
+from deltapatch.hardware import describe
 from deltapatch.run import RunSpec
 from deltapatch.train import TrainConfig
 
@@ -62,7 +63,8 @@ def run_all(out: Path, seeds: list[int], backbones: list[str]) -> None:
                     print(f"{time.strftime('%H:%M:%S')} {backbone} {task} {variant} seed {seed}",
                           flush=True)
                     result = run_dense(spec(backbone, task, variant, seed), folder)
-                    result["finished"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+                    result.update(finished=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+                                  hardware=describe())
                     rec.parent.mkdir(parents=True, exist_ok=True)
                     tmp = rec.with_suffix(".tmp")
                     tmp.write_text(json.dumps(result, indent=1) + "\n")
