@@ -9,9 +9,12 @@ command line, the machine, torch's version and thread count with its numbers.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -80,8 +83,6 @@ def set_threads(n: int | None) -> None:
 def replace_block(path, name: str, text: str) -> None:
     """Put ``text`` between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` in the Markdown
     file ``path``: how a script writes its generated lines into hand-written docs."""
-    import re
-    from pathlib import Path
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     old = Path(path).read_text()
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
@@ -93,8 +94,6 @@ def replace_block(path, name: str, text: str) -> None:
 def copy_records(out, dest) -> int:
     """Copy the finished runs' records, ``out/runs/**/seed*.json`` (not their patch files), to
     the same places under ``dest/runs``: what a script publishes to commit."""
-    import shutil
-    from pathlib import Path
     records = sorted((Path(out) / "runs").rglob("seed*.json"))
     for rec in records:
         target = Path(dest) / rec.relative_to(out)

@@ -40,8 +40,8 @@ class Claim(NamedTuple):
 
 
 def _base_n(suite: str) -> int:
-    return {"cpu": 1000, "cpu-protocol4": 1000, "imagenet": 500,
-            "imagenet-protocol4": 500}[suite]  # base test sizes
+    """Base test size; a protocol folder (cpu-protocol4) has its suite's."""
+    return {"cpu": 1000, "imagenet": 500}[suite.split("-")[0]]
 
 
 def score(record: dict, metric: str, base_n: int) -> Score:
@@ -74,7 +74,8 @@ def runs(suite: str) -> dict[tuple[str, str], dict[tuple[str, str], dict[int, di
 
 
 def cells(claim: Claim, records: dict) -> dict[tuple[str, str], list[tuple[Score, Score]]]:
-    a, b = records[(claim.scenario, claim.a)], records[(claim.scenario, claim.b)]
+    a = records.get((claim.scenario, claim.a), {})  # .get: a lookup must not add an empty
+    b = records.get((claim.scenario, claim.b), {})  # variant that title() would then read
     base_n = _base_n(claim.suite)
     return {cell: [(score(a[cell][s], claim.metric, base_n), score(b[cell][s], claim.metric, base_n))
                    for s in sorted(set(a[cell]) & set(b[cell]))]
@@ -84,7 +85,7 @@ def cells(claim: Claim, records: dict) -> dict[tuple[str, str], list[tuple[Score
 
 def title(claim: Claim, records: dict) -> str:
     label = {v: next(iter(next(iter(cells_.values())).values()))["label"]
-             for (s, v), cells_ in records.items() if s == claim.scenario and cells_}
+             for (s, v), cells_ in records.items() if s == claim.scenario}
     where = SUITE_TEXT[claim.suite] + (f" {BACKBONE_TEXT[claim.backbone]}"
                                        if claim.backbone in BACKBONE_TEXT else "")
     return (f"{where} · {claim.scenario} · {label.get(claim.a, claim.a)} − "
