@@ -84,20 +84,21 @@ HEADLINE = {  # scenario kind -> (what its comparison shows, from a run's result
 
 
 def summary(runs: dict[str, dict]) -> dict[str, dict]:
-    """Cell -> its seed-0 search and its seeds' headline score (HEADLINE), %."""
+    """Cell -> its seed-0 search and its headline score (HEADLINE), %, per seed."""
     out: dict[str, dict] = {}
     for key, r in runs.items():
         if r["scenario"] not in HEADLINE:
             continue
         metric, value = HEADLINE[r["scenario"]]
-        c = out.setdefault(cell(key), {"label": r["label"], "metric": metric, "score": []})
-        c["score"].append(100 * value(r["result"]))
+        c = out.setdefault(cell(key), {"label": r["label"], "metric": metric, "score": {}})
+        c["score"][r["seed"]] = 100 * value(r["result"])
         if "val_score" in r["result"].get("lr_search", {}):
             c["search"] = r["result"]["lr_search"]
     return out
 
 
-def score_text(values: list[float]) -> str:
+def score_text(by_seed: dict[int, float]) -> str:
+    values = list(by_seed.values())
     sd = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
     return f"{statistics.fmean(values):.2f}{sd} (n={len(values)})"
 
@@ -115,6 +116,21 @@ def compare(p3: dict[str, dict], p4: dict[str, dict]) -> list[str]:
         lines.append(f"| {key} | {new['label']} | {rate3} | {rate4} | {new['metric']} | "
                      f"{score_text(old['score']) if old else '–'} | {score_text(new['score'])} |")
     return lines
+
+
+def rerun_noise(p3: dict[str, dict], p4: dict[str, dict]) -> str:
+    """How far a rerun alone moves a number: the per-seed score change in the cells whose
+    seed-0 search kept protocol 3's rate (same rate, same seed, same data)."""
+    diffs = [new["score"][s] - old["score"][s] for key, new in p4.items()
+             if "search" in new and "search" in (old := p3.get(key, {}))
+             and new["search"]["chosen"] == old["search"]["chosen"]
+             for s in sorted(new["score"].keys() & old["score"].keys())]
+    if not diffs:
+        return "No cell kept its protocol-3 rate yet."
+    near = sum(abs(d) <= 1 for d in diffs)
+    return (f"Rerun noise: in the cells that kept protocol 3's rate, the per-seed test score moved "
+            f"by at most 1 point in {near} of {len(diffs)} runs, {min(diffs):+.1f} to "
+            f"{max(diffs):+.1f} in all (the records name each run's code version and machine).")
 
 
 def main() -> None:
@@ -147,6 +163,7 @@ def main() -> None:
     runs = json.loads((a.out / "results.json").read_text())["runs"]
     done = sum(r.get("status") == "ok" for r in runs)
     machines = "; ".join(sorted({r["hardware"] for r in runs if r.get("hardware")})) or describe()
+    before, after = summary(ok_runs(a.records)), summary(ok_runs(a.out / "results.json"))
     command = (f"PYTHONPATH=src python benchmarks/protocol4.py --suite {a.suite} --backbone "
                f"{' '.join(a.backbone)} --tasks {' '.join(a.tasks)} --variants "
                f"{' '.join(a.variants)} --extend {a.extend} "
@@ -157,7 +174,7 @@ def main() -> None:
         "seeds finished: HM, the harmonic mean of base and patch top-1; joint HM, over the base "
         "and every joint task; target top-1 for ZSDA (train on the source, test on the target); "
         "top-1 for transfer:", "",
-        *compare(summary(ok_runs(a.records)), summary(ok_runs(a.out / "results.json")))])
+        *compare(before, after), "", rerun_noise(before, after)])
     print(text)
     if a.write:
         replace_block(a.write, f"protocol4-{a.suite}", text)

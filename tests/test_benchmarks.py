@@ -257,3 +257,14 @@ def test_a_claim_named_for_one_backbone_pairs_only_its_cells(monkeypatch):
     assert list(claims.cells(only56, records)) == [("resnet56", "gtsrb")]
     assert "cpu ResNet-56 · single" in claims.title(only56, records)
     assert claims.title(pooled, records).startswith("cpu · single")
+
+
+def test_protocol4_rerun_noise_counts_only_cells_that_kept_their_rate(monkeypatch):
+    p4 = _script("protocol4", monkeypatch)
+
+    def cell(rate, scores):
+        return {"search": {"chosen": rate}, "score": dict(enumerate(scores))}
+    before = {"kept": cell(0.03, [50.0, 60.0]), "moved": cell(0.03, [40.0, 40.0])}
+    after = {"kept": cell(0.03, [50.5, 63.0]), "moved": cell(0.1, [90.0, 90.0])}
+    assert "at most 1 point in 1 of 2 runs, +0.5 to +3.0" in p4.rerun_noise(before, after)
+    assert p4.rerun_noise(before, {"moved": after["moved"]}).startswith("No cell")
