@@ -91,10 +91,10 @@ def replace_block(path, name: str, text: str) -> None:
     Path(path).write_text(pattern.sub(lambda _: f"{begin}\n{text}\n{end}", old))
 
 
-def copy_records(out, dest) -> int:
-    """Copy the finished runs' records, ``out/runs/**/seed*.json`` (not their patch files), to
-    the same places under ``dest/runs``: what a script publishes to commit."""
-    records = sorted((Path(out) / "runs").rglob("seed*.json"))
+def copy_records(out, dest, under: str = "") -> int:
+    """Copy the finished runs' records, ``out/runs/UNDER/**/seed*.json`` (not their patch
+    files), to the same places under ``dest/runs``: what a script publishes to commit."""
+    records = sorted((Path(out) / "runs" / under).rglob("seed*.json"))
     for rec in records:
         target = Path(dest) / rec.relative_to(out)
         target.parent.mkdir(parents=True, exist_ok=True)

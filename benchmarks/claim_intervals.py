@@ -113,7 +113,8 @@ METRIC_TEXT = {"hm": "harmonic mean", "joint": "harmonic mean over the base and 
                "top1": "top-1", "target": "USPS (target) top-1",
                "sequential": "mean top-1 after the last task"}
 BACKBONE_TEXT = {"resnet56": "ResNet-56"}  # named in a line's title; the cpu default, ResNet-20, is not
-SUITE_TEXT = {"cpu": "cpu", "cpu-protocol4": "cpu, protocol 4", "imagenet": "Lite0",
+SUITE_TEXT = {"cpu": "cpu", "cpu-protocol4": "cpu, protocol 4",
+             "cpu-protocol4-sequential": "cpu, protocol 4", "imagenet": "Lite0",
               "imagenet-protocol4": "Lite0, protocol 4"}
 
 
@@ -149,6 +150,8 @@ CLAIMS = [
             "delta3>fixed-bn delta3>random delta3>delta3-nobn fixed-bn>fixed"),
     *claims("cpu-protocol4", "joint", "joint", "delta1>linear delta3>delta1"),
     *claims("cpu-protocol4", "zsda", "target", "delta1>linear delta3>linear"),
+    *claims("cpu-protocol4-sequential", "sequential", "sequential", "delta1>paint delta3>paint "
+            "linear>paint delta1>linear"),
     *claims("imagenet", "single", "hm", "delta1-base>paint delta5-base>paint linear>paint "
             "delta1-base>linear delta5-base>linear delta1-base>lora delta5-base>lora "
             "delta5-base>lora2 delta1-base>delta1 delta5-base>delta5"),

@@ -10,6 +10,11 @@ protocol-3 records: the rate chosen, the rates added, and test harmonic mean ove
     PYTHONPATH=src nice -n 19 python benchmarks/protocol4.py --suite cpu --backbone resnet20 \\
         --tasks gtsrb --variants linear delta1 delta3 --extend 3 \\
         --records docs/results/cpu/results.json --out runs/p4-cpu
+
+Sequential patching has no grid of its own: each task trains at its single-task cell's chosen
+rate. ``--sequential FOLDER...`` reruns the suite's sequential scenarios at the rates protocol 4
+chose (the published protocol-4 folders named; a cell protocol 4 did not rerun keeps its
+protocol-3 rate, which was interior) and compares with the protocol-3 sequential records.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from grid_edges import tuned_cells
 from lr_edge_probe import (cell_parser, derived_suite, ok_runs, run_bench, scenario_toml,
                            suite_head)
 
-from deltapatch.bench.suite import resolve
+from deltapatch.bench.runner import build_jobs
+from deltapatch.bench.suite import load_suite, resolve
 from deltapatch.bench.tuning import edge
 from deltapatch.hardware import describe
 
@@ -75,11 +81,45 @@ def edge_suite(suite: str, name: str, edges: set[str], backbones: list[str], tas
     return suite_head(suite, name, defaults, seeds) + "".join(blocks)
 
 
+def sequential_suite(suite: str, name: str, backbones: list[str], tasks: list[str],
+                     variants: list[str], defaults: dict[str, str], seeds: int) -> str:
+    """The shipped suite's sequential scenarios only, over the backbones, variants and orders
+    (all of whose tasks are in ``tasks``) asked for."""
+    blocks = []
+    for entry in tomllib.loads(resolve(suite).read_text())["scenarios"]:
+        if entry["kind"] != "sequential":
+            continue
+        bbs = [b for b in entry["backbones"] if b in backbones]
+        vs = [v for v in entry["variants"] if v in variants]
+        orders = [o for o in entry["orders"] if set(o) <= set(tasks)]
+        if bbs and vs and orders:
+            blocks.append(scenario_toml({**entry, "backbones": bbs, "variants": vs,
+                                         "orders": orders}))
+    return suite_head(suite, name, defaults, seeds) + "".join(blocks)
+
+
+def borrow(jobs: list, out: Path, sources: list[Path]) -> list[str]:
+    """Put into ``out/runs`` the seed-0 single-task record every job borrows its rates from
+    (``Job.lr_from``), from the first of ``sources`` (folders holding ``runs/``) that has it;
+    the keys no source has (the job then waits, ``Pending``)."""
+    missing = []
+    for key in sorted({k for job in jobs for k in job.lr_from}):
+        found = next((f for src in sources if (f := src / "runs" / f"{key}.json").exists()), None)
+        if found is None:
+            missing.append(key)
+            continue
+        target = out / "runs" / f"{key}.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(found, target)
+    return missing
+
+
 HEADLINE = {  # scenario kind -> (what its comparison shows, from a run's result)
     "single": ("HM", lambda r: r["harmonic_mean"]),
     "joint": ("joint HM", lambda r: r["joint_harmonic_mean"]),
     "zsda": ("target top-1", lambda r: r["top1_by_test"]["target"]),
     "transfer": ("top-1", lambda r: r["patch_top1"]),
+    "sequential": ("mean top-1", lambda r: r["mean_top1"]),
 }
 
 
@@ -92,8 +132,9 @@ def summary(runs: dict[str, dict]) -> dict[str, dict]:
         metric, value = HEADLINE[r["scenario"]]
         c = out.setdefault(cell(key), {"label": r["label"], "metric": metric, "score": {}})
         c["score"][r["seed"]] = 100 * value(r["result"])
-        if "val_score" in r["result"].get("lr_search", {}):
-            c["search"] = r["result"]["lr_search"]
+        search_ = r["result"].get("lr_search", {})
+        if "val_score" in search_ or "from" in search_:  # tuned here, or borrowed (sequential)
+            c["search"] = search_
     return out
 
 
@@ -103,6 +144,11 @@ def score_text(by_seed: dict[int, float]) -> str:
     return f"{statistics.fmean(values):.2f}{sd} (n={len(values)})"
 
 
+def rates(search_: dict) -> str:
+    chosen = search_["chosen"]  # one rate, or one per task where borrowed
+    return "/".join(f"{lr:g}" for lr in chosen) if isinstance(chosen, list) else f"{chosen:g}"
+
+
 def compare(p3: dict[str, dict], p4: dict[str, dict]) -> list[str]:
     lines = ["| cell | method | protocol 3: rate | protocol 4: rate (added; interior) | "
              "test score | protocol 3 | protocol 4 |", "|---|---|---|---|---|---|---|"]
@@ -110,9 +156,9 @@ def compare(p3: dict[str, dict], p4: dict[str, dict]) -> list[str]:
         old = p3.get(key, {})
         s4 = new.get("search", {})
         added = ", ".join(f"{lr:g}" for lr in s4.get("extended", [])) or "none"
-        rate4 = (f"{s4['chosen']:g} ({added}; {'yes' if s4.get('interior', True) else 'no'})"
-                 if s4 else "pending")
-        rate3 = f"{old['search']['chosen']:g}" if "search" in old else "–"
+        rate4 = ("pending" if not s4 else f"{rates(s4)} (borrowed)" if "from" in s4 else
+                 f"{rates(s4)} ({added}; {'yes' if s4.get('interior', True) else 'no'})")
+        rate3 = rates(old["search"]) if "search" in old else "–"
         lines.append(f"| {key} | {new['label']} | {rate3} | {rate4} | {new['metric']} | "
                      f"{score_text(old['score']) if old else '–'} | {score_text(new['score'])} |")
     return lines
@@ -149,14 +195,22 @@ def main() -> None:
     ap.add_argument("--publish", type=Path, default=None,
                     help="copy the finished run records and the suite copy here (to commit); "
                          "to resume elsewhere, copy its runs/ back into --out first")
+    ap.add_argument("--sequential", type=Path, nargs="+", default=None, metavar="FOLDER",
+                    help="rerun the sequential scenarios at the rates these published "
+                         "protocol-4 folders chose (else --records' own)")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     toml = a.out / "protocol4.toml"
     defaults, name = {"lr_extend": str(a.extend)}, f"{a.suite}-p4"
-    toml.write_text(edge_suite(a.suite, name, edge_keys(a.records), a.backbone, a.tasks,
-                               a.variants, defaults, a.seeds) if a.edges_only else
-                    derived_suite(a.suite, name, a.backbone, a.tasks, a.variants, defaults,
-                                  a.seeds))
+    cells = (a.suite, name, a.backbone, a.tasks, a.variants, defaults, a.seeds)
+    toml.write_text(sequential_suite(*cells) if a.sequential else
+                    edge_suite(a.suite, name, edge_keys(a.records), *cells[2:]) if a.edges_only
+                    else derived_suite(*cells))
+    if a.sequential:
+        missing = borrow(build_jobs(load_suite(str(toml))), a.out,
+                         [*a.sequential, a.records.parent])
+        if missing:
+            raise SystemExit(f"no single-task record to borrow a rate from: {', '.join(missing)}")
     flags = (["--report-only"] if a.report_only else []) + (
         ["--shard", a.shard] if a.shard else [])
     run_bench(toml, a.out, a.threads, *flags)
@@ -167,24 +221,30 @@ def main() -> None:
     command = (f"PYTHONPATH=src python benchmarks/protocol4.py --suite {a.suite} --backbone "
                f"{' '.join(a.backbone)} --tasks {' '.join(a.tasks)} --variants "
                f"{' '.join(a.variants)} --extend {a.extend} "
-               f"{'--edges-only ' if a.edges_only else ''}--records {a.records} --out {a.out}")
+               f"{'--edges-only ' if a.edges_only else ''}"
+               f"{'--sequential ' + ' '.join(map(str, a.sequential)) + ' ' if a.sequential else ''}"
+               f"--records {a.records} --out {a.out}")
     text = "\n".join([
         f"`{command}` (lr_extend = {a.extend}; {done} of {len(runs)} "
         f"runs finished; {machines}, shared with other jobs). Test score, %, mean ± sd over the "
         "seeds finished: HM, the harmonic mean of base and patch top-1; joint HM, over the base "
         "and every joint task; target top-1 for ZSDA (train on the source, test on the target); "
-        "top-1 for transfer:", "",
+        "top-1 for transfer; mean top-1 over the base and every task, after the last task, for "
+        "sequential patching:", "",
         *compare(before, after), "", rerun_noise(before, after)])
     print(text)
     if a.write:
-        replace_block(a.write, f"protocol4-{a.suite}", text)
+        block = f"protocol4-{a.suite}" + ("-sequential" if a.sequential else "")
+        replace_block(a.write, block, text)
     if a.publish:
-        publish(a.out, a.publish)
+        publish(a.out, a.publish, "sequential" if a.sequential else "")
 
 
-def publish(out: Path, dest: Path) -> None:
-    """The finished runs' records (not their patch files) and the suite they answer."""
-    copy_records(out, dest)
+def publish(out: Path, dest: Path, under: str = "") -> None:
+    """The finished runs' records (not their patch files; only those under ``runs/UNDER``: a
+    sequential rerun's borrowed single-task records are published elsewhere already) and the
+    suite they answer."""
+    copy_records(out, dest, under)
     shutil.copy2(out / "protocol4.toml", dest / "protocol4.toml")
     shutil.copy2(out / "results.json", dest / "results.json")  # what claim_intervals.py reads
 

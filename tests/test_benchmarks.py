@@ -268,3 +268,40 @@ def test_protocol4_rerun_noise_counts_only_cells_that_kept_their_rate(monkeypatc
     after = {"kept": cell(0.03, [50.5, 63.0]), "moved": cell(0.1, [90.0, 90.0])}
     assert "at most 1 point in 1 of 2 runs, +0.5 to +3.0" in p4.rerun_noise(before, after)
     assert p4.rerun_noise(before, {"moved": after["moved"]}).startswith("No cell")
+
+
+def test_protocol4_sequential_borrows_protocol4_rates_first_and_protocol3_elsewhere(monkeypatch,
+                                                                                   tmp_path):
+    """Sequential patching trains each task at its single-task cell's rate: the rerun must read
+    the protocol-4 record where protocol 4 reran that cell and the protocol-3 one where it did
+    not (an interior cell), and say which cell has neither instead of training at no rate."""
+    import json
+
+    from deltapatch.bench.runner import build_jobs
+    from deltapatch.bench.suite import load_suite
+    p4 = _script("protocol4", monkeypatch)
+    path = tmp_path / "seq.toml"
+    path.write_text(p4.sequential_suite("cpu", "cpu-p4", ["resnet20"], ["mnist", "gtsrb", "dtd10"],
+                                        ["delta1", "paint", "fixed"], {"lr_extend": "3"}, 2))
+    jobs = build_jobs(load_suite(str(path)))
+    assert sorted(j.key for j in jobs) == [f"sequential/resnet20/mnist-gtsrb-dtd10/{v}/seed{s}"
+                                           for v in ("delta1", "paint") for s in (0, 1)]
+    p3_dir, p4_dir, out = tmp_path / "p3", tmp_path / "p4", tmp_path / "out"
+
+    def put(folder, key, rate):
+        f = folder / "runs" / f"{key}.json"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps({"key": key, "rate": rate}))
+    cells = [f"single/resnet20/{t}/{v}/seed0" for v in ("delta1", "paint")
+             for t in ("mnist", "gtsrb", "dtd10")]
+    for key in cells:
+        put(p3_dir, key, 0.03)
+    put(p4_dir, cells[0], 0.1)
+    assert p4.borrow(jobs, out, [p4_dir, p3_dir]) == []
+    got = {k: json.loads((out / "runs" / f"{k}.json").read_text())["rate"] for k in cells}
+    assert got == {**{k: 0.03 for k in cells}, cells[0]: 0.1}
+    (p3_dir / "runs" / f"{cells[-1]}.json").unlink()
+    assert p4.borrow(jobs, tmp_path / "out2", [p4_dir, p3_dir]) == [cells[-1]]
+    assert "0.1/0.03/0.03 (borrowed)" in "\n".join(p4.compare({}, {"seq": {
+        "label": "Δ(1)", "metric": "mean top-1", "score": {0: 50.0},
+        "search": {"chosen": [0.1, 0.03, 0.03], "from": cells[:3]}}}))
