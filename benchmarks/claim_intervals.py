@@ -155,7 +155,7 @@ CLAIMS = [
     *claims("imagenet", "single", "hm", "delta1-base>paint delta5-base>paint linear>paint "
             "delta1-base>linear delta5-base>linear delta1-base>lora delta5-base>lora "
             "delta5-base>lora2 delta1-base>delta1 delta5-base>delta5"),
-    *claims("imagenet-protocol4", "single", "hm", "delta5>delta1"),
+    *claims("imagenet-protocol4", "single", "hm", "delta5>delta1 delta2>delta1 delta5>delta2"),
     *claims("imagenet", "sequential", "sequential", "delta5-base>paint delta1-base>paint "
             "linear>paint delta5-base>linear"),
     *claims("imagenet", "zsda", "target", "ft-delta5>ft-plain delta5-base>linear"),

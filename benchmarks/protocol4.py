@@ -133,8 +133,8 @@ def summary(runs: dict[str, dict]) -> dict[str, dict]:
         c = out.setdefault(cell(key), {"label": r["label"], "metric": metric, "score": {}})
         c["score"][r["seed"]] = 100 * value(r["result"])
         search_ = r["result"].get("lr_search", {})
-        if "val_score" in search_ or "from" in search_:  # tuned here, or borrowed (sequential)
-            c["search"] = search_
+        if "val_score" in search_ or r["scenario"] == "sequential":  # seed 0's, or borrowed
+            c["search"] = search_  # (a later seed's search only names the rate seed 0 chose)
     return out
 
 

@@ -305,3 +305,19 @@ def test_protocol4_sequential_borrows_protocol4_rates_first_and_protocol3_elsewh
     assert "0.1/0.03/0.03 (borrowed)" in "\n".join(p4.compare({}, {"seq": {
         "label": "Δ(1)", "metric": "mean top-1", "score": {0: 50.0},
         "search": {"chosen": [0.1, 0.03, 0.03], "from": cells[:3]}}}))
+
+
+@pytest.mark.parametrize("order", [(0, 1), (1, 0)])
+def test_protocol4_summary_keeps_the_seed0_search_whatever_the_record_order(order, monkeypatch):
+    """Seeds 1-2 record the rate they borrowed from seed 0 (``from``); only seed 0's search says
+    which rates were added and whether the choice is interior."""
+    p4 = _script("protocol4", monkeypatch)
+    tuned = {"grid": [0.01, 0.03], "chosen": 0.1, "extended": [0.1, 0.3], "interior": True,
+             "val_score": {"0.01": 0.1, "0.03": 0.2, "0.1": 0.3, "0.3": 0.2}}
+    borrowed = {"grid": [0.01, 0.03], "chosen": 0.1, "from": ["single/r/t/v/seed0"]}
+    recs = [{"scenario": "single", "label": "v", "seed": s,
+             "result": {"harmonic_mean": 0.5, "lr_search": tuned if s == 0 else borrowed}}
+            for s in order]
+    got = p4.summary({f"single/r/t/v/seed{r['seed']}": r for r in recs})
+    assert got["single/r/t/v"]["search"] is tuned
+    assert "0.1 (0.1, 0.3; yes)" in "\n".join(p4.compare({}, got))
