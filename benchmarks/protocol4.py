@@ -100,8 +100,9 @@ def sequential_suite(suite: str, name: str, backbones: list[str], tasks: list[st
 
 def borrow(jobs: list, out: Path, sources: list[Path]) -> list[str]:
     """Put into ``out/runs`` the seed-0 single-task record every job borrows its rates from
-    (``Job.lr_from``), from the first of ``sources`` (folders holding ``runs/``) that has it;
-    the keys no source has (the job then waits, ``Pending``)."""
+    (``Job.lr_from``), from the first of ``sources`` (folders holding ``runs/``) that has it.
+    Returns the keys no source has: main() refuses to start then, rather than leave those jobs
+    pending for good."""
     missing = []
     for key in sorted({k for job in jobs for k in job.lr_from}):
         found = next((f for src in sources if (f := src / "runs" / f"{key}.json").exists()), None)
