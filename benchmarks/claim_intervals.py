@@ -114,7 +114,7 @@ METRIC_TEXT = {"hm": "harmonic mean", "joint": "harmonic mean over the base and 
                "sequential": "mean top-1 after the last task"}
 BACKBONE_TEXT = {"resnet56": "ResNet-56"}  # named in a line's title; the cpu default, ResNet-20, is not
 SUITE_TEXT = {"cpu": "cpu", "cpu-protocol4": "cpu, protocol 4",
-             "cpu-protocol4-sequential": "cpu, protocol 4", "imagenet": "Lite0",
+              "cpu-protocol4-sequential": "cpu, protocol 4", "imagenet": "Lite0",
               "imagenet-protocol4": "Lite0, protocol 4"}
 
 

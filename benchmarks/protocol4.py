@@ -32,7 +32,7 @@ from lr_edge_probe import (cell_parser, derived_suite, ok_runs, run_bench, scena
 
 from deltapatch.bench.runner import build_jobs
 from deltapatch.bench.suite import load_suite, resolve
-from deltapatch.bench.tuning import edge
+from deltapatch.bench.tuning import TUNE_SEED, edge
 from deltapatch.hardware import describe
 
 
@@ -62,6 +62,10 @@ def units(entry: dict) -> list[tuple[str, list[str], dict]]:
     return [(t, [t], {"tasks": [t]}) for t in entry.get("tasks", [])]
 
 
+def shipped_scenarios(suite: str) -> list[dict]:
+    return tomllib.loads(resolve(suite).read_text())["scenarios"]
+
+
 def edge_suite(suite: str, name: str, edges: set[str], backbones: list[str], tasks: list[str],
                variants: list[str], defaults: dict[str, str], seeds: int) -> str:
     """The shipped suite over its edge cells only, every scenario kind with a grid of its own
@@ -69,7 +73,7 @@ def edge_suite(suite: str, name: str, edges: set[str], backbones: list[str], tas
     and cell unit over its edge variants (a scenario is a product, so a subset needs several);
     a cell several tables share, once."""
     blocks, seen = [], set()
-    for entry in tomllib.loads(resolve(suite).read_text())["scenarios"]:
+    for entry in shipped_scenarios(suite):
         for bb in (b for b in entry["backbones"] if b in backbones):
             for unit, reads, fields in units(entry):
                 keys = {v: f"{entry['kind']}/{bb}/{unit}/{v}" for v in entry["variants"]}
@@ -86,7 +90,7 @@ def sequential_suite(suite: str, name: str, backbones: list[str], tasks: list[st
     """The shipped suite's sequential scenarios only, over the backbones, variants and orders
     (all of whose tasks are in ``tasks``) asked for."""
     blocks = []
-    for entry in tomllib.loads(resolve(suite).read_text())["scenarios"]:
+    for entry in shipped_scenarios(suite):
         if entry["kind"] != "sequential":
             continue
         bbs = [b for b in entry["backbones"] if b in backbones]
@@ -133,9 +137,8 @@ def summary(runs: dict[str, dict]) -> dict[str, dict]:
         metric, value = HEADLINE[r["scenario"]]
         c = out.setdefault(cell(key), {"label": r["label"], "metric": metric, "score": {}})
         c["score"][r["seed"]] = 100 * value(r["result"])
-        search_ = r["result"].get("lr_search", {})
-        if "val_score" in search_ or r["scenario"] == "sequential":  # seed 0's, or borrowed
-            c["search"] = search_  # (a later seed's search only names the rate seed 0 chose)
+        if r["seed"] == TUNE_SEED:  # a later seed's search only names the rate seed 0 chose
+            c["search"] = r["result"].get("lr_search", {})
     return out
 
 
@@ -178,6 +181,18 @@ def rerun_noise(p3: dict[str, dict], p4: dict[str, dict]) -> str:
     return (f"Rerun noise: in the cells that kept protocol 3's rate, the per-seed test score moved "
             f"by at most 1 point in {near} of {len(diffs)} runs, {min(diffs):+.1f} to "
             f"{max(diffs):+.1f} in all (the records name each run's code version and machine).")
+
+
+def forgetting(runs: dict[str, dict]) -> str:
+    """Sequential patching's check that earlier tasks keep their top-1: per cell, the largest
+    drop of a task's top-1 from right after its own training to after the last task."""
+    worst: dict[str, tuple[str, float]] = {}
+    for key, r in runs.items():
+        if r["scenario"] == "sequential":
+            drop = 100 * max(r["result"]["drop_by_task"].values(), default=0.0)
+            label, old = worst.get(cell(key), (r["label"], 0.0))
+            worst[cell(key)] = (label, max(old, drop))
+    return "; ".join(f"{label} {drop:.1f}" for _, (label, drop) in sorted(worst.items()))
 
 
 def main() -> None:
@@ -233,6 +248,10 @@ def main() -> None:
         "top-1 for transfer; mean top-1 over the base and every task, after the last task, for "
         "sequential patching:", "",
         *compare(before, after), "", rerun_noise(before, after)])
+    if a.sequential:
+        text += ("\n\nLargest drop of an earlier task's top-1 after later patches, points, over "
+                 f"the seeds: protocol 3: {forgetting(ok_runs(a.records))}; protocol 4: "
+                 f"{forgetting(ok_runs(a.out / 'results.json'))}.")
     print(text)
     if a.write:
         block = f"protocol4-{a.suite}" + ("-sequential" if a.sequential else "")

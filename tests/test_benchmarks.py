@@ -321,3 +321,15 @@ def test_protocol4_summary_keeps_the_seed0_search_whatever_the_record_order(orde
     got = p4.summary({f"single/r/t/v/seed{r['seed']}": r for r in recs})
     assert got["single/r/t/v"]["search"] is tuned
     assert "0.1 (0.1, 0.3; yes)" in "\n".join(p4.compare({}, got))
+
+
+def test_protocol4_forgetting_reports_each_cells_largest_drop_over_seeds(monkeypatch):
+    p4 = _script("protocol4", monkeypatch)
+
+    def rec(variant, seed, drops):
+        return (f"sequential/r/a-b/{variant}/seed{seed}",
+                {"scenario": "sequential", "label": variant, "result": {"drop_by_task": drops}})
+    runs = dict([rec("paint", 0, {"a": 0.05, "b": 0.0}), rec("paint", 1, {"a": 0.199, "b": 0.0}),
+                 rec("delta1", 0, {"a": 0.0, "b": 0.0}),
+                 ("single/r/a/delta1/seed0", {"scenario": "single", "label": "x", "result": {}})])
+    assert p4.forgetting(runs) == "delta1 0.0; paint 19.9"
