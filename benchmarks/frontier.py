@@ -6,7 +6,8 @@ r ∈ {2, 4, 8}, PEFT LoRA at rank ×1, ×2, ×4 of the Δ(1)-matched rank, the 
 adaptation and FC only. Cells the suite has already published (same settings, so the same
 fingerprint) are copied in from its records and not rerun. Then, per task, one PNG (harmonic
 mean against parameters) and one statement, computed from the points (bench/frontier.py).
-Resumable: rerun the same command; ``--report-only`` draws what has finished.
+Resumable: rerun the same command; ``--report-only`` draws what has finished. ``--shard I/N``
+splits the cells between N processes (one per core), as ``deltapatch bench`` does.
 
     PYTHONPATH=src nice -n 19 python benchmarks/frontier.py --suite cpu --tasks dtd10 \\
         --out runs/frontier-cpu --report docs/results/frontier/cpu
@@ -145,6 +146,8 @@ def main() -> None:
     ap.add_argument("--report", type=Path, required=True, help="where the figures and records go")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--shard", metavar="I/N", help="run only this share of the cells (bench "
+                    "--shard); run every share, then once more with --report-only")
     ap.add_argument("--write", type=Path, nargs="*", default=[],
                     help="Markdown files whose <!-- frontier-SUITE:begin/end --> block gets the "
                          "statements")
@@ -158,7 +161,8 @@ def main() -> None:
     copied = seed_records([ROOT / "docs" / "results" / a.suite, a.report], a.out, s["backbone"],
                           a.tasks, variants)
     print(f"{copied} published records copied in; suite copy {toml}")
-    run_bench(toml, a.out, a.threads, *(["--report-only"] if a.report_only else []))
+    flags = (["--report-only"] if a.report_only else []) + (["--shard", a.shard] if a.shard else [])
+    run_bench(toml, a.out, a.threads, *flags)
     command = (f"python benchmarks/frontier.py --suite {a.suite} --tasks {' '.join(a.tasks)} "
                f"--out {a.out} --report {a.report}")
     found = report(a.suite, a.out, a.report, a.tasks, command)

@@ -140,6 +140,20 @@ def test_frontier_suite_reuses_the_published_cells_it_shares(suite, monkeypatch,
     assert all(json.loads(f.read_text())["config"] == j.config for j, f in shared)
 
 
+def test_frontier_shard_runs_only_its_share_of_cells(monkeypatch, tmp_path):
+    """--shard reaches bench unchanged (bench splits the cells); without it every cell runs."""
+    front = _script("frontier", monkeypatch)
+    calls = []
+    monkeypatch.setattr(front, "run_bench", lambda toml, out, threads, *flags: calls.append(flags))
+    monkeypatch.setattr(front, "report", lambda *a: [])
+    for shard in (["--shard", "1/2"], []):
+        monkeypatch.setattr("sys.argv", ["frontier.py", "--suite", "cpu", "--tasks", "dtd10",
+                                         "--out", str(tmp_path / "o"), "--report",
+                                         str(tmp_path / "r"), *shard])
+        front.main()
+    assert calls == [("--shard", "1/2"), ()]
+
+
 def test_protocol4_cost_prices_edge_cells_only(monkeypatch):
     times = _script("suite_times", monkeypatch)
 
