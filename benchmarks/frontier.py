@@ -131,6 +131,26 @@ def report(suite: str, out: Path, dest: Path, tasks: list[str],
     return lines
 
 
+def recheck(out: Path, others: list[Path], tasks: list[str]) -> list[str]:
+    """Per task, the statement again with the seed-0 records of ``others`` (e.g. protocol 4's
+    reruns) in place of the same cells' records here, and whether the verdict changed: the
+    figures plot one protocol, this says whether a later one would turn them."""
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    later = {r["key"]: r for f in others for r in json.loads(f.read_text())["runs"]
+             if r.get("status") == "ok" and r["seed"] == 0}
+    swapped = [later.get(r["key"], r) for r in runs]
+    moves = sorted(100 * (later[r["key"]]["result"]["harmonic_mean"] - r["result"]["harmonic_mean"])
+                   for r in runs if r["key"] in later and r["task"] in tasks)
+    lines = [f"{len(moves)} points replaced by {', '.join(map(str, others))}"
+             + (f" (HM moves {moves[0]:+.1f} to {moves[-1]:+.1f})" if moves else "")]
+    for t in tasks:
+        before, after = (statement(t, points_from(rs, t, lambda m: m.get("name") == "delta"))
+                         for rs in (runs, swapped))
+        same = before.split("**")[1] == after.split("**")[1]
+        lines.append(f"{'same verdict' if same else 'VERDICT CHANGED'}: {after}")
+    return lines
+
+
 def as_lines(found: list[tuple[str, Path | None]], base: Path) -> list[str]:
     """Markdown bullets with each figure linked relative to ``base``, the folder of the file
     they go into."""
@@ -151,6 +171,9 @@ def main() -> None:
     ap.add_argument("--write", type=Path, nargs="*", default=[],
                     help="Markdown files whose <!-- frontier-SUITE:begin/end --> block gets the "
                          "statements")
+    ap.add_argument("--recheck", type=Path, nargs="*", default=[], metavar="RESULTS",
+                    help="results.json of later reruns (protocol 4): print each statement "
+                         "again with their seed-0 records in place of the same cells'")
     a = ap.parse_args()
     s = SUITES[a.suite]
     extra, variants = plan(a.suite)
@@ -167,6 +190,8 @@ def main() -> None:
                f"--out {a.out} --report {a.report}")
     found = report(a.suite, a.out, a.report, a.tasks, command)
     print("\n".join(as_lines(found, a.report)))
+    if a.recheck:
+        print("\n".join(recheck(a.out, a.recheck, a.tasks)))
     for path in a.write:
         # a preface (docs/results/preface-*.md) is placed into docs/RESULTS.md: links from there
         base = path.parent.parent if path.name.startswith("preface-") else path.parent

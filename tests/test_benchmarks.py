@@ -154,6 +154,30 @@ def test_frontier_shard_runs_only_its_share_of_cells(monkeypatch, tmp_path):
     assert calls == [("--shard", "1/2"), ()]
 
 
+def test_frontier_recheck_swaps_in_later_records_and_flags_a_turned_verdict(monkeypatch,
+                                                                            tmp_path):
+    """A later protocol's seed-0 record replaces the same cell's point; the verdict is
+    compared before and after, so a rerun that pushes Δ off the frontier is said."""
+    import json
+    front = _script("frontier", monkeypatch)
+
+    def rec(variant, params, hm, delta):
+        return {"key": f"single/bb/t/{variant}/seed0", "status": "ok", "scenario": "single",
+                "task": "t", "seed": 0, "variant": variant, "label": variant,
+                "method": {"name": "delta" if delta else "linear"},
+                "result": {"trainable_params": params, "harmonic_mean": hm}}
+    (tmp_path / "results.json").write_text(json.dumps({"runs": [
+        rec("fc", 10, 0.5, False), rec("d1", 20, 0.6, True)]}))
+    later = tmp_path / "p4.json"
+    later.write_text(json.dumps({"runs": [rec("fc", 10, 0.7, False), rec("x", 5, 0.1, False)]}))
+    lines = front.recheck(tmp_path, [later], ["t"])
+    assert lines[0].endswith("(HM moves +20.0 to +20.0)") and lines[0].startswith("1 points")
+    assert lines[1].startswith("VERDICT CHANGED: t: Δ **not on the frontier**: "
+                               "d1 (0.0k, 60.0) by fc (0.0k, 70.0)")
+    later.write_text(json.dumps({"runs": [rec("fc", 10, 0.55, False)]}))
+    assert front.recheck(tmp_path, [later], ["t"])[1].startswith("same verdict: t: Δ **on")
+
+
 def test_protocol4_cost_prices_edge_cells_only(monkeypatch):
     times = _script("suite_times", monkeypatch)
 
