@@ -1,6 +1,7 @@
 """The accuracy–parameter frontier and the per-task statement (bench/frontier.py)."""
 
-from deltapatch.bench.frontier import Point, dominates, frontier, points_from, statement
+from deltapatch.bench.frontier import (Point, dominates, frontier, points_from, statement,
+                                       style)
 
 FC = Point("FC only", 700, 0.50, False)
 D1 = Point("Δ(1)", 7000, 0.60, True)
@@ -43,3 +44,9 @@ def test_points_take_seed_0_single_task_runs_of_the_task():
     got = points_from([rec("a"), rec("a", seed=1, hm=0.9), rec("b", task="u"),
                        rec("c", name="lora")], "t", lambda m: m.get("name") == "delta")
     assert got == [Point("a", 10, 0.5, True), Point("c", 10, 0.5, False)]
+
+
+def test_no_two_points_of_a_figure_share_colour_and_marker():
+    """Thirteen or more points per task: a repeated colour must come with another shape."""
+    looks = [style(i, delta) for i in range(30) for delta in (True, False)]
+    assert len(set(looks)) == len(looks)

@@ -87,14 +87,22 @@ def points_from(records: list[dict], task: str, is_delta) -> list[Point]:
     return list(seen.values())
 
 
+def style(i: int, delta: bool) -> tuple[str, str]:
+    """Colour and marker of the i-th point: matplotlib's ten colours repeat, so past the tenth
+    point the shape changes and no two legend entries look alike (up to 30 points)."""
+    shapes = ("o", "h", "p") if delta else ("s", "D", "^")
+    return f"C{i % 10}", shapes[i // 10 % 3]
+
+
 def figure(task: str, points: list[Point], path: Path, title: str) -> Path:
     """Harmonic mean against trainable parameters (log scale), Δ points filled, the frontier
     drawn as a step line."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for i, p in enumerate(sorted(points, key=lambda p: p.params)):
-        ax.scatter(p.params, 100 * p.score, marker="o" if p.delta else "s",
-                   facecolors=f"C{i % 10}" if p.delta else "none", edgecolors=f"C{i % 10}",
+        colour, shape = style(i, p.delta)
+        ax.scatter(p.params, 100 * p.score, marker=shape,
+                   facecolors=colour if p.delta else "none", edgecolors=colour,
                    label=p.label, zorder=3)
     front = frontier(points)
     ax.step([p.params for p in front], [100 * p.score for p in front], where="post",
