@@ -135,7 +135,8 @@ def recheck(out: Path, others: list[Path], tasks: list[str]) -> list[str]:
     """Per task, the statement again with the seed-0 records of ``others`` (e.g. protocol 4's
     reruns) in place of the same cells' records here, and whether the verdict changed: the
     figures plot one protocol, this says whether a later one would turn them."""
-    runs = json.loads((out / "results.json").read_text())["runs"]
+    runs = [r for r in json.loads((out / "results.json").read_text())["runs"]
+            if r.get("status") == "ok"]
     later = {r["key"]: r for f in others for r in json.loads(f.read_text())["runs"]
              if r.get("status") == "ok" and r["seed"] == 0}
     swapped = [later.get(r["key"], r) for r in runs]
@@ -146,7 +147,7 @@ def recheck(out: Path, others: list[Path], tasks: list[str]) -> list[str]:
     for t in tasks:
         before, after = (statement(t, points_from(rs, t, lambda m: m.get("name") == "delta"))
                          for rs in (runs, swapped))
-        same = before.split("**")[1] == after.split("**")[1]
+        same = before.split("**")[1:2] == after.split("**")[1:2]  # the bold verdict, if any
         lines.append(f"{'same verdict' if same else 'VERDICT CHANGED'}: {after}")
     return lines
 
