@@ -24,7 +24,7 @@ from pathlib import Path
 from _common import replace_block
 from lr_edge_probe import derived_suite, run_bench
 
-from deltapatch.bench.frontier import figure, points_from, statement
+from deltapatch.bench.frontier import figure, frontier, points_from, statement
 from deltapatch.hardware import describe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,6 +94,10 @@ def seed_records(sources: list[Path], out: Path, backbone: str, tasks: list[str]
     return n
 
 
+def is_delta(method: dict) -> bool:
+    return method.get("name") == "delta"
+
+
 def report(suite: str, out: Path, dest: Path, tasks: list[str],
            command: str) -> list[tuple[str, Path | None]]:
     """(statement, figure) per task; also writes the figures, new records and FRONTIER.md."""
@@ -101,7 +105,7 @@ def report(suite: str, out: Path, dest: Path, tasks: list[str],
     dest.mkdir(parents=True, exist_ok=True)
     lines = []
     for t in tasks:
-        pts = points_from(runs, t, lambda m: m.get("name") == "delta")
+        pts = points_from(runs, t, is_delta)
         if not pts:
             lines.append((f"{t}: no finished runs yet", None))
             continue
@@ -145,11 +149,15 @@ def recheck(out: Path, others: list[Path], tasks: list[str]) -> list[str]:
     lines = [f"{len(moves)} points replaced by {', '.join(map(str, others))}"
              + (f" (HM moves {moves[0]:+.1f} to {moves[-1]:+.1f})" if moves else "")]
     for t in tasks:
-        before, after = (statement(t, points_from(rs, t, lambda m: m.get("name") == "delta"))
-                         for rs in (runs, swapped))
-        same = before.split("**")[1:2] == after.split("**")[1:2]  # the bold verdict, if any
-        lines.append(f"{'same verdict' if same else 'VERDICT CHANGED'}: {after}")
+        before, after = (points_from(rs, t, is_delta) for rs in (runs, swapped))
+        same = on_frontier(before) == on_frontier(after)
+        lines.append(f"{'same verdict' if same else 'VERDICT CHANGED'}: {statement(t, after)}")
     return lines
+
+
+def on_frontier(points: list) -> bool:
+    """The verdict a statement words: is any Δ point on the frontier?"""
+    return any(p.delta for p in frontier(points))
 
 
 def as_lines(found: list[tuple[str, Path | None]], base: Path) -> list[str]:

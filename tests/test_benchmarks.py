@@ -140,7 +140,7 @@ def test_frontier_suite_reuses_the_published_cells_it_shares(suite, monkeypatch,
     assert all(json.loads(f.read_text())["config"] == j.config for j, f in shared)
 
 
-def test_frontier_shard_runs_only_its_share_of_cells(monkeypatch, tmp_path):
+def test_frontier_shard_reaches_bench_unchanged(monkeypatch, tmp_path):
     """--shard reaches bench unchanged (bench splits the cells); without it every cell runs."""
     front = _script("frontier", monkeypatch)
     calls = []
