@@ -30,6 +30,12 @@ def test_a_frontier_place_that_rests_on_a_few_parameters_is_flagged():
     assert "compared with: FC only, LoRA" in got
 
 
+def test_a_slightly_bigger_delta_point_scoring_higher_is_not_a_flag():
+    wider = Point("Δ(1), r=8", 7300, 0.65, True)
+    got = statement("gtsrb", [FC, D1, wider])
+    assert "Δ(1) (7.0k, 60.0); Δ(1), r=8 (7.3k, 65.0)" in got and "but" not in got
+
+
 def test_statement_names_what_beats_each_delta_point_when_off():
     cheap_better = Point("BN adaptation", 3000, 0.70, False)
     got = statement("gtsrb", [FC, D1, AD, cheap_better])

@@ -58,9 +58,11 @@ def statement(task: str, points: list[Point]) -> str:
 
 
 def _near(p: Point, points: list[Point]) -> str:
-    """The point, flagged where a higher score costs under 10 % more parameters: a place on
-    the frontier that thin is not a finding."""
-    higher = [q for q in points if q.score > p.score and q.params <= NEAR * p.params]
+    """The point, flagged where another method scores higher with under 10 % more parameters:
+    a place on the frontier that thin is not a finding. A bigger Δ point scoring higher is
+    not flagged: it is Δ's own next step on the frontier, not evidence against it."""
+    higher = [q for q in points
+              if not q.delta and q.score > p.score and q.params <= NEAR * p.params]
     if not higher:
         return _pt(p)
     best = max(higher, key=lambda q: q.score)
