@@ -23,8 +23,7 @@ from typing import NamedTuple
 
 from _common import replace_block
 
-from deltapatch.bench.intervals import (DRAWS, METHOD, Score, hm_score, joint_hm_score, mean_score,
-                                        paired, top1_score)
+from deltapatch.bench.intervals import DRAWS, METHOD, Score, paired, record_score
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "results"
 SEED = 0  # the bootstrap's seed: the block is the same on every run
@@ -45,22 +44,7 @@ def _base_n(suite: str) -> int:
 
 
 def score(record: dict, metric: str, base_n: int) -> Score:
-    r = record["result"]
-    if metric == "hm":
-        return hm_score(r["patch_top1"], r["n_test"], r["base_top1"],
-                        r.get("n_base_test") or base_n)
-    if metric == "joint":
-        return joint_hm_score({"base": (r["base_top1"], r.get("n_base_test") or base_n),
-                               **{t: (acc, r["n_by_test"][t])
-                                  for t, acc in r["top1_by_test"].items()}})
-    if metric == "top1":
-        return top1_score(r["patch_top1"], r["n_test"])
-    if metric == "target":
-        return top1_score(r["top1_by_test"]["target"], r["n_by_test"]["target"])
-    if metric == "sequential":
-        return mean_score({t: (acc, r["n_test"].get(t, base_n))
-                           for t, acc in r["final_top1"].items()})
-    raise ValueError(f"unknown metric {metric}")
+    return record_score(record["result"], metric, base_n)
 
 
 def runs(suite: str) -> dict[tuple[str, str], dict[tuple[str, str], dict[int, dict]]]:

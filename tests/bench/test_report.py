@@ -16,7 +16,8 @@ def _rec(variant, method, seed, hm, base=0.8, task="mnist", table="single", **m)
             "backbone": "r20", "task": task, "variant": variant, "label": variant,
             "seed": seed, "status": "ok", "method": {"name": method, **m},
             "result": {"harmonic_mean": hm, "base_top1": base, "patch_top1": hm,
-                       "trainable_params": 1000, "n_test": 10, "wall_seconds": 1.0}}
+                       "trainable_params": 1000, "n_test": 1000, "n_base_test": 1000,
+                       "wall_seconds": 1.0}}
 
 
 def test_mean_std_and_pivot():
@@ -34,22 +35,44 @@ def test_claims_only_from_runs():
             _rec("fc", "linear", 0, 0.6)]
     assert delta_vs_paint(recs) == NOT_MEASURED
     recs.append(_rec("paint", "paint", 0, 0.3, base=0.5))
-    assert "1/1" in delta_vs_paint(recs) and "**supported**" in delta_vs_paint(recs)
+    assert "1/1" in delta_vs_paint(recs) and delta_vs_paint(recs).startswith("\n  - **holds**")
     assert "**supported**" in zero_base_drop(recs)
     recs.append(_rec("d3", "delta", 0, 0.7, base=0.79, gate="delta", stages=3))
     assert "not supported" in zero_base_drop(recs)
     assert "not yet measured" in claims_section([])
 
 
-def test_claim_within_seed_noise_is_inconclusive():
+def _seeds(values, base=0.8):
+    """A cell's runs, one per seed, patch top-1 as given, 1,000 test images each."""
+    return {s: {"patch_top1": v, "n_test": 1000, "base_top1": base, "n_base_test": 1000,
+                "harmonic_mean": 2 * v * base / (v + base)} for s, v in enumerate(values)}
+
+
+def test_the_verdict_is_the_paired_interval_not_the_count_of_cells():
     from deltapatch.bench.claims import compare
-    clear = {("r20", "t"): (0.80, 0.01, 3)}
-    close = {("r20", "t"): (0.79, 0.02, 3)}
-    far = {("r20", "t"): (0.60, 0.01, 3)}
-    assert compare(clear, far, "A", "B", "hm").startswith("**supported**")
-    assert compare(clear, close, "A", "B", "hm").startswith(
-        "**inconclusive** (within seed noise; direction: supported)")
-    assert compare(far, clear, "A", "B", "hm").startswith("**not supported**")
+    a = {("r20", t): _seeds(v) for t, v in [("x", [0.62, 0.70, 0.54]), ("y", [0.61, 0.69, 0.55])]}
+    b = {("r20", t): _seeds([0.60, 0.60, 0.60]) for t in ("x", "y")}
+    text = compare(a, b, "A", "B", "top1")
+    assert "A > B on patch top-1 in 2/2" in text  # every cell goes A's way ...
+    assert text.startswith("**within noise** (A − B +1.8 [")  # ... and the seeds cannot tell
+    far = {("r20", t): _seeds([0.70, 0.71, 0.72]) for t in ("x", "y")}
+    assert compare(far, b, "A", "B", "top1").startswith("**holds** (A − B +11.0 [")
+    assert compare(b, far, "A", "B", "top1").startswith("**reversed**")
+
+
+def test_a_claim_without_image_counts_says_it_has_no_interval():
+    from deltapatch.bench.claims import compare
+    a = {("r20", "x"): {0: {"patch_top1": 0.7}}}
+    b = {("r20", "x"): {0: {"patch_top1": 0.5}}}
+    assert compare(a, b, "A", "B", "top1").startswith("**no interval**")
+
+
+def test_forgetting_counts_only_tasks_patched_before_another():
+    from deltapatch.bench.claims import no_forgetting
+    r = _rec("d1", "delta", 0, None, table="sequential", gate="delta", stages=1)
+    r["result"] = {"order": ["a", "b", "c"], "drop_by_task": {"a": 0.0, "b": 0.01, "c": 0.0}}
+    assert "over 2 (task, run) pairs" in no_forgetting([r])
+    assert "1.0000 points" in no_forgetting([r]) and "not supported" in no_forgetting([r])
 
 
 def test_lambda_matrix_layout():

@@ -12,6 +12,8 @@ import itertools
 import statistics
 from collections.abc import Callable
 
+from .intervals import Interval, paired, record_score
+
 Pred = Callable[[dict], bool]
 NOT_MEASURED = "**not yet measured** (no finished runs for it)"
 
@@ -20,59 +22,99 @@ def _ok(records: list[dict], table: str) -> list[dict]:
     return [r for r in records if r.get("table") == table and r.get("status") == "ok"]
 
 
-Cell = tuple[float, float, int]  # mean, sample std, n seeds
+Seeds = dict[int, dict]  # seed -> that run's result
+Cells = dict[tuple[str, str], Seeds]  # (backbone, task) -> its seeds
+
+VALUE: dict[str, Callable[[dict], float | None]] = {  # each metric's recorded number
+    "hm": lambda res: res.get("harmonic_mean"),
+    "top1": lambda res: res.get("patch_top1"),
+    "target": lambda res: res.get("top1_by_test", {}).get("target"),
+    "sequential": lambda res: res.get("mean_top1"),
+    "joint": lambda res: res.get("joint_harmonic_mean"),
+}
+METRIC_TEXT = {"hm": "harmonic mean", "top1": "patch top-1", "target": "target-domain top-1",
+               "sequential": "mean top-1",
+               "joint": "harmonic mean over the base and every joint task"}
 
 
-def per_variant(records: list[dict], table: str, pred: Pred,
-                value: Callable[[dict], float | None]) -> dict[str, dict[tuple[str, str], Cell]]:
-    """{variant label: {(backbone, task): (mean, std, n) over seeds}} for the variants that fit
-    ``pred``. Variants stay separate: picking the best one on test numbers would be
-    cherry-picking."""
-    by: dict[str, dict[tuple, list[float]]] = {}
+def base_sizes(records: list[dict]) -> dict[str, int]:
+    """Base test images per backbone, from any run that records them (sequential runs do
+    not, and their mean top-1 includes the base task)."""
+    return {r["backbone"]: r["result"]["n_base_test"] for r in records
+            if r.get("status") == "ok" and r.get("result", {}).get("n_base_test")}
+
+
+def per_variant(records: list[dict], table: str, pred: Pred, metric: str) -> dict[str, Cells]:
+    """{variant label: {(backbone, task): {seed: result}}} for the variants that fit ``pred``
+    and record ``metric``. Variants stay separate: picking the best one on test numbers would
+    be cherry-picking. A run shared by several tables counts once."""
+    base = base_sizes(records)
+    by: dict[str, Cells] = {}
     for r in _ok(records, table):
-        v = value(r["result"])
-        if v is not None and pred(r.get("method", {})):
-            by.setdefault(r["label"], {}).setdefault((r["backbone"], r["task"]), []).append(v)
-    return {label: {k: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
-                    for k, v in cells.items()} for label, cells in by.items()}
+        if VALUE[metric](r["result"]) is not None and pred(r.get("method", {})):
+            res = {**r["result"], "n_base_test": r["result"].get("n_base_test")
+                   or base.get(r["backbone"])}
+            by.setdefault(r["label"], {}).setdefault((r["backbone"], r["task"]), {})[
+                r["seed"]] = res
+    return by
 
 
-def compare(a: dict[tuple[str, str], Cell], b: dict[tuple[str, str], Cell], name_a: str,
-            name_b: str, metric: str) -> str | None:
-    """'A > B in x of y cells, mean difference d; k cells beyond seed noise' over shared cells.
+def _cell(seeds: Seeds, metric: str) -> tuple[float, float, int]:
+    v = [VALUE[metric](res) for res in seeds.values()]
+    return statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v)
 
-    A cell's difference counts as beyond noise when it exceeds sqrt(std_a² + std_b²) of the
-    seeds; with one seed there is no noise estimate and the text says so. When no difference
-    exceeds the noise, the verdict is "inconclusive" whatever the direction."""
+
+def _interval(a: Cells, b: Cells, shared: list, metric: str) -> Interval | None:
+    """A − B pooled over the shared cells, paired seed by seed (bench/intervals.py); None
+    where no seed ran in both or the records lack the image counts the bootstrap redraws."""
+    try:
+        cells = [[(record_score(a[k][s], metric), record_score(b[k][s], metric))
+                  for s in sorted(set(a[k]) & set(b[k]))] for k in shared]
+        cells = [c for c in cells if c]
+        return paired(cells) if cells else None
+    except (KeyError, ValueError):
+        return None
+
+
+def compare(a: Cells, b: Cells, name_a: str, name_b: str, metric: str,
+            text: str | None = None) -> str | None:
+    """The verdict of "A > B" over the shared cells, then how the cells split.
+
+    The verdict is the paired difference's 95 % interval, pooled over the cells (holds /
+    within noise / reversed), the same rule as the claim lines of
+    ``benchmarks/claim_intervals.py``: counting cells that go one way would call five small
+    wins "supported" however noisy each is. Beside it: in how many cells A's mean is higher,
+    and how many differences exceed sqrt(std_a² + std_b²) of the seeds."""
     shared = sorted(set(a) & set(b))
     if not shared:
         return None
-    diffs = [100 * (a[k][0] - b[k][0]) for k in shared]
-    noise = [100 * (a[k][1] ** 2 + b[k][1] ** 2) ** 0.5 for k in shared]
-    seeds = min(min(a[k][2], b[k][2]) for k in shared)
+    ca, cb = {k: _cell(a[k], metric) for k in shared}, {k: _cell(b[k], metric) for k in shared}
+    diffs = [100 * (ca[k][0] - cb[k][0]) for k in shared]
+    noise = [100 * (ca[k][1] ** 2 + cb[k][1] ** 2) ** 0.5 for k in shared]
+    seeds = min(min(ca[k][2], cb[k][2]) for k in shared)
     wins = sum(d > 0 for d in diffs)
     beyond = sum(abs(d) > n for d, n in zip(diffs, noise, strict=True)) if seeds > 1 else None
-    detail = "; ".join(f"{bb}/{t}: {100 * a[(bb, t)][0]:.2f} vs {100 * b[(bb, t)][0]:.2f}"
+    iv = _interval(a, b, shared, metric)
+    head = (f"**{iv.verdict}** ({name_a} − {name_b} {iv.text().split(' →')[0]} points, "
+            f"95 % interval over {iv.cells} cell(s) and their paired seeds)"
+            if iv else "**no interval** (no paired seeds, or the records lack image counts)")
+    detail = "; ".join(f"{bb}/{t}: {100 * ca[(bb, t)][0]:.2f} vs {100 * cb[(bb, t)][0]:.2f}"
                        for bb, t in shared)
-    verdict = ("supported" if wins == len(shared) else
-               "mixed" if wins > 0 else "not supported")
-    head = f"**{verdict}**"
-    if beyond == 0:  # every difference is within the seeds' spread: the runs cannot tell
-        head = f"**inconclusive** (within seed noise; direction: {verdict})"
     noise_text = (f"{beyond}/{len(shared)} differences exceed the seed-to-seed std"
-                  if beyond is not None else "one seed only, no noise estimate")
-    return (f"{head}: {name_a} > {name_b} on {metric} in {wins}/{len(shared)} "
+                  if beyond is not None else "one seed only, no seed noise in the interval")
+    return (f"{head}: {name_a} > {name_b} on {text or METRIC_TEXT[metric]} in {wins}/{len(shared)} "
             f"(backbone, task) cells; mean difference {statistics.fmean(diffs):+.2f} points "
             f"(min {min(diffs):+.2f}, max {max(diffs):+.2f}); n ≥ {seeds} seed(s), "
             f"{noise_text}. Cells (mean over seeds, %): {detail}.")
 
 
-def compare_all(a: dict[str, dict], b: dict[str, dict], metric: str) -> list[str]:
+def compare_all(a: dict[str, Cells], b: dict[str, Cells], metric: str,
+                text: str | None = None) -> list[str]:
     """Every variant of ``a`` against every variant of ``b``."""
     out = []
     for la, ca in a.items():
         for lb, cb in b.items():
-            got = compare(ca, cb, la, lb, metric)
+            got = compare(ca, cb, la, lb, metric, text)
             if got:
                 out.append(got)
     return out
@@ -86,24 +128,16 @@ def method_is(name: str, **kw) -> Pred:
     return lambda m: m.get("name") == name and all(m.get(k) == v for k, v in kw.items())
 
 
-def _hm(res: dict) -> float | None:
-    return res.get("harmonic_mean")
-
-
-def _top1(res: dict) -> float | None:
-    return res.get("patch_top1")
-
-
 def delta_vs_paint(records: list[dict]) -> str:
-    return _lines(compare_all(per_variant(records, "single", method_is("delta", gate="delta"), _hm),
-                              per_variant(records, "single", method_is("paint"), _hm),
-                              "harmonic mean"))
+    return _lines(compare_all(per_variant(records, "single", method_is("delta", gate="delta"), "hm"),
+                              per_variant(records, "single", method_is("paint"), "hm"),
+                              "hm"))
 
 
 def delta_vs_fc(records: list[dict]) -> str:
-    return _lines(compare_all(per_variant(records, "single", method_is("delta", gate="delta"), _hm),
-                              per_variant(records, "single", method_is("linear"), _hm),
-                              "harmonic mean"))
+    return _lines(compare_all(per_variant(records, "single", method_is("delta", gate="delta"), "hm"),
+                              per_variant(records, "single", method_is("linear"), "hm"),
+                              "hm"))
 
 
 def zero_base_drop(records: list[dict]) -> str:
@@ -132,7 +166,7 @@ def zero_base_drop(records: list[dict]) -> str:
 def depth_order(records: list[dict]) -> str:
     by_n: dict[int, dict] = {}
     for label, cells in per_variant(records, "single", method_is("delta", gate="delta"),
-                                    _hm).items():
+                                    "hm").items():
         stages = {r["method"]["stages"] for r in _ok(records, "single") if r["label"] == label}
         n = next(iter(stages))
         if isinstance(n, int):
@@ -140,7 +174,7 @@ def depth_order(records: list[dict]) -> str:
     ns = sorted(by_n)
     pairs = [(ns[0], hi) for hi in ns[1:]]  # every depth against Δ(1), Δ(max) included
     pairs += [(lo, hi) for lo, hi in itertools.pairwise(ns) if lo != ns[0]]
-    parts = [p for lo, hi in pairs for p in compare_all(by_n[hi], by_n[lo], "harmonic mean")]
+    parts = [p for lo, hi in pairs for p in compare_all(by_n[hi], by_n[lo], "hm")]
     note = (" (CIFAR ResNets have 3 stages, so Δ(3) is 'all stages', the paper's Δ(4).)"
             if 3 in ns and 4 not in ns else "")
     return _lines(parts, note) if len(ns) > 1 else NOT_MEASURED
@@ -148,75 +182,71 @@ def depth_order(records: list[dict]) -> str:
 
 def conditioned_vs_static(records: list[dict]) -> str:
     delta = per_variant(records, "ablation", method_is("delta", gate="delta", norm="output"),
-                        _top1)
+                        "top1")
     others = {}
     for gate in ("learned", "fixed", "existing", "random"):
-        others.update(per_variant(records, "ablation", method_is("delta", gate=gate), _top1))
-    return _lines(compare_all(delta, others, "patch top-1"))
+        others.update(per_variant(records, "ablation", method_is("delta", gate=gate), "top1"))
+    return _lines(compare_all(delta, others, "top1"))
 
 
 def bn_helps(records: list[dict]) -> str:
     parts = []
     for gate in ("delta", "learned", "fixed", "existing"):
         parts += compare_all(
-            per_variant(records, "ablation", method_is("delta", gate=gate, norm="output"), _top1),
-            per_variant(records, "ablation", method_is("delta", gate=gate, norm="none"), _top1),
-            "patch top-1")
+            per_variant(records, "ablation", method_is("delta", gate=gate, norm="output"), "top1"),
+            per_variant(records, "ablation", method_is("delta", gate=gate, norm="none"), "top1"),
+            "top1")
     return _lines(parts)
 
 
 def delta_vs_adapted(records: list[dict]) -> str:
-    delta = per_variant(records, "adapted", method_is("delta", gate="delta"), _hm)
+    delta = per_variant(records, "adapted", method_is("delta", gate="delta"), "hm")
     others = {}
     for m in ("adapter-parallel", "adapter-series", "bn-adapt", "pnc"):
-        others.update(per_variant(records, "adapted", method_is(m), _hm))
-    return _lines(compare_all(delta, others, "harmonic mean"))
-
-
-def _target(res: dict) -> float | None:
-    return res.get("top1_by_test", {}).get("target")
+        others.update(per_variant(records, "adapted", method_is(m), "hm"))
+    return _lines(compare_all(delta, others, "hm"))
 
 
 def _with_delta(m: dict) -> bool:
     return m.get("stages") not in (0, [], None)
 
 
-def full_training_helps(table: str, value=_top1, metric: str = "test top-1",
+def full_training_helps(table: str, metric: str = "top1", text: str = "test top-1",
                         full_only: bool = False) -> Callable[[list[dict]], str]:
     """The same fully trained network with and without Δ-stages (paper Tables 5, 6, 12-13);
     ``full_only`` leaves out a scenario's frozen-backbone patches."""
     def check(records: list[dict]) -> str:
         full = (lambda m: m.get("name") == "full") if full_only else (lambda m: True)
-        with_delta = per_variant(records, table, lambda m: full(m) and _with_delta(m), value)
-        plain = per_variant(records, table, lambda m: full(m) and not _with_delta(m), value)
-        return _lines(compare_all(with_delta, plain, metric))
+        with_delta = per_variant(records, table, lambda m: full(m) and _with_delta(m), metric)
+        plain = per_variant(records, table, lambda m: full(m) and not _with_delta(m), metric)
+        return _lines(compare_all(with_delta, plain, metric, text))
     return check
 
 
 def zsda_patch_vs_fc(records: list[dict]) -> str:
     return _lines(compare_all(
-        per_variant(records, "zsda", method_is("delta", gate="delta"), _target),
-        per_variant(records, "zsda", method_is("linear"), _target), "target-domain top-1"))
+        per_variant(records, "zsda", method_is("delta", gate="delta"), "target"),
+        per_variant(records, "zsda", method_is("linear"), "target"), "target"))
 
 
 def sequential_vs_paint(records: list[dict]) -> str:
-    mean = lambda res: res.get("mean_top1")
     return _lines(compare_all(
-        per_variant(records, "sequential", method_is("delta", gate="delta"), mean),
-        per_variant(records, "sequential", method_is("paint"), mean), "mean top-1"))
+        per_variant(records, "sequential", method_is("delta", gate="delta"), "sequential"),
+        per_variant(records, "sequential", method_is("paint"), "sequential"), "sequential"))
 
 
 def joint_vs_paint(records: list[dict]) -> str:
-    hm = lambda res: res.get("joint_harmonic_mean")
     return _lines(compare_all(
-        per_variant(records, "joint", method_is("delta", gate="delta"), hm),
-        per_variant(records, "joint", method_is("paint"), hm),
-        "harmonic mean over the base and every joint task"))
+        per_variant(records, "joint", method_is("delta", gate="delta"), "joint"),
+        per_variant(records, "joint", method_is("paint"), "joint"), "joint"))
 
 
 def no_forgetting(records: list[dict]) -> str:
-    drops = [abs(d) for r in _ok(records, "sequential") if r["method"].get("name") == "delta"
-             for d in r["result"].get("drop_by_task", {}).values()]
+    """Only tasks patched before another one count: the last task's "drop" is 0 by
+    construction (nothing came after it) and would pad the evidence."""
+    drops = [abs(drop[t]) for r in _ok(records, "sequential") if r["method"].get("name") == "delta"
+             for drop in [r["result"].get("drop_by_task", {})]
+             for t in list(r["result"].get("order") or drop)[:-1] if t in drop]
     if not drops:
         return NOT_MEASURED
     verdict = "supported" if max(drops) == 0 else "not supported"
@@ -237,7 +267,7 @@ CLAIMS: list[tuple[str, Callable[[list[dict]], str]]] = [
     ("Δ beats PAINT in sequential patching (Table 4)", sequential_vs_paint),
     ("Δ helps zero-shot domain adaptation: the fine-tuned network + Δ beats it alone on the "
      "unseen target domain (Table 6)",
-     full_training_helps("zsda", _target, "target-domain top-1", full_only=True)),
+     full_training_helps("zsda", "target", "target-domain top-1", full_only=True)),
     ("(beside Table 6) a frozen-backbone Δ patch beats the FC-only patch on the target domain",
      zsda_patch_vs_fc),
     ("Δ helps training from scratch (Tables 12–13)", full_training_helps("scratch")),
@@ -252,10 +282,11 @@ GUARANTEES: list[tuple[str, Callable[[list[dict]], str]]] = [
 
 def claims_section(records: list[dict]) -> str:
     lines = ["## The paper's claims, checked against these runs only\n",
-             "The verdicts below count cells and compare each difference with the seeds' "
-             "spread; they are not intervals. A paired difference with its 95 % interval per "
-             "claim (holds / within noise / reversed) comes from `benchmarks/claim_intervals.py` "
-             "(bench/intervals.py); where the two disagree, the interval decides.\n"]
+             "Each verdict is the paired difference A − B with its 95 % interval, pooled over "
+             "the cells both ran and their paired seeds (bench/intervals.py: holds / within "
+             "noise / reversed, the rule of `benchmarks/claim_intervals.py`); after it, how "
+             "the cells split and how many differences exceed the seeds' spread. Variants are "
+             "pooled over every backbone they ran on.\n"]
     lines += [f"- *{claim}*: {check(records)}" for claim, check in CLAIMS]
     lines += ["\n### Guarantees (hold by construction; checked here, not evidence)\n",
               "A patch adds modules beside the frozen backbone and never writes to it or to "

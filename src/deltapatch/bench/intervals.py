@@ -101,6 +101,36 @@ def mean_score(parts: dict[str, tuple[float, int]]) -> Score:
     return Score(dict(parts), mean)
 
 
+def record_score(result: dict, metric: str, base_n: int | None = None) -> Score:
+    """One run's compared number with the image counts its bootstrap redraws, from the run's
+    ``result``: ``hm`` (base and patch top-1), ``joint``, ``top1``, ``target`` (the ZSDA
+    target's top-1) or ``sequential`` (mean top-1 after the last task, base included).
+    ``base_n`` stands in for the base test size where a record does not carry it (sequential
+    records never do)."""
+    n_base = result.get("n_base_test") or base_n
+    base = (result["base_top1"], n_base) if "base_top1" in result else None
+    if metric == "hm":
+        return hm_score(result["patch_top1"], result["n_test"], *_sized(base))
+    if metric == "joint":
+        return joint_hm_score({"base": _sized(base),
+                               **{t: (acc, result["n_by_test"][t])
+                                  for t, acc in result["top1_by_test"].items()}})
+    if metric == "top1":
+        return top1_score(result["patch_top1"], result["n_test"])
+    if metric == "target":
+        return top1_score(result["top1_by_test"]["target"], result["n_by_test"]["target"])
+    if metric == "sequential":
+        return mean_score({t: (acc, result["n_test"].get(t) or _sized((acc, n_base))[1])
+                           for t, acc in result["final_top1"].items()})
+    raise ValueError(f"unknown metric {metric}")
+
+
+def _sized(part: tuple[float, int | None] | None) -> tuple[float, int]:
+    if part is None or not part[1]:
+        raise ValueError("the record does not say how many base test images it was scored on")
+    return part[0], int(part[1])
+
+
 @dataclass(frozen=True)
 class Interval:
     diff: float  # A − B, mean over cells of the mean over seeds, in accuracy units
