@@ -83,3 +83,16 @@ def test_a_joint_claim_shares_the_untouched_base_and_decides_a_clear_gap():
 
     assert paired([[(run(0.7), run(0.4))] * 3]).verdict == "holds"
     assert paired([[(run(0.5), run(0.5))] * 3]).verdict == "within noise"
+
+
+def test_a_record_score_takes_the_base_size_from_the_record_or_the_fallback():
+    from deltapatch.bench.intervals import record_score
+    single = {"patch_top1": 0.5, "n_test": 200, "base_top1": 0.8, "n_base_test": 500}
+    assert record_score(single, "hm").parts == {"patch": (0.5, 200), "base": (0.8, 500)}
+    seq = {"final_top1": {"base": 0.8, "a": 0.6}, "n_test": {"a": 300}}
+    assert record_score(seq, "sequential", base_n=1000).parts == {"base": (0.8, 1000),
+                                                                   "a": (0.6, 300)}
+    with pytest.raises(ValueError, match="how many base test images"):
+        record_score(seq, "sequential")
+    with pytest.raises(ValueError, match="unknown metric"):
+        record_score(single, "f1")

@@ -95,7 +95,7 @@ def compare(a: Cells, b: Cells, name_a: str, name_b: str, metric: str,
     wins = sum(d > 0 for d in diffs)
     beyond = sum(abs(d) > n for d, n in zip(diffs, noise, strict=True)) if seeds > 1 else None
     iv = _interval(a, b, shared, metric)
-    head = (f"**{iv.verdict}** ({name_a} − {name_b} {iv.text().split(' →')[0]} points, "
+    head = (f"**{iv.verdict}** ({name_a} − {name_b} {iv.span()} points, "
             f"95 % interval over {iv.cells} cell(s) and their paired seeds)"
             if iv else "**no interval** (no paired seeds, or the records lack image counts)")
     detail = "; ".join(f"{bb}/{t}: {100 * ca[(bb, t)][0]:.2f} vs {100 * cb[(bb, t)][0]:.2f}"

@@ -147,9 +147,11 @@ class Interval:
             return "reversed"
         return "within noise"
 
+    def span(self, scale: float = 100.0) -> str:
+        return f"{scale * self.diff:+.1f} [{scale * self.low:+.1f}, {scale * self.high:+.1f}]"
+
     def text(self, scale: float = 100.0) -> str:
-        return (f"{scale * self.diff:+.1f} [{scale * self.low:+.1f}, {scale * self.high:+.1f}] "
-                f"→ {self.verdict}")
+        return f"{self.span(scale)} → {self.verdict}"
 
 
 Cell = Sequence[tuple[Score, Score]]  # the paired seeds of one cell: (A's run, B's run)
