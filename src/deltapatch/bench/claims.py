@@ -60,7 +60,9 @@ def per_variant(records: list[dict], table: str, pred: Pred, metric: str) -> dic
 
 
 def _cell(seeds: Seeds, metric: str) -> tuple[float, float, int]:
-    v = [VALUE[metric](res) for res in seeds.values()]
+    """Mean, sample std and n over the seeds, in percent as the tables compute them (so a
+    mean rounds the same way in both)."""
+    v = [100 * VALUE[metric](res) for res in seeds.values()]
     return statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v)
 
 
@@ -89,8 +91,8 @@ def compare(a: Cells, b: Cells, name_a: str, name_b: str, metric: str,
     if not shared:
         return None
     ca, cb = {k: _cell(a[k], metric) for k in shared}, {k: _cell(b[k], metric) for k in shared}
-    diffs = [100 * (ca[k][0] - cb[k][0]) for k in shared]
-    noise = [100 * (ca[k][1] ** 2 + cb[k][1] ** 2) ** 0.5 for k in shared]
+    diffs = [ca[k][0] - cb[k][0] for k in shared]
+    noise = [(ca[k][1] ** 2 + cb[k][1] ** 2) ** 0.5 for k in shared]
     seeds = min(min(ca[k][2], cb[k][2]) for k in shared)
     wins = sum(d > 0 for d in diffs)
     beyond = sum(abs(d) > n for d, n in zip(diffs, noise, strict=True)) if seeds > 1 else None
@@ -98,7 +100,7 @@ def compare(a: Cells, b: Cells, name_a: str, name_b: str, metric: str,
     head = (f"**{iv.verdict}** ({name_a} − {name_b} {iv.span()} points, "
             f"95 % interval over {iv.cells} cell(s) and their paired seeds)"
             if iv else "**no interval** (no paired seeds, or the records lack image counts)")
-    detail = "; ".join(f"{bb}/{t}: {100 * ca[(bb, t)][0]:.2f} vs {100 * cb[(bb, t)][0]:.2f}"
+    detail = "; ".join(f"{bb}/{t}: {ca[(bb, t)][0]:.2f} vs {cb[(bb, t)][0]:.2f}"
                        for bb, t in shared)
     noise_text = (f"{beyond}/{len(shared)} differences exceed the seed-to-seed std"
                   if beyond is not None else "one seed only, no seed noise in the interval")
