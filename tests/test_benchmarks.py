@@ -308,6 +308,20 @@ def test_protocol4_rerun_noise_counts_only_cells_that_kept_their_rate(monkeypatc
     assert p4.rerun_noise(before, {"moved": after["moved"]}).startswith("No cell")
 
 
+def test_protocol4_rerun_noise_counts_same_machine_reruns_apart(monkeypatch):
+    p4 = _script("protocol4", monkeypatch)
+
+    def cell(scores, machines):
+        return {"search": {"chosen": 0.03}, "score": dict(enumerate(scores)),
+                "machine": dict(enumerate(machines))}
+    before = {"c": cell([50.0, 60.0, 70.0], ["amd", "intel", "intel"])}
+    after = {"c": cell([52.0, 60.0, 70.5], ["intel", "intel", "intel"])}
+    text = p4.rerun_noise(before, after)
+    assert "another machine, the per-seed test score moved by at most 1 point in 0 of 1 runs, " \
+           "+2.0 to +2.0" in text
+    assert "same machine kind, 1 of 2 runs gave the same score (+0.0 to +0.5)" in text
+
+
 def test_protocol4_sequential_borrows_protocol4_rates_first_and_protocol3_elsewhere(monkeypatch,
                                                                                    tmp_path):
     """Sequential patching trains each task at its single-task cell's rate: the rerun must read
