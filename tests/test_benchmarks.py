@@ -385,3 +385,20 @@ def test_protocol4_forgetting_reports_each_cells_largest_drop_over_seeds(monkeyp
                  rec("delta1", 0, {"a": 0.0, "b": 0.0}),
                  ("single/r/a/delta1/seed0", {"scenario": "single", "label": "x", "result": {}})])
     assert p4.forgetting(runs) == "delta1 0.0; paint 19.9"
+
+
+def test_embed_table_copies_only_the_named_table_into_its_block(monkeypatch, tmp_path):
+    et = _script("embed_table", monkeypatch)
+    report = ("### A\n\nCells: text.\n\n| x | y |\n|---|---|\n| 1 | 2 |\n\nafter\n"
+              "### B\n\n| z |\n|---|\n| 3 |\n")
+    assert et.table(report, "A") == "| x | y |\n|---|---|\n| 1 | 2 |"
+    assert et.table(report, "B") == "| z |\n|---|\n| 3 |"
+    with pytest.raises(SystemExit, match="no '### C'"):
+        et.table(report, "C")
+    doc = tmp_path / "doc.md"
+    doc.write_text("before\n<!-- t:begin -->\nold\n<!-- t:end -->\nafter\n")
+    monkeypatch.setattr("sys.argv", ["embed_table", str(tmp_path / "r.md"), "B", "--block", "t",
+                                     "--write", str(doc)])
+    (tmp_path / "r.md").write_text(report)
+    et.main()
+    assert doc.read_text() == "before\n<!-- t:begin -->\n| z |\n|---|\n| 3 |\n<!-- t:end -->\nafter\n"

@@ -114,7 +114,8 @@ def _register_efficientnet_lite() -> None:
     lite.register_blocks()
     register_backbone("efficientnet_lite0", BackboneEntry(
         build=lite.build, preprocess=lite.LITE_PREPROCESS, named_weights={"imagenet": lite.imagenet},
-        # on its ImageNet base, init=random left Δ(1) and Δ(5) far below init=base (docs/INIT.md)
+        # on its ImageNet base, init=random scored below init=base in every Δ cell (far below
+        # for Δ(5); 3 seeds, docs/INIT.md)
         default_init="base"))
 
 
