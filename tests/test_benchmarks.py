@@ -402,3 +402,24 @@ def test_embed_table_copies_only_the_named_table_into_its_block(monkeypatch, tmp
     (tmp_path / "r.md").write_text(report)
     et.main()
     assert doc.read_text() == "before\n<!-- t:begin -->\n| z |\n|---|\n| 3 |\n<!-- t:end -->\nafter\n"
+
+
+def test_a_plus_b_claim_folder_takes_the_cells_b_reran_from_b(monkeypatch, tmp_path):
+    import json
+    claims = _script("claim_intervals", monkeypatch)
+
+    def rec(task: str, variant: str, seed: int, hm: float) -> dict:
+        return {"status": "ok", "scenario": "single", "backbone": "lite0", "task": task,
+                "variant": variant, "seed": seed, "result": {"harmonic_mean": hm}}
+    for name, runs_ in (("s", [rec("a", "v", 0, 0.5), rec("b", "v", 0, 0.6),
+                              rec("a", "w", 0, 0.1)]),
+                        ("s-p4", [rec("a", "v", 0, 0.9), rec("a", "v", 1, 0.8)])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({"runs": runs_}))
+    monkeypatch.setattr(claims, "DOCS", tmp_path)
+    merged = claims.runs("s+s-p4")
+    hm = {cell: {s: r["result"]["harmonic_mean"] for s, r in seeds.items()}
+          for cell, seeds in merged[("single", "v")].items()}
+    assert hm == {("lite0", "a"): {0: 0.9, 1: 0.8}, ("lite0", "b"): {0: 0.6}}
+    assert merged[("single", "w")][("lite0", "a")][0]["result"]["harmonic_mean"] == 0.1
+    assert claims.runs("s")[("single", "v")][("lite0", "a")][0]["result"]["harmonic_mean"] == 0.5
