@@ -196,8 +196,8 @@ def block(per_cell: bool) -> str:
         f"where it excludes zero on the other side, else **within noise**. cpu: protocol 3 "
         f"(the Table 8 ablation, on patch top-1 as the paper's table, joint patching, ResNet-56 "
         f"and from scratch since 2026-12-06), 3 seeds per cell; cpu, protocol 4: the seeds "
-        f"each line states; Lite0: protocol 3, the seeds each line states (3 per cell once the "
-        f"suite's last seed-2 runs are in); Lite0, protocol 4: the edge cells rerun from "
+        f"each line states; Lite0: protocol 3, 3 seeds per cell; Lite0, protocol 4: the edge "
+        f"cells rerun from "
         f"2026-12-06 (these lines: random-start Δ), with the seeds each line states; Lite0, "
         f"protocol 4 where rerun: each cell from protocol 4's records where it reran the cell, "
         f"else from protocol 3's.", "", *lines, dense_line(),
