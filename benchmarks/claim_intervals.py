@@ -197,8 +197,8 @@ def block(per_cell: bool) -> str:
         f"(the Table 8 ablation, on patch top-1 as the paper's table, joint patching, ResNet-56 "
         f"and from scratch since 2026-12-06), 3 seeds per cell; cpu, protocol 4: the seeds "
         f"each line states; Lite0: protocol 3, 3 seeds per cell; Lite0, protocol 4: the edge "
-        f"cells rerun from "
-        f"2026-12-06 (these lines: random-start Δ), with the seeds each line states; Lite0, "
+        f"cells rerun from 2026-12-06 (these lines: random-start Δ), with the seeds each line "
+        f"states; Lite0, "
         f"protocol 4 where rerun: each cell from protocol 4's records where it reran the cell, "
         f"else from protocol 3's.", "", *lines, dense_line(),
         dense_line(a="finetune", b="delta_all")])

@@ -172,8 +172,9 @@ def compare(p3: dict[str, dict], p4: dict[str, dict]) -> list[str]:
 def rerun_noise(p3: dict[str, dict], p4: dict[str, dict]) -> str:
     """How far a rerun alone moves a number: the per-seed score change in the cells whose
     seed-0 search kept protocol 3's rate (same rate, same seed, same data). Reruns on the same
-    machine (CPU model, threads, torch) and on another are counted apart: on the CPU the first
-    are bit-identical, so mixing them in would make the noise look smaller than it is."""
+    machine kind (CPU model, threads, torch: the records' ``hardware``) and on another are counted
+    apart: the first can be bit-identical (all 25 on Lite0), so mixing them in would make the
+    noise look smaller than it is."""
     moves: dict[bool, list[float]] = {True: [], False: []}
     for key, new in p4.items():
         old = p3.get(key, {})
