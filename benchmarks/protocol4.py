@@ -173,7 +173,7 @@ def rerun_noise(p3: dict[str, dict], p4: dict[str, dict]) -> str:
     """How far a rerun alone moves a number: the per-seed score change in the cells whose
     seed-0 search kept protocol 3's rate (same rate, same seed, same data). Reruns on the same
     machine kind (CPU model, threads, torch: the records' ``hardware``) and on another are counted
-    apart: the first can be bit-identical (all 25 on Lite0), so mixing them in would make the
+    apart: the first can be bit-identical (RESULTS.md), so mixing them in would make the
     noise look smaller than it is."""
     moves: dict[bool, list[float]] = {True: [], False: []}
     for key, new in p4.items():
@@ -194,9 +194,11 @@ def rerun_noise(p3: dict[str, dict], p4: dict[str, dict]) -> str:
                      f"in all")
     if diffs := moves[True]:
         same = sum(d == 0 for d in diffs)
+        near = sum(abs(d) <= 1 for d in diffs)
         parts.append(f"rerun on the same machine kind, {same} of {len(diffs)} runs gave the same "
                      f"score" + ("" if same == len(diffs) else
-                                 f" ({min(diffs):+.1f} to {max(diffs):+.1f})"))
+                                 f" ({min(diffs):+.1f} to {max(diffs):+.1f}), {near} of "
+                                 f"{len(diffs)} within 1 point"))
     return (f"Rerun noise: in the cells that kept protocol 3's rate, {'; '.join(parts)} (the "
             f"records name each run's code version and machine).")
 
