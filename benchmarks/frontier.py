@@ -8,6 +8,8 @@ fingerprint) are copied in from its records and not rerun. Then, per task, one P
 mean against parameters) and one statement, computed from the points (bench/frontier.py).
 Resumable: rerun the same command; ``--report-only`` draws what has finished. ``--shard I/N``
 splits the cells between N processes (one per core), as ``deltapatch bench`` does.
+``--protocol4 RESULTS...`` draws each cell from protocol 4's rerun where there is one (its rate
+was on the grid's edge) and says whether protocol 3 alone gave the same verdicts.
 
     PYTHONPATH=src nice -n 19 python benchmarks/frontier.py --suite cpu --tasks dtd10 \\
         --out runs/frontier-cpu --report docs/results/frontier/cpu
@@ -98,14 +100,18 @@ def is_delta(method: dict) -> bool:
     return method.get("name") == "delta"
 
 
-def report(suite: str, out: Path, dest: Path, tasks: list[str],
-           command: str) -> list[tuple[str, Path | None]]:
-    """(statement, figure) per task; also writes the figures, new records and FRONTIER.md."""
+def report(suite: str, out: Path, dest: Path, tasks: list[str], command: str,
+           later: list[Path] = ()) -> tuple[list[tuple[str, Path | None]], list[str]]:
+    """((statement, figure) per task, the protocol-4 note), drawn from each cell's latest
+    protocol (``later``'s seed-0 records, protocol 4's reruns, in place of the same cells'
+    here); also writes the figures, the new protocol-3 records and FRONTIER.md."""
     runs = json.loads((out / "results.json").read_text())["runs"]
+    first = [r for r in runs if r.get("status") == "ok"]
+    latest = swap(first, later)
     dest.mkdir(parents=True, exist_ok=True)
     lines = []
     for t in tasks:
-        pts = points_from(runs, t, is_delta)
+        pts = points_from(latest, t, is_delta)
         if not pts:
             lines.append((f"{t}: no finished runs yet", None))
             continue
@@ -113,45 +119,61 @@ def report(suite: str, out: Path, dest: Path, tasks: list[str],
                      f"{suite} suite, {t}: harmonic mean vs trainable parameters (seed 0)")
         lines.append((f"{statement(t, pts)} ({len(pts)} points", png))
     published = ROOT / "docs" / "results" / suite / "runs"
-    for r in runs:  # the new records behind the figures (the suite's own are published already)
-        if (r.get("status") == "ok" and r["seed"] == 0 and r["task"] in tasks
+    for r in first:  # the new records behind the figures (the suite's own are published already)
+        if (r["seed"] == 0 and r["task"] in tasks
                 and not (published / f"{r['key']}.json").exists()):
             f = dest / "runs" / f"{r['key']}.json"
             f.parent.mkdir(parents=True, exist_ok=True)
             f.write_text(json.dumps(r, indent=1) + "\n")
-    pending = sum(r.get("status") != "ok" for r in runs)
-    machines = "; ".join(sorted({r["hardware"] for r in runs if r.get("hardware")}))
+    machines = "; ".join(sorted({r["hardware"] for r in latest if r.get("hardware")}))
     shutil.copy2(out / "frontier.toml", dest / "frontier.toml")
     head = [f"# Accuracy against trainable parameters: {suite} suite", "",
             f"Command: `{command}`. Seed 0 only (one run per point; not a significance test).",
             f"Hardware of the runs: {machines or describe()}, shared with other jobs. Finished "
-            f"points: {len(runs) - pending} of {len(runs)} (the suite's published seed-0 cells "
+            f"points: {len(first)} of {len(runs)} (the suite's published seed-0 cells "
             f"are reused, from docs/results/{suite}/runs; new records in runs/ here; the suite "
             "copy they answer: frontier.toml). A point is on the frontier when no other has as "
             "few or fewer trainable parameters and as high or higher a score; the scores are "
             "one seed's test harmonic means, so gaps of a few points are within noise "
             "(RESULTS.md, claim intervals).", ""]
-    (dest / "FRONTIER.md").write_text("\n".join(head + as_lines(lines, dest)) + "\n")
-    return lines
+    note = protocol_note(first, later, tasks)
+    (dest / "FRONTIER.md").write_text("\n".join(head + note + as_lines(lines, dest)) + "\n")
+    return lines, note
 
 
-def recheck(out: Path, others: list[Path], tasks: list[str]) -> list[str]:
-    """Per task, the statement again with the seed-0 records of ``others`` (e.g. protocol 4's
-    reruns) in place of the same cells' records here, and whether the verdict changed: the
-    figures plot one protocol, this says whether a later one would turn them."""
-    runs = [r for r in json.loads((out / "results.json").read_text())["runs"]
-            if r.get("status") == "ok"]
-    later = {r["key"]: r for f in others for r in json.loads(f.read_text())["runs"]
+def protocol_note(runs: list[dict], later: list[Path], tasks: list[str]) -> list[str]:
+    """The paragraph (and blank line) that says which points protocol 4 supplied; none
+    without ``later``."""
+    if not later:
+        return []
+    return ["Protocol 4: a cell whose protocol-3 rate sat on the grid's edge was rerun with the "
+            "grid extended until the choice was interior; its seed-0 record replaces the "
+            "protocol-3 one in the statements and figures. "
+            + "; ".join(recheck(runs, later, tasks)) + ".", ""]
+
+
+def swap(runs: list[dict], later: list[Path]) -> list[dict]:
+    """``runs`` with each cell's seed-0 record from ``later`` (a rerun under a later protocol)
+    in place of its own, where ``later`` has the cell."""
+    newer = {r["key"]: r for f in later for r in json.loads(Path(f).read_text())["runs"]
              if r.get("status") == "ok" and r["seed"] == 0}
-    swapped = [later.get(r["key"], r) for r in runs]
-    moves = sorted(100 * (later[r["key"]]["result"]["harmonic_mean"] - r["result"]["harmonic_mean"])
-                   for r in runs if r["key"] in later and r["task"] in tasks)
-    lines = [f"{len(moves)} points replaced by {', '.join(map(str, others))}"
+    return [newer.get(r["key"], r) for r in runs]
+
+
+def recheck(runs: list[dict], later: list[Path], tasks: list[str]) -> list[str]:
+    """How many points ``later`` replaces and how far they moved, then per task whether the
+    earlier protocol alone gave the same verdict (and its statement where it did not): the
+    figures plot the latest protocol, this keeps the history honest."""
+    swapped = swap(runs, later)
+    moves = sorted(100 * (b["result"]["harmonic_mean"] - a["result"]["harmonic_mean"])
+                   for a, b in zip(runs, swapped) if a is not b and a["task"] in tasks)
+    lines = [f"{len(moves)} points from {', '.join(map(str, later))}"
              + (f" (HM moves {moves[0]:+.1f} to {moves[-1]:+.1f})" if moves else "")]
     for t in tasks:
         before, after = (points_from(rs, t, is_delta) for rs in (runs, swapped))
-        same = on_frontier(before) == on_frontier(after)
-        lines.append(f"{'same verdict' if same else 'VERDICT CHANGED'}: {statement(t, after)}")
+        lines.append(f"{t}: protocol 3 alone gives the same verdict"
+                     if on_frontier(before) == on_frontier(after) else
+                     f"{t}: VERDICT CHANGED, protocol 3 alone said: {statement(t, before)}")
     return lines
 
 
@@ -180,9 +202,10 @@ def main() -> None:
     ap.add_argument("--write", type=Path, nargs="*", default=[],
                     help="Markdown files whose <!-- frontier-SUITE:begin/end --> block gets the "
                          "statements")
-    ap.add_argument("--recheck", type=Path, nargs="*", default=[], metavar="RESULTS",
-                    help="results.json of later reruns (protocol 4): print each statement "
-                         "again with their seed-0 records in place of the same cells'")
+    ap.add_argument("--protocol4", type=Path, nargs="*", default=[], metavar="RESULTS",
+                    help="results.json of protocol-4 reruns: their seed-0 records replace the "
+                         "same cells' in the figures and statements; FRONTIER.md says whether "
+                         "protocol 3 alone gave each verdict")
     a = ap.parse_args()
     s = SUITES[a.suite]
     extra, variants = plan(a.suite)
@@ -196,17 +219,16 @@ def main() -> None:
     flags = (["--report-only"] if a.report_only else []) + (["--shard", a.shard] if a.shard else [])
     run_bench(toml, a.out, a.threads, *flags)
     command = (f"python benchmarks/frontier.py --suite {a.suite} --tasks {' '.join(a.tasks)} "
-               f"--out {a.out} --report {a.report}")
-    found = report(a.suite, a.out, a.report, a.tasks, command)
-    print("\n".join(as_lines(found, a.report)))
-    if a.recheck:
-        print("\n".join(recheck(a.out, a.recheck, a.tasks)))
+               f"--out {a.out} --report {a.report}"
+               + (" --protocol4 " + " ".join(map(str, a.protocol4)) if a.protocol4 else ""))
+    found, note = report(a.suite, a.out, a.report, a.tasks, command, a.protocol4)
+    print("\n".join(note + as_lines(found, a.report)))
     for path in a.write:
         # a preface (docs/results/preface-*.md) is placed into docs/RESULTS.md: links from there
         base = path.parent.parent if path.name.startswith("preface-") else path.parent
         text = "\n".join([f"`{command}` ([FRONTIER.md]"
                            f"({os.path.relpath(a.report / 'FRONTIER.md', base)})):", "",
-                           *as_lines(found, base)])
+                           *note, *as_lines(found, base)])
         replace_block(path, f"frontier-{a.suite}", text)
 
 

@@ -145,7 +145,7 @@ def test_frontier_shard_reaches_bench_unchanged(monkeypatch, tmp_path):
     front = _script("frontier", monkeypatch)
     calls = []
     monkeypatch.setattr(front, "run_bench", lambda toml, out, threads, *flags: calls.append(flags))
-    monkeypatch.setattr(front, "report", lambda *a: [])
+    monkeypatch.setattr(front, "report", lambda *a: ([], []))
     for shard in (["--shard", "1/2"], []):
         monkeypatch.setattr("sys.argv", ["frontier.py", "--suite", "cpu", "--tasks", "dtd10",
                                          "--out", str(tmp_path / "o"), "--report",
@@ -154,28 +154,31 @@ def test_frontier_shard_reaches_bench_unchanged(monkeypatch, tmp_path):
     assert calls == [("--shard", "1/2"), ()]
 
 
-def test_frontier_recheck_swaps_in_later_records_and_flags_a_turned_verdict(monkeypatch,
-                                                                            tmp_path):
-    """A later protocol's seed-0 record replaces the same cell's point; the verdict is
-    compared before and after, so a rerun that pushes Δ off the frontier is said."""
+def test_frontier_protocol4_records_replace_their_cells_and_a_turned_verdict_is_said(
+        monkeypatch, tmp_path):
+    """A protocol-4 seed-0 record replaces the same cell's point (other cells and seeds are
+    left alone); the verdict protocol 3 alone gave is compared, so a rerun that pushed Δ off
+    (or onto) the frontier is said, with the old statement."""
     import json
     front = _script("frontier", monkeypatch)
 
-    def rec(variant, params, hm, delta):
-        return {"key": f"single/bb/t/{variant}/seed0", "status": "ok", "scenario": "single",
-                "task": "t", "seed": 0, "variant": variant, "label": variant,
+    def rec(variant, params, hm, delta, seed=0):
+        return {"key": f"single/bb/t/{variant}/seed{seed}", "status": "ok", "scenario": "single",
+                "task": "t", "seed": seed, "variant": variant, "label": variant,
                 "method": {"name": "delta" if delta else "linear"},
                 "result": {"trainable_params": params, "harmonic_mean": hm}}
-    (tmp_path / "results.json").write_text(json.dumps({"runs": [
-        rec("fc", 10, 0.5, False), rec("d1", 20, 0.6, True)]}))
+    runs = [rec("fc", 10, 0.5, False), rec("d1", 20, 0.6, True)]
     later = tmp_path / "p4.json"
-    later.write_text(json.dumps({"runs": [rec("fc", 10, 0.7, False), rec("x", 5, 0.1, False)]}))
-    lines = front.recheck(tmp_path, [later], ["t"])
+    later.write_text(json.dumps({"runs": [rec("fc", 10, 0.7, False), rec("x", 5, 0.1, False),
+                                          rec("d1", 20, 0.9, True, seed=1)]}))
+    assert [r["result"]["harmonic_mean"] for r in front.swap(runs, [later])] == [0.7, 0.6]
+    lines = front.recheck(runs, [later], ["t"])
     assert lines[0].endswith("(HM moves +20.0 to +20.0)") and lines[0].startswith("1 points")
-    assert lines[1].startswith("VERDICT CHANGED: t: Δ **not on the frontier**: "
-                               "d1 (0.0k, 60.0) by fc (0.0k, 70.0)")
+    assert lines[1] == ("t: VERDICT CHANGED, protocol 3 alone said: t: Δ **on the frontier**: "
+                        "d1 (0.0k, 60.0) (compared with: fc)")
     later.write_text(json.dumps({"runs": [rec("fc", 10, 0.55, False)]}))
-    assert front.recheck(tmp_path, [later], ["t"])[1].startswith("same verdict: t: Δ **on")
+    assert front.recheck(runs, [later], ["t"])[1] == "t: protocol 3 alone gives the same verdict"
+    assert front.protocol_note(runs, [], ["t"]) == []
 
 
 def test_protocol4_cost_prices_edge_cells_only(monkeypatch):
