@@ -261,6 +261,7 @@ def main() -> None:
     command = (f"PYTHONPATH=src python benchmarks/protocol4.py --suite {a.suite} --backbone "
                f"{' '.join(a.backbone)} --tasks {' '.join(a.tasks)} --variants "
                f"{' '.join(a.variants)} --extend {a.extend} "
+               f"{f'--seeds {a.seeds} ' if a.seeds != 3 else ''}"
                f"{'--edges-only ' if a.edges_only else ''}"
                f"{'--sequential ' + ' '.join(map(str, a.sequential)) + ' ' if a.sequential else ''}"
                f"--records {a.records} --out {a.out}")
