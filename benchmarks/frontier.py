@@ -27,6 +27,7 @@ from _common import replace_block
 from lr_edge_probe import derived_suite, run_bench
 
 from deltapatch.bench.frontier import figure, frontier, points_from, statement
+from deltapatch.bench.tuning import edge
 from deltapatch.hardware import describe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,7 +117,8 @@ def report(suite: str, out: Path, dest: Path, tasks: list[str], command: str,
             lines.append((f"{t}: no finished runs yet", None))
             continue
         png = figure(t, pts, dest / f"frontier_{t}.png",
-                     f"{suite} suite, {t}: harmonic mean vs trainable parameters (seed 0)")
+                     f"{suite} suite, {t}: harmonic mean vs trainable parameters (seed 0"
+                     + ("; protocol 4 where rerun)" if later else ")"))
         lines.append((f"{statement(t, pts)} ({len(pts)} points", png))
     published = ROOT / "docs" / "results" / suite / "runs"
     for r in first:  # the new records behind the figures (the suite's own are published already)
@@ -146,10 +148,22 @@ def protocol_note(runs: list[dict], later: list[Path], tasks: list[str]) -> list
     without ``later``."""
     if not later:
         return []
+    drawn = [r for r in swap(runs, later) if r["task"] in tasks and r["seed"] == 0]
+    left = [r["key"].rsplit("/", 1)[0] for r in drawn if at_edge(r)]
     return ["Protocol 4: a cell whose protocol-3 rate sat on the grid's edge was rerun with the "
             "grid extended until the choice was interior; its seed-0 record replaces the "
             "protocol-3 one in the statements and figures. "
-            + "; ".join(recheck(runs, later, tasks)) + ".", ""]
+            + "; ".join(recheck(runs, later, tasks))
+            + f". Points whose rate is still the highest or lowest of the rates tried: "
+              f"{len(left)} of {len(drawn)}" + (f" ({', '.join(left)})" if left else "") + ".",
+            ""]
+
+
+def at_edge(record: dict) -> bool:
+    """Whether the record's chosen rate is the highest or lowest of those its search tried."""
+    search = record["result"].get("lr_search") or {}
+    tried = [float(r) for r in search.get("val_score", {})]
+    return bool(tried) and edge(tried, float(search["chosen"])) != ""
 
 
 def swap(runs: list[dict], later: list[Path]) -> list[dict]:

@@ -181,6 +181,30 @@ def test_frontier_protocol4_records_replace_their_cells_and_a_turned_verdict_is_
     assert front.protocol_note(runs, [], ["t"]) == []
 
 
+def test_frontier_note_names_the_points_still_at_an_edge(monkeypatch, tmp_path):
+    """After protocol 4 the note counts the drawn points whose rate is still the highest or
+    lowest tried: a rerun that stopped at its extension limit is named, not hidden."""
+    import json
+    front = _script("frontier", monkeypatch)
+
+    def rec(variant, scores, chosen):
+        return {"key": f"single/bb/t/{variant}/seed0", "status": "ok", "scenario": "single",
+                "task": "t", "seed": 0, "variant": variant, "label": variant,
+                "method": {"name": "delta"},
+                "result": {"trainable_params": 10, "harmonic_mean": 0.5,
+                           "lr_search": {"chosen": chosen, "val_score": scores}}}
+    edge = rec("d1", {"0.01": 0.4, "0.03": 0.5}, 0.03)
+    later = tmp_path / "p4.json"
+    later.write_text(json.dumps({"runs": [
+        rec("d1", {"0.01": 0.4, "0.03": 0.5, "0.1": 0.6, "0.3": 0.7}, 0.3)]}))
+    inner = rec("d2", {"0.01": 0.4, "0.03": 0.6, "0.1": 0.5}, 0.03)
+    note = front.protocol_note([edge, inner], [later], ["t"])[0]
+    assert note.endswith("still the highest or lowest of the rates tried: 1 of 2 (single/bb/t/d1).")
+    later.write_text(json.dumps({"runs": [
+        rec("d1", {"0.01": 0.4, "0.03": 0.5, "0.1": 0.6}, 0.03)]}))
+    assert front.protocol_note([edge, inner], [later], ["t"])[0].endswith(": 0 of 2.")
+
+
 def test_protocol4_cost_prices_edge_cells_only(monkeypatch):
     times = _script("suite_times", monkeypatch)
 
