@@ -21,13 +21,14 @@ import argparse
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from _common import replace_block
 from lr_edge_probe import derived_suite, run_bench
 
 from deltapatch.bench.frontier import figure, frontier, points_from, statement
-from deltapatch.bench.tuning import edge
+from deltapatch.bench.tuning import search_edge
 from deltapatch.hardware import describe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,7 +103,7 @@ def is_delta(method: dict) -> bool:
 
 
 def report(suite: str, out: Path, dest: Path, tasks: list[str], command: str,
-           later: list[Path] = ()) -> tuple[list[tuple[str, Path | None]], list[str]]:
+           later: Sequence[Path] = ()) -> tuple[list[tuple[str, Path | None]], list[str]]:
     """((statement, figure) per task, the protocol-4 note), drawn from each cell's latest
     protocol (``later``'s seed-0 records, protocol 4's reruns, in place of the same cells'
     here); also writes the figures, the new protocol-3 records and FRONTIER.md."""
@@ -149,7 +150,8 @@ def protocol_note(runs: list[dict], later: list[Path], tasks: list[str]) -> list
     if not later:
         return []
     drawn = [r for r in swap(runs, later) if r["task"] in tasks and r["seed"] == 0]
-    left = [r["key"].rsplit("/", 1)[0] for r in drawn if at_edge(r)]
+    left = [r["key"].rsplit("/", 1)[0] for r in drawn
+            if search_edge(r["result"].get("lr_search") or {})]
     return ["Protocol 4: a cell whose protocol-3 rate sat on the grid's edge was rerun with the "
             "grid extended until the choice was interior; its seed-0 record replaces the "
             "protocol-3 one in the statements and figures. "
@@ -157,13 +159,6 @@ def protocol_note(runs: list[dict], later: list[Path], tasks: list[str]) -> list
             + f". Points whose rate is still the highest or lowest of the rates tried: "
               f"{len(left)} of {len(drawn)}" + (f" ({', '.join(left)})" if left else "") + ".",
             ""]
-
-
-def at_edge(record: dict) -> bool:
-    """Whether the record's chosen rate is the highest or lowest of those its search tried."""
-    search = record["result"].get("lr_search") or {}
-    tried = [float(r) for r in search.get("val_score", {})]
-    return bool(tried) and edge(tried, float(search["chosen"])) != ""
 
 
 def swap(runs: list[dict], later: list[Path]) -> list[dict]:

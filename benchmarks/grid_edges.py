@@ -8,7 +8,9 @@ rate is on an edge, and the counts per suite, so the docs' edge counts can be re
 
     python benchmarks/grid_edges.py docs/results/cpu/results.json \\
         docs/results/imagenet/results.json docs/results/cpu-protocol4/results.json \\
-        docs/results/cpu-protocol4-round2/results.json > docs/results/grid_edges.txt
+        docs/results/cpu-protocol4-round2/results.json \\
+        docs/results/imagenet-protocol4/results.json \\
+        docs/results/frontier/*-protocol4*/results.json > docs/results/grid_edges.txt
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from deltapatch.bench.tuning import edge
+from deltapatch.bench.tuning import search_edge
 
 
 def tuned_cells(path: Path) -> dict[str, dict]:
@@ -35,7 +37,7 @@ def report(path: Path) -> list[str]:
     counts: Counter = Counter()
     for key, r in sorted(cells.items()):
         s = r["result"]["lr_search"]
-        where = edge([float(lr) for lr in s["val_score"]], s["chosen"])  # protocol 4's too
+        where = search_edge(s)  # protocol 4's added rates too
         counts[(where, s["chosen"])] += 1
         vals = " ".join(f"{lr}:{100 * v:.1f}" for lr, v in s["val_score"].items())
         lines.append(f"{key} | {r['label']} | {s['chosen']:g} | {where or 'interior'} | {vals}")

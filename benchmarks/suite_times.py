@@ -22,7 +22,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from deltapatch.bench.tuning import edge
+from deltapatch.bench.tuning import search_edge
 
 
 def per_run_seconds(result: dict) -> tuple[float, int]:
@@ -79,9 +79,7 @@ def protocol4_cost(done: dict[str, dict], extend: int) -> tuple[float, float, in
     cells = 0
     for key, r in done.items():
         search = r["result"].get("lr_search", {})
-        if r["seed"] != 0 or "val_score" not in search:
-            continue
-        if not edge([float(lr) for lr in search["val_score"]], search["chosen"]):
+        if r["seed"] != 0 or not search_edge(search):
             continue
         each, _ = per_run_seconds(r["result"])
         cells += 1

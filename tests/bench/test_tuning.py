@@ -10,7 +10,7 @@ import pytest
 
 from deltapatch.bench.runner import run_jobs
 from deltapatch.bench.scenarios import Job
-from deltapatch.bench.tuning import Pending, chosen_rate, validation_score
+from deltapatch.bench.tuning import Pending, chosen_rate, search_edge, validation_score
 
 GRID = [1e-3, 3e-3, 1e-2, 3e-2]
 VAL = {1e-3: 0.2, 3e-3: 0.7, 1e-2: 0.5, 3e-2: 0.1}  # validation peaks at 3e-3
@@ -130,3 +130,13 @@ def test_protocol_3_records_are_unchanged_without_lr_extend(tmp_path):
     val = {1e-3: 0.1, 3e-3: 0.2, 1e-2: 0.3, 3e-2: 0.4}
     found = run_jobs([_edge_job(calls, val, 0)], tmp_path, progress=False)[0]["result"]["lr_search"]
     assert calls == GRID and found["chosen"] == 3e-2 and "extended" not in found
+
+
+def test_search_edge_reads_every_rate_a_record_tried():
+    """A record's edge counts protocol 4's added rates, not only the grid; an untuned record
+    has none."""
+    grid = {"0.01": 0.4, "0.03": 0.5}
+    assert search_edge({"chosen": 0.03, "val_score": grid}) == "highest"
+    assert search_edge({"chosen": 0.03, "val_score": {**grid, "0.1": 0.45}}) == ""
+    assert search_edge({"chosen": 0.01, "val_score": grid}) == "lowest"
+    assert search_edge({}) == ""

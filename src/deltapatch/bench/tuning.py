@@ -64,6 +64,13 @@ def edge(tried: list[float], chosen: float) -> str:
     return "highest" if chosen == order[-1] else "lowest" if chosen == order[0] else ""
 
 
+def search_edge(search: dict) -> str:
+    """``edge`` for a record's ``lr_search``: its chosen rate among every rate it tried (the
+    grid and any rates protocol 4 added); '' for a record that searched nothing."""
+    tried = [float(lr) for lr in search.get("val_score", {})]
+    return edge(tried, float(search["chosen"])) if tried else ""
+
+
 def step_past(tried: list[float], side: str) -> float:
     """The next rate past ``side`` of the rates tried, continuing the grid's own spacing: the
     step before the outermost one (so a 1-3-10 grid goes on 3e-2 → 1e-1 → 3e-1 and
